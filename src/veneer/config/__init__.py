@@ -1,0 +1,1 @@
+"""What the user asked for (settings), and where things live (layout)."""

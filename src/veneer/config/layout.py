@@ -1,0 +1,92 @@
+"""Where veneer keeps its state. Every path under the state and runtime roots is built here.
+
+State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
+    images/<name>/image.json      an image: its ordered layer ids, one per revision
+    layers/<id>/tree/             a layer's files (revision 0: a whole root filesystem)
+    layers/<id>/layer.json        how the layer was made
+    machines/<name>/machine.json  a machine's settings
+    machines/<name>/{upper,work}  its overlay upper and work dirs
+    machines/<name>/root/         where its overlay is mounted
+    .staging/                     half-built objects; anything here is removed by the next command
+    .lock                         store-wide lock for publishing and removing objects
+Runtime root (`VENEER_RUN`, default /run/veneer):
+    machines/<name>.json          a running machine's pids
+    idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/veneer")
+DEFAULT_RUN = Path("/run/veneer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    """The state and runtime roots, and every path derived from them."""
+
+    root: Path
+    run: Path
+
+    @classmethod
+    def from_env(cls, root: Path | None = None) -> Layout:
+        """`root` if given, else $VENEER_ROOT, else /var/lib/veneer; $VENEER_RUN or /run/veneer."""
+        state = root or Path(os.environ.get("VENEER_ROOT") or DEFAULT_ROOT)
+        run = Path(os.environ.get("VENEER_RUN") or DEFAULT_RUN)
+        return cls(root=state.absolute(), run=run.absolute())
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / ".staging"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def layers(self) -> Path:
+        return self.root / "layers"
+
+    @property
+    def machines(self) -> Path:
+        return self.root / "machines"
+
+    def image_dir(self, name: str) -> Path:
+        return self.images / name
+
+    def image_record(self, name: str) -> Path:
+        return self.images / name / "image.json"
+
+    def layer_dir(self, layer_id: str) -> Path:
+        return self.layers / layer_id
+
+    def layer_tree(self, layer_id: str) -> Path:
+        return self.layers / layer_id / "tree"
+
+    def machine_dir(self, name: str) -> Path:
+        return self.machines / name
+
+    def machine_record(self, name: str) -> Path:
+        return self.machines / name / "machine.json"
+
+    def machine_upper(self, name: str) -> Path:
+        return self.machines / name / "upper"
+
+    def machine_work(self, name: str) -> Path:
+        return self.machines / name / "work"
+
+    def machine_root(self, name: str) -> Path:
+        return self.machines / name / "root"
+
+    def runtime_record(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.json"
+
+    def idmap_dir(self, name: str) -> Path:
+        return self.run / "idmap" / name

@@ -1,0 +1,86 @@
+"""The exception hierarchy. A leaf module: it imports nothing else from veneer.
+
+Every failure the CLI reports is an `Error`: one message, optionally a hint that says what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class Error(Exception):
+    """A failure the CLI reports as one message and an optional hint, without a traceback."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(Error):
+    """The command line or an argument value is wrong (exit status 2)."""
+
+
+class ConfigError(Error):
+    """A setting is invalid or a settings file cannot be read."""
+
+
+class ImageError(Error):
+    """An image cannot be created, read, or removed."""
+
+
+class ImageNotFound(ImageError):
+    """No image of that name exists."""
+
+
+class ImageInUse(ImageError):
+    """The image is still the base of one or more machines."""
+
+
+class UnsafeArchive(ImageError):
+    """An archive or layer tries to write outside its destination or holds forbidden entries."""
+
+
+class MachineError(Error):
+    """A machine cannot be created, changed, or removed."""
+
+
+class MachineNotFound(MachineError):
+    """No machine of that name exists."""
+
+
+class MachineExists(MachineError):
+    """A machine of that name exists already."""
+
+
+class MachineBusy(MachineError):
+    """Another veneer command holds the lock on this object, or the machine is running."""
+
+
+class StateCorrupt(Error):
+    """A record on disk cannot be parsed or has an unknown version."""
+
+
+class MountError(Error):
+    """An overlay or idmapped mount cannot be set up or torn down."""
+
+
+class CommandFailed(Error):
+    """An external command exited with a status the caller did not accept."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        stderr: str = "",
+        *,
+        hint: str | None = None,
+    ) -> None:
+        tail = "\n".join(stderr.strip().splitlines()[-5:])
+        message = f"Command '{argv[0]}' failed with exit status {returncode}"
+        if tail:
+            message += f": {tail}"
+        super().__init__(message, hint=hint)
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
