@@ -1,4 +1,94 @@
 """veneer: lightweight Linux system containers as overlay children of base images, run by systemd-nspawn.
 
-This module is the library API: re-exports only, no side effects at import.
+The library API: the same operations as the command line, as functions taking a `Layout`. Names are
+re-exported lazily (PEP 562), so `import veneer` and the CLI's start-up load nothing they do not use.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Layout": "veneer.config.layout",
+    "parse_image_name": "veneer.config.settings",
+    "parse_machine_name": "veneer.config.settings",
+    "NetworkMode": "veneer.config.settings",
+    "Bind": "veneer.config.settings",
+    "Error": "veneer.errors",
+    "BuildSpec": "veneer.images.bootstrap",
+    "Provisioning": "veneer.images.bootstrap",
+    "SourceKind": "veneer.images.bootstrap",
+    "build_tree": "veneer.images.bootstrap",
+    "create_image": "veneer.images.store",
+    "list_images": "veneer.images.store",
+    "load_image": "veneer.images.store",
+    "remove_image": "veneer.images.store",
+    "RunOptions": "veneer.machines.lifecycle",
+    "create_machine": "veneer.machines.lifecycle",
+    "clone_machine": "veneer.machines.lifecycle",
+    "rename_machine": "veneer.machines.lifecycle",
+    "remove_machine": "veneer.machines.lifecycle",
+    "mount_machine": "veneer.machines.lifecycle",
+    "umount_machine": "veneer.machines.lifecycle",
+    "run_machine": "veneer.machines.lifecycle",
+    "run_ephemeral": "veneer.machines.lifecycle",
+    "diff_machine": "veneer.machines.lifecycle",
+    "machine_status": "veneer.machines.inspect",
+    "list_machines": "veneer.machines.inspect",
+}
+
+__all__ = [
+    "Bind",
+    "BuildSpec",
+    "Error",
+    "Layout",
+    "NetworkMode",
+    "Provisioning",
+    "RunOptions",
+    "SourceKind",
+    "build_tree",
+    "clone_machine",
+    "create_image",
+    "create_machine",
+    "diff_machine",
+    "list_images",
+    "list_machines",
+    "load_image",
+    "machine_status",
+    "mount_machine",
+    "parse_image_name",
+    "parse_machine_name",
+    "remove_image",
+    "remove_machine",
+    "rename_machine",
+    "run_ephemeral",
+    "run_machine",
+    "umount_machine",
+]
+
+if TYPE_CHECKING:
+    from veneer.config.layout import Layout
+    from veneer.config.settings import Bind, NetworkMode, parse_image_name, parse_machine_name
+    from veneer.errors import Error
+    from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
+    from veneer.images.store import create_image, list_images, load_image, remove_image
+    from veneer.machines.inspect import list_machines, machine_status
+    from veneer.machines.lifecycle import (
+        RunOptions,
+        clone_machine,
+        create_machine,
+        diff_machine,
+        mount_machine,
+        remove_machine,
+        rename_machine,
+        run_ephemeral,
+        run_machine,
+        umount_machine,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'veneer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -105,8 +105,9 @@ def remove_tree(path: Path) -> None:
         if isinstance(err, FileNotFoundError):
             return
         if isinstance(err, OSError) and err.errno == errno.EBUSY:
-            raise Error(f"Cannot remove '{name}': it is a mount point",
-                        hint=f"Unmount it first (umount '{name}').") from err
+            raise Error(
+                f"Cannot remove '{name}': it is a mount point", hint=f"Unmount it first (umount '{name}')."
+            ) from err
         raise err
 
     shutil.rmtree(path, onerror=onerror)

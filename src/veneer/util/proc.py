@@ -6,9 +6,11 @@ the caller says otherwise; a failure raises `CommandFailed` carrying the tail of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
@@ -17,6 +19,9 @@ from veneer.errors import CommandFailed
 logger = logging.getLogger(__name__)
 
 StrPath = str | os.PathLike[str]
+# For callers that annotate results without importing subprocess themselves.
+Completed = subprocess.CompletedProcess[str]
+Process = subprocess.Popen[bytes]
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -69,8 +74,12 @@ def run(
             check=False,
         )
     except FileNotFoundError as e:
-        raise CommandFailed(args, 127, f"{args[0]}: command not found",
-                            hint=f"Install the package that provides '{args[0]}'.") from e
+        raise CommandFailed(
+            args,
+            127,
+            f"{args[0]}: command not found",
+            hint=f"Install the package that provides '{args[0]}'.",
+        ) from e
     if check and result.returncode not in ok_returncodes:
         logger.debug("%s exited with %d", args[0], result.returncode)
         raise CommandFailed(args, result.returncode, result.stderr or "")
@@ -84,3 +93,45 @@ def which(name: str) -> str | None:
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
     return None
+
+
+def spawn(argv: Sequence[StrPath], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start argv with the caller's stdin, stdout and stderr (a foreground container run)."""
+    args = [os.fspath(a) for a in argv]
+    logger.debug("+ %s", shlex.join(args))
+    try:
+        return subprocess.Popen(args, env=base_env(env))
+    except FileNotFoundError as e:
+        raise CommandFailed(
+            args,
+            127,
+            f"{args[0]}: command not found",
+            hint=f"Install the package that provides '{args[0]}'.",
+        ) from e
+
+
+def wait_forwarding(process: subprocess.Popen[bytes]) -> int:
+    """Wait for a foreground child, passing SIGTERM and SIGHUP on to it; return its exit status.
+
+    SIGINT and SIGQUIT are ignored meanwhile: the terminal delivers them to the child's process group too,
+    and the child decides what they mean (nspawn forwards them into the container).
+    """
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    ignored = (signal.SIGINT, signal.SIGQUIT)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (*forwarded, *ignored)}
+    try:
+        for sig in forwarded:
+            signal.signal(sig, forward)
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+        returncode = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # A child killed by a signal exits like a shell reports it: 128 + the signal number.
+    return 128 - returncode if returncode < 0 else returncode

@@ -1,0 +1,183 @@
+"""`veneer image ...`: create, list, show, rm."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.config.layout import Layout
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(item for item in text.split(",") if item)
+
+
+def register(verbs: Any) -> None:
+    image = verbs.add_parser("image", help="base images: create, list, show, rm")
+    sub = image.add_subparsers(dest="image_verb", metavar="COMMAND", parser_class=type(image))
+    sub.required = True
+
+    create = sub.add_parser("create", help="build a base image")
+    create.add_argument("name")
+    source = create.add_mutually_exclusive_group()
+    source.add_argument("--busybox", action="store_true", help="from the host's busybox-static (default)")
+    source.add_argument("--debootstrap", metavar="SUITE", help="Debian/Ubuntu suite, e.g. bookworm")
+    source.add_argument("--pacstrap", metavar="PKG,...", type=_csv, help="Arch packages, e.g. base,vim")
+    source.add_argument("--from-dir", metavar="DIR", type=Path, help="copy a root filesystem directory")
+    source.add_argument("--from-tar", metavar="FILE", type=Path, help="a root filesystem tarball")
+    create.add_argument("--mirror", help="package mirror for --debootstrap")
+    create.add_argument("--variant", help="debootstrap variant (default minbase)")
+    create.add_argument("--pacman-conf", type=Path, help="pacman.conf for --pacstrap")
+    create.add_argument(
+        "--user", action="append", default=[], metavar="NAME[:GROUP,...]", help="add a user (repeatable)"
+    )
+    create.add_argument("--locale", help="e.g. en_US.UTF-8")
+    create.add_argument("--timezone", help="e.g. UTC or Europe/Paris")
+    create.add_argument("--enable", type=_csv, default=(), metavar="UNIT,...", help="enable systemd units")
+    create.add_argument(
+        "--packages",
+        type=_csv,
+        default=(),
+        metavar="PKG,...",
+        help="install with the distribution's package manager",
+    )
+    create.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="run a shell command in the image (repeatable)",
+    )
+    create.set_defaults(handler=cmd_create)
+
+    lst = sub.add_parser("list", help="list images")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_list)
+
+    show = sub.add_parser("show", help="an image's revisions, size and children")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_show)
+
+    rm = sub.add_parser("rm", help="remove an image no machine uses")
+    rm.add_argument("name")
+    rm.set_defaults(handler=cmd_rm)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from veneer.config.settings import parse_image_name
+    from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
+    from veneer.images.store import create_image
+
+    name = parse_image_name(args.name)
+    provisioning = Provisioning(
+        users=tuple(args.user),
+        locale=args.locale,
+        timezone=args.timezone,
+        enable=tuple(args.enable),
+        packages=tuple(args.packages),
+        run=tuple(args.run),
+    )
+    if args.debootstrap:
+        spec = BuildSpec(
+            source=SourceKind.DEBOOTSTRAP,
+            suite=args.debootstrap,
+            mirror=args.mirror,
+            variant=args.variant,
+            provisioning=provisioning,
+        )
+    elif args.pacstrap:
+        spec = BuildSpec(
+            source=SourceKind.PACSTRAP,
+            packages=args.pacstrap,
+            pacman_conf=args.pacman_conf,
+            provisioning=provisioning,
+        )
+    elif args.from_dir:
+        spec = BuildSpec(source=SourceKind.DIR, path=args.from_dir, provisioning=provisioning)
+    elif args.from_tar:
+        spec = BuildSpec(source=SourceKind.TAR, path=args.from_tar, provisioning=provisioning)
+    else:
+        spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
+    record = create_image(
+        Layout.from_env(args.root), name, origin=spec.describe(), build=lambda tree: build_tree(spec, tree)
+    )
+    print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
+    return 0
+
+
+def _image_json(layout: Layout, name: str) -> dict[str, Any]:
+    from veneer.images.store import load_image
+    from veneer.machines.inspect import list_machines
+
+    image = load_image(layout, name)
+    machines = [m for m in list_machines(layout) if m.image == image.name]
+    return {
+        "name": image.name,
+        "created": image.created,
+        "size_bytes": image.size_bytes,
+        "revisions": [
+            {
+                "revision": rev,
+                "layer": layer.id,
+                "created": layer.created,
+                "origin": layer.origin,
+                "size_bytes": layer.size_bytes,
+                "machines": [m.name for m in machines if m.revision == rev],
+            }
+            for rev, layer in enumerate(image.layers)
+        ],
+        "machines": [m.name for m in machines],
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from veneer.images.store import list_images
+
+    layout = Layout.from_env(args.root)
+    images = [_image_json(layout, image.name) for image in list_images(layout)]
+    if args.json:
+        print_json([{**i, "revisions": len(i["revisions"])} for i in images])
+        return 0
+    rows = [
+        (i["name"], len(i["revisions"]), human_size(i["size_bytes"]), len(i["machines"]), when(i["created"]))
+        for i in images
+    ]
+    print_table(("NAME", "REVISIONS", "SIZE", "MACHINES", "CREATED"), rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    layout = Layout.from_env(args.root)
+    info = _image_json(layout, args.name)
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"Image:     {info['name']}")
+    print(f"Size:      {human_size(info['size_bytes'])}")
+    print(f"Machines:  {', '.join(info['machines']) or '-'}")
+    print()
+    rows = [
+        (
+            r["revision"],
+            when(r["created"]),
+            human_size(r["size_bytes"]),
+            ", ".join(r["machines"]) or "-",
+            r["origin"],
+        )
+        for r in info["revisions"]
+    ]
+    print_table(("REV", "CREATED", "SIZE", "MACHINES", "ORIGIN"), rows)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from veneer.images.store import remove_image
+    from veneer.machines.lifecycle import machines_using
+
+    layout = Layout.from_env(args.root)
+    remove_image(layout, args.name, users=lambda image: machines_using(layout, image))
+    print(f"Removed image '{args.name}'.")
+    return 0

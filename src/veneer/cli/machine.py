@@ -1,0 +1,254 @@
+"""Machine verbs: create, list, status, rm, clone, rename, diff, mount, umount, tree, run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.config.layout import Layout
+from veneer.config.settings import parse_bind, parse_env, parse_image_name, parse_machine_name, parse_network
+from veneer.errors import UsageError
+
+
+def register(verbs: Any) -> None:
+    create = verbs.add_parser("create", help="make a machine as an overlay child of an image")
+    create.add_argument("name", type=parse_machine_name)
+    create.add_argument("--from", dest="image", required=True, type=parse_image_name, metavar="IMAGE")
+    create.add_argument("--revision", type=int, help="image revision (default: the latest)")
+    create.add_argument("--network", type=parse_network, default="none", help="none (default) or host")
+    create.add_argument(
+        "--bind",
+        action="append",
+        type=parse_bind,
+        default=[],
+        metavar="SRC[:DST[:OPTS]]",
+        help="bind a host path on every run (repeatable)",
+    )
+    create.add_argument(
+        "--privileged", action="store_true", help="no user namespace: container root is host root"
+    )
+    create.set_defaults(handler=cmd_create)
+
+    lst = verbs.add_parser("list", help="list machines")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_list)
+
+    status = verbs.add_parser("status", help="a machine's state and settings")
+    status.add_argument("name", type=parse_machine_name)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    rm = verbs.add_parser("rm", help="remove machines and everything they wrote")
+    rm.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
+    rm.set_defaults(handler=cmd_rm)
+
+    clone = verbs.add_parser("clone", help="copy a stopped machine")
+    clone.add_argument("source", type=parse_machine_name)
+    clone.add_argument("name", type=parse_machine_name)
+    clone.set_defaults(handler=cmd_clone)
+
+    rename = verbs.add_parser("rename", help="rename a stopped machine")
+    rename.add_argument("old", type=parse_machine_name)
+    rename.add_argument("new", type=parse_machine_name)
+    rename.set_defaults(handler=cmd_rename)
+
+    diff = verbs.add_parser("diff", help="what a machine added (A), changed (C) and deleted (D)")
+    diff.add_argument("name", type=parse_machine_name)
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(handler=cmd_diff)
+
+    mount = verbs.add_parser("mount", help="mount a machine's overlay and print where")
+    mount.add_argument("name", type=parse_machine_name)
+    mount.set_defaults(handler=cmd_mount)
+
+    umount = verbs.add_parser("umount", help="unmount a machine's overlay")
+    umount.add_argument("name", type=parse_machine_name)
+    umount.set_defaults(handler=cmd_umount)
+
+    tree = verbs.add_parser("tree", help="images, their revisions and the machines on each")
+    tree.add_argument("--json", action="store_true")
+    tree.set_defaults(handler=cmd_tree)
+
+    run = verbs.add_parser(
+        "run",
+        help="run a command in a machine, in the foreground",
+        usage="veneer run [OPTIONS] NAME [--] CMD...\n"
+        "       veneer run [OPTIONS] --ephemeral --from IMAGE [--] CMD...",
+    )
+    run.add_argument("--ephemeral", action="store_true", help="in a throwaway child of --from IMAGE")
+    run.add_argument("--from", dest="image", type=parse_image_name, metavar="IMAGE")
+    run.add_argument("--user", "-u", help="run as this user of the machine")
+    run.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
+    run.add_argument("--workdir", "-w", help="working directory inside the machine")
+    run.add_argument("--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]")
+    run.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
+    run.set_defaults(handler=cmd_run)
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    return Layout.from_env(args.root)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import create_machine
+
+    record = create_machine(
+        _layout(args),
+        args.name,
+        args.image,
+        revision=args.revision,
+        privileged=args.privileged,
+        network=args.network,
+        binds=args.bind,
+    )
+    if record.privileged:
+        print(f"Warning: machine '{record.name}' is privileged: its root is the host's root.")
+    print(f"Created machine '{record.name}' from '{record.image}' revision {record.revision}.")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from veneer.machines.inspect import list_machines
+
+    machines = list_machines(_layout(args))
+    if args.json:
+        print_json([m.to_json() for m in machines])
+        return 0
+    rows = [
+        (
+            m.name,
+            f"{m.image}@{m.revision}",
+            m.state.value,
+            m.pid or "-",
+            m.network,
+            human_size(m.disk_bytes),
+            "privileged" if m.privileged else f"{m.uid_base}",
+        )
+        for m in machines
+    ]
+    print_table(("NAME", "IMAGE", "STATE", "PID", "NETWORK", "DISK", "UIDS"), rows)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from veneer.machines.inspect import machine_status
+
+    status = machine_status(_layout(args), args.name)
+    if args.json:
+        print_json(status.to_json())
+        return 0
+    uids = (
+        "privileged (host root)"
+        if status.uid_base is None
+        else f"{status.uid_base}-{status.uid_base + 65535} (user namespace)"
+    )
+    print(f"Machine:   {status.name}")
+    print(f"Image:     {status.image} revision {status.revision}")
+    print(f"State:     {status.state.value}" + (f" (pid {status.pid})" if status.pid else ""))
+    print(f"Network:   {status.network}")
+    print(f"UIDs:      {uids}")
+    print(f"Mounted:   {'yes' if status.mounted else 'no'}")
+    print(f"Upper:     {status.upper} ({human_size(status.disk_bytes)})")
+    print(f"Created:   {when(status.created)}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import remove_machine
+
+    for name in args.names:
+        remove_machine(_layout(args), name)
+        print(f"Removed machine '{name}'.")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import clone_machine
+
+    clone_machine(_layout(args), args.source, args.name)
+    print(f"Cloned machine '{args.source}' into '{args.name}'.")
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import rename_machine
+
+    rename_machine(_layout(args), args.old, args.new)
+    print(f"Renamed machine '{args.old}' to '{args.new}'.")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import diff_machine
+
+    changes = diff_machine(_layout(args), args.name)
+    if args.json:
+        print_json([{"kind": c.kind.value, "path": c.path} for c in changes])
+        return 0
+    for change in changes:
+        print(f"{change.kind.value} {change.path}")
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import mount_machine
+
+    print(mount_machine(_layout(args), args.name))
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import umount_machine
+
+    umount_machine(_layout(args), args.name)
+    return 0
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    from veneer.machines.inspect import store_tree
+
+    tree = store_tree(_layout(args))
+    if args.json:
+        print_json(tree)
+        return 0
+    for image in tree:
+        print(f"{image['name']} ({human_size(image['size_bytes'])})")
+        revisions = image["revisions"]
+        for i, rev in enumerate(revisions):
+            last_rev = i == len(revisions) - 1
+            branch = "└──" if last_rev else "├──"
+            print(f"{branch} rev {rev['revision']}  {when(rev['created'])}  {rev['origin']}")
+            machines = rev["machines"]
+            for j, m in enumerate(machines):
+                branch = "└──" if j == len(machines) - 1 else "├──"
+                print(f"{'    ' if last_rev else '│   '}{branch} {m['name']} ({m['state']})")
+    return 0
+
+
+def _split_run_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    words: list[str] = list(args.words)
+    name = None
+    if not args.ephemeral:
+        if not words or words[0] == "--":
+            raise UsageError("Missing machine name", hint="Use: veneer run NAME [--] CMD...")
+        name = words.pop(0)
+    elif args.image is None:
+        raise UsageError(
+            "--ephemeral needs --from IMAGE", hint="Use: veneer run --ephemeral --from IMAGE -- CMD"
+        )
+    if words and words[0] == "--":
+        words.pop(0)
+    if not words:
+        raise UsageError("Missing command to run", hint="Use: veneer run NAME -- CMD...")
+    return name, words
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import RunOptions, run_ephemeral, run_machine
+
+    name, command = _split_run_words(args)
+    options = RunOptions(user=args.user, workdir=args.workdir, env=tuple(args.env), binds=tuple(args.bind))
+    if name is None:
+        return run_ephemeral(_layout(args), args.image, command, options)
+    return run_machine(_layout(args), parse_machine_name(name), command, options)

@@ -1,0 +1,102 @@
+"""What the user asked for: validated names and the frozen settings of machines.
+
+Names are `NewType`s made by one parser each, so a value of that type has been checked once, at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import NewType
+
+from veneer.errors import UsageError
+
+MachineName = NewType("MachineName", str)
+ImageName = NewType("ImageName", str)
+
+# A machine's host-side interface is "ve-<name>", and interface names hold at most 15 characters.
+MACHINE_NAME_MAX = 15 - len("ve-")
+_MACHINE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+IMAGE_NAME_MAX = 64
+
+
+def parse_machine_name(text: str) -> MachineName:
+    """Check a machine name: 1-12 of a-z, 0-9 and '-', not starting or ending with '-'."""
+    if not _MACHINE_NAME.fullmatch(text) or len(text) > MACHINE_NAME_MAX:
+        raise UsageError(
+            f"Invalid machine name '{text}'",
+            hint=f"Use 1-{MACHINE_NAME_MAX} characters of a-z, 0-9 and '-', starting and ending with a "
+            "letter or digit (it becomes the hostname and the interface name ve-NAME).",
+        )
+    return MachineName(text)
+
+
+def parse_image_name(text: str) -> ImageName:
+    """Check an image name: 1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit."""
+    if not _IMAGE_NAME.fullmatch(text) or len(text) > IMAGE_NAME_MAX:
+        raise UsageError(
+            f"Invalid image name '{text}'",
+            hint=f"Use 1-{IMAGE_NAME_MAX} characters of a-z, 0-9, '.', '_' and '-', "
+            "starting with a letter or digit.",
+        )
+    return ImageName(text)
+
+
+class NetworkMode(enum.StrEnum):
+    """How a machine is networked; the values are the CLI spellings."""
+
+    NONE = "none"
+    HOST = "host"
+
+    def private_netns(self) -> bool:
+        """Whether the machine gets a network namespace of its own."""
+        return self is not NetworkMode.HOST
+
+
+def parse_network(text: str) -> NetworkMode:
+    """Parse `--network`."""
+    try:
+        return NetworkMode(text)
+    except ValueError:
+        choices = ", ".join(m.value for m in NetworkMode)
+        raise UsageError(f"Unknown network mode '{text}'", hint=f"Use one of: {choices}.") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bind:
+    """A host path bind-mounted into the machine, in nspawn's SRC[:DST[:OPTIONS]] form."""
+
+    source: str
+    target: str
+    options: str = ""
+
+    def spec(self) -> str:
+        """The nspawn `--bind=` value; ':' inside paths is escaped as nspawn documents."""
+        parts = [self.source.replace(":", "\\:"), self.target.replace(":", "\\:")]
+        if self.options:
+            parts.append(self.options)
+        return ":".join(parts)
+
+
+def parse_bind(text: str) -> Bind:
+    """Parse `--bind SRC[:DST[:OPTIONS]]`; SRC must be absolute, DST defaults to SRC."""
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 3 or not parts[0].startswith("/"):
+        raise UsageError(
+            f"Invalid bind '{text}'",
+            hint="Use --bind /host/path[:/container/path[:ro|idmap|...]] with absolute paths.",
+        )
+    target = parts[1] if len(parts) > 1 and parts[1] else parts[0]
+    if not target.startswith("/"):
+        raise UsageError(f"Invalid bind '{text}': the container path must be absolute")
+    return Bind(source=parts[0], target=target, options=parts[2] if len(parts) == 3 else "")
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    """Parse `--env NAME=VALUE`."""
+    name, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise UsageError(f"Invalid environment assignment '{text}'", hint="Use --env NAME=VALUE.")
+    return name, value

@@ -1,0 +1,359 @@
+"""Machines: create, clone, rename, remove, mount, and run a command in one.
+
+This module orchestrates; the mechanics live elsewhere (overlay mounts in `overlay.mount`, the nspawn
+command line in `runtime.nspawn`, records in `machines.state`). Lock order: machine, then store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from veneer.config.layout import Layout
+from veneer.config.settings import Bind, ImageName, MachineName, NetworkMode, parse_machine_name
+from veneer.errors import MachineBusy, MachineExists, MachineNotFound, MountError
+from veneer.images.store import load_image, lower_dirs, prepare_store
+from veneer.machines.diff import Change, diff_upper
+from veneer.machines.idshift import shift_ownership
+from veneer.machines.state import (
+    MachineRecord,
+    RuntimeRecord,
+    allocate_uid_base,
+    is_alive,
+    list_machine_names,
+    load_machine,
+    load_runtime,
+    process_start_time,
+    remove_runtime,
+    save_machine,
+    save_runtime,
+)
+from veneer.overlay.mount import is_mounted, mount_overlay, unmount
+from veneer.runtime.base import RunSpec
+from veneer.runtime.nspawn import is_systemd_host, nspawn_argv
+from veneer.util.fs import locked, remove_tree
+from veneer.util.proc import spawn, wait_forwarding
+from veneer.util.staging import staging_dir, trash
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How `run` executes its command, beyond the machine's own settings."""
+
+    user: str | None = None
+    workdir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    binds: tuple[Bind, ...] = field(default_factory=tuple)
+
+
+@contextlib.contextmanager
+def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
+    """Hold the machine's lock; if it is taken, say whether the machine is running or just busy."""
+    load_machine(layout, name)
+    try:
+        with locked(layout.machine_dir(name), what=f"Machine '{name}'"):
+            yield
+    except MachineBusy:
+        runtime = load_runtime(layout, name)
+        if runtime is not None and is_alive(runtime):
+            raise MachineBusy(
+                f"Machine '{name}' is running (pid {runtime.pid})",
+                hint="Wait for its command to finish, or stop it first.",
+            ) from None
+        raise
+
+
+def _used_uid_bases(layout: Layout) -> set[int]:
+    bases = set()
+    for other in list_machine_names(layout):
+        base = load_machine(layout, other).uid_base
+        if base is not None:
+            bases.add(base)
+    return bases
+
+
+def _publish_machine(layout: Layout, stage: Path, record: MachineRecord) -> MachineRecord:
+    """Give a staged machine its uid range and rename it into place; the store lock must not be held."""
+    with locked(layout.lock, what="The veneer store", wait=True):
+        if layout.machine_dir(record.name).exists():
+            raise MachineExists(
+                f"Machine '{record.name}' exists already",
+                hint=f"Pick another name, or remove it first with 'veneer rm {record.name}'.",
+            )
+        load_image(layout, record.image).layers_of(record.revision)  # the image may be gone meanwhile
+        if record.uid_base is not None:
+            base = allocate_uid_base(_used_uid_bases(layout))
+            if base != record.uid_base:
+                shift_ownership(stage / "upper", record.uid_base, base)
+            record = replace(record, uid_base=base)
+        save_machine(stage / "machine.json", record)
+        os.rename(stage, layout.machine_dir(record.name))
+    return record
+
+
+def create_machine(
+    layout: Layout,
+    name: MachineName,
+    image_name: ImageName,
+    *,
+    revision: int | None = None,
+    privileged: bool = False,
+    network: NetworkMode = NetworkMode.NONE,
+    binds: Sequence[Bind] = (),
+) -> MachineRecord:
+    """Make a machine as an empty overlay child of an image revision (no copy, whatever the base size)."""
+    prepare_store(layout)
+    if layout.machine_dir(name).exists():
+        raise MachineExists(
+            f"Machine '{name}' exists already",
+            hint=f"Pick another name, or remove it first with 'veneer rm {name}'.",
+        )
+    image = load_image(layout, image_name)
+    rev = image.latest if revision is None else revision
+    image.layers_of(rev)
+    with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
+        # A provisional range: the real one is allocated under the store lock when publishing.
+        uid_base = None if privileged else allocate_uid_base(set())
+        _make_machine_dirs(stage, uid_base)
+        record = MachineRecord(
+            name=name,
+            image=image.name,
+            revision=rev,
+            created=time.time(),
+            machine_id=uuid.uuid4().hex,
+            uid_base=uid_base,
+            network=network,
+            binds=tuple(binds),
+        )
+        record = _publish_machine(layout, stage, record)
+    logger.info("Created machine '%s' from image '%s' revision %d.", name, image.name, rev)
+    return record
+
+
+def _make_machine_dirs(stage: Path, uid_base: int | None) -> None:
+    upper, work, root = stage / "upper", stage / "work", stage / "root"
+    upper.mkdir(mode=0o755)
+    work.mkdir(mode=0o700)
+    root.mkdir(mode=0o755)
+    if uid_base is not None:
+        # Container root is host uid `uid_base`: it must own the top of the upper dir to write there.
+        os.chown(upper, uid_base, uid_base)
+    os.chmod(upper, 0o755)
+
+
+def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> MachineRecord:
+    """Copy a stopped machine's writes and settings into a new machine with a uid range of its own."""
+    from veneer.images.transfer import copy_tree
+
+    prepare_store(layout)
+    if layout.machine_dir(name).exists():
+        raise MachineExists(
+            f"Machine '{name}' exists already",
+            hint=f"Pick another name, or remove it first with 'veneer rm {name}'.",
+        )
+    with machine_lock(layout, source):
+        original = load_machine(layout, source)
+        _refuse_if_running(layout, source)
+        with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
+            _make_machine_dirs(stage, original.uid_base)
+            copy_tree(layout.machine_upper(source), stage / "upper")
+            record = MachineRecord(
+                name=name,
+                image=original.image,
+                revision=original.revision,
+                created=time.time(),
+                machine_id=uuid.uuid4().hex,
+                uid_base=original.uid_base,
+                network=original.network,
+                binds=original.binds,
+            )
+            record = _publish_machine(layout, stage, record)
+    logger.info("Cloned machine '%s' into '%s'.", source, name)
+    return record
+
+
+def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
+    """Rename a stopped, unmounted machine; its uid range and writes stay."""
+    with machine_lock(layout, old):
+        _refuse_if_running(layout, old)
+        _refuse_if_mounted(layout, old)
+        record = load_machine(layout, old)
+        with locked(layout.lock, what="The veneer store", wait=True):
+            if layout.machine_dir(new).exists():
+                raise MachineExists(f"Machine '{new}' exists already", hint="Pick another name.")
+            save_machine(layout.machine_record(old), replace(record, name=new))
+            try:
+                os.rename(layout.machine_dir(old), layout.machine_dir(new))
+            except OSError:
+                save_machine(layout.machine_record(old), record)
+                raise
+    logger.info("Renamed machine '%s' to '%s'.", old, new)
+
+
+def remove_machine(layout: Layout, name: MachineName) -> None:
+    """Delete a stopped machine and everything it wrote."""
+    prepare_store(layout)
+    with machine_lock(layout, name):
+        _refuse_if_running(layout, name)
+        if is_mounted(layout.machine_root(name)):
+            unmount(layout.machine_root(name))
+        with locked(layout.lock, what="The veneer store", wait=True):
+            gone = trash(layout.machine_dir(name), layout.staging)
+        remove_runtime(layout, name)
+        remove_tree(gone)
+    logger.info("Removed machine '%s'.", name)
+
+
+def _refuse_if_running(layout: Layout, name: MachineName) -> None:
+    recover_machine(layout, name)
+    runtime = load_runtime(layout, name)
+    if runtime is not None:
+        raise MachineBusy(
+            f"Machine '{name}' is running (pid {runtime.pid})",
+            hint="Wait for its command to finish, or stop it first.",
+        )
+
+
+def _refuse_if_mounted(layout: Layout, name: MachineName) -> None:
+    if is_mounted(layout.machine_root(name)):
+        raise MachineBusy(
+            f"Machine '{name}' is mounted at {layout.machine_root(name)}",
+            hint=f"Unmount it first: 'veneer umount {name}'.",
+        )
+
+
+def recover_machine(layout: Layout, name: MachineName) -> None:
+    """Clean up after a run whose processes died without cleaning up (kill -9): record and mount."""
+    runtime = load_runtime(layout, name)
+    if runtime is None or is_alive(runtime):
+        return
+    logger.info("Machine '%s' was left behind by a run that died; cleaning up.", name)
+    if runtime.owns_mount and is_mounted(layout.machine_root(name)):
+        unmount(layout.machine_root(name))
+    remove_runtime(layout, name)
+
+
+def mount_machine(layout: Layout, name: MachineName) -> Path:
+    """Mount a machine's overlay at its root dir (as `run` does) and return the path."""
+    with machine_lock(layout, name):
+        recover_machine(layout, name)
+        root = layout.machine_root(name)
+        if not is_mounted(root):
+            _mount(layout, load_machine(layout, name))
+        return root
+
+
+def umount_machine(layout: Layout, name: MachineName) -> None:
+    """Unmount a machine's overlay; refused while a command runs in it."""
+    with machine_lock(layout, name):
+        _refuse_if_running(layout, name)
+        unmount(layout.machine_root(name))
+
+
+def _mount(layout: Layout, record: MachineRecord) -> None:
+    image = load_image(layout, record.image)
+    try:
+        mount_overlay(
+            lower_dirs(layout, image, record.revision),
+            layout.machine_root(record.name),
+            upper=layout.machine_upper(record.name),
+            work=layout.machine_work(record.name),
+            uid_base=record.uid_base,
+            scratch=layout.idmap_dir(record.name),
+        )
+    except MountError as e:
+        raise MountError(f"Failed to mount overlay for '{record.name}': {e.message}", hint=e.hint) from e
+
+
+def run_machine(
+    layout: Layout,
+    name: MachineName,
+    command: Sequence[str],
+    options: RunOptions = RunOptions(),
+) -> int:
+    """Run a command in the machine in the foreground; return its exit status."""
+    with machine_lock(layout, name):
+        _refuse_if_running(layout, name)
+        record = load_machine(layout, name)
+        if record.privileged:
+            logger.warning("Machine '%s' runs privileged: container root is host root.", name)
+        root = layout.machine_root(name)
+        owns_mount = not is_mounted(root)
+        # Record before mounting, so a crash from here on is found and cleaned up by the next command.
+        _save_runtime(layout, name, os.getpid(), owns_mount)
+        try:
+            if owns_mount:
+                _mount(layout, record)
+            spec = RunSpec(
+                name=name,
+                root=root,
+                machine_id=record.machine_id,
+                uid_base=record.uid_base,
+                command=tuple(command),
+                network=record.network,
+                interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+                user=options.user,
+                workdir=options.workdir,
+                env=options.env,
+                binds=record.binds + options.binds,
+                systemd_host=is_systemd_host(),
+            )
+            term = {"TERM": os.environ["TERM"]} if "TERM" in os.environ else None
+            process = spawn(nspawn_argv(spec), env=term)
+            _save_runtime(layout, name, process.pid, owns_mount)
+            return wait_forwarding(process)
+        finally:
+            if owns_mount and is_mounted(root):
+                unmount(root)
+            remove_runtime(layout, name)
+
+
+def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:
+    start_time = process_start_time(pid)
+    assert start_time is not None, "the process was just started"
+    save_runtime(
+        layout,
+        RuntimeRecord(
+            name=name, pid=pid, start_time=start_time, mode="run", started=time.time(), owns_mount=owns_mount
+        ),
+    )
+
+
+def run_ephemeral(
+    layout: Layout,
+    image_name: ImageName,
+    command: Sequence[str],
+    options: RunOptions = RunOptions(),
+    *,
+    network: NetworkMode = NetworkMode.NONE,
+) -> int:
+    """Run a command in a throwaway child of the image, removed afterwards whatever happens."""
+    name = parse_machine_name(f"eph-{secrets.token_hex(4)}")
+    create_machine(layout, name, image_name, network=network)
+    try:
+        return run_machine(layout, name, command, options)
+    finally:
+        with contextlib.suppress(MachineNotFound):
+            remove_machine(layout, name)
+
+
+def machines_using(layout: Layout, image: str) -> list[str]:
+    """Names of the machines whose base is `image`."""
+    return [n for n in list_machine_names(layout) if load_machine(layout, n).image == image]
+
+
+def diff_machine(layout: Layout, name: MachineName) -> list[Change]:
+    """What the machine added, changed and deleted relative to its base revision."""
+    record = load_machine(layout, name)
+    lowers = lower_dirs(layout, load_image(layout, record.image), record.revision)
+    return diff_upper(layout.machine_upper(name), lowers, uid_base=record.uid_base)

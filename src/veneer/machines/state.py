@@ -1,0 +1,188 @@
+"""Machine records on disk (settings in the state root, pids in the runtime root) and liveness checks.
+
+Records are JSON with `"version": 1`, written atomically. A machine runs only if its recorded pid exists
+*and* /proc/<pid>/stat shows the recorded start time, so a recycled pid is never taken for the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veneer.config.layout import Layout
+from veneer.config.settings import Bind, MachineName, NetworkMode
+from veneer.errors import MachineNotFound, StateCorrupt
+from veneer.util.fs import atomic_write, save_json
+
+RECORD_VERSION = 1
+# Each machine owns 65536 host uids and gids, as systemd-nspawn's --private-users expects. veneer's ranges
+# start above nspawn's own "pick" range (0x00080000-0x6FFF0000) and stay below 2^31.
+UID_RANGE_SIZE = 0x10000
+UID_RANGE_FIRST = 0x70000000
+UID_RANGE_LAST = 0x7FFF0000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineRecord:
+    """A machine's settings: which image revision it is a child of, and how it runs."""
+
+    name: MachineName
+    image: str
+    revision: int
+    created: float
+    machine_id: str
+    uid_base: int | None  # None: privileged, no user namespace
+    network: NetworkMode = NetworkMode.NONE
+    binds: tuple[Bind, ...] = field(default_factory=tuple)
+
+    @property
+    def privileged(self) -> bool:
+        return self.uid_base is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": RECORD_VERSION,
+            "name": self.name,
+            "image": self.image,
+            "revision": self.revision,
+            "created": self.created,
+            "machine_id": self.machine_id,
+            "uid_base": self.uid_base,
+            "network": self.network.value,
+            "binds": [{"source": b.source, "target": b.target, "options": b.options} for b in self.binds],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MachineRecord:
+        return cls(
+            name=MachineName(data["name"]),
+            image=data["image"],
+            revision=int(data["revision"]),
+            created=float(data["created"]),
+            machine_id=data["machine_id"],
+            uid_base=None if data["uid_base"] is None else int(data["uid_base"]),
+            network=NetworkMode(data["network"]),
+            binds=tuple(Bind(**b) for b in data.get("binds", [])),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeRecord:
+    """What is running for a machine: the nspawn process and whether veneer mounted the overlay for it."""
+
+    name: MachineName
+    pid: int
+    start_time: int
+    mode: str  # "run" (a foreground command)
+    started: float
+    owns_mount: bool  # veneer mounted the overlay for this run and unmounts it afterwards
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": RECORD_VERSION,
+            "name": self.name,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "mode": self.mode,
+            "started": self.started,
+            "owns_mount": self.owns_mount,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RuntimeRecord:
+        return cls(
+            name=MachineName(data["name"]),
+            pid=int(data["pid"]),
+            start_time=int(data["start_time"]),
+            mode=str(data["mode"]),
+            started=float(data["started"]),
+            owns_mount=bool(data["owns_mount"]),
+        )
+
+
+def _load_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise StateCorrupt(
+            f"Cannot read {what} '{path}': {e}", hint="Restore the file from a backup or remove the object."
+        ) from e
+    if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+        raise StateCorrupt(
+            f"Unknown record version in '{path}'", hint="This record was written by another veneer version."
+        )
+    return data
+
+
+def load_machine(layout: Layout, name: MachineName) -> MachineRecord:
+    """Read a machine's settings, or raise `MachineNotFound`."""
+    path = layout.machine_record(name)
+    if not path.exists():
+        raise MachineNotFound(f"No machine named '{name}'", hint="See 'veneer list' for the machines.")
+    try:
+        return MachineRecord.from_json(_load_json(path, "machine record"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise StateCorrupt(f"Machine record '{path}' is malformed: {e}") from e
+
+
+def save_machine(path: Path, record: MachineRecord) -> None:
+    save_json(path, record.to_json())
+
+
+def list_machine_names(layout: Layout) -> list[MachineName]:
+    """Names of the published machines, sorted."""
+    if not layout.machines.is_dir():
+        return []
+    return sorted(MachineName(p.name) for p in layout.machines.iterdir() if (p / "machine.json").exists())
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of a process, or None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def load_runtime(layout: Layout, name: MachineName) -> RuntimeRecord | None:
+    """The runtime record of a machine, or None if it has none."""
+    path = layout.runtime_record(name)
+    if not path.exists():
+        return None
+    try:
+        return RuntimeRecord.from_json(_load_json(path, "runtime record"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise StateCorrupt(f"Runtime record '{path}' is malformed: {e}") from e
+
+
+def save_runtime(layout: Layout, record: RuntimeRecord) -> None:
+    layout.runtime_record(record.name).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(layout.runtime_record(record.name), json.dumps(record.to_json(), indent=2) + "\n")
+
+
+def remove_runtime(layout: Layout, name: MachineName) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(layout.runtime_record(name))
+
+
+def is_alive(record: RuntimeRecord) -> bool:
+    """Whether the recorded process still runs (same pid and same start time)."""
+    return process_start_time(record.pid) == record.start_time
+
+
+def allocate_uid_base(used: set[int]) -> int:
+    """The lowest free 65536-aligned host uid range; the caller holds the store lock."""
+    for base in range(UID_RANGE_FIRST, UID_RANGE_LAST + 1, UID_RANGE_SIZE):
+        if base not in used:
+            return base
+    raise StateCorrupt(
+        "No free uid range is left for a new machine",
+        hint="Remove machines you no longer need ('veneer rm NAME').",
+    )

@@ -1,0 +1,58 @@
+"""The layer-chain model: how a path resolves through a stack of overlay layers. No mounts here.
+
+Layers are given bottom first. A lookup walks them top first, as overlayfs does: a whiteout (a 0/0
+character device) hides the path in every lower layer, an opaque directory hides what lies below it,
+and a non-directory where a parent directory is expected ends the lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether an entry is an overlayfs whiteout: a character device with device number 0/0."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path: Path) -> bool:
+    """Whether a directory in an upper or layer dir hides the directories of the layers below it."""
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def lookup(layers: Sequence[Path], relative: str) -> os.stat_result | None:
+    """The stat of `relative` as the union of `layers` (bottom first) shows it, or None if absent."""
+    parts = [p for p in relative.split("/") if p]
+    for layer in reversed(layers):
+        found, hides_lower = _lookup_in_layer(layer, parts)
+        if found is not None:
+            return None if is_whiteout(found) else found
+        if hides_lower:
+            return None
+    return None
+
+
+def _lookup_in_layer(layer: Path, parts: list[str]) -> tuple[os.stat_result | None, bool]:
+    """(stat of the entry in this layer or None, whether this layer hides the path in lower layers)."""
+    path = layer
+    opaque_above = False
+    for index, part in enumerate(parts):
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, opaque_above
+        if index == len(parts) - 1:
+            return st, False
+        if is_whiteout(st) or not stat.S_ISDIR(st.st_mode):
+            return None, True
+        opaque_above = opaque_above or is_opaque(path)
+    return os.lstat(layer), False

@@ -1,0 +1,420 @@
+"""Overlay mounts of layer chains: option builders, mount/unmount, mountinfo, and whiteout helpers.
+
+Owns the overlay mount of a machine: lowers (bottom→top, as in the layer model), optionally idmapped so
+that ids 0..65535 of the base image show as uid_base..uid_base+65535, plus an upper and a work dir.
+The pure builders (`overlay_fsconfig()`, `overlay_options()`, `parse_mountinfo()`) are unit-tested;
+the syscalls live in `idmap.py`. Must not run commands, know about machines or images, or log above
+debug; failures are raised as `MountError` with a hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from veneer.errors import MountError
+from veneer.overlay import idmap
+
+logger = logging.getLogger(__name__)
+
+# The kernel's overlayfs documentation ("Changes to underlying filesystems") allows offline changes
+# to lower trees only if the "index", "metacopy", "xino" and "redirect_dir" features were never used
+# on the upper. veneer moves a machine's upper onto a new base revision while it is unmounted, so all
+# four are off explicitly: their defaults come from the kernel config and module parameters
+# (/sys/module/overlay/parameters). redirect_dir=off means "never create redirects".
+OVERLAY_FEATURES_OFF = ("index", "metacopy", "redirect_dir", "xino")
+
+# fsconfig(2) copies a string value with strndup_user(value, 256): longer values fail with EINVAL.
+FSCONFIG_VALUE_MAX = 255
+
+# "lowerdir+" (one fsconfig call per layer, no option string to overflow) exists since Linux 6.8.
+LOWERDIR_ADD_SINCE = (6, 8)
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MountInfo:
+    """One line of /proc/PID/mountinfo, paths unescaped (proc(5))."""
+
+    mount_id: int
+    parent_id: int
+    device: str
+    root: str
+    mount_point: str
+    options: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def _check_absolute(path: Path, what: str) -> None:
+    if not path.is_absolute():
+        raise MountError(f"The overlay {what} '{path}' is not an absolute path", hint="Pass absolute paths.")
+
+
+def _check_upper_work(upper: Path | None, work: Path | None) -> None:
+    if (upper is None) != (work is None):
+        raise MountError(
+            "An overlay needs both an upper and a work directory, or neither",
+            hint="Pass upper and work together (work must be an empty directory on the upper's filesystem).",
+        )
+
+
+def escape_option_path(path: Path) -> str:
+    """Escape `\\`, `,` and `:` with a backslash, as overlayfs unescapes option paths (and nspawn does)."""
+    return re.sub(r"([\\,:])", r"\\\1", os.fspath(path))
+
+
+def overlay_options(lowers: Sequence[Path], *, upper: Path | None, work: Path | None) -> str:
+    """The mount(2) option string for an overlay of `lowers` (given bottom→top).
+
+    Paths are escaped with `escape_option_path()`. The string must stay below the page size, so this
+    suits only a few layers; `overlay_fsconfig()` has no such limit.
+    """
+    if not lowers:
+        raise MountError("An overlay needs at least one lower layer")
+    _check_upper_work(upper, work)
+    # overlayfs stacks lowerdir= from right to left: the topmost layer comes first.
+    options = ["lowerdir=" + ":".join(escape_option_path(p) for p in reversed(lowers))]
+    if upper is not None and work is not None:
+        options += [f"upperdir={escape_option_path(upper)}", f"workdir={escape_option_path(work)}"]
+    options += [f"{feature}=off" for feature in OVERLAY_FEATURES_OFF]
+    return ",".join(options)
+
+
+def overlay_fsconfig(
+    lowers: Sequence[Path], *, upper: Path | None, work: Path | None
+) -> tuple[tuple[str, str], ...]:
+    """The fsconfig(2) string parameters, in order, for an overlay of `lowers` (given bottom→top).
+
+    Each lower is one "lowerdir+" (Linux 6.8+), which takes the path verbatim, so ':' and ',' need no
+    escaping and any number of layers fits. "upperdir" and "workdir" are still unescaped by the kernel
+    (`ovl_mount_dir()`), so a backslash in them is doubled.
+    """
+    if not lowers:
+        raise MountError("An overlay needs at least one lower layer")
+    _check_upper_work(upper, work)
+    # Each "lowerdir+" appends below the layers given before it: the topmost layer comes first.
+    params = [("lowerdir+", os.fspath(p)) for p in reversed(lowers)]
+    if upper is not None and work is not None:
+        params += [
+            ("upperdir", os.fspath(upper).replace("\\", "\\\\")),
+            ("workdir", os.fspath(work).replace("\\", "\\\\")),
+        ]
+    params += [(feature, "off") for feature in OVERLAY_FEATURES_OFF]
+    for key, value in params:
+        if len(os.fsencode(value)) > FSCONFIG_VALUE_MAX:
+            raise MountError(
+                f"The overlay {key} path '{value}' is longer than {FSCONFIG_VALUE_MAX} bytes",
+                hint="fsconfig(2) limits each value to 255 bytes; use a shorter state directory.",
+            )
+    return tuple(params)
+
+
+def parse_kernel_release(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as "6.18.44-fc"; (0, 0) if unparsable."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def supports_lowerdir_add(release: str) -> bool:
+    """Whether the overlayfs of kernel `release` takes one "lowerdir+" fsconfig parameter per layer."""
+    return parse_kernel_release(release) >= LOWERDIR_ADD_SINCE
+
+
+def unescape_mountinfo(field: str) -> str:
+    """Undo the octal escapes (`\\040` space, `\\011` tab, `\\012` newline, `\\134` backslash, ...)."""
+    raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8) & 0xFF]), os.fsencode(field))
+    return os.fsdecode(raw)
+
+
+def parse_mountinfo(text: str) -> tuple[MountInfo, ...]:
+    """Parse the text of /proc/PID/mountinfo; malformed lines are skipped."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            entries.append(
+                MountInfo(
+                    mount_id=int(fields[0]),
+                    parent_id=int(fields[1]),
+                    device=fields[2],
+                    root=unescape_mountinfo(fields[3]),
+                    mount_point=unescape_mountinfo(fields[4]),
+                    options=fields[5],
+                    fstype=fields[sep + 1],
+                    source=unescape_mountinfo(fields[sep + 2]),
+                    super_options=fields[sep + 3],
+                )
+            )
+        except (ValueError, IndexError):
+            continue
+    return tuple(entries)
+
+
+def load_mountinfo() -> tuple[MountInfo, ...]:
+    """The mounts of this process's mount namespace."""
+    return parse_mountinfo(MOUNTINFO.read_bytes().decode(errors="surrogateescape"))
+
+
+def parse_super_options(text: str) -> tuple[tuple[str, str], ...]:
+    """Split the superblock options of a mountinfo line into unescaped (key, value) pairs, in order.
+
+    overlayfs escapes ',' in paths as an octal escape, so a plain split on ',' is safe.
+    """
+    pairs = []
+    for option in text.split(","):
+        key, _, value = option.partition("=")
+        pairs.append((key, unescape_mountinfo(value)))
+    return tuple(pairs)
+
+
+def overlay_using(path: Path, mounts: Sequence[MountInfo] | None = None) -> str | None:
+    """The mount point of an overlay whose upperdir or workdir is `path`, or None."""
+    where = _canonical(path)
+    for m in load_mountinfo() if mounts is None else mounts:
+        if m.fstype != "overlay":
+            continue
+        for key, value in parse_super_options(m.super_options):
+            # overlayfs shows upperdir and workdir as they were given, i.e. still backslash-escaped.
+            value = re.sub(r"\\(.)", r"\1", value)
+            if key in ("upperdir", "workdir") and value and _canonical(Path(value)) == where:
+                return m.mount_point
+    return None
+
+
+def _canonical(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def is_mounted(target: Path) -> bool:
+    """Whether something is mounted on `target` (compared after resolving symlinks)."""
+    where = _canonical(target)
+    return any(m.mount_point == where for m in load_mountinfo())
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether `st` is an overlayfs whiteout: a character device 0/0.
+
+    The other form, a zero-size file with the "trusted.overlay.whiteout" xattr, is never created by
+    overlayfs itself, only by tools that build layers for nesting.
+    """
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+
+
+def is_opaque(path: Path) -> bool:
+    """Whether the upper directory `path` is opaque (xattr "trusted.overlay.opaque" is "y")."""
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
+
+
+def _hint_for(e: OSError) -> str:
+    if e.errno == errno.EBUSY:
+        return "The upper or work directory is in use by another overlay mount; is the machine running?"
+    if e.errno in (errno.ENOSYS, errno.EPERM):
+        return "Run as root on Linux 5.12 or newer (the new mount API and idmapped mounts)."
+    if e.errno == errno.ENOENT:
+        return "Check that every layer, the upper and the work directory exist."
+    return "See the kernel log (dmesg) for the overlayfs message."
+
+
+def _mount_fsconfig(params: Sequence[tuple[str, str]], target: Path) -> None:
+    fs = idmap.fsopen("overlay")
+    try:
+        try:
+            for key, value in params:
+                idmap.fsconfig_set_string(fs, key, value)
+            idmap.fsconfig_create(fs, name=target)
+        except OSError as e:
+            # overlayfs explains most rejections only in the context's message queue.
+            if messages := idmap.fs_messages(fs):
+                raise OSError(e.errno, f"{e.strerror} ({'; '.join(messages)})") from None
+            raise
+        tree = idmap.fsmount(fs, name=target)
+        try:
+            idmap.move_mount(tree, target)
+        finally:
+            os.close(tree)
+    finally:
+        os.close(fs)
+
+
+def _mount_legacy(options: str, target: Path) -> None:
+    # mount(2) copies at most one page of options; the kernel would silently truncate a longer string.
+    if len(os.fsencode(options)) >= os.sysconf("SC_PAGE_SIZE"):
+        raise OSError(errno.E2BIG, f"mount '{target}': overlay options longer than a page")
+    idmap.mount("overlay", target, "overlay", data=options)
+
+
+def _mount_plain(lowers: Sequence[Path], target: Path, *, upper: Path, work: Path) -> None:
+    if supports_lowerdir_add(os.uname().release):
+        _mount_fsconfig(overlay_fsconfig(lowers, upper=upper, work=work), target)
+    else:
+        _mount_legacy(overlay_options(lowers, upper=upper, work=work), target)
+
+
+def _detach_all(mounts: Sequence[Path]) -> None:
+    for path in reversed(mounts):
+        try:
+            idmap.umount2(path, idmap.MNT_DETACH)
+        except OSError as e:
+            logger.debug("Failed to detach '%s': %s, ignoring.", path, e.strerror)
+
+
+def _remove_dirs(dirs: Sequence[Path]) -> None:
+    for path in reversed(dirs):
+        try:
+            path.rmdir()
+        except OSError as e:
+            logger.debug("Failed to remove '%s': %s, ignoring.", path, e.strerror)
+
+
+def mount_overlay(
+    lowers: Sequence[Path],
+    target: Path,
+    *,
+    upper: Path,
+    work: Path,
+    uid_base: int | None,
+    scratch: Path,
+) -> None:
+    """Mount an overlay of `lowers` (bottom→top) with `upper` and `work` on the directory `target`.
+
+    With `uid_base`, each lower is first mounted read-only and idmapped (0..65535 shown as
+    uid_base..uid_base+65535) on `scratch/<n>`; the overlay is built from those, then they are detached
+    and the directories removed: overlayfs keeps private clones of its layers' mounts
+    (`clone_private_mount()`), so the overlay stays usable. The upper is not idmapped: files a
+    user-namespaced guest creates land there with their host ids (uid_base and up).
+    On failure everything done so far is undone.
+    """
+    for path in (*lowers, upper, work, target):
+        _check_absolute(path, "path")
+    if not lowers:
+        raise MountError(f"Failed to mount overlay on '{target}': no lower layers")
+    if is_mounted(target):
+        raise MountError(
+            f"Failed to mount overlay on '{target}': something is mounted there already",
+            hint=f"Unmount it first (umount '{target}').",
+        )
+    # With index=off the kernel only warns when an upper or work dir is in use by another overlay, and
+    # two overlays sharing one upper corrupt it ("undefined behavior"), so refuse here.
+    for path in (upper, work):
+        if (other := overlay_using(path)) is not None:
+            raise MountError(
+                f"Failed to mount overlay on '{target}': '{path}' is in use by the overlay on '{other}'",
+                hint=f"Unmount '{other}' first; is the machine already running?",
+            )
+    if uid_base is None:
+        try:
+            _mount_plain(lowers, target, upper=upper, work=work)
+        except OSError as e:
+            raise MountError(
+                f"Failed to mount overlay on '{target}': {e.strerror}", hint=_hint_for(e)
+            ) from e
+        logger.debug("Mounted overlay of %d layers on %s", len(lowers), target)
+        return
+
+    _check_absolute(scratch, "scratch directory")
+    created: list[Path] = []
+    mounted: list[Path] = []
+    step = "create the scratch directory"
+    try:
+        if not scratch.is_dir():
+            scratch.mkdir(mode=0o700, parents=True)
+            created.append(scratch)
+        step = "create the user namespace"
+        userns = idmap.open_userns(uid_base=uid_base, count=idmap.IDMAP_COUNT)
+        try:
+            for n, lower in enumerate(lowers):
+                step = f"idmap layer '{lower}'"
+                point = scratch / str(n)
+                if is_mounted(point):
+                    raise OSError(errno.EBUSY, f"'{point}' is a mount point already (left over?)")
+                if not point.is_dir():
+                    point.mkdir(mode=0o700)
+                    created.append(point)
+                tree = idmap.open_idmapped_tree(lower, userns_fd=userns)
+                try:
+                    idmap.move_mount(tree, point)
+                finally:
+                    os.close(tree)
+                mounted.append(point)
+        finally:
+            os.close(userns)
+        step = "mount the overlay"
+        _mount_plain([scratch / str(n) for n in range(len(lowers))], target, upper=upper, work=work)
+    except OSError as e:
+        _detach_all(mounted)
+        _remove_dirs(created)
+        hint = _hint_for(e)
+        if e.errno == errno.EINVAL and step.startswith("idmap"):
+            hint = "The layer's filesystem cannot be idmapped (ext4, xfs, btrfs and tmpfs can); see dmesg."
+        raise MountError(f"Failed to mount overlay on '{target}': {step}: {e.strerror}", hint=hint) from e
+    # The overlay holds private clones of the idmapped layers: the scratch mounts can go.
+    _detach_all(mounted)
+    _remove_dirs(created)
+    logger.debug("Mounted overlay of %d idmapped layers (base %d) on %s", len(lowers), uid_base, target)
+
+
+def _holders(target: Path) -> list[str]:
+    """What keeps `target` busy: mounts below it and processes with a cwd, root or open file inside."""
+    where = _canonical(target)
+    inside = (where, where.rstrip("/") + "/")
+    found = [f"mount '{m.mount_point}'" for m in load_mountinfo() if m.mount_point.startswith(inside[1])]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        links = [proc / "cwd", proc / "root", proc / "exe"]
+        with contextlib.suppress(OSError):
+            links += list((proc / "fd").iterdir())
+        for link in links:
+            try:
+                dest = os.readlink(link)
+            except OSError:
+                continue
+            if dest == where or dest.startswith(inside[1]):
+                try:
+                    comm = (proc / "comm").read_text().strip()
+                except OSError:
+                    comm = "?"
+                found.append(f"pid {proc.name} ({comm})")
+                break
+    return found
+
+
+def unmount(target: Path) -> None:
+    """Unmount whatever is mounted on `target`; nothing to do if nothing is.
+
+    A plain umount, never a lazy one: a busy mount raises `MountError` naming what holds it. Note that
+    a running nspawn guest holds its own copy of the mount in its mount namespace, so unmounting here
+    succeeds while it runs; callers must check that the machine is stopped first.
+    """
+    # Mounts may be stacked on one directory; each umount removes the top one.
+    while is_mounted(target):
+        try:
+            idmap.umount2(target)
+        except OSError as e:
+            if e.errno == errno.EINVAL and not is_mounted(target):
+                return
+            if e.errno == errno.EBUSY:
+                holders = _holders(target)
+                raise MountError(
+                    f"Failed to unmount '{target}': {os.strerror(errno.EBUSY)}",
+                    hint=(f"It is used by {', '.join(holders[:5])}. " if holders else "")
+                    + f"Stop those, or detach it lazily with 'umount -l {target}'.",
+                ) from e
+            raise MountError(f"Failed to unmount '{target}': {os.strerror(e.errno or errno.EIO)}") from e
+    logger.debug("Unmounted %s", target)

@@ -1,0 +1,67 @@
+from dataclasses import replace
+from pathlib import Path
+
+from veneer.config.settings import Bind, NetworkMode
+from veneer.runtime.base import RunSpec
+from veneer.runtime.nspawn import nspawn_argv
+
+SPEC = RunSpec(
+    name="web1",
+    root=Path("/var/lib/veneer/machines/web1/root"),
+    machine_id="0" * 32,
+    uid_base=0x70000000,
+    command=("sh", "-c", "echo hi"),
+)
+
+
+def test_user_namespace_without_chown() -> None:
+    argv = nspawn_argv(SPEC)
+    assert "--private-users=1879048192:65536" in argv
+    assert "--private-users-ownership=off" in argv
+    assert argv[-4:] == ["--", "sh", "-c", "echo hi"]
+
+
+def test_nothing_copied_into_the_machine() -> None:
+    argv = nspawn_argv(SPEC)
+    assert "--resolv-conf=bind-host" in argv
+    assert "--timezone=bind" in argv
+    assert "--link-journal=no" in argv
+
+
+def test_privileged_has_no_user_namespace() -> None:
+    argv = nspawn_argv(replace(SPEC, uid_base=None))
+    assert "--private-users=no" in argv
+    assert not any(a.startswith("--private-users-ownership") for a in argv)
+
+
+def test_host_without_systemd_does_not_register() -> None:
+    assert {"--register=no", "--keep-unit"} <= set(nspawn_argv(SPEC))
+    with_systemd = nspawn_argv(replace(SPEC, systemd_host=True))
+    assert "--register=yes" in with_systemd and "--keep-unit" not in with_systemd
+
+
+def test_network_modes() -> None:
+    assert "--private-network" in nspawn_argv(SPEC)
+    host = nspawn_argv(replace(SPEC, network=NetworkMode.HOST))
+    assert "--private-network" not in host
+
+
+def test_run_options() -> None:
+    spec = replace(
+        SPEC,
+        interactive=True,
+        user="kang",
+        workdir="/srv",
+        env=(("A", "1"),),
+        binds=(Bind(source="/h", target="/c", options="ro"),),
+    )
+    argv = nspawn_argv(spec)
+    for expected in [
+        "--console=interactive",
+        "--user=kang",
+        "--chdir=/srv",
+        "--setenv=A=1",
+        "--bind=/h:/c:ro",
+    ]:
+        assert expected in argv
+    assert "--console=pipe" in nspawn_argv(SPEC)

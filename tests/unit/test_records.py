@@ -1,0 +1,129 @@
+"""Golden JSON round-trips of every on-disk record."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from veneer.config.layout import Layout
+from veneer.config.settings import Bind, ImageName, MachineName, NetworkMode
+from veneer.errors import MachineNotFound, StateCorrupt
+from veneer.images.store import ImageRecord, LayerRecord, load_image
+from veneer.machines.state import (
+    UID_RANGE_FIRST,
+    UID_RANGE_SIZE,
+    MachineRecord,
+    RuntimeRecord,
+    allocate_uid_base,
+    is_alive,
+    load_machine,
+    process_start_time,
+    save_machine,
+)
+
+MACHINE = MachineRecord(
+    name=MachineName("web1"),
+    image="debian",
+    revision=0,
+    created=1700000000.5,
+    machine_id="0123456789abcdef0123456789abcdef",
+    uid_base=0x70000000,
+    network=NetworkMode.NONE,
+    binds=(Bind(source="/srv", target="/data", options="ro"),),
+)
+MACHINE_JSON = {
+    "version": 1,
+    "name": "web1",
+    "image": "debian",
+    "revision": 0,
+    "created": 1700000000.5,
+    "machine_id": "0123456789abcdef0123456789abcdef",
+    "uid_base": 0x70000000,
+    "network": "none",
+    "binds": [{"source": "/srv", "target": "/data", "options": "ro"}],
+}
+LAYER = LayerRecord(id="abcd", created=1.0, origin="busybox", size_bytes=4096)
+IMAGE = ImageRecord(name=ImageName("bb"), created=1.0, layers=(LAYER,))
+IMAGE_JSON = {
+    "version": 1,
+    "name": "bb",
+    "created": 1.0,
+    "layers": [{"version": 1, "id": "abcd", "created": 1.0, "origin": "busybox", "size_bytes": 4096}],
+}
+RUNTIME = RuntimeRecord(
+    name=MachineName("web1"), pid=42, start_time=7, mode="run", started=2.0, owns_mount=True
+)
+RUNTIME_JSON = {
+    "version": 1,
+    "name": "web1",
+    "pid": 42,
+    "start_time": 7,
+    "mode": "run",
+    "started": 2.0,
+    "owns_mount": True,
+}
+
+
+def test_machine_record_golden() -> None:
+    assert MACHINE.to_json() == MACHINE_JSON
+    assert MachineRecord.from_json(json.loads(json.dumps(MACHINE_JSON))) == MACHINE
+
+
+def test_image_record_golden() -> None:
+    assert IMAGE.to_json() == IMAGE_JSON
+    assert ImageRecord.from_json(IMAGE_JSON) == IMAGE
+
+
+def test_runtime_record_golden() -> None:
+    assert RUNTIME.to_json() == RUNTIME_JSON
+    assert RuntimeRecord.from_json(RUNTIME_JSON) == RUNTIME
+
+
+def test_machine_save_load(tmp_path: Path) -> None:
+    layout = Layout(root=tmp_path, run=tmp_path / "run")
+    layout.machine_dir("web1").mkdir(parents=True)
+    save_machine(layout.machine_record("web1"), MACHINE)
+    assert load_machine(layout, MachineName("web1")) == MACHINE
+
+
+def test_missing_and_corrupt_records(tmp_path: Path) -> None:
+    layout = Layout(root=tmp_path, run=tmp_path / "run")
+    with pytest.raises(MachineNotFound, match="No machine named 'nope'"):
+        load_machine(layout, MachineName("nope"))
+    layout.machine_dir("bad").mkdir(parents=True)
+    layout.machine_record("bad").write_text("{not json")
+    with pytest.raises(StateCorrupt):
+        load_machine(layout, MachineName("bad"))
+    layout.image_dir("old").mkdir(parents=True)
+    layout.image_record("old").write_text(json.dumps({**IMAGE_JSON, "version": 99}))
+    with pytest.raises(StateCorrupt):
+        load_image(layout, "old")
+
+
+def test_image_revisions() -> None:
+    assert IMAGE.latest == 0
+    assert IMAGE.layers_of(0) == (LAYER,)
+    with pytest.raises(Exception, match="has no revision 1"):
+        IMAGE.layers_of(1)
+
+
+def test_allocate_uid_base_takes_lowest_free() -> None:
+    assert allocate_uid_base(set()) == UID_RANGE_FIRST
+    used = {UID_RANGE_FIRST, UID_RANGE_FIRST + 2 * UID_RANGE_SIZE}
+    assert allocate_uid_base(used) == UID_RANGE_FIRST + UID_RANGE_SIZE
+
+
+def test_liveness_needs_same_start_time() -> None:
+    import os
+
+    me = os.getpid()
+    start = process_start_time(me)
+    assert start is not None
+    alive = RuntimeRecord(
+        name=MachineName("m"), pid=me, start_time=start, mode="run", started=0, owns_mount=False
+    )
+    assert is_alive(alive)
+    recycled = RuntimeRecord(
+        name=MachineName("m"), pid=me, start_time=start + 1, mode="run", started=0, owns_mount=False
+    )
+    assert not is_alive(recycled)
