@@ -48,7 +48,7 @@ class Store:
         import json
 
         record = json.loads((self.root / "images" / image / "image.json").read_text())
-        return self.root / "layers" / record["layers"][0]["id"] / "tree"
+        return self.root / "layers" / str(record["layers"][0]["id"]) / "tree"
 
     def machine_json(self, machine: str) -> dict[str, object]:
         import json

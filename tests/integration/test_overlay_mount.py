@@ -12,11 +12,10 @@ import pytest
 
 from veneer.errors import MountError
 from veneer.overlay import idmap
+from veneer.overlay.layers import is_opaque, is_whiteout
 from veneer.overlay.mount import (
     _mount_legacy,
     is_mounted,
-    is_opaque,
-    is_whiteout,
     load_mountinfo,
     mount_overlay,
     overlay_options,

@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 
 from veneer.errors import MountError
+from veneer.overlay.layers import is_opaque, is_whiteout
 from veneer.overlay.mount import (
     FSCONFIG_VALUE_MAX,
     MountInfo,
     escape_option_path,
-    is_opaque,
-    is_whiteout,
     overlay_fsconfig,
     overlay_options,
     overlay_using,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Bind, ImageName, MachineName, NetworkMode, parse_machine_name
-from veneer.errors import MachineBusy, MachineExists, MachineNotFound, MountError
+from veneer.errors import MachineBusy, MachineExists, MachineNotFound
 from veneer.images.store import load_image, lower_dirs, prepare_store
 from veneer.machines.diff import Change, diff_upper
 from veneer.machines.idshift import shift_ownership
@@ -262,17 +262,14 @@ def umount_machine(layout: Layout, name: MachineName) -> None:
 
 def _mount(layout: Layout, record: MachineRecord) -> None:
     image = load_image(layout, record.image)
-    try:
-        mount_overlay(
-            lower_dirs(layout, image, record.revision),
-            layout.machine_root(record.name),
-            upper=layout.machine_upper(record.name),
-            work=layout.machine_work(record.name),
-            uid_base=record.uid_base,
-            scratch=layout.idmap_dir(record.name),
-        )
-    except MountError as e:
-        raise MountError(f"Failed to mount overlay for '{record.name}': {e.message}", hint=e.hint) from e
+    mount_overlay(
+        lower_dirs(layout, image, record.revision),
+        layout.machine_root(record.name),
+        upper=layout.machine_upper(record.name),
+        work=layout.machine_work(record.name),
+        uid_base=record.uid_base,
+        scratch=layout.idmap_dir(record.name),
+    )
 
 
 def run_machine(

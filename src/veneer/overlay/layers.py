@@ -7,6 +7,7 @@ and a non-directory where a parent directory is expected ends the lookup.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -16,16 +17,22 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 def is_whiteout(st: os.stat_result) -> bool:
-    """Whether an entry is an overlayfs whiteout: a character device with device number 0/0."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    """Whether `st` is an overlayfs whiteout: a character device 0/0.
+
+    The other form, a zero-size file with the "trusted.overlay.whiteout" xattr, is never created by
+    overlayfs itself, only by tools that build layers for nesting.
+    """
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
 
 
 def is_opaque(path: Path) -> bool:
-    """Whether a directory in an upper or layer dir hides the directories of the layers below it."""
+    """Whether the directory `path` hides the layers below it (xattr "trusted.overlay.opaque" is "y")."""
     try:
         return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
 
 
 def lookup(layers: Sequence[Path], relative: str) -> os.stat_result | None:

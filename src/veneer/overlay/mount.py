@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,25 +199,6 @@ def is_mounted(target: Path) -> bool:
     """Whether something is mounted on `target` (compared after resolving symlinks)."""
     where = _canonical(target)
     return any(m.mount_point == where for m in load_mountinfo())
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    """Whether `st` is an overlayfs whiteout: a character device 0/0.
-
-    The other form, a zero-size file with the "trusted.overlay.whiteout" xattr, is never created by
-    overlayfs itself, only by tools that build layers for nesting.
-    """
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
-
-
-def is_opaque(path: Path) -> bool:
-    """Whether the upper directory `path` is opaque (xattr "trusted.overlay.opaque" is "y")."""
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOENT, errno.ENOTDIR):
-            return False
-        raise
 
 
 def _hint_for(e: OSError) -> str:

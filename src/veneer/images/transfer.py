@@ -1,0 +1,563 @@
+"""How files enter an image: extracting a root filesystem tarball, or copying a directory tree.
+
+`extract_tar()` treats the archive as hostile. It never calls `tarfile.extract*()`: it reads members with
+`tarfile` in stream mode and makes every filesystem change itself with fd-relative syscalls, walking to
+each member's parent one component at a time with O_NOFOLLOW|O_DIRECTORY, so neither a `..` name nor a
+symlink planted by an earlier member can redirect a write outside the destination. A replaced entry is
+unlinked first and files are created with O_EXCL, so an existing entry is never written through.
+
+`copy_tree()` trusts its source (a directory the administrator points at) and delegates to `cp -a`.
+
+This module knows nothing about the image store; it imports `veneer.errors` and `veneer.util.proc` only.
+`zstandard` is imported lazily, when a zstd archive is opened.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import decimal
+import errno
+import gzip
+import io
+import logging
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from pathlib import Path
+from typing import IO, Protocol, Self
+
+from veneer.errors import CommandFailed, ImageError, UnsafeArchive
+from veneer.util.proc import run
+
+logger = logging.getLogger(__name__)
+
+UNSAFE_HINT = "The archive is not a safe root filesystem tarball; nothing was imported."
+DAMAGED_HINT = "The archive is damaged or not a tarball; download or create it again. Nothing was imported."
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+_SPARSE_BLOCK = 64 << 10
+# Extended headers (pax, GNU long names) are read into memory whole, so cap them. This also bounds the
+# quadratic pax record parsing of CPython < 3.11.10 (CVE-2024-6232) to well under a second per header.
+_MAX_EXTENDED_HEADER = 1 << 20
+_EXTENDED_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
+_XATTR_PREFIX = "SCHILY.xattr."
+_NS = 1_000_000_000
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _HeaderRefused(Exception):
+    """Raised inside tarfile's header parsing; turned into an `ImageError` by the caller."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized extended headers and garbled header blocks.
+
+    Plain tarfile stops reading silently at a header with a bad checksum after the first member, which
+    would import a truncated tree; raising here (tarfile re-raises non-HeaderError exceptions) stops that.
+    The two header errors caught exist since Python 3.2, but typeshed leaves them out.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        try:
+            info = super().frombuf(buf, encoding, errors)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:  # type: ignore[attr-defined]
+            raise _HeaderRefused(f"garbled header block ({e})") from None
+        if info.type in _EXTENDED_TYPES and info.size > _MAX_EXTENDED_HEADER:
+            raise _HeaderRefused(
+                f"extended header of {info.size} bytes (at most {_MAX_EXTENDED_HEADER} are accepted)",
+            )
+        return info
+
+
+class _ArchiveReader:
+    """The decompressed archive as tarfile reads it (forward only); decoder errors become `ImageError`."""
+
+    def __init__(self, stream: _Readable, *, archive: Path, errors: tuple[type[Exception], ...]) -> None:
+        self._stream = stream
+        self._archive = archive
+        self._errors = errors
+
+    def read(self, size: int, /) -> bytes:
+        try:
+            return self._stream.read(size)
+        except self._errors as e:
+            raise ImageError(f"Cannot read '{self._archive}': {e}", hint=DAMAGED_HINT) from e
+
+    def write(self, b: bytes, /) -> object:
+        raise io.UnsupportedOperation("write")
+
+    def tell(self) -> int:
+        raise io.UnsupportedOperation("tell")
+
+    def seek(self, pos: int, /) -> object:
+        raise io.UnsupportedOperation("seek")
+
+    def close(self) -> object:
+        return None
+
+
+def _open_decompressed(raw: io.BufferedReader, archive: Path, stack: contextlib.ExitStack) -> _ArchiveReader:
+    """Wrap `raw` in the decompressor its magic bytes call for; anything else is read as plain tar."""
+    head = raw.peek(6)[:6]
+    stream: _Readable
+    errors: tuple[type[Exception], ...]
+    if head.startswith(b"\x1f\x8b"):
+        kind, errors = "gzip", (OSError, EOFError, zlib.error)
+        stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+    elif head.startswith(b"\xfd7zXZ\x00"):
+        kind, errors = "xz", (OSError, EOFError, lzma.LZMAError)
+        stream = stack.enter_context(lzma.LZMAFile(raw))
+    elif head.startswith(b"BZh"):
+        kind, errors = "bzip2", (OSError, EOFError, ValueError)
+        stream = stack.enter_context(bz2.BZ2File(raw))
+    elif head.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard  # Lazily: only zstd archives need it, and importing veneer must stay cheap.
+
+        kind, errors = "zstd", (OSError, zstandard.ZstdError)
+        # Archives made by parallel compressors (zstd -T, pzstd) consist of several frames.
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+        stream = stack.enter_context(reader)
+    else:
+        kind, errors, stream = "uncompressed", (OSError,), raw
+    logger.debug("'%s' is a %s archive", archive, kind)
+    return _ArchiveReader(stream, archive=archive, errors=errors)
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int | None:
+    """The member's mtime in ns, or None if it is garbled.
+
+    A pax mtime is parsed exactly: tarfile's float keeps only microseconds of a current timestamp.
+    """
+    text = member.pax_headers.get("mtime")
+    try:
+        seconds = decimal.Decimal(text) if text is not None else decimal.Decimal(member.mtime)
+        ns = int(seconds * _NS)
+    except (ArithmeticError, ValueError):  # not a number, infinite, NaN, or out of decimal's range
+        return None
+    return ns if -(2**63) <= ns < 2**63 else None
+
+
+def _copy_data(source: IO[bytes], fd: int, *, sparse: bool) -> None:
+    """Write a member's data to `fd`; for a sparse member, leave all-zero blocks as holes."""
+    if not sparse:
+        with open(fd, "wb", closefd=False) as out:
+            shutil.copyfileobj(source, out, _CHUNK)
+        return
+    size = 0
+    while block := source.read(_SPARSE_BLOCK):
+        if block.count(0) == len(block):
+            os.lseek(fd, len(block), os.SEEK_CUR)
+        else:
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
+        size += len(block)
+    os.ftruncate(fd, size)
+
+
+class _Extractor:
+    """Creates members below one directory fd, never following a symlink that an earlier member planted."""
+
+    def __init__(self, root_fd: int, *, archive: Path, allow_whiteouts: bool) -> None:
+        self.root_fd = root_fd
+        self.archive = archive
+        self.allow_whiteouts = allow_whiteouts
+        self.privileged = os.geteuid() == 0
+        # Paths of regular files extracted so far: the only valid hard link targets.
+        self.regular: set[tuple[str, ...]] = set()
+        # Directory mode and mtime (ns), applied after their contents are written.
+        self.directories: dict[tuple[str, ...], tuple[int, int]] = {}
+
+    def refuse(self, member: tarfile.TarInfo, reason: str) -> UnsafeArchive:
+        return UnsafeArchive(f"Refusing '{self.archive}': member '{member.name}' {reason}", hint=UNSAFE_HINT)
+
+    def parse_path(self, member: tarfile.TarInfo, name: str, what: str) -> tuple[str, ...]:
+        """Split a member or link name into components below the root; refuse any that could leave it."""
+        if "\0" in name:
+            raise self.refuse(member, f"has a NUL byte in its {what}")
+        if name.startswith("/"):
+            raise self.refuse(member, f"has an absolute {what} '{name}'")
+        parts = tuple(part for part in name.split("/") if part not in ("", "."))
+        if ".." in parts:
+            raise self.refuse(member, f"has a '..' component in its {what} '{name}'")
+        return parts
+
+    def check(self, member: tarfile.TarInfo) -> tuple[tuple[str, ...], int]:
+        """Refuse a member before anything is written for it; return its path components and mtime (ns)."""
+        path = self.parse_path(member, member.name, "name")
+        if not path and not member.isdir():
+            raise self.refuse(member, "would replace the destination directory itself")
+        if member.ischr() and member.devmajor == 0 and member.devminor == 0:
+            if not self.allow_whiteouts:
+                raise self.refuse(member, "is an overlay whiteout (character device 0/0)")
+        elif member.ischr() or member.isblk():
+            if len(path) < 2 or path[0] != "dev":
+                raise self.refuse(member, "is a device node outside dev/")
+        elif not (member.isreg() or member.isdir() or member.issym() or member.islnk() or member.isfifo()):
+            raise self.refuse(member, f"has the unsupported type {member.type!r}")
+        if member.issym() and "\0" in member.linkname:
+            raise self.refuse(member, "has a NUL byte in its symlink target")
+        for what, value in (("owner", member.uid), ("group", member.gid)):
+            if not 0 <= value < 0xFFFFFFFF:
+                raise self.refuse(member, f"has an invalid {what} {value}")
+        mtime_ns = _mtime_ns(member)
+        if mtime_ns is None:
+            raise self.refuse(member, "has an invalid modification time")
+        return path, mtime_ns
+
+    def xattrs(self, member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+        """The extended attributes from the member's pax header that veneer restores (as root only)."""
+        if not self.privileged:
+            return []
+        result = []
+        for key, value in member.pax_headers.items():
+            if not key.startswith(_XATTR_PREFIX):
+                continue
+            name = key.removeprefix(_XATTR_PREFIX)
+            # trusted.overlay.* changes how overlayfs reads a lower layer; only layers may carry it.
+            if (
+                name == "security.capability"
+                or name.startswith("user.")
+                or (self.allow_whiteouts and name.startswith("trusted.overlay."))
+            ):
+                # tarfile decoded the raw value with surrogateescape; this restores the exact bytes.
+                result.append((name, value.encode("utf-8", "surrogateescape")))
+            else:
+                logger.debug("Not restoring extended attribute %s of '%s', ignoring.", name, member.name)
+        return result
+
+    def add(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """Extract one member."""
+        path, mtime_ns = self.check(member)
+        try:
+            if member.isdir():
+                self.add_directory(member, path, mtime_ns)
+            elif member.islnk():
+                self.add_hardlink(member, path)
+            else:
+                parent = self.open_parent(member, path)
+                try:
+                    self.clear(member, parent, path, keep_directory=False)
+                    if member.isreg():
+                        self.add_file(tf, member, parent, path[-1], mtime_ns)
+                        self.regular.add(path)
+                    else:
+                        self.add_special(member, parent, path[-1], mtime_ns)
+                finally:
+                    os.close(parent)
+        except OSError as e:
+            raise ImageError(
+                f"Failed to extract '{member.name}' from '{self.archive}': {e.strerror or e}",
+                hint="Check that the destination file system has space and supports the file types. "
+                "Nothing was imported.",
+            ) from e
+
+    def open_parent(self, member: tarfile.TarInfo, path: tuple[str, ...], *, create: bool = True) -> int:
+        """Open the directory that holds `path[-1]`, creating missing ones; never via a symlink."""
+        fd = os.dup(self.root_fd)
+        try:
+            for i, part in enumerate(path[:-1]):
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    where = "/".join(path[: i + 1])
+                    if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise self.refuse(member, f"lies below '{where}', which is a symlink") from None
+                    raise self.refuse(member, f"lies below '{where}', which is not a directory") from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def clear(
+        self, member: tarfile.TarInfo, parent: int, path: tuple[str, ...], *, keep_directory: bool
+    ) -> bool:
+        """Remove what a member replaces (later members win); True if an existing directory is kept."""
+        try:
+            st = os.stat(path[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_directory:
+                return True
+            try:
+                os.rmdir(path[-1], dir_fd=parent)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise self.refuse(member, "would replace a directory that is not empty") from None
+                raise
+            self.directories.pop(path, None)
+            return False
+        os.unlink(path[-1], dir_fd=parent)
+        self.regular.discard(path)
+        return False
+
+    def set_owner(self, member: tarfile.TarInfo, target: int | str, parent: int | None = None) -> None:
+        if self.privileged:
+            if isinstance(target, int):
+                os.fchown(target, member.uid, member.gid)
+            else:
+                os.chown(target, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+
+    def set_xattrs(self, member: tarfile.TarInfo, target: int | str) -> None:
+        """Set xattrs on an fd, or on a path that must not be followed (xattr calls take no dir_fd)."""
+        for name, value in self.xattrs(member):
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as e:
+                if e.errno == errno.EOPNOTSUPP and name.startswith("user."):
+                    logger.debug("Cannot set %s on '%s': %s, ignoring.", name, member.name, e.strerror)
+                    continue
+                raise ImageError(
+                    f"Failed to set extended attribute '{name}' on '{member.name}': {e.strerror or e}",
+                    hint="Use a destination file system with extended attributes (ext4, xfs, btrfs).",
+                ) from e
+
+    def add_file(
+        self, tf: tarfile.TarFile, member: tarfile.TarInfo, parent: int, name: str, mtime_ns: int
+    ) -> None:
+        # O_EXCL|O_NOFOLLOW: `clear()` removed any previous entry, so this can only create a new file.
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+        )
+        try:
+            source = tf.extractfile(member)
+            if source is not None:
+                with source:
+                    _copy_data(source, fd, sparse=member.issparse())
+            # chown clears setuid/setgid and security.capability, and writing data clears capabilities too:
+            # hence data, then owner, then mode and xattrs.
+            self.set_owner(member, fd)
+            os.fchmod(fd, member.mode & 0o7777)
+            self.set_xattrs(member, fd)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+    def add_special(self, member: tarfile.TarInfo, parent: int, name: str, mtime_ns: int) -> None:
+        """Create a symlink, device node or fifo named `name` in `parent` and set its metadata."""
+        if member.issym():
+            os.symlink(member.linkname, name, dir_fd=parent)
+        else:
+            if member.isfifo():
+                os.mkfifo(name, 0o600, dir_fd=parent)
+            else:
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                try:
+                    os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=parent)
+                except PermissionError as e:
+                    raise ImageError(
+                        f"Failed to create device node '{member.name}': {e.strerror}",
+                        hint="Import images as root.",
+                    ) from e
+        self.set_owner(member, name, parent)
+        if not member.issym():
+            # Python 3.11 has no fchmodat(AT_SYMLINK_NOFOLLOW); an O_PATH fd pins the inode just created
+            # without opening the device, and chmod through /proc/self/fd acts on that inode.
+            node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                if stat.S_ISLNK(os.fstat(node).st_mode):
+                    raise self.refuse(member, "was replaced by a symlink while being extracted")
+                os.chmod(f"/proc/self/fd/{node}", member.mode & 0o7777)
+            finally:
+                os.close(node)
+        self.set_xattrs(member, f"/proc/self/fd/{parent}/{name}")
+        os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def add_directory(self, member: tarfile.TarInfo, path: tuple[str, ...], mtime_ns: int) -> None:
+        if path:
+            parent = self.open_parent(member, path)
+            try:
+                if not self.clear(member, parent, path, keep_directory=True):
+                    # Owner-only until finish(): a read-only directory must not block its own contents.
+                    os.mkdir(path[-1], 0o700, dir_fd=parent)
+                fd = os.open(path[-1], _DIR_FLAGS, dir_fd=parent)
+            finally:
+                os.close(parent)
+        else:
+            fd = os.dup(self.root_fd)
+        try:
+            self.set_owner(member, fd)
+            self.set_xattrs(member, fd)
+        finally:
+            os.close(fd)
+        self.directories[path] = (member.mode & 0o7777, mtime_ns)
+
+    def add_hardlink(self, member: tarfile.TarInfo, path: tuple[str, ...]) -> None:
+        target = self.parse_path(member, member.linkname, "hard link target")
+        if target not in self.regular:
+            raise self.refuse(
+                member,
+                f"is a hard link to '{member.linkname}', which is not a regular file extracted before it",
+            )
+        if target == path:
+            return
+        source_parent = self.open_parent(member, target, create=False)
+        try:
+            if not stat.S_ISREG(os.stat(target[-1], dir_fd=source_parent, follow_symlinks=False).st_mode):
+                raise self.refuse(
+                    member, f"is a hard link to '{member.linkname}', which is not a regular file"
+                )
+            parent = self.open_parent(member, path)
+            try:
+                self.clear(member, parent, path, keep_directory=False)
+                os.link(
+                    target[-1], path[-1], src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False
+                )
+            finally:
+                os.close(parent)
+        finally:
+            os.close(source_parent)
+        self.regular.add(path)
+
+    def finish(self) -> None:
+        """Apply directory modes and mtimes, deepest first, now that nothing more is written into them."""
+        for path in sorted(self.directories, key=len, reverse=True):
+            mode, ns = self.directories[path]
+            fd = os.dup(self.root_fd)
+            try:
+                for part in path:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = child
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(ns, ns))
+            except OSError as e:
+                raise ImageError(
+                    f"Failed to set the mode of directory '{'/'.join(path) or '.'}': {e.strerror or e}",
+                ) from e
+            finally:
+                os.close(fd)
+
+
+def _empty_directory(fd: int, dest: Path) -> None:
+    """Remove everything below `fd` after a failed extraction, so no half-imported tree remains."""
+    for name in os.listdir(fd):
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        except OSError as e:
+            logger.debug("Cannot remove '%s' from '%s': %s, ignoring.", name, dest, e)
+
+
+def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> None:
+    """Extract a root filesystem tarball (plain, gzip, xz, bzip2 or zstd) into the empty directory `dest`.
+
+    Members that would write outside `dest` or are not allowed in a root filesystem raise `UnsafeArchive`;
+    an unreadable archive raises `ImageError`. On any failure `dest` is emptied again.
+
+    Args:
+        allow_whiteouts: accept overlay whiteouts (character devices 0/0) anywhere and restore
+            `trusted.overlay.*` attributes, as image layers need.
+    """
+    try:
+        root_fd = os.open(dest, _DIR_FLAGS)
+    except OSError as e:
+        raise ImageError(
+            f"Cannot extract into '{dest}': {e.strerror}", hint="Create the destination directory first."
+        ) from e
+    try:
+        if os.listdir(root_fd):
+            raise ImageError(
+                f"Cannot extract into '{dest}': it is not empty", hint="Extract into a new, empty directory."
+            )
+        logger.debug("Extracting '%s' into '%s'", archive, dest)
+        try:
+            _extract(archive, root_fd, allow_whiteouts=allow_whiteouts)
+        except BaseException:
+            _empty_directory(root_fd, dest)
+            raise
+    finally:
+        os.close(root_fd)
+
+
+def _extract(archive: Path, root_fd: int, *, allow_whiteouts: bool) -> None:
+    extractor = _Extractor(root_fd, archive=archive, allow_whiteouts=allow_whiteouts)
+    with contextlib.ExitStack() as stack:
+        try:
+            raw = stack.enter_context(open(archive, "rb"))
+        except OSError as e:
+            raise ImageError(
+                f"Cannot open '{archive}': {e.strerror}", hint="Check the path of the archive."
+            ) from e
+        reader = _open_decompressed(raw, archive, stack)
+        try:
+            tf = stack.enter_context(
+                tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")
+            )
+            while (member := tf.next()) is not None:
+                # Stream mode never looks members up again; dropping them keeps memory flat.
+                del tf.members[:]  # type: ignore[attr-defined]  # a public attribute typeshed leaves out
+                extractor.add(tf, member)
+        except (tarfile.TarError, _HeaderRefused, ValueError, EOFError) as e:
+            # ValueError and EOFError come from tarfile's own parsing of GNU sparse maps and headers.
+            raise ImageError(f"'{archive}' is not a valid tar archive: {e}", hint=DAMAGED_HINT) from e
+        extractor.finish()
+
+
+def copy_tree(source: Path, dest: Path) -> None:
+    """Copy the directory tree `source` (an image root, a machine's upper dir) into the empty `dest`.
+
+    `cp -a` keeps owners, modes, timestamps, hard links, devices (overlay whiteouts too), fifos, sparse
+    files, ACLs and xattrs (trusted.overlay.* as well, as root); GNU tar would need --xattrs
+    --xattrs-include='*' --acls --sparse spelled out, and a pipe. `--preserve=xattr` on top of `-a` makes a
+    lost xattr (e.g. security.capability of ping) an error instead of being ignored. The metadata of
+    `source` itself is copied onto `dest`.
+    """
+    if not source.is_dir():
+        raise ImageError(
+            f"Cannot copy '{source}': not a directory",
+            hint="Pass the directory that holds the root filesystem (with usr/ and etc/).",
+        )
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise ImageError(
+            f"Cannot copy into '{dest}': not an empty directory", hint="Copy into a new, empty directory."
+        )
+    src, dst = source.resolve(), dest.resolve()
+    src_stat = src.stat()
+    if any(os.path.samestat(src_stat, p.stat()) for p in (dst, *dst.parents)):
+        raise ImageError(
+            f"Cannot copy '{source}' into '{dest}': the destination is inside the source",
+            hint="Choose a destination outside the source tree.",
+        )
+    logger.debug("Copying '%s' into '%s'", src, dst)
+    try:
+        run(["cp", "-a", "--reflink=auto", "--preserve=xattr", f"{os.fspath(src)}/.", dst])
+    except CommandFailed as e:
+        raise ImageError(
+            f"Failed to copy '{source}' into '{dest}': {e.message}",
+            hint="Check that the destination has space and supports extended attributes.",
+        ) from e
