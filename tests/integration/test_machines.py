@@ -79,9 +79,9 @@ def test_base_is_read_only_inside(busybox: Store) -> None:
     store = busybox
     store.veneer("create", "m1", "--from", "bb")
     # Writing a base file copies it up into the machine; the layer itself never changes.
-    store.veneer("run", "m1", "--", "sh", "-c", "echo changed >> /etc/os-release")
-    assert b"changed" not in (store.layer_tree("bb") / "etc/os-release").read_bytes()
-    assert b"changed" in (store.upper("m1") / "etc/os-release").read_bytes()
+    store.veneer("run", "m1", "--", "sh", "-c", "echo changed >> /etc/group")
+    assert b"changed" not in (store.layer_tree("bb") / "etc/group").read_bytes()
+    assert b"changed" in (store.upper("m1") / "etc/group").read_bytes()
 
 
 def test_exit_status_stdin_env_workdir_bind(busybox: Store, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def test_run_options() -> None:
         user="kang",
         workdir="/srv",
         env=(("A", "1"),),
-        binds=(Bind(source="/h", target="/c", options="ro"),),
+        binds=(Bind(source="/h", target="/c", readonly=True),),
     )
     argv = nspawn_argv(spec)
     for expected in [
@@ -61,7 +61,7 @@ def test_run_options() -> None:
         "--user=kang",
         "--chdir=/srv",
         "--setenv=A=1",
-        "--bind=/h:/c:ro",
+        "--bind-ro=/h:/c",
     ]:
         assert expected in argv
     assert "--console=pipe" in nspawn_argv(SPEC)

@@ -29,7 +29,7 @@ MACHINE = MachineRecord(
     machine_id="0123456789abcdef0123456789abcdef",
     uid_base=0x70000000,
     network=NetworkMode.NONE,
-    binds=(Bind(source="/srv", target="/data", options="ro"),),
+    binds=(Bind(source="/srv", target="/data", readonly=True),),
 )
 MACHINE_JSON = {
     "version": 1,
@@ -40,7 +40,7 @@ MACHINE_JSON = {
     "machine_id": "0123456789abcdef0123456789abcdef",
     "uid_base": 0x70000000,
     "network": "none",
-    "binds": [{"source": "/srv", "target": "/data", "options": "ro"}],
+    "binds": [{"source": "/srv", "target": "/data", "readonly": True, "options": ""}],
 }
 LAYER = LayerRecord(id="abcd", created=1.0, origin="busybox", size_bytes=4096)
 IMAGE = ImageRecord(name=ImageName("bb"), created=1.0, layers=(LAYER,))

@@ -41,7 +41,8 @@ def test_invalid_image_names(name: str) -> None:
     [
         ("/srv", Bind(source="/srv", target="/srv")),
         ("/srv:/data", Bind(source="/srv", target="/data")),
-        ("/srv:/data:ro", Bind(source="/srv", target="/data", options="ro")),
+        ("/srv:/data:ro", Bind(source="/srv", target="/data", readonly=True)),
+        ("/srv:/data:ro,norbind", Bind(source="/srv", target="/data", readonly=True, options="norbind")),
         ("/srv::idmap", Bind(source="/srv", target="/srv", options="idmap")),
     ],
 )
@@ -49,14 +50,15 @@ def test_parse_bind(text: str, bind: Bind) -> None:
     assert parse_bind(text) == bind
 
 
-@pytest.mark.parametrize("text", ["srv", "/a:b", "/a:/b:ro:x"])
+@pytest.mark.parametrize("text", ["srv", "/a:b", "/a:/b:ro:x", "/a:/b:exec"])
 def test_parse_bind_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_bind(text)
 
 
-def test_bind_spec_escapes_colons_in_paths() -> None:
-    assert Bind(source="/a:b", target="/c", options="ro").spec() == "/a\\:b:/c:ro"
+def test_bind_argument_escapes_colons_in_paths() -> None:
+    assert Bind(source="/a:b", target="/c", options="idmap").argument() == "--bind=/a\\:b:/c:idmap"
+    assert Bind(source="/a", target="/c", readonly=True).argument() == "--bind-ro=/a:/c"
 
 
 def test_parse_env() -> None:

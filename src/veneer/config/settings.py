@@ -66,18 +66,22 @@ def parse_network(text: str) -> NetworkMode:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Bind:
-    """A host path bind-mounted into the machine, in nspawn's SRC[:DST[:OPTIONS]] form."""
+    """A host path bind-mounted into the machine: SRC[:DST[:OPTIONS]] with ro/rw plus nspawn's options."""
 
     source: str
     target: str
-    options: str = ""
+    readonly: bool = False
+    options: str = ""  # nspawn's own: rbind, norbind, idmap, noidmap, rootidmap
 
-    def spec(self) -> str:
-        """The nspawn `--bind=` value; ':' inside paths is escaped as nspawn documents."""
+    def argument(self) -> str:
+        """The nspawn `--bind=`/`--bind-ro=` argument; ':' inside paths is escaped as nspawn documents."""
         parts = [self.source.replace(":", "\\:"), self.target.replace(":", "\\:")]
         if self.options:
             parts.append(self.options)
-        return ":".join(parts)
+        return ("--bind-ro=" if self.readonly else "--bind=") + ":".join(parts)
+
+
+NSPAWN_BIND_OPTIONS = frozenset({"rbind", "norbind", "idmap", "noidmap", "rootidmap"})
 
 
 def parse_bind(text: str) -> Bind:
@@ -91,7 +95,19 @@ def parse_bind(text: str) -> Bind:
     target = parts[1] if len(parts) > 1 and parts[1] else parts[0]
     if not target.startswith("/"):
         raise UsageError(f"Invalid bind '{text}': the container path must be absolute")
-    return Bind(source=parts[0], target=target, options=parts[2] if len(parts) == 3 else "")
+    options = [o for o in (parts[2].split(",") if len(parts) == 3 else []) if o]
+    unknown = set(options) - NSPAWN_BIND_OPTIONS - {"ro", "rw"}
+    if unknown:
+        raise UsageError(
+            f"Invalid bind '{text}': unknown option {', '.join(sorted(unknown))}",
+            hint=f"Use ro, rw or one of {', '.join(sorted(NSPAWN_BIND_OPTIONS))}.",
+        )
+    return Bind(
+        source=parts[0],
+        target=target,
+        readonly="ro" in options,
+        options=",".join(o for o in options if o in NSPAWN_BIND_OPTIONS),
+    )
 
 
 def parse_env(text: str) -> tuple[str, str]:

@@ -53,7 +53,10 @@ class MachineRecord:
             "machine_id": self.machine_id,
             "uid_base": self.uid_base,
             "network": self.network.value,
-            "binds": [{"source": b.source, "target": b.target, "options": b.options} for b in self.binds],
+            "binds": [
+                {"source": b.source, "target": b.target, "readonly": b.readonly, "options": b.options}
+                for b in self.binds
+            ],
         }
 
     @classmethod

@@ -54,6 +54,6 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
     if spec.workdir:
         argv += [f"--chdir={spec.workdir}"]
     argv += [f"--setenv={name}={value}" for name, value in spec.env]
-    argv += [f"--bind={bind.spec()}" for bind in spec.binds]
+    argv += [bind.argument() for bind in spec.binds]
     argv += ["--", *spec.command]
     return argv

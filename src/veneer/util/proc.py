@@ -35,6 +35,15 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """Between fork and exec: have the kernel SIGKILL the child if veneer dies (kill -9 included), so
+    no helper (cp, tar, debootstrap) keeps writing into a staging dir that the next command sweeps."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def run(
     argv: Sequence[StrPath],
     *,
@@ -72,6 +81,7 @@ def run(
             cwd=cwd,
             text=True,
             check=False,
+            preexec_fn=_die_with_parent,
         )
     except FileNotFoundError as e:
         raise CommandFailed(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from veneer.util.fs import locked, make_private_dir, remove_tree, try_lock
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -48,6 +51,9 @@ def sweep_staging(staging: Path) -> list[str]:
         try:
             remove_tree(entry)
             removed.append(entry.name)
+        except OSError as e:
+            # A helper of the dead command may still be writing there; the next sweep gets the rest.
+            logger.debug("Cannot remove '%s' yet: %s", entry, e)
         finally:
             if fd is not None:
                 os.close(fd)
