@@ -44,6 +44,7 @@ def test_upper_holds_only_the_commands_writes(busybox: Store) -> None:
     store.veneer("create", "m1", "--from", "bb")
     result = store.veneer("run", "m1", "--", "sh", "-c", "echo x > /root/f; id -u; stat -c %u /etc/passwd")
     assert result.stdout.split() == ["0", "0"], "container root and the base's root files are uid 0 inside"
+    assert result.stderr == "", "a run prints nothing of its own (nspawn's state dir is a tmpfs for it)"
     base = store.machine_json("m1")["uid_base"]
     assert isinstance(base, int) and base >= 0x10000
     assert upper_listing(store, "m1") == {"/root": (base, base), "/root/f": (base, base)}

@@ -38,7 +38,13 @@ from veneer.machines.state import (
 )
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
 from veneer.runtime.base import RunSpec
-from veneer.runtime.nspawn import is_systemd_host, nspawn_argv
+from veneer.runtime.nspawn import (
+    NSPAWN_STATE_DIR,
+    enter_private_state_dir,
+    is_systemd_host,
+    needs_private_state_dir,
+    nspawn_argv,
+)
 from veneer.util.fs import locked, remove_tree
 from veneer.util.proc import spawn, wait_forwarding
 from veneer.util.staging import staging_dir, trash
@@ -306,7 +312,12 @@ def run_machine(
                 systemd_host=is_systemd_host(),
             )
             term = {"TERM": os.environ["TERM"]} if "TERM" in os.environ else None
-            process = spawn(nspawn_argv(spec), env=term)
+            private_state = needs_private_state_dir()
+            if private_state:
+                NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
+            process = spawn(
+                nspawn_argv(spec), env=term, before_exec=enter_private_state_dir if private_state else None
+            )
             _save_runtime(layout, name, process.pid, owns_mount)
             return wait_forwarding(process)
         finally:

@@ -194,6 +194,12 @@ def mount(source: str, target: Path, fstype: str, *, flags: int = 0, data: str =
         raise _oserror("mount", target)
 
 
+def unshare(flags: int) -> None:
+    """unshare(2): move the calling process into new namespaces."""
+    if _libc().unshare(ctypes.c_int(flags)) < 0:
+        raise _oserror("unshare", hex(flags))
+
+
 def umount2(path: Path, flags: int = 0) -> None:
     """umount2(2) of the mount at `path`."""
     if _libc().umount2(os.fsencode(path), ctypes.c_int(flags | UMOUNT_NOFOLLOW)) < 0:

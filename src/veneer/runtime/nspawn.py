@@ -7,12 +7,48 @@ or copying anything.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from veneer.runtime.base import RunSpec
 from veneer.util.proc import which
 
 USERNS_SIZE = 65536
+
+
+NSPAWN_STATE_DIR = Path("/run/systemd/nspawn")
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 0x2, 0x4, 0x4000, 0x80000
+
+
+def needs_private_state_dir() -> bool:
+    """Whether nspawn's state dir is on a disk rather than a tmpfs (hosts whose /run is a plain directory,
+    as in some containers and CI machines). nspawn then refuses to clean up its per-machine directory
+    there and ends every run with "Attempted to remove disk file system"."""
+    from veneer.overlay.mount import load_mountinfo
+
+    here = os.path.realpath(NSPAWN_STATE_DIR.parent if not NSPAWN_STATE_DIR.exists() else NSPAWN_STATE_DIR)
+    covering = [
+        m
+        for m in load_mountinfo()
+        if here == m.mount_point or here.startswith(m.mount_point.rstrip("/") + "/")
+    ]
+    fstype = max(covering, key=lambda m: len(m.mount_point)).fstype if covering else ""
+    return fstype not in ("tmpfs", "ramfs")
+
+
+def enter_private_state_dir() -> None:
+    """Between fork and exec of nspawn: give it a mount namespace of its own with a tmpfs at its state dir.
+
+    The namespace is a slave of the host's, so the machine's overlay (mounted before) is visible, and the
+    tmpfs never shows on the host. The caller has created the directory beforehand.
+    """
+    from veneer.overlay import idmap
+
+    idmap.unshare(CLONE_NEWNS)
+    # Before mounting anything: stop mounts made here from propagating back to the host.
+    idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
+    idmap.mount("tmpfs", NSPAWN_STATE_DIR, "tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=0755")
 
 
 def is_systemd_host() -> bool:

@@ -12,7 +12,7 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from veneer.errors import CommandFailed
 
@@ -105,12 +105,21 @@ def which(name: str) -> str | None:
     return None
 
 
-def spawn(argv: Sequence[StrPath], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start argv with the caller's stdin, stdout and stderr (a foreground container run)."""
+def spawn(
+    argv: Sequence[StrPath],
+    *,
+    env: Mapping[str, str] | None = None,
+    before_exec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv with the caller's stdin, stdout and stderr (a foreground container run).
+
+    Args:
+        before_exec: runs in the child between fork and exec (stdlib and syscall wrappers only).
+    """
     args = [os.fspath(a) for a in argv]
     logger.debug("+ %s", shlex.join(args))
     try:
-        return subprocess.Popen(args, env=base_env(env))
+        return subprocess.Popen(args, env=base_env(env), preexec_fn=before_exec)
     except FileNotFoundError as e:
         raise CommandFailed(
             args,
