@@ -1,0 +1,87 @@
+"""Arch Linux images (and derivatives, through os-release ID_LIKE): pacstrap and pacman.
+
+`pacstrap -c` makes the tree, as the how-to does, with the host's package cache. The how-to's `-d`
+(allow a non-mountpoint) is gone from arch-install-scripts: pacstrap no longer checks for a mountpoint
+and rejects the flag. pacstrap mounts /proc, /sys, /dev, /run and /tmp inside the tree and unmounts them
+from an EXIT trap, which does not run if it is killed; so it runs in a private mount namespace of its
+own (`unshare --mount`), where its mounts die with it and never reach the host's.
+
+Imports `veneer.images.distros` for the base class; must not import `veneer.images.bootstrap`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from veneer.errors import CommandFailed, ImageError
+from veneer.images.distros import DistributionInstaller, generate_locale, run_in_tree, write_tree_text
+from veneer.util.proc import run
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PACKAGES = ("base",)
+HOST_MIRRORLIST = Path("/etc/pacman.d/mirrorlist")
+
+
+class ArchInstaller(DistributionInstaller):
+    os_ids: ClassVar[tuple[str, ...]] = ("arch", "archlinux")
+
+    @classmethod
+    def pretty_name(cls) -> str:
+        return "Arch Linux"
+
+    @classmethod
+    def install_packages(cls, tree: Path, packages: Sequence[str], *, progress: bool = False) -> None:
+        logger.info("Installing %s", ", ".join(packages))
+        run_in_tree(tree, install_argv(packages), progress=progress)
+
+    @classmethod
+    def setup_locale(cls, tree: Path, locale: str, *, progress: bool = False) -> None:
+        generate_locale(tree, locale)
+        write_tree_text(tree, "etc/locale.conf", f"LANG={locale}\n")
+
+
+def install_argv(packages: Sequence[str]) -> list[str]:
+    """The pacman command, run inside the tree, that installs `packages` after refreshing its databases."""
+    return ["pacman", "--sync", "--refresh", "--needed", "--noconfirm", "--", *packages]
+
+
+def pacstrap_argv(
+    tree: Path, *, packages: Sequence[str], pacman_conf: Path | None, copy_mirrorlist: bool
+) -> list[str]:
+    """The pacstrap command line that installs `packages` (default: base) into `tree`."""
+    argv = ["unshare", "--mount", "--propagation=private", "pacstrap", "-c"]
+    if not copy_mirrorlist:
+        # pacstrap copies the host's mirrorlist into the tree unless told not to; hosts that are not Arch
+        # have none, and cp would complain.
+        argv.append("-M")
+    if pacman_conf is not None:
+        argv += ["-C", os.fspath(pacman_conf)]
+    return [*argv, os.fspath(tree), *(packages or DEFAULT_PACKAGES)]
+
+
+def bootstrap(
+    tree: Path, *, packages: Sequence[str], pacman_conf: Path | None, progress: bool = False
+) -> None:
+    """Fill the empty directory `tree` with `packages` from the repositories of `pacman_conf`.
+
+    With `progress` pacman's output is shown (pacstrap writes it to stdout; errors go to stderr).
+    """
+    if pacman_conf is not None and not pacman_conf.is_file():
+        raise ImageError(f"No pacman configuration at '{pacman_conf}'", hint="Pass an existing pacman.conf.")
+    argv = pacstrap_argv(
+        tree, packages=packages, pacman_conf=pacman_conf, copy_mirrorlist=HOST_MIRRORLIST.is_file()
+    )
+    logger.info("Bootstrapping Arch Linux into '%s'", tree)
+    try:
+        run(argv, capture=not progress)
+    except CommandFailed as e:
+        raise ImageError(
+            f"pacstrap failed: {e.message}",
+            hint="Check the package names, and the repositories and SigLevel of the pacman.conf "
+            "(signed packages need a pacman keyring: pacman-key --init, then pacman-key --populate).",
+        ) from e

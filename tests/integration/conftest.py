@@ -1,0 +1,56 @@
+"""Integration tests: every test here is marked `integration`; those marked `root` skip unless uid 0.
+
+`debian_tree` debootstraps Debian bookworm (minbase) once per test run, for every test that needs a
+real distribution tree. Tests must not change it: copy it first (`cp -a`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
+from veneer.util import proc
+
+HERE = Path(__file__).resolve().parent
+
+# The user the shared Debian tree is provisioned with (primary group users, also in group audio).
+DEBIAN_USER = "tester"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    not_root = pytest.mark.skip(reason="needs root (uid 0)")
+    for item in items:
+        if not item.path.resolve().is_relative_to(HERE):
+            continue
+        item.add_marker(pytest.mark.integration)
+        if os.geteuid() != 0 and item.get_closest_marker("root") is not None:
+            item.add_marker(not_root)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a test's tree, never crossing into a mount that a failed test may have left."""
+    proc.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False)
+
+
+@pytest.fixture(scope="session")
+def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Debian bookworm minbase tree made by `build_tree` (about a minute); read-only for tests."""
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap needs root (uid 0)")
+    base = tmp_path_factory.mktemp("debian")
+    tree = base / "tree"
+    tree.mkdir()
+    spec = BuildSpec(
+        source=SourceKind.DEBOOTSTRAP,
+        suite="bookworm",
+        provisioning=Provisioning(users=(f"{DEBIAN_USER}:users,audio",)),
+    )
+    try:
+        build_tree(spec, tree)
+        yield tree
+    finally:
+        remove_tree(base)
