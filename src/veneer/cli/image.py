@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     else:
         spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
     record = create_image(
-        Layout.from_env(args.root), name, origin=spec.describe(), build=lambda tree: build_tree(spec, tree)
+        Layout.from_env(args.root),
+        name,
+        origin=spec.describe(),
+        build=lambda tree: build_tree(spec, tree, progress=sys.stderr.isatty()),
     )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
     return 0

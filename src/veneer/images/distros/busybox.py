@@ -53,6 +53,29 @@ INITTAB = """\
 ::restart:/sbin/init
 """
 
+# systemd-nspawn --user looks the user up inside the machine with "getent passwd NAME" and "getent
+# initgroups NAME" (nspawn-setuid.c), and busybox has no getent applet.
+GETENT = """\
+#!/bin/sh
+# getent for busybox images (made by veneer): passwd, group and initgroups from the files in /etc.
+db=$1 key=$2
+case $db in
+passwd|group)
+    awk -F: -v k="$key" '$1 == k || $3 == k { print; found = 1; exit }
+        END { exit !found ? 2 : 0 }' "/etc/$db" ;;
+initgroups)
+    awk -F: -v k="$key" '
+        FILENAME == "/etc/passwd" && $1 == k { gid = $4 }
+        FILENAME == "/etc/group" {
+            n = split($4, members, ",")
+            for (i = 1; i <= n; i++) if (members[i] == k) more = more " " $3
+        }
+        END { if (gid == "") exit 2; print k " " gid more }' /etc/passwd /etc/group ;;
+*)
+    echo "getent: database '$db' is not supported here" >&2; exit 1 ;;
+esac
+"""
+
 OS_RELEASE = """\
 NAME="BusyBox"
 ID=busybox
@@ -225,6 +248,7 @@ def bootstrap(tree: Path) -> None:
     (tree / "lib").symlink_to("usr/lib")
     (tree / "etc/os-release").symlink_to("../usr/lib/os-release")
     write_tree_text(tree, "etc/inittab", INITTAB)
+    write_tree_text(tree, "usr/bin/getent", GETENT, mode=0o755)
     save_account_files(tree, AccountFiles(passwd=PASSWD, group=GROUP, shadow=SHADOW))
 
 
