@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -572,12 +573,18 @@ def fs_type(path: Path) -> str:
     return kind
 
 
+def loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def host_info(bench: Bench) -> dict[str, Any]:
     git = run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture=True, check=False)
     return {
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        # Other work on the host adds noise to every contender alike (they take turns); worth knowing.
+        "loadavg_at_end": loadavg(),
         "scratch_fs": fs_type(bench.scratch),
         "python": platform.python_version(),
         "veneer_git": git.stdout.strip() or "unknown",
@@ -623,7 +630,7 @@ def scratch_dir() -> Iterator[Path]:
 
 
 def raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: every cleanup runs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -645,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     selected = [b for b in BENCHMARKS if args.only in (None, b.name)]
-    started = time.time()
+    started, load_at_start = time.time(), loadavg()
     with scratch_dir() as scratch, contextlib.ExitStack() as cleanups:
         bench = Bench(scratch=scratch, quick=args.quick, cleanups=cleanups)
         bases = Bases(bench)
@@ -663,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "warmup": args.warmup,
             },
-            "host": host_info(bench),
+            "host": {**host_info(bench), "loadavg_at_start": load_at_start},
             "bases": bench.base_info,
             "setup_s": bench.setup_seconds,
             "benchmarks": results,
@@ -678,4 +685,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CommandFailed as e:
+        log(f"failed: {shlex.join(e.argv)}: {e.message}")
+        log("cleaned up (a cleanup that failed is reported above)")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log("interrupted; cleaned up (a cleanup that failed is reported above)")
+        sys.exit(130)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.helpers import Store, private_store
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
 
@@ -54,3 +55,19 @@ def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield tree
     finally:
         remove_tree(base)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A veneer store of the test's own, driven through the CLI; its mounts and files go afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (uid 0)")
+    with private_store(tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def busybox(store: Store) -> Store:
+    """A store holding the image 'bb' made with --busybox."""
+    store.veneer("image", "create", "bb", "--busybox")
+    return store

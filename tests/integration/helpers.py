@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from veneer.util import proc
 
@@ -78,22 +75,3 @@ def private_store(tmp: Path) -> Iterator[Store]:
             proc.run(["umount", "--lazy", point], check=False)
         for path in (store.root, store.run):
             proc.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    _require_root()
-    with private_store(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-def busybox(store: Store) -> Store:
-    """A store holding the image 'bb' made with --busybox."""
-    store.veneer("image", "create", "bb", "--busybox")
-    return store

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import Store, busybox, mounts_under, store
+from tests.integration.conftest import DEBIAN_USER
+from tests.integration.helpers import Store, mounts_under
 from veneer.machines.state import UID_RANGE_SIZE
 from veneer.util import proc
-
-__all__ = ["busybox", "store"]  # fixtures
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -241,3 +240,45 @@ def test_kill_9_during_image_create_leaves_no_half_image(store: Store, tmp_path:
         store.veneer("image", "rm", "probe")
         assert not list((store.root / ".staging").iterdir()), f"leftovers after a kill at {delay}s"
         assert not list((store.root / "layers").iterdir())
+
+
+def test_debian_base_runs_in_a_user_namespace(store: Store, debian_tree: Path) -> None:
+    store.veneer("image", "create", "deb", "--from-dir", str(debian_tree))
+    store.veneer("create", "d1", "--from", "deb")
+    base = store.machine_json("d1")["uid_base"]
+    out = store.veneer(
+        "run", "d1", "--", "sh", "-c", "id -u; cat /etc/debian_version; dpkg -l dpkg | tail -1"
+    )
+    uid, version, dpkg = out.stdout.splitlines()
+    assert uid == "0" and version.startswith("12.") and dpkg.startswith("ii  dpkg")
+    # setuid binaries and real users work as in any Debian: `su` drops to the image's own user.
+    who = store.veneer(
+        "run", "d1", "--", "su", "-s", "/bin/sh", "-c", "id -un; touch /tmp/mine", DEBIAN_USER
+    )
+    assert who.stdout == f"{DEBIAN_USER}\n"
+    assert store.veneer("run", "--user", DEBIAN_USER, "d1", "--", "id", "-un").stdout == f"{DEBIAN_USER}\n"
+    # apt's own state writes land in the machine, owned by its range; the base stays as it was.
+    store.veneer("run", "d1", "--", "sh", "-c", "echo 'deb-test' > /etc/apt/note")
+    st = (store.upper("d1") / "etc/apt/note").lstat()
+    assert (st.st_uid, st.st_gid) == (base, base)
+    assert not (store.layer_tree("deb") / "etc/apt/note").exists()
+
+
+def test_hostile_tarball_is_refused_and_leaves_a_clean_store(store: Store, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("etc/", "../escaped"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
+            data = b"" if info.isdir() else b"pwned\n"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    refused = store.veneer("image", "create", "evil", "--from-tar", str(archive), ok=(1,))
+    assert "../escaped" in refused.stderr and "nothing was imported" in refused.stderr
+    assert not (tmp_path / "escaped").exists() and not (store.root / "escaped").exists()
+    assert store.veneer("image", "list", "--json").stdout.strip() == "[]"
+    assert not list((store.root / ".staging").iterdir())
+    assert not list((store.root / "layers").iterdir())
