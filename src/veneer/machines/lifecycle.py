@@ -88,14 +88,18 @@ def _used_uid_bases(layout: Layout) -> set[int]:
     return bases
 
 
+def _refuse_existing(layout: Layout, name: MachineName) -> None:
+    if layout.machine_dir(name).exists():
+        raise MachineExists(
+            f"Machine '{name}' exists already",
+            hint=f"Pick another name, or remove it first with 'veneer rm {name}'.",
+        )
+
+
 def _publish_machine(layout: Layout, stage: Path, record: MachineRecord) -> MachineRecord:
     """Give a staged machine its uid range and rename it into place; the store lock must not be held."""
     with locked(layout.lock, what="The veneer store", wait=True):
-        if layout.machine_dir(record.name).exists():
-            raise MachineExists(
-                f"Machine '{record.name}' exists already",
-                hint=f"Pick another name, or remove it first with 'veneer rm {record.name}'.",
-            )
+        _refuse_existing(layout, record.name)
         load_image(layout, record.image).layers_of(record.revision)  # the image may be gone meanwhile
         if record.uid_base is not None:
             base = allocate_uid_base(_used_uid_bases(layout))
@@ -119,11 +123,7 @@ def create_machine(
 ) -> MachineRecord:
     """Make a machine as an empty overlay child of an image revision (no copy, whatever the base size)."""
     prepare_store(layout)
-    if layout.machine_dir(name).exists():
-        raise MachineExists(
-            f"Machine '{name}' exists already",
-            hint=f"Pick another name, or remove it first with 'veneer rm {name}'.",
-        )
+    _refuse_existing(layout, name)
     image = load_image(layout, image_name)
     rev = image.latest if revision is None else revision
     image.layers_of(rev)
@@ -162,11 +162,7 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
     from veneer.images.transfer import copy_tree
 
     prepare_store(layout)
-    if layout.machine_dir(name).exists():
-        raise MachineExists(
-            f"Machine '{name}' exists already",
-            hint=f"Pick another name, or remove it first with 'veneer rm {name}'.",
-        )
+    _refuse_existing(layout, name)
     with machine_lock(layout, source):
         original = load_machine(layout, source)
         _refuse_if_running(layout, source)
@@ -195,8 +191,7 @@ def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
         _refuse_if_mounted(layout, old)
         record = load_machine(layout, old)
         with locked(layout.lock, what="The veneer store", wait=True):
-            if layout.machine_dir(new).exists():
-                raise MachineExists(f"Machine '{new}' exists already", hint="Pick another name.")
+            _refuse_existing(layout, new)
             save_machine(layout.machine_record(old), replace(record, name=new))
             try:
                 os.rename(layout.machine_dir(old), layout.machine_dir(new))

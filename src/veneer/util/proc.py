@@ -35,6 +35,12 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _not_found(args: Sequence[str]) -> CommandFailed:
+    return CommandFailed(
+        args, 127, f"{args[0]}: command not found", hint=f"Install the package that provides '{args[0]}'."
+    )
+
+
 def _die_with_parent() -> None:
     """Between fork and exec: have the kernel SIGKILL the child if veneer dies (kill -9 included), so
     no helper (cp, tar, debootstrap) keeps writing into a staging dir that the next command sweeps."""
@@ -84,12 +90,7 @@ def run(
             preexec_fn=_die_with_parent,
         )
     except FileNotFoundError as e:
-        raise CommandFailed(
-            args,
-            127,
-            f"{args[0]}: command not found",
-            hint=f"Install the package that provides '{args[0]}'.",
-        ) from e
+        raise _not_found(args) from e
     if check and result.returncode not in ok_returncodes:
         logger.debug("%s exited with %d", args[0], result.returncode)
         raise CommandFailed(args, result.returncode, result.stderr or "")
@@ -121,12 +122,7 @@ def spawn(
     try:
         return subprocess.Popen(args, env=base_env(env), preexec_fn=before_exec)
     except FileNotFoundError as e:
-        raise CommandFailed(
-            args,
-            127,
-            f"{args[0]}: command not found",
-            hint=f"Install the package that provides '{args[0]}'.",
-        ) from e
+        raise _not_found(args) from e
 
 
 def wait_forwarding(process: subprocess.Popen[bytes]) -> int:
