@@ -41,6 +41,8 @@ MACHINE_JSON = {
     "uid_base": 0x70000000,
     "network": "none",
     "binds": [{"source": "/srv", "target": "/data", "readonly": True, "options": ""}],
+    "limits": {"memory": None, "cpus": None, "pids": None},
+    "owner": None,
 }
 LAYER = LayerRecord(id="abcd", created=1.0, origin="busybox", size_bytes=4096)
 IMAGE = ImageRecord(name=ImageName("bb"), created=1.0, layers=(LAYER,))
@@ -61,6 +63,8 @@ RUNTIME_JSON = {
     "mode": "run",
     "started": 2.0,
     "owns_mount": True,
+    "init": None,
+    "stopping": False,
 }
 
 

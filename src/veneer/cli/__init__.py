@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import image, machine
+    from veneer.cli import image, machine, running
 
     parser = _Parser(
         prog="veneer",
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
     image.register(verbs)
     machine.register(verbs)
+    running.register(verbs)
     return parser
 
 
@@ -65,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Error as e:
         _report(e, debug)
+        return EXIT_FAILED
+    except PermissionError as e:
+        _report(
+            Error(f"Permission denied: {e.filename or e}", hint="veneer needs root: run it with sudo."),
+            debug,
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("veneer: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.config.layout import Layout
+from veneer.config.settings import parse_image_name
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -21,7 +22,7 @@ def register(verbs: Any) -> None:
     sub.required = True
 
     create = sub.add_parser("create", help="build a base image")
-    create.add_argument("name")
+    create.add_argument("name", type=parse_image_name)
     source = create.add_mutually_exclusive_group()
     source.add_argument("--busybox", action="store_true", help="from the host's busybox-static (default)")
     source.add_argument("--debootstrap", metavar="SUITE", help="Debian/Ubuntu suite, e.g. bookworm")
@@ -58,21 +59,20 @@ def register(verbs: Any) -> None:
     lst.set_defaults(handler=cmd_list)
 
     show = sub.add_parser("show", help="an image's revisions, size and children")
-    show.add_argument("name")
+    show.add_argument("name", type=parse_image_name)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
 
     rm = sub.add_parser("rm", help="remove an image no machine uses")
-    rm.add_argument("name")
+    rm.add_argument("name", type=parse_image_name)
     rm.set_defaults(handler=cmd_rm)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from veneer.config.settings import parse_image_name
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
     from veneer.images.store import create_image
 
-    name = parse_image_name(args.name)
+    name = args.name
     provisioning = Provisioning(
         users=tuple(args.user),
         locale=args.locale,

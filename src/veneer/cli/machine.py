@@ -7,7 +7,17 @@ from typing import Any
 
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_bind, parse_env, parse_image_name, parse_machine_name, parse_network
+from veneer.config.settings import (
+    Limits,
+    parse_bind,
+    parse_cpus,
+    parse_env,
+    parse_image_name,
+    parse_machine_name,
+    parse_memory,
+    parse_network,
+    parse_pids,
+)
 from veneer.errors import UsageError
 
 
@@ -28,7 +38,14 @@ def register(verbs: Any) -> None:
     create.add_argument(
         "--privileged", action="store_true", help="no user namespace: container root is host root"
     )
+    _limit_options(create)
     create.set_defaults(handler=cmd_create)
+
+    change = verbs.add_parser("set", help="change a stopped machine's limits or network")
+    change.add_argument("name", type=parse_machine_name)
+    change.add_argument("--network", type=parse_network, help="none or host")
+    _limit_options(change)
+    change.set_defaults(handler=cmd_set)
 
     lst = verbs.add_parser("list", help="list machines")
     lst.add_argument("--json", action="store_true")
@@ -86,6 +103,12 @@ def register(verbs: Any) -> None:
     run.set_defaults(handler=cmd_run)
 
 
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory", type=parse_memory, metavar="SIZE", help="memory limit, e.g. 512M")
+    parser.add_argument("--cpus", type=parse_cpus, metavar="N", help="CPU time limit in CPUs, e.g. 0.5")
+    parser.add_argument("--pids", type=parse_pids, metavar="N", help="process limit, e.g. 500")
+
+
 def _layout(args: argparse.Namespace) -> Layout:
     return Layout.from_env(args.root)
 
@@ -101,10 +124,21 @@ def cmd_create(args: argparse.Namespace) -> int:
         privileged=args.privileged,
         network=args.network,
         binds=args.bind,
+        limits=Limits(memory=args.memory, cpus=args.cpus, pids=args.pids),
     )
     if record.privileged:
         print(f"Warning: machine '{record.name}' is privileged: its root is the host's root.")
     print(f"Created machine '{record.name}' from '{record.image}' revision {record.revision}.")
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from veneer.machines.lifecycle import change_machine
+
+    record = change_machine(
+        _layout(args), args.name, network=args.network, memory=args.memory, cpus=args.cpus, pids=args.pids
+    )
+    print(f"Machine '{record.name}': network {record.network.value}, limits {record.limits.describe()}.")
     return 0
 
 
@@ -239,6 +273,11 @@ def _split_run_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
         )
     if words and words[0] == "--":
         words.pop(0)
+    elif words and words[0].startswith("-") and "--" in words:
+        raise UsageError(
+            f"Option '{words[0]}' after the machine name",
+            hint="Options go before the name: veneer run [OPTIONS] NAME -- CMD.",
+        )
     if not words:
         raise UsageError("Missing command to run", hint="Use: veneer run NAME -- CMD...")
     return name, words

@@ -7,10 +7,15 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     machines/<name>/machine.json  a machine's settings
     machines/<name>/{upper,work}  its overlay upper and work dirs
     machines/<name>/root/         where its overlay is mounted
+    machines/<name>/console.log   the console of its last boot (bounded)
+    machines/<name>/exit.json     how its last boot ended
     .staging/                     half-built objects; anything here is removed by the next command
     .lock                         store-wide lock for publishing and removing objects
 Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.json          a running machine's pids
+    machines/<name>.sh            the script the console keeper runs to boot it
+    machines/<name>.notify        the socket nspawn reports readiness to
+    console.sock, console.conf    the console keeper (tmux) of this store
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
 """
 
@@ -87,6 +92,26 @@ class Layout:
 
     def runtime_record(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.json"
+
+    def console_log(self, name: str) -> Path:
+        return self.machines / name / "console.log"
+
+    def exit_record(self, name: str) -> Path:
+        return self.machines / name / "exit.json"
+
+    def boot_script(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.sh"
+
+    def notify_socket(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.notify"
+
+    @property
+    def console_socket(self) -> Path:
+        return self.run / "console.sock"
+
+    @property
+    def console_config(self) -> Path:
+        return self.run / "console.conf"
 
     def idmap_dir(self, name: str) -> Path:
         return self.run / "idmap" / name

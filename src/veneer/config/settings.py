@@ -116,3 +116,65 @@ def parse_env(text: str) -> tuple[str, str]:
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise UsageError(f"Invalid environment assignment '{text}'", hint="Use --env NAME=VALUE.")
     return name, value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Resource limits of a machine; None means unlimited."""
+
+    memory: int | None = None  # bytes
+    cpus: float | None = None  # CPUs' worth of time, e.g. 0.5
+    pids: int | None = None
+
+    def to_json(self) -> dict[str, int | float | None]:
+        return {"memory": self.memory, "cpus": self.cpus, "pids": self.pids}
+
+    def describe(self) -> str:
+        parts = [
+            f"memory {self.memory >> 20}M" if self.memory else "",
+            f"cpus {self.cpus:g}" if self.cpus else "",
+            f"pids {self.pids}" if self.pids else "",
+        ]
+        return ", ".join(p for p in parts if p) or "none"
+
+    @classmethod
+    def from_json(cls, data: dict[str, int | float | None]) -> Limits:
+        memory, cpus, pids = data.get("memory"), data.get("cpus"), data.get("pids")
+        return cls(
+            memory=None if memory is None else int(memory),
+            cpus=None if cpus is None else float(cpus),
+            pids=None if pids is None else int(pids),
+        )
+
+
+def parse_memory(text: str) -> int:
+    """Parse `--memory` such as 512M, 2G, 1048576."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.rstrip("BbiI"), ""
+    if number and number[-1].upper() in units:
+        number, unit = number[:-1], number[-1].upper()
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        value = 0
+    if value < 1 << 20:
+        raise UsageError(
+            f"Invalid memory limit '{text}'", hint="Use a size of at least 1M, e.g. 512M or 2G."
+        )
+    return value
+
+
+def parse_cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.01 <= value <= 1024:
+        raise UsageError(f"Invalid CPU limit '{text}'", hint="Use a number of CPUs such as 0.5 or 2.")
+    return value
+
+
+def parse_pids(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"Invalid process limit '{text}'", hint="Use a whole number such as 200.")
+    return int(text)

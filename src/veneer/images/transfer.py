@@ -36,6 +36,7 @@ from veneer.util.proc import run
 logger = logging.getLogger(__name__)
 
 UNSAFE_HINT = "The archive is not a safe root filesystem tarball; nothing was imported."
+UNSAFE_TREE_HINT = "The directory is not a plain root filesystem; nothing was copied."
 DAMAGED_HINT = "The archive is damaged or not a tarball; download or create it again. Nothing was imported."
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -528,7 +529,33 @@ def _extract(archive: Path, root_fd: int, *, allow_whiteouts: bool) -> None:
         extractor.finish()
 
 
-def copy_tree(source: Path, dest: Path) -> None:
+def check_tree(source: Path, *, allow_whiteouts: bool = False) -> None:
+    """Refuse a directory tree holding what an archive may not hold either (see `extract_tar`): device
+    nodes outside dev/, and overlay whiteouts or trusted.overlay.* xattrs unless `allow_whiteouts`."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            relative = os.path.relpath(path, source)
+            st = os.lstat(path)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+                if not (whiteout and allow_whiteouts) and not (not whiteout and relative.startswith("dev/")):
+                    raise UnsafeArchive(
+                        f"Refusing '{source}': '{relative}' is a device node outside dev/",
+                        hint=UNSAFE_TREE_HINT,
+                    )
+            if not allow_whiteouts and not stat.S_ISLNK(st.st_mode):
+                with contextlib.suppress(OSError):
+                    if any(
+                        x.startswith("trusted.overlay.") for x in os.listxattr(path, follow_symlinks=False)
+                    ):
+                        raise UnsafeArchive(
+                            f"Refusing '{source}': '{relative}' carries overlayfs attributes",
+                            hint=UNSAFE_TREE_HINT,
+                        )
+
+
+def copy_tree(source: Path, dest: Path, *, allow_whiteouts: bool = False) -> None:
     """Copy the directory tree `source` (an image root, a machine's upper dir) into the empty `dest`.
 
     `cp -a` keeps owners, modes, timestamps, hard links, devices (overlay whiteouts too), fifos, sparse
@@ -553,6 +580,7 @@ def copy_tree(source: Path, dest: Path) -> None:
             f"Cannot copy '{source}' into '{dest}': the destination is inside the source",
             hint="Choose a destination outside the source tree.",
         )
+    check_tree(src, allow_whiteouts=allow_whiteouts)
     logger.debug("Copying '%s' into '%s'", src, dst)
     try:
         run(["cp", "-a", "--reflink=auto", "--preserve=xattr", f"{os.fspath(src)}/.", dst])

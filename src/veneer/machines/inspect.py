@@ -1,15 +1,21 @@
-"""Read-only views of machines: status, listing and the image/machine tree. Takes no locks."""
+"""Views of machines: status, listing and the image/machine tree. They clean up after machines that
+died (kill -9), so what they report is the truth; otherwise they change nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
+from veneer.errors import MachineBusy
 from veneer.images.store import list_images
-from veneer.machines.state import is_alive, list_machine_names, load_machine, load_runtime
+from veneer.machines.guest import find_leader
+from veneer.machines.lifecycle import machine_lock, recover_machine
+from veneer.machines.state import is_alive, list_machine_names, load_exit, load_machine, load_runtime
 from veneer.overlay.mount import is_mounted
 from veneer.util.fs import dir_size
 
@@ -17,6 +23,7 @@ from veneer.util.fs import dir_size
 class MachineState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
+    FAILED = "failed"  # its last boot ended on its own with a non-zero status
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,7 +34,10 @@ class MachineStatus:
     image: str
     revision: int
     state: MachineState
-    pid: int | None
+    pid: int | None  # the leader: the machine's init (boot) or nspawn (run)
+    exit_status: int | None
+    started: float | None
+    init: str | None
     network: str
     privileged: bool
     uid_base: int | None
@@ -35,6 +45,7 @@ class MachineStatus:
     upper: str
     disk_bytes: int
     created: float
+    limits: dict[str, int | float | None]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +54,9 @@ class MachineStatus:
             "revision": self.revision,
             "state": self.state.value,
             "pid": self.pid,
+            "exit_status": self.exit_status,
+            "uptime": None if self.started is None else round(time.time() - self.started, 3),
+            "init": self.init,
             "network": self.network,
             "addresses": [],
             "privileged": self.privileged,
@@ -51,21 +65,44 @@ class MachineStatus:
             "upper": self.upper,
             "disk_bytes": self.disk_bytes,
             "created": self.created,
+            "limits": self.limits,
         }
 
 
 def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
-    """The status of one machine; a run whose process died counts as stopped."""
+    """The status of one machine; a run or boot whose processes died counts as stopped (or failed)."""
     record = load_machine(layout, name)
     runtime = load_runtime(layout, name)
+    if runtime is not None and not is_alive(runtime):
+        # Something was killed without cleaning up: report the truth and clean up, unless another
+        # command holds the machine and is about to.
+        with contextlib.suppress(MachineBusy):
+            with machine_lock(layout, name):
+                recover_machine(layout, name)
+        runtime = load_runtime(layout, name)
     running = runtime is not None and is_alive(runtime)
+    last = load_exit(layout, name)
+    if running:
+        state = MachineState.RUNNING
+    elif runtime is None and last is not None and last.failed:
+        state = MachineState.FAILED
+    elif runtime is not None and runtime.mode == "boot" and not runtime.stopping:
+        state = MachineState.FAILED  # died without anyone cleaning up yet (kill -9)
+    else:
+        state = MachineState.STOPPED
+    leader = None
+    if running and runtime is not None:
+        leader = find_leader(runtime.pid) if runtime.mode == "boot" else runtime.pid
     upper = layout.machine_upper(name)
     return MachineStatus(
         name=name,
         image=record.image,
         revision=record.revision,
-        state=MachineState.RUNNING if running else MachineState.STOPPED,
-        pid=runtime.pid if running and runtime is not None else None,
+        state=state,
+        pid=leader,
+        exit_status=None if running or last is None else last.status,
+        started=runtime.started if running and runtime is not None else None,
+        init=runtime.init if running and runtime is not None else None,
         network=record.network.value,
         privileged=record.privileged,
         uid_base=record.uid_base,
@@ -73,6 +110,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         upper=str(upper),
         disk_bytes=dir_size(upper),
         created=record.created,
+        limits=record.limits.to_json(),
     )
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, ImageName, MachineName, NetworkMode, parse_machine_name
-from veneer.errors import MachineBusy, MachineExists, MachineNotFound
+from veneer.config.settings import Bind, ImageName, Limits, MachineName, NetworkMode, parse_machine_name
+from veneer.errors import MachineBusy, MachineExists, MachineNotFound, StateCorrupt
 from veneer.images.store import load_image, lower_dirs, prepare_store
 from veneer.machines.diff import Change, diff_upper
 from veneer.machines.idshift import shift_ownership
@@ -37,6 +37,7 @@ from veneer.machines.state import (
     save_runtime,
 )
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
+from veneer.runtime import cgroups
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import (
     NSPAWN_STATE_DIR,
@@ -67,14 +68,22 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
     """Hold the machine's lock; if it is taken, say whether the machine is running or just busy."""
     load_machine(layout, name)
     try:
-        with locked(layout.machine_dir(name), what=f"Machine '{name}'"):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(
+                    locked(layout.machine_dir(name), what=f"Machine '{name}'", directory=True)
+                )
+            except FileNotFoundError:
+                load_machine(layout, name)  # removed meanwhile: raises MachineNotFound
+                raise
+            load_machine(layout, name)  # still there now that it is ours
             yield
     except MachineBusy:
         runtime = load_runtime(layout, name)
         if runtime is not None and is_alive(runtime):
             raise MachineBusy(
                 f"Machine '{name}' is running (pid {runtime.pid})",
-                hint="Wait for its command to finish, or stop it first.",
+                hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
             ) from None
         raise
 
@@ -120,9 +129,12 @@ def create_machine(
     privileged: bool = False,
     network: NetworkMode = NetworkMode.NONE,
     binds: Sequence[Bind] = (),
+    limits: Limits | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> MachineRecord:
     """Make a machine as an empty overlay child of an image revision (no copy, whatever the base size)."""
     prepare_store(layout)
+    sweep_ephemeral(layout)
     _refuse_existing(layout, name)
     image = load_image(layout, image_name)
     rev = image.latest if revision is None else revision
@@ -140,6 +152,8 @@ def create_machine(
             uid_base=uid_base,
             network=network,
             binds=tuple(binds),
+            limits=limits or Limits(),
+            owner=owner,
         )
         record = _publish_machine(layout, stage, record)
     logger.info("Created machine '%s' from image '%s' revision %d.", name, image.name, rev)
@@ -165,10 +179,10 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
     _refuse_existing(layout, name)
     with machine_lock(layout, source):
         original = load_machine(layout, source)
-        _refuse_if_running(layout, source)
+        refuse_if_running(layout, source)
         with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
             _make_machine_dirs(stage, original.uid_base)
-            copy_tree(layout.machine_upper(source), stage / "upper")
+            copy_tree(layout.machine_upper(source), stage / "upper", allow_whiteouts=True)
             record = MachineRecord(
                 name=name,
                 image=original.image,
@@ -187,25 +201,44 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
 def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
     """Rename a stopped, unmounted machine; its uid range and writes stay."""
     with machine_lock(layout, old):
-        _refuse_if_running(layout, old)
+        refuse_if_running(layout, old)
         _refuse_if_mounted(layout, old)
-        record = load_machine(layout, old)
         with locked(layout.lock, what="The veneer store", wait=True):
             _refuse_existing(layout, new)
-            save_machine(layout.machine_record(old), replace(record, name=new))
-            try:
-                os.rename(layout.machine_dir(old), layout.machine_dir(new))
-            except OSError:
-                save_machine(layout.machine_record(old), record)
-                raise
+            # One rename: the record takes its name from the directory (see load_machine).
+            os.rename(layout.machine_dir(old), layout.machine_dir(new))
     logger.info("Renamed machine '%s' to '%s'.", old, new)
+
+
+def change_machine(
+    layout: Layout,
+    name: MachineName,
+    *,
+    network: NetworkMode | None = None,
+    memory: int | None = None,
+    cpus: float | None = None,
+    pids: int | None = None,
+) -> MachineRecord:
+    """Change the settings of a stopped machine; what is not given stays."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        record = load_machine(layout, name)
+        old = record.limits
+        limits = Limits(
+            memory=old.memory if memory is None else memory,
+            cpus=old.cpus if cpus is None else cpus,
+            pids=old.pids if pids is None else pids,
+        )
+        record = replace(record, network=network or record.network, limits=limits)
+        save_machine(layout.machine_record(name), record)
+    return record
 
 
 def remove_machine(layout: Layout, name: MachineName) -> None:
     """Delete a stopped machine and everything it wrote."""
     prepare_store(layout)
     with machine_lock(layout, name):
-        _refuse_if_running(layout, name)
+        refuse_if_running(layout, name)
         if is_mounted(layout.machine_root(name)):
             unmount(layout.machine_root(name))
         with locked(layout.lock, what="The veneer store", wait=True):
@@ -215,13 +248,13 @@ def remove_machine(layout: Layout, name: MachineName) -> None:
     logger.info("Removed machine '%s'.", name)
 
 
-def _refuse_if_running(layout: Layout, name: MachineName) -> None:
+def refuse_if_running(layout: Layout, name: MachineName) -> None:
     recover_machine(layout, name)
     runtime = load_runtime(layout, name)
     if runtime is not None:
         raise MachineBusy(
             f"Machine '{name}' is running (pid {runtime.pid})",
-            hint="Wait for its command to finish, or stop it first.",
+            hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
         )
 
 
@@ -238,8 +271,23 @@ def recover_machine(layout: Layout, name: MachineName) -> None:
     runtime = load_runtime(layout, name)
     if runtime is None or is_alive(runtime):
         return
+    if runtime.mode == "boot":
+        from veneer.machines.boot import end_boot  # boot builds on this module
+
+        logger.info("Machine '%s' ended without being cleaned up; cleaning up.", name)
+        end_boot(layout, name, requested=False)
+        return
     logger.info("Machine '%s' was left behind by a run that died; cleaning up.", name)
-    if runtime.owns_mount and is_mounted(layout.machine_root(name)):
+    _end_run(layout, name, owns_mount=runtime.owns_mount)
+
+
+def _end_run(layout: Layout, name: MachineName, *, owns_mount: bool) -> None:
+    """After a run: what nspawn left in the machine's cgroups (all of it, if nspawn was killed), the
+    cgroups, the overlay if the run mounted it, the runtime record."""
+    cgroups.kill_cgroups(name)
+    with contextlib.suppress(OSError):
+        cgroups.remove_cgroups(name)
+    if owns_mount and is_mounted(layout.machine_root(name)):
         unmount(layout.machine_root(name))
     remove_runtime(layout, name)
 
@@ -250,18 +298,18 @@ def mount_machine(layout: Layout, name: MachineName) -> Path:
         recover_machine(layout, name)
         root = layout.machine_root(name)
         if not is_mounted(root):
-            _mount(layout, load_machine(layout, name))
+            mount_overlay_of(layout, load_machine(layout, name))
         return root
 
 
 def umount_machine(layout: Layout, name: MachineName) -> None:
     """Unmount a machine's overlay; refused while a command runs in it."""
     with machine_lock(layout, name):
-        _refuse_if_running(layout, name)
+        refuse_if_running(layout, name)
         unmount(layout.machine_root(name))
 
 
-def _mount(layout: Layout, record: MachineRecord) -> None:
+def mount_overlay_of(layout: Layout, record: MachineRecord) -> None:
     image = load_image(layout, record.image)
     mount_overlay(
         lower_dirs(layout, image, record.revision),
@@ -281,7 +329,7 @@ def run_machine(
 ) -> int:
     """Run a command in the machine in the foreground; return its exit status."""
     with machine_lock(layout, name):
-        _refuse_if_running(layout, name)
+        refuse_if_running(layout, name)
         record = load_machine(layout, name)
         if record.privileged:
             logger.warning("Machine '%s' runs privileged: container root is host root.", name)
@@ -291,7 +339,7 @@ def run_machine(
         _save_runtime(layout, name, os.getpid(), owns_mount)
         try:
             if owns_mount:
-                _mount(layout, record)
+                mount_overlay_of(layout, record)
             spec = RunSpec(
                 name=name,
                 root=root,
@@ -306,19 +354,26 @@ def run_machine(
                 binds=record.binds + options.binds,
                 systemd_host=is_systemd_host(),
             )
-            term = {"TERM": os.environ["TERM"]} if "TERM" in os.environ else None
+            # veneer locks its machines itself; nspawn's lock files would land next to the machine's root.
+            env = {"SYSTEMD_NSPAWN_LOCK": "0"}
+            if "TERM" in os.environ:
+                env["TERM"] = os.environ["TERM"]
             private_state = needs_private_state_dir()
             if private_state:
                 NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
-            process = spawn(
-                nspawn_argv(spec), env=term, before_exec=enter_private_state_dir if private_state else None
-            )
+            dirs = cgroups.setup_cgroups(name, record.limits)
+
+            def before_exec() -> None:
+                # In the child, in this order: cgroups first, so nspawn and all below it are counted.
+                cgroups.join_cgroups(dirs)
+                if private_state:
+                    enter_private_state_dir()
+
+            process = spawn(nspawn_argv(spec), env=env, before_exec=before_exec)
             _save_runtime(layout, name, process.pid, owns_mount)
             return wait_forwarding(process)
         finally:
-            if owns_mount and is_mounted(root):
-                unmount(root)
-            remove_runtime(layout, name)
+            _end_run(layout, name, owns_mount=owns_mount)
 
 
 def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:
@@ -342,12 +397,23 @@ def run_ephemeral(
 ) -> int:
     """Run a command in a throwaway child of the image, removed afterwards whatever happens."""
     name = parse_machine_name(f"eph-{secrets.token_hex(4)}")
-    create_machine(layout, name, image_name, network=network)
+    me = os.getpid()
+    create_machine(layout, name, image_name, network=network, owner=(me, process_start_time(me) or 0))
     try:
         return run_machine(layout, name, command, options)
     finally:
         with contextlib.suppress(MachineNotFound):
             remove_machine(layout, name)
+
+
+def sweep_ephemeral(layout: Layout) -> None:
+    """Remove throwaway machines whose `run --ephemeral` died without removing them (kill -9)."""
+    for name in list_machine_names(layout):
+        with contextlib.suppress(MachineNotFound, MachineBusy, StateCorrupt):
+            owner = load_machine(layout, name).owner
+            if owner is not None and process_start_time(owner[0]) != owner[1]:
+                logger.info("Removing '%s', left by a 'veneer run --ephemeral' that died.", name)
+                remove_machine(layout, name)
 
 
 def machines_using(layout: Layout, image: str) -> list[str]:

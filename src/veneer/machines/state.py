@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, MachineName, NetworkMode
+from veneer.config.settings import Bind, Limits, MachineName, NetworkMode
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.util.fs import atomic_write, save_json
 
@@ -23,7 +23,7 @@ RECORD_VERSION = 1
 # start above nspawn's own "pick" range (0x00080000-0x6FFF0000) and stay below 2^31.
 UID_RANGE_SIZE = 0x10000
 UID_RANGE_FIRST = 0x70000000
-UID_RANGE_LAST = 0x7FFF0000
+UID_RANGE_LAST = 0x7FFD0000  # 0x7FFE0000-0x7FFEFFFF is systemd's "foreign" range
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +38,8 @@ class MachineRecord:
     uid_base: int | None  # None: privileged, no user namespace
     network: NetworkMode = NetworkMode.NONE
     binds: tuple[Bind, ...] = field(default_factory=tuple)
+    limits: Limits = field(default_factory=Limits)
+    owner: tuple[int, int] | None = None  # (pid, start time) of the `run --ephemeral` it belongs to
 
     @property
     def privileged(self) -> bool:
@@ -57,6 +59,8 @@ class MachineRecord:
                 {"source": b.source, "target": b.target, "readonly": b.readonly, "options": b.options}
                 for b in self.binds
             ],
+            "limits": self.limits.to_json(),
+            "owner": None if self.owner is None else list(self.owner),
         }
 
     @classmethod
@@ -70,6 +74,8 @@ class MachineRecord:
             uid_base=None if data["uid_base"] is None else int(data["uid_base"]),
             network=NetworkMode(data["network"]),
             binds=tuple(Bind(**b) for b in data.get("binds", [])),
+            limits=Limits.from_json(data.get("limits", {})),
+            owner=None if data.get("owner") is None else (int(data["owner"][0]), int(data["owner"][1])),
         )
 
 
@@ -80,9 +86,11 @@ class RuntimeRecord:
     name: MachineName
     pid: int
     start_time: int
-    mode: str  # "run" (a foreground command)
+    mode: str  # "run" (a foreground command) or "boot" (the machine's init, in the background)
     started: float
     owns_mount: bool  # veneer mounted the overlay for this run and unmounts it afterwards
+    init: str | None = None  # boot: the InitKind it boots
+    stopping: bool = False  # boot: veneer asked it to stop, so its exit is no failure
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +101,8 @@ class RuntimeRecord:
             "mode": self.mode,
             "started": self.started,
             "owns_mount": self.owns_mount,
+            "init": self.init,
+            "stopping": self.stopping,
         }
 
     @classmethod
@@ -104,6 +114,8 @@ class RuntimeRecord:
             mode=str(data["mode"]),
             started=float(data["started"]),
             owns_mount=bool(data["owns_mount"]),
+            init=data.get("init"),
+            stopping=bool(data.get("stopping", False)),
         )
 
 
@@ -127,7 +139,8 @@ def load_machine(layout: Layout, name: MachineName) -> MachineRecord:
     if not path.exists():
         raise MachineNotFound(f"No machine named '{name}'", hint="See 'veneer list' for the machines.")
     try:
-        return MachineRecord.from_json(_load_json(path, "machine record"))
+        # The directory is the name: a rename moves the directory, never rewrites the record.
+        return replace(MachineRecord.from_json(_load_json(path, "machine record")), name=name)
     except (KeyError, ValueError, TypeError) as e:
         raise StateCorrupt(f"Machine record '{path}' is malformed: {e}") from e
 
@@ -144,13 +157,15 @@ def list_machine_names(layout: Layout) -> list[MachineName]:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks after boot) of a process, or None if it does not exist."""
+    """The start time (clock ticks after boot) of a process, or None if it does not exist (or is dead)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None  # exited; only its parent has not collected it yet
     return int(fields[19])
 
 
@@ -189,3 +204,38 @@ def allocate_uid_base(used: set[int]) -> int:
         "No free uid range is left for a new machine",
         hint="Remove machines you no longer need ('veneer rm NAME').",
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExitRecord:
+    """How a machine's last boot ended: nspawn's exit status, and whether veneer had asked it to stop."""
+
+    status: int
+    requested: bool
+    ended: float
+
+    @property
+    def failed(self) -> bool:
+        return self.status != 0 and not self.requested
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": RECORD_VERSION,
+            "status": self.status,
+            "requested": self.requested,
+            "ended": self.ended,
+        }
+
+
+def load_exit(layout: Layout, name: MachineName) -> ExitRecord | None:
+    path = layout.exit_record(name)
+    if not path.exists():
+        return None
+    data = _load_json(path, "exit record")
+    return ExitRecord(
+        status=int(data["status"]), requested=bool(data["requested"]), ended=float(data["ended"])
+    )
+
+
+def save_exit(layout: Layout, name: MachineName, record: ExitRecord) -> None:
+    save_json(layout.exit_record(name), record.to_json())

@@ -223,7 +223,9 @@ def _mount_fsconfig(params: Sequence[tuple[str, str]], target: Path) -> None:
             if messages := idmap.fs_messages(fs):
                 raise OSError(e.errno, f"{e.strerror} ({'; '.join(messages)})") from None
             raise
-        tree = idmap.fsmount(fs, name=target)
+        # nodev: a device node in an image must never open a host device from inside a machine (nspawn
+        # mounts the machine's own /dev over this one).
+        tree = idmap.fsmount(fs, attr_flags=idmap.MOUNT_ATTR_NODEV, name=target)
         try:
             idmap.move_mount(tree, target)
         finally:
@@ -232,11 +234,14 @@ def _mount_fsconfig(params: Sequence[tuple[str, str]], target: Path) -> None:
         os.close(fs)
 
 
+MS_NODEV = 0x4
+
+
 def _mount_legacy(options: str, target: Path) -> None:
     # mount(2) copies at most one page of options; the kernel would silently truncate a longer string.
     if len(os.fsencode(options)) >= os.sysconf("SC_PAGE_SIZE"):
         raise OSError(errno.E2BIG, f"mount '{target}': overlay options longer than a page")
-    idmap.mount("overlay", target, "overlay", data=options)
+    idmap.mount("overlay", target, "overlay", flags=MS_NODEV, data=options)
 
 
 def _mount_plain(lowers: Sequence[Path], target: Path, *, upper: Path, work: Path) -> None:

@@ -10,7 +10,7 @@ from veneer.config.settings import Bind, NetworkMode
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSpec:
-    """One command to run in a machine's mounted root, in the foreground."""
+    """One command (or the machine's init, with `boot`) to run in a machine's mounted root."""
 
     name: str
     root: Path
@@ -24,3 +24,6 @@ class RunSpec:
     env: tuple[tuple[str, str], ...] = ()
     binds: tuple[Bind, ...] = field(default_factory=tuple)
     systemd_host: bool = False  # systemd is PID 1 on the host: register with machined
+    boot: bool = False  # run the machine's init instead of `command`
+    kill_signal: str | None = None  # what nspawn sends the init when asked to stop (SIGTERM to nspawn)
+    notify_ready: bool = False  # the init reports READY=1 (systemd), nspawn passes it on

@@ -85,11 +85,17 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
     if spec.network.private_netns():
         argv += ["--private-network"]
     argv += ["--console=interactive" if spec.interactive else "--console=pipe"]
+    if spec.boot:
+        argv += ["--boot"]
+        if spec.kill_signal:
+            argv += [f"--kill-signal={spec.kill_signal}"]
+        argv += [f"--notify-ready={'yes' if spec.notify_ready else 'no'}"]
     if spec.user:
         argv += [f"--user={spec.user}"]
     if spec.workdir:
         argv += [f"--chdir={spec.workdir}"]
     argv += [f"--setenv={name}={value}" for name, value in spec.env]
     argv += [bind.argument() for bind in spec.binds]
-    argv += ["--", *spec.command]
+    if not spec.boot:
+        argv += ["--", *spec.command]
     return argv

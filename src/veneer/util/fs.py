@@ -10,13 +10,14 @@ import errno
 import fcntl
 import json
 import os
-import shutil
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from veneer.errors import Error, MachineBusy
+from veneer.errors import MachineBusy
+from veneer.util.proc import run
 
 
 def fsync_dir(path: Path) -> None:
@@ -52,15 +53,18 @@ def save_json(path: Path, record: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path, *, what: str, hint: str | None = None, wait: bool = False) -> Iterator[int]:
-    """Hold an exclusive `flock` on `path` (a directory or lock file) for the duration of the block.
+def locked(
+    path: Path, *, what: str, hint: str | None = None, wait: bool = False, directory: bool = False
+) -> Iterator[int]:
+    """Hold an exclusive `flock` on `path` for the duration of the block: an object's existing directory
+    (`directory`, FileNotFoundError if it is gone), or a lock file made if missing.
 
     Non-blocking by default: if another process holds it, raise `MachineBusy` naming `what`.
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC
-    if not path.is_dir():
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
+    if directory:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -88,29 +92,31 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def safe_join(base: Path, relative: str) -> Path:
-    """Join a relative path under `base`, refusing absolute paths and `..` components."""
-    if relative.startswith("/") or any(part == ".." for part in relative.split("/")):
-        raise Error(f"Path '{relative}' leaves '{base}'", hint="Use a path relative to the image root.")
-    return base / relative
+def mount_points_under(path: Path) -> list[str]:
+    """Mount points at or below `path` in this mount namespace, deepest first."""
+    top = os.path.realpath(path)
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point == top or point.startswith(top.rstrip("/") + "/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a directory tree without following symlinks or crossing into other mounts."""
-    if not path.exists() and not path.is_symlink():
+    """Delete a directory tree without following symlinks or crossing into other file systems.
+
+    Whatever is mounted below it (a killed build's /proc, a bind) is detached first, so the deletion can
+    never reach through a mount into the host's files.
+    """
+    if not os.path.lexists(path):
         return
-
-    def onerror(func: Any, name: str, exc_info: Any) -> None:
-        err = exc_info[1]
-        if isinstance(err, FileNotFoundError):
-            return
-        if isinstance(err, OSError) and err.errno == errno.EBUSY:
-            raise Error(
-                f"Cannot remove '{name}': it is a mount point", hint=f"Unmount it first (umount '{name}')."
-            ) from err
-        raise err
-
-    shutil.rmtree(path, onerror=onerror)
+    for point in mount_points_under(path):
+        run(["umount", "--lazy", point], check=False, capture=True)
+    result = run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False, capture=True)
+    if result.returncode != 0 and os.path.lexists(path):
+        raise OSError(errno.EBUSY, f"Cannot remove '{path}': {result.stderr.strip()}")
 
 
 def make_private_dir(path: Path, *, mode: int = 0o700) -> None:

@@ -41,13 +41,19 @@ def _not_found(args: Sequence[str]) -> CommandFailed:
     )
 
 
-def _die_with_parent() -> None:
-    """Between fork and exec: have the kernel SIGKILL the child if veneer dies (kill -9 included), so
-    no helper (cp, tar, debootstrap) keeps writing into a staging dir that the next command sweeps."""
+def _die_with_parent() -> Callable[[], None]:
+    """A function for between fork and exec: have the kernel SIGKILL the child if veneer dies (kill -9
+    included), so no helper (cp, tar, debootstrap) keeps writing into a staging dir the next command
+    sweeps. libc is looked up here, in the parent: the child only makes the call."""
     import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    return set_death_signal
 
 
 def run(
@@ -87,7 +93,7 @@ def run(
             cwd=cwd,
             text=True,
             check=False,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent(),
         )
     except FileNotFoundError as e:
         raise _not_found(args) from e

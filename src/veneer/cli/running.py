@@ -1,0 +1,170 @@
+"""Verbs for machines that run: start, stop, restart, kill, exec, shell, console, logs, journal."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from veneer.config.layout import Layout
+from veneer.config.settings import parse_env, parse_machine_name
+from veneer.errors import UsageError
+
+
+def _signal(text: str) -> int:
+    name = text.upper() if text.upper().startswith("SIG") else f"SIG{text.upper()}"
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"Unknown signal '{text}'", hint="Use a name such as TERM, KILL or USR2.") from None
+
+
+def register(verbs: Any) -> None:
+    start = verbs.add_parser("start", help="boot machines in the background")
+    start.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
+    start.add_argument("--wait", action="store_true", help="return once the machine reports ready")
+    start.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
+    start.set_defaults(handler=cmd_start)
+
+    stop = verbs.add_parser("stop", help="power machines off (killed after --timeout)")
+    stop.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
+    stop.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    stop.set_defaults(handler=cmd_stop)
+
+    restart = verbs.add_parser("restart", help="stop, then start")
+    restart.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
+    restart.add_argument("--wait", action="store_true")
+    restart.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    restart.set_defaults(handler=cmd_restart)
+
+    kill = verbs.add_parser("kill", help="send a signal to every process of a running machine")
+    kill.add_argument("name", type=parse_machine_name)
+    kill.add_argument("--signal", "-s", type=_signal, default=signal.SIGTERM, help="default TERM")
+    kill.set_defaults(handler=cmd_kill)
+
+    exe = verbs.add_parser("exec", help="run a command in a running machine",
+                           usage="veneer exec [OPTIONS] NAME [--] CMD...")  # fmt: skip
+    exe.add_argument("--user", "-u")
+    exe.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
+    exe.add_argument("--workdir", "-w")
+    exe.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
+    exe.set_defaults(handler=cmd_exec)
+
+    shell = verbs.add_parser("shell", help="a login shell in a running machine")
+    shell.add_argument("name", type=parse_machine_name)
+    shell.add_argument("--user", "-u")
+    shell.set_defaults(handler=cmd_shell)
+
+    con = verbs.add_parser("console", help="attach to the boot console; Ctrl-] detaches")
+    con.add_argument("name", type=parse_machine_name)
+    con.set_defaults(handler=cmd_console)
+
+    logs = verbs.add_parser("logs", help="the console output of the current or last boot")
+    logs.add_argument("name", type=parse_machine_name)
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int)
+    logs.set_defaults(handler=cmd_logs)
+
+    journal = verbs.add_parser("journal", help="the machine's own journal (systemd guests)")
+    journal.add_argument("name", type=parse_machine_name)
+    journal.add_argument("args", nargs=argparse.REMAINDER, metavar="-- JOURNALCTL-ARGS")
+    journal.set_defaults(handler=cmd_journal)
+
+    reap = verbs.add_parser("_reap")  # run by the console keeper when a machine's nspawn exits
+    reap.add_argument("name", type=parse_machine_name)
+    reap.add_argument("rest", nargs="*")
+    reap.set_defaults(handler=cmd_reap)
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    return Layout.from_env(args.root)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import start_machine
+
+    for name in args.names:
+        runtime = start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        print(f"Started machine '{name}' ({runtime.init}).")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import stop_machine
+
+    for name in args.names:
+        stopped = stop_machine(_layout(args), name, timeout=args.timeout)
+        print(f"Stopped machine '{name}'." if stopped else f"Machine '{name}' is not running.")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import start_machine, stop_machine
+
+    for name in args.names:
+        stop_machine(_layout(args), name)
+        start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        print(f"Restarted machine '{name}'.")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import kill_machine
+
+    kill_machine(_layout(args), args.name, signal_number=args.signal)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from veneer.machines.inside import exec_in_machine
+
+    words = list(args.words)
+    if not words or words[0] == "--":
+        raise UsageError("Missing machine name", hint="Use: veneer exec NAME [--] CMD...")
+    name = parse_machine_name(words.pop(0))
+    if words and words[0] == "--":
+        words.pop(0)
+    return exec_in_machine(_layout(args), name, words, user=args.user, workdir=args.workdir, env=args.env)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from veneer.machines.inside import shell_in_machine
+
+    return shell_in_machine(_layout(args), args.name, user=args.user)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from veneer.machines.inside import attach_console
+
+    print(f"Connected to the console of '{args.name}'. Press Ctrl-] to detach.", file=sys.stderr)
+    return attach_console(_layout(args), args.name)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from veneer.machines.inside import follow_logs, read_logs
+
+    out = sys.stdout.buffer
+    if args.follow:
+        for chunk in follow_logs(_layout(args), args.name, lines=args.lines):
+            out.write(chunk)
+            out.flush()
+    else:
+        out.write(read_logs(_layout(args), args.name, lines=args.lines))
+    return 0
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from veneer.machines.inside import show_journal
+
+    extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return show_journal(_layout(args), args.name, extra)
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import reap_machine
+
+    reap_machine(_layout(args), args.name)
+    return 0

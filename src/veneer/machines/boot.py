@@ -1,0 +1,337 @@
+"""Booting machines in the background: start, stop, kill, and cleaning up after a machine that ended.
+
+A booted machine is nspawn running the machine's init in a pane of the console keeper (tmux, see
+`runtime.console`); no veneer process stays behind. Whatever ends the machine (its own poweroff, `stop`,
+`kill`, or a kill -9 of nspawn or tmux), `end_boot` undoes the start: it kills what is left in the machine's
+cgroups, removes them, unmounts the overlay and records the exit status. It runs from the console
+keeper's pane-died hook (`veneer _reap`), from `stop`, and from the next command that finds the machine
+dead (`recover_machine`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from veneer.config.layout import Layout
+from veneer.config.settings import MachineName
+from veneer.errors import MachineBusy, MachineError
+from veneer.machines.guest import InitKind, detect_init, find_leader
+from veneer.machines.lifecycle import machine_lock, mount_overlay_of, recover_machine, refuse_if_running
+from veneer.machines.state import (
+    ExitRecord,
+    RuntimeRecord,
+    is_alive,
+    load_machine,
+    load_runtime,
+    process_start_time,
+    remove_runtime,
+    save_exit,
+    save_runtime,
+)
+from veneer.overlay.mount import is_mounted, unmount
+from veneer.runtime import cgroups, console
+from veneer.runtime.base import RunSpec
+from veneer.runtime.nspawn import NSPAWN_STATE_DIR, is_systemd_host, needs_private_state_dir, nspawn_argv
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+
+
+def boot_script(
+    nspawn: Sequence[str], *, cgroup_dirs: Sequence[Path], private_state: bool, env: Mapping[str, str]
+) -> str:
+    """The shell script the console keeper runs: join the machine's cgroups, then become nspawn.
+
+    `exec` keeps one pid from the shell to nspawn, so the pane's pid is nspawn's.
+    """
+    lines = [
+        "#!/bin/sh",
+        "# Made by veneer start: boots one machine in a pane of the console keeper.",
+        "set -e",
+    ]
+    # veneer locks its machines itself; nspawn's own lock files would land next to the machine's root.
+    env = {"SYSTEMD_NSPAWN_LOCK": "0", **env}
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    lines += [f"echo $$ > {shlex.quote(os.fspath(d / 'cgroup.procs'))}" for d in cgroup_dirs]
+    command = shlex.join(nspawn)
+    if private_state:
+        # nspawn refuses to clean its state dir unless it is a tmpfs (see runtime.nspawn): give it one
+        # in a mount namespace of its own, a slave of the host's so the machine's overlay is visible.
+        inner = f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {NSPAWN_STATE_DIR} && exec {command}"
+        command = shlex.join(["unshare", "--mount", "--propagation", "slave", "sh", "-c", inner])
+    lines.append(f"exec {command}")
+    return "\n".join(lines) + "\n"
+
+
+def start_machine(
+    layout: Layout, name: MachineName, *, wait: bool = False, timeout: float = START_TIMEOUT
+) -> RuntimeRecord:
+    """Boot the machine's init in the background; return once it runs (with `wait`: once it is ready)."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        record = load_machine(layout, name)
+        root = layout.machine_root(name)
+        owns_mount = not is_mounted(root)
+        placeholder = RuntimeRecord(
+            name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0, mode="boot",
+            started=time.time(), owns_mount=owns_mount,
+        )  # fmt: skip
+        # Recorded before anything is set up, so a crash from here on is cleaned up by the next command.
+        save_runtime(layout, placeholder)
+        notify: socket.socket | None = None
+        try:
+            if owns_mount:
+                mount_overlay_of(layout, record)
+            init = detect_init(root)
+            dirs = cgroups.setup_cgroups(name, record.limits)
+            spec = RunSpec(
+                name=name, root=root, machine_id=record.machine_id, uid_base=record.uid_base, command=(),
+                network=record.network, interactive=True, binds=record.binds, systemd_host=is_systemd_host(),
+                boot=True, kill_signal=init.kill_signal(), notify_ready=init.notifies(),
+            )  # fmt: skip
+            private_state = needs_private_state_dir()
+            if private_state:
+                NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
+            env = {}
+            if wait and init.notifies():
+                notify = _bind_notify_socket(layout.notify_socket(name))
+                env["NOTIFY_SOCKET"] = os.fspath(layout.notify_socket(name))
+            script = layout.boot_script(name)
+            script.write_text(
+                boot_script(nspawn_argv(spec), cgroup_dirs=dirs, private_state=private_state, env=env)
+            )
+            console.write_config(layout.console_config, reap=console.reap_command(layout.root, layout.run))
+            layout.console_log(name).write_bytes(b"")
+            console.start_session(
+                layout.console_socket, layout.console_config, name, ["sh", os.fspath(script)],
+                log=layout.console_log(name),
+            )  # fmt: skip
+            pid = _wait_for_nspawn(layout, name, timeout=timeout)
+            runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init.value)
+            save_runtime(layout, runtime)
+            _wait_for_leader(layout, name, pid, timeout=timeout)
+            if wait:
+                _wait_until_ready(layout, name, runtime, init, notify, timeout=timeout)
+        except BaseException:
+            end_boot(layout, name, requested=True)
+            raise
+        finally:
+            if notify is not None:
+                notify.close()
+                with contextlib.suppress(FileNotFoundError):
+                    layout.notify_socket(name).unlink()
+    logger.info("Started machine '%s' (%s).", name, init.value)
+    return runtime
+
+
+def _bind_notify_socket(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.bind(os.fspath(path))
+    return sock
+
+
+def _failure(layout: Layout, name: MachineName, what: str) -> MachineError:
+    tail = _log_tail(layout, name)
+    return MachineError(
+        f"Machine '{name}' {what}" + (f":\n{tail}" if tail else ""),
+        hint=f"See 'veneer logs {name}' for its console.",
+    )
+
+
+def _log_tail(layout: Layout, name: MachineName, lines: int = 8) -> str:
+    with contextlib.suppress(OSError):
+        text = layout.console_log(name).read_bytes().decode(errors="replace")
+        return "\n".join(line.rstrip() for line in text.splitlines()[-lines:] if line.strip())
+    return ""
+
+
+def _wait_for_nspawn(layout: Layout, name: MachineName, *, timeout: float) -> int:
+    """The pid of nspawn once the pane has exec'd it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = console.pane_pid(layout.console_socket, name)
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn"):
+                    return pid
+        elif _pane_dead(layout, name):
+            raise _failure(layout, name, "failed to start")
+        time.sleep(0.02)
+    raise _failure(layout, name, f"did not start within {timeout:.0f} s")
+
+
+def _pane_dead(layout: Layout, name: MachineName) -> bool:
+    return console.pane_status(layout.console_socket, name) is not None
+
+
+def _wait_for_leader(layout: Layout, name: MachineName, pid: int, *, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = find_leader(pid)
+        if leader is not None:
+            with contextlib.suppress(OSError):
+                # Until the init is exec'd, the leader is still a copy of nspawn.
+                if not os.readlink(f"/proc/{leader}/exe").endswith("systemd-nspawn"):
+                    return leader
+        if process_start_time(pid) is None:
+            raise _failure(layout, name, "stopped while starting")
+        time.sleep(0.02)
+    raise _failure(layout, name, f"did not start its init within {timeout:.0f} s")
+
+
+def _wait_until_ready(
+    layout: Layout,
+    name: MachineName,
+    runtime: RuntimeRecord,
+    init: InitKind,
+    notify: socket.socket | None,
+    *,
+    timeout: float,
+) -> None:
+    """systemd: until it reports READY=1 through nspawn. Other inits cannot tell: ready once PID 1 has
+    started its first child (busybox init its console shell, sysvinit its rc scripts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_alive(runtime):
+            raise _failure(layout, name, "stopped while starting")
+        if notify is not None:
+            notify.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                    return
+        else:
+            leader = find_leader(runtime.pid)
+            if leader is not None and _has_children(leader):
+                return
+            time.sleep(0.05)
+    raise _failure(layout, name, f"did not report ready within {timeout:.0f} s")
+
+
+def _has_children(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    return False
+
+
+def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIMEOUT) -> bool:
+    """Ask the machine's init to power off; kill it after `timeout`. False if it was not running."""
+    with machine_lock(layout, name):
+        runtime = _running_boot(layout, name)
+        if runtime is None:
+            return False
+        runtime = replace(runtime, stopping=True)
+        save_runtime(layout, runtime)
+        init = InitKind(runtime.init or InitKind.OTHER)
+        command = init.stop_command()
+        if command is not None:
+            from veneer.machines.inside import exec_in_machine
+
+            with contextlib.suppress(MachineError):
+                exec_in_machine(layout, name, command, quiet=True)
+        else:
+            # nspawn passes this on to the init as its --kill-signal, the init's own poweroff signal.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(runtime.pid, signal.SIGTERM)
+        if not _wait_gone(runtime, timeout):
+            logger.warning("Machine '%s' did not power off within %.0f s; killing it.", name, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(runtime.pid, signal.SIGKILL)
+            cgroups.kill_cgroups(name)
+        end_boot(layout, name, requested=True)
+    logger.info("Stopped machine '%s'.", name)
+    return True
+
+
+def kill_machine(layout: Layout, name: MachineName, *, signal_number: int = signal.SIGTERM) -> None:
+    """Send a signal to every process of the running machine (as `machinectl kill` does)."""
+    runtime = load_runtime(layout, name)
+    if runtime is None or not is_alive(runtime) or runtime.mode != "boot":
+        raise MachineError(f"Machine '{name}' is not running", hint=f"Start it with 'veneer start {name}'.")
+    nspawn_pids = {runtime.pid}
+    for pid in cgroups.cgroup_pids(name) - nspawn_pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal_number)
+
+
+def _running_boot(layout: Layout, name: MachineName) -> RuntimeRecord | None:
+    recover_machine(layout, name)
+    runtime = load_runtime(layout, name)
+    if runtime is not None and runtime.mode != "boot":
+        raise MachineBusy(
+            f"Machine '{name}' runs a command ('veneer run'), it was not started",
+            hint="Wait for the command to finish.",
+        )
+    return runtime
+
+
+def _wait_gone(runtime: RuntimeRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while is_alive(runtime):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
+    """Undo a start: processes, cgroups, console session, overlay, runtime record; record the exit."""
+    runtime = load_runtime(layout, name)
+    if runtime is not None and is_alive(runtime) and runtime.pid != os.getpid():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runtime.pid, signal.SIGKILL)
+    status = _exit_status(layout, name)
+    cgroups.kill_cgroups(name)
+    with contextlib.suppress(OSError):
+        cgroups.remove_cgroups(name)
+    console.kill_session(layout.console_socket, name)
+    root = layout.machine_root(name)
+    if (runtime is None or runtime.owns_mount) and is_mounted(root):
+        unmount(root)
+    for path in (layout.boot_script(name), layout.notify_socket(name)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if runtime is not None and runtime.mode == "boot" and runtime.pid != os.getpid():
+        asked = requested or runtime.stopping
+        # No status: nspawn or the console keeper was killed; that is a failure unless veneer did it.
+        save_exit(layout, name, ExitRecord(status=255 if status is None else status, requested=asked,
+                                           ended=time.time()))  # fmt: skip
+    remove_runtime(layout, name)
+
+
+def _exit_status(layout: Layout, name: MachineName, *, patience: float = 2.0) -> int | None:
+    """nspawn's exit status as the console keeper saw it; it may take a moment to notice the exit."""
+    deadline = time.monotonic() + patience
+    while True:
+        status = console.pane_status(layout.console_socket, name)
+        if status is not None or time.monotonic() > deadline:
+            return status
+        if console.pane_pid(layout.console_socket, name) is None and not console.has_session(
+            layout.console_socket, name
+        ):
+            return None  # no session at all: the console keeper is gone
+        time.sleep(0.02)
+
+
+def reap_machine(layout: Layout, name: MachineName) -> None:
+    """Called by the console keeper when a machine's nspawn exited: clean up unless a command holding
+    the machine's lock (stop, start) is about to do it."""
+    try:
+        with machine_lock(layout, name):
+            runtime = load_runtime(layout, name)
+            if runtime is not None and runtime.mode == "boot" and not is_alive(runtime):
+                end_boot(layout, name, requested=False)
+    except MachineBusy:
+        pass

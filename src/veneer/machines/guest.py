@@ -1,0 +1,98 @@
+"""What is inside a machine: which init it boots, its leader process, its users. Reads only."""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+from veneer.errors import MachineError
+
+
+class InitKind(enum.StrEnum):
+    """The init a machine boots, and how it is asked to power off."""
+
+    SYSTEMD = "systemd"
+    BUSYBOX = "busybox"
+    SYSVINIT = "sysvinit"
+    OTHER = "other"
+
+    def kill_signal(self) -> str:
+        """The signal nspawn sends PID 1 when veneer asks it to stop (SIGTERM to nspawn)."""
+        # systemd powers off on SIGRTMIN+3; busybox init on SIGUSR2 (it ignores SIGRTMIN+3); sysvinit has
+        # no poweroff signal: SIGINT runs its ctrlaltdel action, which veneer's stop replaces with
+        # `telinit 0` run inside (see stop_command).
+        return {InitKind.SYSTEMD: "SIGRTMIN+3", InitKind.BUSYBOX: "SIGUSR2"}.get(self, "SIGINT")
+
+    def stop_command(self) -> tuple[str, ...] | None:
+        """A command run inside the machine to power it off, where no signal does."""
+        return ("/sbin/telinit", "0") if self is InitKind.SYSVINIT else None
+
+    def notifies(self) -> bool:
+        """Whether the init reports readiness (sd_notify READY=1) through nspawn."""
+        return self is InitKind.SYSTEMD
+
+
+def resolve_in_root(root: Path, relative: str, *, depth: int = 0) -> Path | None:
+    """Follow symlinks of `relative` as the machine would see them, never leaving `root`."""
+    if depth > 16:
+        return None
+    path = root
+    parts = [p for p in relative.split("/") if p]
+    for index, part in enumerate(parts):
+        candidate = path / part
+        if candidate.is_symlink():
+            target = os.readlink(candidate)
+            base = "" if target.startswith("/") else os.path.relpath(path, root)
+            rest = "/".join([target if base in ("", ".") else f"{base}/{target}", *parts[index + 1 :]])
+            return resolve_in_root(root, os.path.normpath("/" + rest).lstrip("/"), depth=depth + 1)
+        if not candidate.exists():
+            return None
+        path = candidate
+    return path
+
+
+def detect_init(root: Path) -> InitKind:
+    """Which init `/sbin/init` of the mounted machine is."""
+    init = resolve_in_root(root, "sbin/init")
+    if init is None:
+        raise MachineError(
+            f"The machine at '{root}' has no /sbin/init to boot",
+            hint="Use 'veneer run NAME -- CMD' for images without an init, or install one in the image.",
+        )
+    name = init.name
+    if name == "systemd" or "systemd" in init.parts[-3:-1]:
+        return InitKind.SYSTEMD
+    if name == "busybox":
+        return InitKind.BUSYBOX
+    if name == "init" and (root / "etc/inittab").exists():
+        return InitKind.SYSVINIT
+    return InitKind.OTHER
+
+
+def find_leader(nspawn_pid: int) -> int | None:
+    """The container's PID 1 (seen from the host): the child of nspawn that is PID 1 in its namespace."""
+    try:
+        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:") and line.split()[-1] == "1" and len(line.split()) > 2:
+                return int(child)
+    return None
+
+
+def lookup_user(root: Path, user: str) -> tuple[int, int, str, str]:
+    """(uid, gid, home, shell) of a user in the machine's /etc/passwd, by name or number."""
+    passwd = resolve_in_root(root, "etc/passwd")
+    lines = passwd.read_text().splitlines() if passwd else []
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) >= 7 and user in (fields[0], fields[2]):
+            return int(fields[2]), int(fields[3]), fields[5] or "/", fields[6] or "/bin/sh"
+    raise MachineError(f"No user '{user}' in the machine", hint="See the machine's /etc/passwd.")

@@ -1,0 +1,179 @@
+"""Being inside a running machine: exec, shell, console, logs and journal.
+
+`exec` enters the machine's namespaces with nsenter (user namespace included, so the command is the
+machine's root, not the host's) after joining its cgroups, with the environment its init has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from veneer.config.layout import Layout
+from veneer.config.settings import MachineName
+from veneer.errors import MachineError, UsageError
+from veneer.machines.guest import find_leader, lookup_user
+from veneer.machines.state import RuntimeRecord, is_alive, load_machine, load_runtime
+from veneer.runtime import console
+from veneer.runtime.cgroups import Hierarchies
+from veneer.util import proc
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def running_leader(layout: Layout, name: MachineName) -> tuple[RuntimeRecord, int]:
+    """The runtime record and the init's host pid of a booted, running machine."""
+    load_machine(layout, name)
+    runtime = load_runtime(layout, name)
+    leader = find_leader(runtime.pid) if runtime is not None and is_alive(runtime) else None
+    if runtime is None or leader is None:
+        raise MachineError(f"Machine '{name}' is not running", hint=f"Start it with 'veneer start {name}'.")
+    return runtime, leader
+
+
+def leader_environment(leader: int) -> dict[str, str]:
+    """The variables nspawn gave the machine's init that a command inside should see too."""
+    env = {"PATH": DEFAULT_PATH}
+    with contextlib.suppress(OSError):
+        for item in Path(f"/proc/{leader}/environ").read_bytes().split(b"\0"):
+            key, sep, value = item.decode(errors="replace").partition("=")
+            if sep and key in ("PATH", "container", "container_uuid", "LANG"):
+                env[key] = value
+    return env
+
+
+def exec_argv(
+    leader: int,
+    command: Sequence[str],
+    *,
+    env: dict[str, str],
+    uid: int = 0,
+    gid: int = 0,
+    workdir: str | None = None,
+) -> list[str]:
+    """nsenter into every namespace of the machine, then a clean environment; pure."""
+    # nsenter opens the root and working directories before entering the mount namespace: name them
+    # through the leader's /proc root, or they would be the host's.
+    argv = ["nsenter", f"--target={leader}", "--all", f"--setuid={uid}", f"--setgid={gid}", "--root"]
+    argv.append(f"--wd=/proc/{leader}/root/{(workdir or '/').lstrip('/')}")
+    argv += ["env", "-i", *(f"{k}={v}" for k, v in sorted(env.items())), *command]
+    return argv
+
+
+def _join_cgroups_of(leader: int) -> Iterator[Path]:
+    """The cgroup.procs files of the leader's own cgroups, in every hierarchy veneer knows."""
+    hierarchies = Hierarchies.detect()
+    for line in Path(f"/proc/{leader}/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if number == "0":
+            mount = hierarchies.unified
+        else:
+            mount = next((hierarchies.v1[c] for c in controllers.split(",") if c in hierarchies.v1), None)
+        if mount is not None:
+            yield mount / path.lstrip("/") / "cgroup.procs"
+
+
+def exec_in_machine(
+    layout: Layout,
+    name: MachineName,
+    command: Sequence[str],
+    *,
+    user: str | None = None,
+    workdir: str | None = None,
+    env: Sequence[tuple[str, str]] = (),
+    quiet: bool = False,
+) -> int:
+    """Run a command in the running machine; return its exit status."""
+    if not command:
+        raise UsageError("Missing command to run", hint=f"Use: veneer exec {name} -- CMD...")
+    _, leader = running_leader(layout, name)
+    root = Path(f"/proc/{leader}/root")
+    uid, gid, home, _shell = lookup_user(root, user or "0")
+    variables = leader_environment(leader)
+    variables.update(HOME=home, USER=user or "root", LOGNAME=user or "root")
+    if "TERM" in os.environ:
+        variables["TERM"] = os.environ["TERM"]
+    variables.update(dict(env))
+    procs = list(_join_cgroups_of(leader))
+
+    def join() -> None:
+        # Between fork and exec: into the machine's cgroups, so its limits cover the command too.
+        for path in procs:
+            with contextlib.suppress(OSError):
+                with open(path, "w") as f:
+                    f.write("0")
+
+    argv = exec_argv(leader, command, env=variables, uid=uid, gid=gid, workdir=workdir)
+    if quiet:
+        return proc.run(argv, check=False, capture=True).returncode
+    return proc.wait_forwarding(proc.spawn(argv, before_exec=join))
+
+
+def shell_in_machine(layout: Layout, name: MachineName, *, user: str | None = None) -> int:
+    """A login shell of `user` (root by default) in the running machine."""
+    _, leader = running_leader(layout, name)
+    _uid, _gid, _home, shell = lookup_user(Path(f"/proc/{leader}/root"), user or "0")
+    return exec_in_machine(layout, name, [shell, "-l"], user=user)
+
+
+def attach_console(layout: Layout, name: MachineName) -> int:
+    """Attach this terminal to the machine's boot console until the detach key (Ctrl-])."""
+    running_leader(layout, name)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("'veneer console' needs a terminal", hint=f"Use 'veneer logs {name}' to read it.")
+    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket, name)))
+
+
+def read_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> bytes:
+    """The console output of the machine's current or last boot (the last `lines` lines)."""
+    load_machine(layout, name)
+    try:
+        data = layout.console_log(name).read_bytes()
+    except FileNotFoundError:
+        return b""
+    if lines is not None:
+        data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
+    return data
+
+
+def follow_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> Iterator[bytes]:
+    """The console output, then what is added to it, until the machine stops."""
+    data = read_logs(layout, name, lines=lines)
+    yield data
+    offset = layout.console_log(name).stat().st_size if layout.console_log(name).exists() else 0
+    while True:
+        runtime = load_runtime(layout, name)
+        alive = runtime is not None and is_alive(runtime)
+        with contextlib.suppress(FileNotFoundError), open(layout.console_log(name), "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+            offset += len(chunk)
+            if chunk:
+                yield chunk
+        if not alive:
+            return
+        time.sleep(0.2)
+
+
+def journal_argv(layout: Layout, name: MachineName, args: Sequence[str]) -> list[str]:
+    """journalctl over the machine's persistent journal in its upper dir (a stopped machine)."""
+    record = load_machine(layout, name)
+    journal = layout.machine_upper(name) / "var/log/journal" / record.machine_id
+    if not journal.is_dir():
+        raise MachineError(
+            f"Machine '{name}' has no persistent journal",
+            hint="Only systemd guests with /var/log/journal keep one; start it and use 'veneer journal'.",
+        )
+    return ["journalctl", f"--directory={journal}", "--no-pager", *args]
+
+
+def show_journal(layout: Layout, name: MachineName, args: Sequence[str]) -> int:
+    """The machine's own journal: read inside while it runs, from its upper dir when it is stopped."""
+    runtime = load_runtime(layout, name)
+    if runtime is not None and is_alive(runtime) and runtime.mode == "boot":
+        return exec_in_machine(layout, name, ["journalctl", "--no-pager", *args])
+    return proc.wait_forwarding(proc.spawn(journal_argv(layout, name, args)))

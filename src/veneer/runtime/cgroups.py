@@ -1,0 +1,151 @@
+"""Per-machine cgroups: one place to find, limit and kill everything a machine runs.
+
+Each machine gets `veneer/<name>` in the unified (v2) hierarchy, where nspawn sets up the container's own
+cgroup tree, and, on v1 and hybrid hosts, in the v1 memory, cpu and pids hierarchies where the limits are
+enforced. When the v2 hierarchy holds those controllers (a pure v2 host), the limits are set there.
+`join_argv`-style helpers do not exist here: the joining happens between fork and exec of nspawn
+(`join_cgroups`), so nspawn and everything below it start inside the machine's cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from veneer.config.settings import Limits
+from veneer.errors import ConfigError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+GROUP = "veneer"
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hierarchies:
+    """Where the cgroup hierarchies are mounted on this host."""
+
+    unified: Path | None  # the v2 hierarchy: /sys/fs/cgroup (v2 hosts) or /sys/fs/cgroup/unified (hybrid)
+    v1: dict[str, Path]  # v1 hierarchy by controller: memory, cpu, pids, and name=systemd
+
+    @classmethod
+    def detect(cls, mountinfo: str | None = None) -> Hierarchies:
+        text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+        unified: Path | None = None
+        v1: dict[str, Path] = {}
+        for line in text.splitlines():
+            fields = line.split()
+            sep = fields.index("-")
+            point, fstype, options = fields[4], fields[sep + 1], fields[sep + 3].split(",")
+            if fstype == "cgroup2":
+                unified = Path(point)
+            elif fstype == "cgroup":
+                for controller in ("memory", "cpu", "pids"):
+                    if controller in options:
+                        v1[controller] = Path(point)
+                if "name=systemd" in options:
+                    # nspawn mirrors the container's tree here on hybrid hosts; it must go with the machine.
+                    v1["name=systemd"] = Path(point)
+        return cls(unified=unified, v1=v1)
+
+    def v2_controllers(self) -> set[str]:
+        if self.unified is None:
+            return set()
+        with contextlib.suppress(OSError):
+            return set((self.unified / "cgroup.controllers").read_text().split())
+        return set()
+
+    def machine_dirs(self, name: str) -> list[Path]:
+        """Every cgroup directory of the machine, the unified one first."""
+        dirs = [self.unified / GROUP / name] if self.unified else []
+        dirs += [path / GROUP / name for path in dict.fromkeys(self.v1.values())]
+        return dirs
+
+
+def limit_files(hierarchies: Hierarchies, name: str, limits: Limits) -> list[tuple[Path, str]]:
+    """(file, value) pairs that apply `limits` to the machine's cgroups; pure."""
+    v2 = hierarchies.v2_controllers()
+    unified = hierarchies.unified / GROUP / name if hierarchies.unified else None
+    writes: list[tuple[Path, str]] = []
+    quota = "max" if limits.cpus is None else str(int(limits.cpus * CPU_PERIOD_US))
+
+    def pick(controller: str, v2_file: str, v2_value: str, v1_file: str, v1_value: str) -> None:
+        if unified is not None and controller in v2:
+            writes.append((unified / v2_file, v2_value))
+        elif controller in hierarchies.v1:
+            writes.append((hierarchies.v1[controller] / GROUP / name / v1_file, v1_value))
+
+    memory = limits.memory
+    pick("memory", "memory.max", "max" if memory is None else str(memory),
+         "memory.limit_in_bytes", "-1" if memory is None else str(memory))  # fmt: skip
+    pick("cpu", "cpu.max", f"{quota} {CPU_PERIOD_US}",
+         "cpu.cfs_quota_us", "-1" if limits.cpus is None else quota)  # fmt: skip
+    pick("pids", "pids.max", "max" if limits.pids is None else str(limits.pids),
+         "pids.max", "max" if limits.pids is None else str(limits.pids))  # fmt: skip
+    return writes
+
+
+def setup_cgroups(name: str, limits: Limits) -> list[Path]:
+    """Create the machine's cgroups and set its limits; returns the dirs to join."""
+    hierarchies = Hierarchies.detect()
+    if hierarchies.unified is None and not hierarchies.v1:
+        raise ConfigError("No cgroup hierarchy is mounted", hint="Mount cgroup2 on /sys/fs/cgroup.")
+    v2 = hierarchies.v2_controllers() & {"memory", "cpu", "pids"}
+    if hierarchies.unified is not None and v2:
+        # Controllers must be enabled on every level above a cgroup that uses them.
+        (hierarchies.unified / GROUP).mkdir(exist_ok=True)
+        for parent in (hierarchies.unified, hierarchies.unified / GROUP):
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(v2)))
+    dirs = hierarchies.machine_dirs(name)
+    for path in dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    for file, value in limit_files(hierarchies, name, limits):
+        file.write_text(value)
+    return dirs
+
+
+def join_cgroups(dirs: list[Path]) -> None:
+    """Between fork and exec: move the calling process into `dirs` (its children follow)."""
+    for path in dirs:
+        with open(path / "cgroup.procs", "w") as f:
+            f.write("0")
+
+
+def cgroup_pids(name: str) -> set[int]:
+    """Every process left in any of the machine's cgroups, nested ones included."""
+    pids: set[int] = set()
+    for top in Hierarchies.detect().machine_dirs(name):
+        for dirpath, _dirnames, _filenames in os.walk(top):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+    return pids
+
+
+def kill_cgroups(name: str, *, timeout: float = 5.0) -> None:
+    """SIGKILL everything in the machine's cgroups until they are empty."""
+    deadline = time.monotonic() + timeout
+    while pids := cgroup_pids(name):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+
+
+def remove_cgroups(name: str) -> None:
+    """Remove the machine's (empty) cgroups, innermost first; missing ones are fine."""
+    for top in Hierarchies.detect().machine_dirs(name):
+        if not top.exists():
+            continue
+        for dirpath, _dirnames, _filenames in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT,):
+                    raise

@@ -1,0 +1,135 @@
+"""The console keeper: a tmux server of veneer's own holds each booted machine's console.
+
+Why tmux: something has to hold the pseudo-terminal of nspawn's console after `veneer start` returns, keep
+its output, and let `veneer console` attach and detach. One tmux server serves every running machine
+of a store (its socket is in the runtime dir) and costs about 1 MB of private memory in all; a Python
+supervisor would cost about 4 MB private (10 MB resident) per machine. tmux exists only while machines
+run: it exits with the last session.
+
+Per machine: a session named after it, whose pane runs nspawn; `pipe-pane` copies the console into a log
+file (bounded by `head -c`), and a `pane-died` hook runs `veneer _reap` when nspawn exits, however it
+exits, so the overlay is unmounted and the cgroups removed without any veneer process waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from veneer.util import proc
+
+LOG_LIMIT_BYTES = 4 << 20
+DETACH_KEY = "C-]"
+
+# Global settings, loaded when the server starts. remain-on-exit keeps a dead pane (and its exit status)
+# until the pane-died hook has reaped it.
+CONFIG = """\
+set -g default-terminal "xterm-256color"
+set -g history-limit 10000
+set -g remain-on-exit on
+set -g status off
+set -g prefix None
+set -g prefix2 None
+set -g exit-empty on
+set -g destroy-unattached off
+bind-key -n {detach} detach-client
+set-hook -g pane-died "run-shell -b '{reap} #{{session_name}} #{{pane_dead_status}} #{{pane_dead_signal}}'"
+"""
+
+
+def _pane(name: str) -> str:
+    """The target of the machine's pane: its session by exact name, current window."""
+    return f"={name}:"
+
+
+def tmux_argv(socket: Path, *args: str) -> list[str]:
+    return ["tmux", "-S", os.fspath(socket), *args]
+
+
+def reap_command(root: Path, run: Path) -> str:
+    """The shell command the hook runs: this veneer, on this store, with the module path it runs from."""
+    package_parent = Path(__file__).resolve().parents[2]
+    env = [f"VENEER_RUN={run}", f"PYTHONPATH={package_parent}"]
+    return shlex.join(["env", *env, sys.executable, "-m", "veneer", "--root", os.fspath(root), "_reap"])
+
+
+def start_argv(
+    socket: Path,
+    config: Path,
+    name: str,
+    command: Sequence[str],
+    *,
+    log: Path,
+    width: int = 160,
+    height: int = 48,
+) -> list[str]:
+    """One tmux invocation that starts the machine's session with its console logged from the first byte.
+
+    The session starts with a placeholder that waits, its output is piped to the log, and only then the
+    placeholder is replaced by the real command, so not a byte of early boot output is missed.
+    """
+    # head stops at the limit; stdbuf makes it write each chunk as it comes (else stdio buffers 4 KiB).
+    pipe = shlex.join(["exec", "stdbuf", "-o0", "head", "-c", str(LOG_LIMIT_BYTES)])
+    pipe += f" >> {shlex.quote(os.fspath(log))}"
+    return tmux_argv(
+        socket, "-f", os.fspath(config),
+        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "exec sleep infinity", ";",
+        "pipe-pane", "-t", _pane(name), pipe, ";",
+        "respawn-pane", "-k", "-t", _pane(name), shlex.join(command),
+    )  # fmt: skip
+
+
+def write_config(path: Path, *, reap: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(CONFIG.format(detach=DETACH_KEY, reap=reap.replace("'", "'\\''")))
+
+
+def start_session(socket: Path, config: Path, name: str, command: Sequence[str], *, log: Path) -> None:
+    proc.run(start_argv(socket, config, name, command, log=log))
+
+
+def pane_pid(socket: Path, name: str) -> int | None:
+    """The pid of the process in the machine's pane (nspawn), or None if there is no live pane."""
+    result = proc.run(
+        tmux_argv(socket, "display-message", "-p", "-t", _pane(name), "#{pane_pid} #{pane_dead}"),
+        capture=True,
+        check=False,
+    )
+    fields = result.stdout.split()
+    if result.returncode != 0 or len(fields) != 2 or fields[1] == "1":
+        return None
+    return int(fields[0])
+
+
+def pane_status(socket: Path, name: str) -> int | None:
+    """The exit status of the machine's pane once its process has died (128+N for signal N), else None."""
+    result = proc.run(
+        tmux_argv(socket, "display-message", "-p", "-t", _pane(name),
+                  "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}"),
+        capture=True,
+        check=False,
+    )  # fmt: skip
+    fields = result.stdout.split()
+    if result.returncode != 0 or not fields or fields[0] != "1":
+        return None
+    if len(fields) > 2 and fields[2].isdigit() and fields[2] != "0":
+        return 128 + int(fields[2])
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+def has_session(socket: Path, name: str) -> bool:
+    return (
+        proc.run(tmux_argv(socket, "has-session", "-t", f"={name}"), check=False, capture=True).returncode
+        == 0
+    )
+
+
+def kill_session(socket: Path, name: str) -> None:
+    proc.run(tmux_argv(socket, "kill-session", "-t", f"={name}"), check=False, capture=True)
+
+
+def attach_argv(socket: Path, name: str) -> list[str]:
+    return tmux_argv(socket, "attach-session", "-t", f"={name}")
