@@ -15,6 +15,7 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.json          a running machine's pids
     machines/<name>.sh            the script the console keeper runs to boot it
     machines/<name>.notify        the socket nspawn reports readiness to
+    machines/<name>.status        nspawn's exit status, written by the boot script
     console.sock, console.conf    the console keeper (tmux) of this store
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
 """
@@ -101,6 +102,9 @@ class Layout:
 
     def boot_script(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.sh"
+
+    def boot_status(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.status"
 
     def notify_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.notify"

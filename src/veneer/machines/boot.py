@@ -49,28 +49,32 @@ START_TIMEOUT = 60.0
 
 
 def boot_script(
-    nspawn: Sequence[str], *, cgroup_dirs: Sequence[Path], private_state: bool, env: Mapping[str, str]
+    nspawn: Sequence[str],
+    *,
+    cgroup_dirs: Sequence[Path],
+    private_state: bool,
+    env: Mapping[str, str],
+    status_file: Path,
 ) -> str:
-    """The shell script the console keeper runs: join the machine's cgroups, then become nspawn.
-
-    `exec` keeps one pid from the shell to nspawn, so the pane's pid is nspawn's.
-    """
-    lines = [
-        "#!/bin/sh",
-        "# Made by veneer start: boots one machine in a pane of the console keeper.",
-        "set -e",
-    ]
+    """The shell script the console keeper runs: nspawn in the machine's cgroups, then its exit status
+    into `status_file` (the shell itself stays outside the machine's cgroups, so it outlives them)."""
     # veneer locks its machines itself; nspawn's own lock files would land next to the machine's root.
     env = {"SYSTEMD_NSPAWN_LOCK": "0", **env}
-    lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
-    lines += [f"echo $$ > {shlex.quote(os.fspath(d / 'cgroup.procs'))}" for d in cgroup_dirs]
+    steps = [f"echo $$ > {shlex.quote(os.fspath(d / 'cgroup.procs'))}" for d in cgroup_dirs]
     command = shlex.join(nspawn)
     if private_state:
         # nspawn refuses to clean its state dir unless it is a tmpfs (see runtime.nspawn): give it one
         # in a mount namespace of its own, a slave of the host's so the machine's overlay is visible.
         inner = f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {NSPAWN_STATE_DIR} && exec {command}"
         command = shlex.join(["unshare", "--mount", "--propagation", "slave", "sh", "-c", inner])
-    lines.append(f"exec {command}")
+    steps.append(f"exec {command}")
+    lines = [
+        "#!/bin/sh",
+        "# Made by veneer start: boots one machine in a pane of the console keeper.",
+        *(f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())),
+        shlex.join(["sh", "-c", " && ".join(steps)]),
+        f"echo $? > {shlex.quote(os.fspath(status_file))}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -109,10 +113,17 @@ def start_machine(
                 env["NOTIFY_SOCKET"] = os.fspath(layout.notify_socket(name))
             script = layout.boot_script(name)
             script.write_text(
-                boot_script(nspawn_argv(spec), cgroup_dirs=dirs, private_state=private_state, env=env)
+                boot_script(
+                    nspawn_argv(spec),
+                    cgroup_dirs=dirs,
+                    private_state=private_state,
+                    env=env,
+                    status_file=layout.boot_status(name),
+                )
             )
             console.write_config(layout.console_config, reap=console.reap_command(layout.root, layout.run))
             layout.console_log(name).write_bytes(b"")
+            layout.boot_status(name).unlink(missing_ok=True)
             console.start_session(
                 layout.console_socket, layout.console_config, name, ["sh", os.fspath(script)],
                 log=layout.console_log(name),
@@ -159,18 +170,25 @@ def _log_tail(layout: Layout, name: MachineName, lines: int = 8) -> str:
 
 
 def _wait_for_nspawn(layout: Layout, name: MachineName, *, timeout: float) -> int:
-    """The pid of nspawn once the pane has exec'd it."""
+    """The pid of nspawn once the boot script has started it (a child of the pane's shell)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = console.pane_pid(layout.console_socket, name)
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn"):
-                    return pid
-        elif _pane_dead(layout, name):
+        shell = console.pane_pid(layout.console_socket, name)
+        if shell is not None:
+            for pid in _children(shell):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn"):
+                        return pid
+        elif _pane_dead(layout, name) or layout.boot_status(name).exists():
             raise _failure(layout, name, "failed to start")
         time.sleep(0.02)
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
 
 
 def _pane_dead(layout: Layout, name: MachineName) -> bool:
@@ -221,9 +239,7 @@ def _wait_until_ready(
 
 
 def _has_children(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-    return False
+    return bool(_children(pid))
 
 
 def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIMEOUT) -> bool:
@@ -300,7 +316,7 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):
         unmount(root)
-    for path in (layout.boot_script(name), layout.notify_socket(name)):
+    for path in (layout.boot_script(name), layout.notify_socket(name), layout.boot_status(name)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     if runtime is not None and runtime.mode == "boot" and runtime.pid != os.getpid():
@@ -312,16 +328,14 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
 
 
 def _exit_status(layout: Layout, name: MachineName, *, patience: float = 2.0) -> int | None:
-    """nspawn's exit status as the console keeper saw it; it may take a moment to notice the exit."""
+    """nspawn's exit status, written by the boot script's shell right after nspawn exits."""
     deadline = time.monotonic() + patience
     while True:
-        status = console.pane_status(layout.console_socket, name)
-        if status is not None or time.monotonic() > deadline:
-            return status
-        if console.pane_pid(layout.console_socket, name) is None and not console.has_session(
-            layout.console_socket, name
-        ):
-            return None  # no session at all: the console keeper is gone
+        with contextlib.suppress(OSError, ValueError):
+            return int(layout.boot_status(name).read_text())
+        shell = console.pane_pid(layout.console_socket, name)
+        if shell is None or time.monotonic() > deadline:
+            return None  # the shell is gone too: the console keeper was killed
         time.sleep(0.02)
 
 
