@@ -6,8 +6,8 @@ named `veneer-bench-*`, and is removed on the way out, also after a failure or C
 
 Each contender is a small class: `setup()` once (untimed), then per repetition `measure(i)` (the only
 timed call, wall clock with time.perf_counter) and `reset(i)` (untimed), and `teardown()` once. The
-contenders of a benchmark take turns within each repetition, so drift in the machine's state hits them
-alike. bench/README.md says what each benchmark measures and why it is fair.
+contenders of a benchmark take turns within each repetition, in an order that rotates, so drift in the
+machine's state hits them alike. bench/README.md says what each benchmark measures and why it is fair.
 """
 
 from __future__ import annotations
@@ -408,12 +408,12 @@ class PodmanRun(Contender):
 class Command(Contender):
     """A command with nothing to set up: the floors that veneer's numbers stand on."""
 
-    def __init__(self, name: str, argv: Callable[[], Completed]) -> None:
+    def __init__(self, name: str, call: Callable[[], Completed]) -> None:
         self.name = self.command = name
-        self.argv = argv
+        self.call = call
 
     def measure(self, i: int) -> None:
-        self.argv()
+        self.call()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -679,12 +679,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "setup_s": bench.setup_seconds,
             "benchmarks": results,
         }
+    # The cleanups ran when the `with` ended: only now is it known whether all of them worked.
+    report["cleanup_failures"] = bench.cleanup_failures
     table = format_table(results)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
     path.write_text(json.dumps({**report, "table": table}, indent=2) + "\n")
     print(f"\nWrote {path.relative_to(REPO)}")
+    if bench.cleanup_failures:
+        log(f"some cleanups failed (see above): {', '.join(bench.cleanup_failures)}")
+        return 1
     return 0
 
 

@@ -26,14 +26,11 @@ def machine_cgroups(name: str) -> list[Path]:
     return [d for d in Hierarchies.detect().machine_dirs(name) if d.exists()]
 
 
-def tmux_sessions(store: Store) -> list[str]:
+def console_keeper_alive(store: Store, name: str) -> bool:
     from veneer.util import proc
 
-    sock = store.run / "console.sock"
-    result = proc.run(
-        ["tmux", "-S", str(sock), "list-sessions", "-F", "#{session_name}"], check=False, capture=True
-    )
-    return result.stdout.split() if result.returncode == 0 else []
+    sock = store.run / "machines" / f"{name}.console"
+    return proc.run(["tmux", "-S", str(sock), "has-session"], check=False, capture=True).returncode == 0
 
 
 def assert_nothing_left(store: Store, *names: str) -> None:
@@ -41,7 +38,7 @@ def assert_nothing_left(store: Store, *names: str) -> None:
     for name in names:
         assert not machine_cgroups(name), f"cgroups of {name} left behind"
         assert status(store, name)["pid"] is None
-    assert not set(names) & set(tmux_sessions(store)), "console sessions left behind"
+        assert not console_keeper_alive(store, name), f"the console keeper of {name} is left behind"
 
 
 @pytest.fixture

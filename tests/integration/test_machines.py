@@ -282,3 +282,32 @@ def test_hostile_tarball_is_refused_and_leaves_a_clean_store(store: Store, tmp_p
     assert store.veneer("image", "list", "--json").stdout.strip() == "[]"
     assert not list((store.root / ".staging").iterdir())
     assert not list((store.root / "layers").iterdir())
+
+
+def test_image_names_are_checked_everywhere(busybox: Store, tmp_path: Path) -> None:
+    store = busybox
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "image.json").write_text("{}")
+    for verb in ("show", "rm"):
+        refused = store.veneer("image", verb, f"../../{victim.name}", ok=(2,))
+        assert "Invalid image name" in refused.stderr
+    assert (victim / "image.json").exists()
+
+
+def test_leftover_cleanup_never_reaches_through_a_mount(busybox: Store, tmp_path: Path) -> None:
+    store = busybox
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me\n")
+    # A leftover of a killed build with something still mounted in it (as debootstrap leaves /proc).
+    leftover = store.root / ".staging" / "image-dead-000000000000" / "layer" / "tree" / "proc"
+    leftover.mkdir(parents=True)
+    proc.run(["mount", "--bind", str(outside), str(leftover)])
+    try:
+        store.veneer("create", "m1", "--from", "bb")  # sweeps the leftover
+        assert (outside / "precious").read_text() == "keep me\n"
+        assert not (store.root / ".staging" / "image-dead-000000000000").exists()
+    finally:
+        if mounts_under(leftover):
+            proc.run(["umount", "--lazy", str(leftover)])

@@ -168,7 +168,13 @@ def test_copy_tree_keeps_owners_modes_links_devices_and_xattrs(tmp_path: Path) -
     dest = tmp_path / "dest"
     dest.mkdir()
 
-    copy_tree(source, dest)
+    # An image import refuses the overlay's own entries; a clone of an upper dir allows them.
+    with pytest.raises(
+        UnsafeArchive, match="'opaque' carries overlayfs attributes|'removed' is a device node"
+    ):
+        copy_tree(source, dest)
+    assert not list(dest.iterdir())
+    copy_tree(source, dest, allow_whiteouts=True)
 
     copied = (dest / "usr/bin/tool").stat()
     assert (copied.st_uid, copied.st_gid, stat.S_IMODE(copied.st_mode)) == (1234, 2345, 0o4750)
@@ -186,3 +192,15 @@ def test_copy_tree_keeps_owners_modes_links_devices_and_xattrs(tmp_path: Path) -
     assert os.getxattr(dest / "opaque", "trusted.overlay.opaque") == b"y"
     sparse = (dest / "sparse").stat()
     assert sparse.st_size == 64 << 20 and sparse.st_blocks * 512 < 1 << 20
+
+
+def test_copy_tree_refuses_device_nodes_outside_dev(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "home").mkdir(parents=True)
+    # A block device node in an image would open a host disk from inside a machine.
+    os.mknod(source / "home/blk", stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(UnsafeArchive, match="'home/blk' is a device node outside dev/"):
+        copy_tree(source, dest)
+    assert not list(dest.iterdir())

@@ -73,6 +73,15 @@ def register(verbs: Any) -> None:
     journal.add_argument("args", nargs=argparse.REMAINDER, metavar="-- JOURNALCTL-ARGS")
     journal.set_defaults(handler=cmd_journal)
 
+    enable = verbs.add_parser("enable", help="start a machine at host boot (systemd hosts)")
+    enable.add_argument("name", type=parse_machine_name)
+    enable.add_argument("--print", action="store_true", help="print the unit instead of installing it")
+    enable.set_defaults(handler=cmd_enable)
+
+    disable = verbs.add_parser("disable", help="no longer start a machine at host boot")
+    disable.add_argument("name", type=parse_machine_name)
+    disable.set_defaults(handler=cmd_disable)
+
     reap = verbs.add_parser("_reap")  # run by the console keeper when a machine's nspawn exits
     reap.add_argument("name", type=parse_machine_name)
     reap.add_argument("rest", nargs="*")
@@ -167,4 +176,27 @@ def cmd_reap(args: argparse.Namespace) -> int:
     from veneer.machines.boot import reap_machine
 
     reap_machine(_layout(args), args.name)
+    return 0
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    from veneer.machines.state import load_machine
+    from veneer.machines.units import enable_machine, unit_name, unit_text, veneer_argv
+
+    layout = _layout(args)
+    if args.print:
+        load_machine(layout, args.name)
+        print(f"# /etc/systemd/system/{unit_name(args.name)}")
+        print(unit_text(layout, args.name, veneer_argv()), end="")
+        return 0
+    path = enable_machine(layout, args.name)
+    print(f"Machine '{args.name}' starts at boot ({path}).")
+    return 0
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    from veneer.machines.units import disable_machine
+
+    disable_machine(_layout(args), args.name)
+    print(f"Machine '{args.name}' no longer starts at boot.")
     return 0

@@ -16,7 +16,8 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.sh            the script the console keeper runs to boot it
     machines/<name>.notify        the socket nspawn reports readiness to
     machines/<name>.status        nspawn's exit status, written by the boot script
-    console.sock, console.conf    the console keeper (tmux) of this store
+    machines/<name>.console       the socket of its console keeper (tmux)
+    console.conf                  the console keepers' settings
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
 """
 
@@ -109,9 +110,8 @@ class Layout:
     def notify_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.notify"
 
-    @property
-    def console_socket(self) -> Path:
-        return self.run / "console.sock"
+    def console_socket(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.console"
 
     @property
     def console_config(self) -> Path:

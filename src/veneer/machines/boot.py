@@ -125,7 +125,7 @@ def start_machine(
             layout.console_log(name).write_bytes(b"")
             layout.boot_status(name).unlink(missing_ok=True)
             console.start_session(
-                layout.console_socket, layout.console_config, name, ["sh", os.fspath(script)],
+                layout.console_socket(name), layout.console_config, name, ["sh", os.fspath(script)],
                 log=layout.console_log(name),
             )  # fmt: skip
             pid = _wait_for_nspawn(layout, name, timeout=timeout)
@@ -173,7 +173,7 @@ def _wait_for_nspawn(layout: Layout, name: MachineName, *, timeout: float) -> in
     """The pid of nspawn once the boot script has started it (a child of the pane's shell)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        shell = console.pane_pid(layout.console_socket, name)
+        shell = console.pane_pid(layout.console_socket(name), name)
         if shell is not None:
             for pid in _children(shell):
                 with contextlib.suppress(OSError):
@@ -192,7 +192,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _pane_dead(layout: Layout, name: MachineName) -> bool:
-    return console.pane_status(layout.console_socket, name) is not None
+    return console.pane_status(layout.console_socket(name), name) is not None
 
 
 def _wait_for_leader(layout: Layout, name: MachineName, pid: int, *, timeout: float) -> int:
@@ -312,7 +312,7 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     cgroups.kill_cgroups(name)
     with contextlib.suppress(OSError):
         cgroups.remove_cgroups(name)
-    console.kill_session(layout.console_socket, name)
+    console.kill_session(layout.console_socket(name), name)
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):
         unmount(root)
@@ -333,7 +333,7 @@ def _exit_status(layout: Layout, name: MachineName, *, patience: float = 2.0) ->
     while True:
         with contextlib.suppress(OSError, ValueError):
             return int(layout.boot_status(name).read_text())
-        shell = console.pane_pid(layout.console_socket, name)
+        shell = console.pane_pid(layout.console_socket(name), name)
         if shell is None or time.monotonic() > deadline:
             return None  # the shell is gone too: the console keeper was killed
         time.sleep(0.02)

@@ -125,7 +125,7 @@ def attach_console(layout: Layout, name: MachineName) -> int:
     running_leader(layout, name)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("'veneer console' needs a terminal", hint=f"Use 'veneer logs {name}' to read it.")
-    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket, name)))
+    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket(name), name)))
 
 
 def read_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> bytes:

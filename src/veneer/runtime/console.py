@@ -1,14 +1,15 @@
-"""The console keeper: a tmux server of veneer's own holds each booted machine's console.
+"""The console keeper: a small tmux server of veneer's own holds each booted machine's console.
 
 Why tmux: something has to hold the pseudo-terminal of nspawn's console after `veneer start` returns, keep
-its output, and let `veneer console` attach and detach. One tmux server serves every running machine
-of a store (its socket is in the runtime dir) and costs about 1 MB of private memory in all; a Python
-supervisor would cost about 4 MB private (10 MB resident) per machine. tmux exists only while machines
-run: it exits with the last session.
+its output, and let `veneer console` attach and detach. A tmux server costs about 1 MB of private memory
+(4 MB resident, most of it shared); a Python supervisor would cost about 4 MB private (10 MB resident).
+Each machine has a server of its own (its socket is in the runtime dir), so killing one touches no other
+machine, and a systemd unit that starts one machine owns just that machine's processes.
 
-Per machine: a session named after it, whose pane runs nspawn; `pipe-pane` copies the console into a log
-file (bounded by `head -c`), and a `pane-died` hook runs `veneer _reap` when nspawn exits, however it
-exits, so the overlay is unmounted and the cgroups removed without any veneer process waiting.
+In it: one session named after the machine, whose pane runs the boot script (nspawn); `pipe-pane` copies
+the console into a log file (bounded by `head -c`), and a `pane-died` hook runs `veneer _reap` when the
+script ends, however nspawn ended, so the overlay is unmounted and the cgroups removed without any veneer
+process waiting. The server exits with its session.
 """
 
 from __future__ import annotations
