@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import DEBIAN_USER
 from tests.integration.helpers import Store, mounts_under
-from veneer.machines.state import UID_RANGE_SIZE
+from veneer.config.settings import UID_RANGE_SIZE
 from veneer.util import proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -311,3 +311,14 @@ def test_leftover_cleanup_never_reaches_through_a_mount(busybox: Store, tmp_path
     finally:
         if mounts_under(leftover):
             proc.run(["umount", "--lazy", str(leftover)])
+
+
+def test_clone_keeps_file_capabilities(busybox: Store) -> None:
+    store = busybox
+    store.veneer("create", "m1", "--from", "bb")
+    store.veneer("run", "m1", "--", "sh", "-c", "cp /bin/busybox /root/tool")
+    tool = store.upper("m1") / "root/tool"
+    v2_cap_net_raw = bytes.fromhex("01000002") + (1 << 13).to_bytes(4, "little") + bytes(12)
+    os.setxattr(tool, "security.capability", v2_cap_net_raw)
+    store.veneer("clone", "m1", "m2")
+    assert os.getxattr(store.upper("m2") / "root/tool", "security.capability") == v2_cap_net_raw

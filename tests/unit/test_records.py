@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, ImageName, MachineName, NetworkMode
+from veneer.config.settings import UID_RANGE_SIZE, Bind, ImageName, MachineName, NetworkMode
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.images.store import ImageRecord, LayerRecord, load_image
 from veneer.machines.state import (
     UID_RANGE_FIRST,
-    UID_RANGE_SIZE,
     MachineRecord,
     RuntimeRecord,
     allocate_uid_base,

@@ -13,6 +13,9 @@ from typing import NewType
 from veneer.errors import UsageError
 
 MachineName = NewType("MachineName", str)
+
+# Each machine's user namespace maps 65536 ids (container 0-65535), as systemd-nspawn's --private-users does.
+UID_RANGE_SIZE = 0x10000
 ImageName = NewType("ImageName", str)
 
 # A machine's host-side interface is "ve-<name>", and interface names hold at most 15 characters.

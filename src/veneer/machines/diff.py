@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from veneer.machines.idshift import RANGE
+from veneer.config.settings import UID_RANGE_SIZE
 from veneer.overlay.layers import is_opaque, is_whiteout, lookup
 
 
@@ -29,7 +29,7 @@ class Change:
 
 def _to_base_id(value: int, uid_base: int | None) -> int:
     """A machine's on-disk owner as the image would record it (its uid range mapped back to 0...)."""
-    if uid_base is not None and uid_base <= value < uid_base + RANGE:
+    if uid_base is not None and uid_base <= value < uid_base + UID_RANGE_SIZE:
         return value - uid_base
     return value
 

@@ -6,12 +6,24 @@ import os
 import stat
 from pathlib import Path
 
-RANGE = 0x10000
+from veneer.config.settings import UID_RANGE_SIZE
+
+CAPABILITY_XATTR = "security.capability"
+CAP_V3_SIZE = 24  # struct vfs_ns_cap_data: magic, two 8-byte sets, rootid
+
+
+def _capability(path: Path, st: os.stat_result) -> bytes | None:
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        return os.getxattr(path, CAPABILITY_XATTR)
+    except OSError:
+        return None
 
 
 def shifted(value: int, source: int, target: int) -> int:
     """`value` moved from the range at `source` to the range at `target`; ids outside stay as they are."""
-    return value - source + target if source <= value < source + RANGE else value
+    return value - source + target if source <= value < source + UID_RANGE_SIZE else value
 
 
 def shift_ownership(tree: Path, source: int, target: int) -> None:
@@ -26,6 +38,13 @@ def shift_ownership(tree: Path, source: int, target: int) -> None:
         uid, gid = shifted(st.st_uid, source, target), shifted(st.st_gid, source, target)
         if (uid, gid) == (st.st_uid, st.st_gid):
             continue
+        capability = _capability(path, st)
         os.chown(path, uid, gid, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
             os.chmod(path, stat.S_IMODE(st.st_mode))  # chown() clears setuid and setgid
+        if capability is not None:
+            # chown() drops file capabilities too; a v3 capability names its namespace's root uid.
+            if len(capability) == CAP_V3_SIZE:
+                rootid = shifted(int.from_bytes(capability[20:24], "little"), source, target)
+                capability = capability[:20] + rootid.to_bytes(4, "little")
+            os.setxattr(path, CAPABILITY_XATTR, capability)

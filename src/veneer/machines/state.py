@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, Limits, MachineName, NetworkMode
+from veneer.config.settings import UID_RANGE_SIZE, Bind, Limits, MachineName, NetworkMode
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.util.fs import atomic_write, save_json
 
 RECORD_VERSION = 1
 # Each machine owns 65536 host uids and gids, as systemd-nspawn's --private-users expects. veneer's ranges
 # start above nspawn's own "pick" range (0x00080000-0x6FFF0000) and stay below 2^31.
-UID_RANGE_SIZE = 0x10000
 UID_RANGE_FIRST = 0x70000000
 UID_RANGE_LAST = 0x7FFD0000  # 0x7FFE0000-0x7FFEFFFF is systemd's "foreign" range
 

@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from veneer.config.settings import UID_RANGE_SIZE
+
 NR_OPEN_TREE = 428
 NR_MOVE_MOUNT = 429
 NR_FSOPEN = 430
@@ -56,7 +58,7 @@ UMOUNT_NOFOLLOW = 0x8
 CLONE_NEWUSER = 0x10000000
 
 #: The size of one idmapped range: the 16-bit uid space a distribution image uses.
-IDMAP_COUNT = 65536
+IDMAP_COUNT = UID_RANGE_SIZE
 
 
 class _MountAttr(ctypes.Structure):

@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from veneer.config.settings import UID_RANGE_SIZE
 from veneer.runtime.base import RunSpec
 from veneer.util.proc import which
-
-USERNS_SIZE = 65536
-
 
 NSPAWN_STATE_DIR = Path("/run/systemd/nspawn")
 CLONE_NEWNS = 0x00020000
@@ -77,7 +75,7 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         argv += ["--register=no", "--keep-unit"]
     if spec.uid_base is not None:
         argv += [
-            f"--private-users={spec.uid_base}:{USERNS_SIZE}",
+            f"--private-users={spec.uid_base}:{UID_RANGE_SIZE}",
             "--private-users-ownership=off",
         ]  # fmt: skip
     else:
