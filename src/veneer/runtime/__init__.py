@@ -1,1 +1,2 @@
-"""Running machines: the nspawn backend (nspawn.py), cgroups (cgroups.py) and the console keeper (console.py)."""
+"""Running machines: the nspawn backend (nspawn.py), cgroups (cgroups.py), the console keeper
+(console.py)."""
