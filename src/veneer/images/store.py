@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from veneer.config.layout import Layout
 from veneer.config.settings import ImageName
 from veneer.errors import ImageError, ImageInUse, ImageNotFound, StateCorrupt
-from veneer.util.fs import dir_size, locked, make_private_dir, remove_tree, save_json
+from veneer.util.fs import dir_size, locked, make_private_dir, random_hex, remove_tree, save_json
 from veneer.util.staging import staging_dir, sweep_staging, trash
 
 logger = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ def create_image(
             hint=f"Pick another name, or remove it first with 'veneer image rm {name}'.",
         )
     with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
-        layer_id = secrets.token_hex(8)
+        layer_id = random_hex(8)
         layer_dir = stage / "layer"
         tree = layer_dir / "tree"
         tree.mkdir(parents=True)

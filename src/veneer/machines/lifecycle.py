@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,7 +44,7 @@ from veneer.runtime.nspawn import (
     needs_private_state_dir,
     nspawn_argv,
 )
-from veneer.util.fs import locked, remove_tree
+from veneer.util.fs import locked, random_hex, remove_tree
 from veneer.util.proc import spawn, wait_forwarding
 from veneer.util.staging import staging_dir, trash
 
@@ -148,7 +146,7 @@ def create_machine(
             image=image.name,
             revision=rev,
             created=time.time(),
-            machine_id=uuid.uuid4().hex,
+            machine_id=random_hex(16),
             uid_base=uid_base,
             network=network,
             binds=tuple(binds),
@@ -188,7 +186,7 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
                 image=original.image,
                 revision=original.revision,
                 created=time.time(),
-                machine_id=uuid.uuid4().hex,
+                machine_id=random_hex(16),
                 uid_base=original.uid_base,
                 network=original.network,
                 binds=original.binds,
@@ -396,7 +394,7 @@ def run_ephemeral(
     network: NetworkMode = NetworkMode.NONE,
 ) -> int:
     """Run a command in a throwaway child of the image, removed afterwards whatever happens."""
-    name = parse_machine_name(f"eph-{secrets.token_hex(4)}")
+    name = parse_machine_name(f"eph-{random_hex(4)}")
     me = os.getpid()
     create_machine(layout, name, image_name, network=network, owner=(me, process_start_time(me) or 0))
     try:

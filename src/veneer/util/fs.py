@@ -20,6 +20,11 @@ from veneer.errors import MachineBusy
 from veneer.util.proc import run
 
 
+def random_hex(nbytes: int) -> str:
+    """Random hex for names and ids (`secrets` and `uuid` cost the CLI milliseconds to import)."""
+    return os.urandom(nbytes).hex()
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or creation inside `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -10,11 +10,10 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from veneer.util.fs import locked, make_private_dir, remove_tree, try_lock
+from veneer.util.fs import locked, make_private_dir, random_hex, remove_tree, try_lock
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ def staging_dir(staging: Path, store_lock: Path, prefix: str) -> Iterator[Path]:
     make_private_dir(staging)
     # Create and lock under the store lock, so a concurrent sweep cannot take the new dir for a leftover.
     with locked(store_lock, what="The veneer store", wait=True):
-        path = staging / f"{prefix}-{secrets.token_hex(6)}"
+        path = staging / f"{prefix}-{random_hex(6)}"
         path.mkdir(mode=0o700)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -63,6 +62,6 @@ def sweep_staging(staging: Path) -> list[str]:
 def trash(path: Path, staging: Path) -> Path:
     """Move `path` into the staging dir at once (it disappears atomically), to be deleted afterwards."""
     make_private_dir(staging)
-    target = staging / f"trash-{path.name}-{secrets.token_hex(6)}"
+    target = staging / f"trash-{path.name}-{random_hex(6)}"
     os.rename(path, target)
     return target
