@@ -84,19 +84,31 @@ def test_poweroff_from_inside_cleans_up(booted: Store) -> None:
     assert_nothing_left(store, "b1")
 
 
-@pytest.mark.parametrize("victim", ["nspawn", "console-keeper", "init"])
+@pytest.mark.parametrize("victim", ["nspawn", "boot-script", "console-keeper", "log-copier", "init"])
 def test_kill_9_of_any_process_is_noticed_and_cleaned(booted: Store, victim: str) -> None:
     store = booted
     store.veneer("start", "b1", "--wait")
     runtime = json.loads((store.run / "machines" / "b1.json").read_text())
+    keeper = _ppid(_ppid(runtime["pid"]))
     pids = {
         "nspawn": runtime["pid"],
-        "console-keeper": _ppid(runtime["pid"]),
+        "boot-script": _ppid(runtime["pid"]),
+        "console-keeper": keeper,
+        "log-copier": next(
+            p for p in _children(keeper) if Path(f"/proc/{p}/comm").read_text().strip() == "head"
+        ),
         "init": status(store, "b1")["pid"],
     }
     pid = pids[victim]
     assert isinstance(pid, int)
     os.kill(pid, signal.SIGKILL)
+    if victim == "log-copier":
+        # Only the console log stops: the machine runs on, and stops cleanly.
+        time.sleep(0.5)
+        assert status(store, "b1")["state"] == "running"
+        store.veneer("stop", "b1")
+        assert_nothing_left(store, "b1")
+        return
     deadline = time.monotonic() + 20
     while status(store, "b1")["state"] == "running":
         assert time.monotonic() < deadline, f"still 'running' after kill -9 of {victim}"
@@ -107,6 +119,10 @@ def test_kill_9_of_any_process_is_noticed_and_cleaned(booted: Store, victim: str
     # And it starts again.
     store.veneer("start", "b1", "--wait")
     assert status(store, "b1")["state"] == "running"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _ppid(pid: int) -> int:
@@ -189,3 +205,18 @@ def test_concurrent_start_and_rm_of_one_machine_serialize(booted: Store) -> None
     store.veneer("stop", "b1")
     store.veneer("rm", "b1")
     assert_nothing_left(store)
+
+
+def test_console_attaches_and_ctrl_close_bracket_detaches(booted: Store) -> None:
+    from veneer.util import proc
+
+    store = booted
+    store.veneer("start", "b1", "--wait")
+    # `script` gives the console a terminal; typed keys go to the machine's console shell, Ctrl-] detaches.
+    typed = 'sh -c \'printf "echo marker-\\$((6*7))\\n"; sleep 1; printf "\\035"; sleep 1\''
+    command = f"{typed} | script -qfec '{' '.join(store.argv('console', 'b1'))}' /dev/null"
+    result = proc.run(["sh", "-c", command], capture=True, check=False, env={**store.env(), "TERM": "xterm"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[detached (from session b1)]" in result.stdout
+    assert "marker-42" in store.veneer("logs", "b1").stdout, "the typed command ran on the console"
+    assert status(store, "b1")["state"] == "running", "detaching leaves the machine running"

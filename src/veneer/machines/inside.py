@@ -125,7 +125,8 @@ def attach_console(layout: Layout, name: MachineName) -> int:
     running_leader(layout, name)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("'veneer console' needs a terminal", hint=f"Use 'veneer logs {name}' to read it.")
-    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket(name), name)))
+    term = {"TERM": os.environ.get("TERM", "xterm")}
+    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket(name), name), env=term))
 
 
 def read_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> bytes:
