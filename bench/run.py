@@ -1,19 +1,22 @@
 """Benchmarks: veneer against the tools a user would run instead, side by side in one run, as ratios.
 
 Run as root from a checkout: `python3 bench/run.py [--quick] [--only NAME] [--repeat N]`. Everything the
-run makes (a store, copies, podman images and containers, mounts) lives in one scratch directory or is
-named `veneer-bench-*`, and is removed on the way out, also after a failure or Ctrl-C.
+run makes (a store, copies, podman images and containers, mounts, cgroups) lives in one scratch directory
+or is named `veneer-bench-*` or `vb*`, and is removed on the way out, also after a failure or Ctrl-C; the
+machines and containers it boots in the background are stopped by pid.
 
-Each contender is a small class: `setup()` once (untimed), then per repetition `measure(i)` (the only
-timed call, wall clock with time.perf_counter) and `reset(i)` (untimed), and `teardown()` once. The
-contenders of a benchmark take turns within each repetition, in an order that rotates, so drift in the
-machine's state hits them alike. bench/README.md says what each benchmark measures and why it is fair.
+Each contender is a small class: `setup()` once (untimed), then per repetition `prepare(i)` (untimed),
+`measure(i)` (the only timed call, wall clock with time.perf_counter) and `reset(i)` (untimed), and
+`teardown()` once. The contenders of a benchmark take turns within each repetition, in an order that
+rotates, so drift in the machine's state hits them alike. A survey (`memory`) measures something other
+than time and makes a table of its own. bench/README.md says what each benchmark measures and why it is fair.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -21,11 +24,12 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -37,13 +41,14 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 from veneer.errors import CommandFailed  # noqa: E402
-from veneer.util.proc import Completed, run, which  # noqa: E402
+from veneer.util.proc import Completed, Process, run, spawn, which  # noqa: E402
 
 MB = 1024 * 1024
 GB = 1024 * MB
 # Real trees copied into the big base until it is large enough: realistic file counts and sizes.
 FILLER_SOURCES = (Path("/usr/share"), Path("/usr/lib"))
 PODMAN_PREFIX = "veneer-bench"
+DEBIAN_SUITE = "bookworm"
 # Podman lowers its own RLIMIT_NPROC to this before starting the OCI runtime (it is podman's default).
 PODMAN_NPROC = 32768
 CAP_SYS_RESOURCE = 24
@@ -77,14 +82,26 @@ class Bench:
     def runtime(self) -> Path:
         return self.scratch / "run"
 
-    def veneer(self, *args: str) -> Completed:
-        """Run the checkout's veneer CLI against the run's own store."""
-        env = {
+    def veneer_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "veneer", *args]
+
+    def veneer_env(self) -> dict[str, str]:
+        """The checkout's veneer, against the run's own store."""
+        return {
             "PYTHONPATH": os.fspath(REPO / "src"),
             "VENEER_ROOT": os.fspath(self.store),
             "VENEER_RUN": os.fspath(self.runtime),
         }
-        return run([sys.executable, "-m", "veneer", *args], capture=True, env=env)
+
+    def veneer(self, *args: str, check: bool = True) -> Completed:
+        """Run the checkout's veneer CLI against the run's own store."""
+        return run(self.veneer_argv(*args), capture=True, env=self.veneer_env(), check=check)
+
+    def log_file(self, name: str) -> Path:
+        """Where a command run in the background writes its output (in the scratch dir)."""
+        logs = self.scratch / "logs"
+        logs.mkdir(exist_ok=True)
+        return logs / f"{name}.log"
 
     def podman_flags(self) -> tuple[list[str], list[str]]:
         """Podman's global flags and `run` flags that work on this host (see README, "Podman flags")."""
@@ -156,6 +173,244 @@ def podman_flags() -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Machines that keep running: commands started in the background, processes found in /proc, stopped by pid.
+
+BOOT_TIMEOUT = 60.0  # seconds for a machine to become ready, as `veneer start`'s default --timeout
+STOP_TIMEOUT = 60.0
+# How often the harness looks whether background commands have exited, or plain nspawn's busybox init has
+# started its first child: it notices within this. (veneer's own `start --wait` looks every 50 ms.)
+POLL_INTERVAL = 0.01
+# The cgroup of its own that each plain nspawn runs in: /sys/fs/cgroup/<hierarchy>/veneer-bench/<name>.
+CGROUP_GROUP = PODMAN_PREFIX
+
+
+@dataclass(kw_only=True)
+class Background:
+    """A command running in the background in a session of its own, its output going to a log file."""
+
+    argv: list[str]
+    process: Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def failure(self, status: int) -> CommandFailed:
+        return CommandFailed(self.argv, status, self.log.read_text(errors="replace"))
+
+    def timed_out(self, what: str, timeout: float) -> CommandFailed:
+        error = self.failure(-1)
+        error.message = f"Command '{self.argv[0]}' (pid {self.pid}) did not {what} within {timeout:.0f} s"
+        return error
+
+    def kill(self) -> None:
+        """SIGKILL it by pid and reap it (cleanup only)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def spawn_logged(
+    argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, cgroups: Sequence[Path] = ()
+) -> Background:
+    """Start argv in the background: stdin from /dev/null, stdout and stderr appended to `log`, in the
+    given cgroups from its first instruction on."""
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    procs = [os.fspath(d / "cgroup.procs") for d in cgroups]
+
+    def before_exec() -> None:
+        # Between fork and exec: stdlib calls only. A session of its own, so that a Ctrl-C at the terminal
+        # reaches the harness alone, whose cleanups then stop the command in order.
+        os.setsid()
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+
+    try:
+        process = spawn(argv, env=env, before_exec=before_exec)
+    finally:
+        os.close(out)
+        os.close(null)
+    return Background(argv=list(argv), process=process, log=log)
+
+
+def wait_all(jobs: Sequence[Background], *, what: str, timeout: float) -> None:
+    """Until every job has exited (noticed within POLL_INTERVAL); raise for the first that failed."""
+    deadline = time.monotonic() + timeout
+    pending = list(jobs)
+    while pending := [job for job in pending if job.process.poll() is None]:
+        if time.monotonic() > deadline:
+            raise pending[0].timed_out(what, timeout)
+        time.sleep(POLL_INTERVAL)
+    for job in jobs:
+        if job.process.returncode != 0:
+            raise job.failure(job.process.returncode)
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], child_pids(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += child_pids(child)
+    return found
+
+
+def process_name(pid: int) -> str:
+    """The process's name as ps shows it (`tmux: server`, `sh`, `head`), or "" once it is gone."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return ""
+
+
+def executable(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    return ""
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    return None
+
+
+def container_init(nspawn_pid: int) -> int | None:
+    """The container's PID 1 as the host sees it: the child of nspawn that is PID 1 in its pid namespace."""
+    for child in child_pids(nspawn_pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                fields = line.split()
+                if fields[:1] == ["NSpid:"] and len(fields) > 2 and fields[-1] == "1":
+                    return child
+    return None
+
+
+def busybox_ready(nspawn_pid: int) -> bool:
+    """Whether the container's init has started its first child: when veneer calls a busybox machine
+    ready, busybox init having no way to say so itself."""
+    init = container_init(nspawn_pid)
+    return init is not None and executable(init) != "systemd-nspawn" and bool(child_pids(init))
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The process's memory totals in kB: Rss, Pss, Private_Clean, Private_Dirty and the others."""
+    totals: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value, *_ = line.split()
+        totals[key.rstrip(":")] = int(value)
+    return totals
+
+
+def stray_processes(scratch: Path) -> list[str]:
+    """tmux servers and nspawns whose command line names a path in the scratch dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or executable(int(entry.name)) not in ("tmux", "systemd-nspawn"):
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if os.fspath(scratch) in cmdline:
+                found.append(f"pid {entry.name} ({cmdline.strip()[:80]})")
+    return found
+
+
+def kill_nspawn(nspawn: Background) -> None:
+    """Cleanup only: SIGKILL the container's PID 1 (which ends its pid namespace) and nspawn."""
+    init = container_init(nspawn.pid)
+    if init is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(init, signal.SIGKILL)
+    nspawn.kill()
+
+
+def stop_nspawn(nspawn: Background) -> None:
+    """SIGTERM (nspawn passes its --kill-signal on to the init, which powers off) and wait for it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(nspawn.pid, signal.SIGTERM)
+    try:
+        wait_all([nspawn], what="exit after SIGTERM", timeout=STOP_TIMEOUT)
+    except CommandFailed:
+        kill_nspawn(nspawn)
+        raise
+
+
+def cgroup_hierarchies(mountinfo: str | None = None) -> list[Path]:
+    """The hierarchies nspawn needs a cgroup in: the v2 one and, on hybrid and v1 hosts, name=systemd."""
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        point, fstype, options = fields[4], fields[sep + 1], fields[sep + 3].split(",")
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options):
+            found.append(Path(point))
+    return found
+
+
+def setup_nspawn_cgroup(name: str) -> list[Path]:
+    """A cgroup of its own for one plain nspawn, as a systemd host gives it a scope unit. Without one, nspawn
+    --keep-unit runs in the harness's cgroup (here the root one, which it litters with `payload/` and
+    `supervisor/`), where systemd in a user namespace cannot create its own cgroups and does not boot."""
+    dirs = [top / CGROUP_GROUP / name for top in cgroup_hierarchies()]
+    for path in dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def prune_cgroups(dirs: Sequence[Path], *, keep_top: bool) -> None:
+    """Remove the (empty) cgroups nspawn made below `dirs`, innermost first; with them `dirs` unless
+    `keep_top`, and the veneer-bench group once empty."""
+    for top in dirs:
+        if not top.exists():
+            continue
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda walk: -len(walk[0])):
+            if not keep_top or Path(dirpath) != top:
+                remove_cgroup(Path(dirpath))
+        if not keep_top:
+            with contextlib.suppress(OSError):
+                top.parent.rmdir()  # fails while another contender's cgroup is still in it
+
+
+def remove_cgroup(path: Path, *, patience: float = 5.0) -> None:
+    """rmdir a cgroup, waiting for processes just killed in it to be gone (EBUSY until then)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def machine_cgroups(name: str) -> list[Path]:
+    """The cgroups veneer made for machine `name` that still exist, in any hierarchy."""
+    return sorted(Path("/sys/fs/cgroup").glob(f"*/veneer/{name}")) + [
+        p for p in [Path("/sys/fs/cgroup/veneer") / name] if p.exists()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Bases shared by the benchmarks, each made once per run (untimed).
 
 
@@ -185,12 +440,14 @@ def image_tree(bench: Bench, image: str) -> Path:
 
 
 class Bases:
-    """The busybox base (~2 MB) and the big base (~2 GB, ~200 MB with --quick), made on first use."""
+    """The busybox base (~2 MB), the big base (~2 GB, ~200 MB with --quick) and a Debian base with systemd
+    (~160 MB), each made on first use."""
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
         self._busybox: Base | None = None
         self._big: Base | None = None
+        self._debian: Base | None = None
 
     def _register(self, image: str) -> Base:
         tree = image_tree(self.bench, image)
@@ -225,6 +482,19 @@ class Bases:
     def _create_big(self, source: Path) -> None:
         self.bench.veneer("image", "create", "big", "--from-dir", os.fspath(source))
 
+    def debian(self) -> Base:
+        """Debian with systemd, by debootstrap from the Debian mirror (about a minute)."""
+        if self._debian is None:
+            self.bench.defer(lambda: self.bench.veneer("image", "rm", "deb"), "veneer image rm deb")
+            self.bench.timed_setup(
+                f"veneer image create deb --debootstrap {DEBIAN_SUITE}", self._create_debian
+            )
+            self._debian = self._register("deb")
+        return self._debian
+
+    def _create_debian(self) -> None:
+        self.bench.veneer("image", "create", "deb", "--debootstrap", DEBIAN_SUITE)
+
 
 def make_big_tree(dest: Path, skeleton: Path, budget: int) -> None:
     """A root filesystem: the busybox skeleton plus whole subtrees of real trees until `budget` bytes."""
@@ -257,9 +527,13 @@ class Contender:
 
     name = ""
     command = ""  # what `measure()` runs, for the table
+    reference = 0  # the contender (by index in its benchmark) whose median is this one's ratio's denominator
 
     def setup(self) -> None:
         """Untimed, once, before the first repetition."""
+
+    def prepare(self, i: int) -> None:
+        """Untimed, before each repetition: make what `measure(i)` needs (machines to stop)."""
 
     def measure(self, i: int) -> None:
         """The timed task of repetition `i` (negative: warm-up)."""
@@ -270,6 +544,10 @@ class Contender:
 
     def teardown(self) -> None:
         """Untimed, once; also runs after a failed `setup()`, so it must cope with partial state."""
+
+    def notes(self) -> list[str]:
+        """What the contender observed besides time (checks after each repetition), for the report."""
+        return []
 
 
 class VeneerCreate(Contender):
@@ -416,6 +694,451 @@ class Command(Contender):
         self.call()
 
 
+class VeneerBoot(Contender):
+    name = "veneer start --wait"
+    command = "veneer start M --wait"
+    machine = "vbboot"
+
+    def __init__(self, bench: Bench, bases: Bases) -> None:
+        self.bench, self.bases = bench, bases
+        self.created = False
+
+    def setup(self) -> None:
+        self.bench.veneer("create", self.machine, "--from", self.bases.debian().image)
+        self.created = True
+
+    def measure(self, i: int) -> None:
+        self.bench.veneer("start", self.machine, "--wait")
+
+    def reset(self, i: int) -> None:
+        self.bench.veneer("stop", self.machine)
+
+    def teardown(self) -> None:
+        if self.created:
+            self.bench.veneer("stop", self.machine, check=False)
+            self.bench.veneer("rm", self.machine)
+
+
+class NspawnBoot(Contender):
+    """Plain systemd-nspawn --boot of its own copy of the Debian tree, in the background: ready when nspawn
+    passes systemd's READY=1 on to the socket the harness listens on. `isolated` adds what veneer sets up."""
+
+    def __init__(self, bench: Bench, bases: Bases, *, isolated: bool) -> None:
+        self.bench, self.bases, self.isolated = bench, bases, isolated
+        # The directory's name is the machine's name (nspawn's default).
+        self.tree = bench.scratch / ("vbboot-userns" if isolated else "vbboot-nspawn")
+        self.socket_path = bench.scratch / f"{self.tree.name}.notify"
+        self.flags = ["--quiet", "--register=no", "--keep-unit", f"--directory={self.tree}"]
+        # The console goes to a log file, as veneer's does; read-only: nobody types into it.
+        self.boot = ["--boot", "--notify-ready=yes", "--console=read-only"]
+        if isolated:
+            # veneer's defaults: a user namespace and no network.
+            self.flags += ["--private-users=pick", "--private-network"]
+        self.name = "systemd-nspawn --boot -U --private-network" if isolated else "systemd-nspawn --boot"
+        self.command = "systemd-nspawn " + " ".join(f for f in self.flags if not f.startswith("--dir"))
+        self.command += " -D TREE " + " ".join(self.boot) + " (NOTIFY_SOCKET=S)"
+        self.cgroups: list[Path] = []
+        self.notify: socket.socket | None = None
+        self.running: Background | None = None
+
+    def setup(self) -> None:
+        run(["cp", "-a", self.bases.debian().tree, self.tree], capture=True)
+        self.cgroups = setup_nspawn_cgroup(self.tree.name)
+        if self.isolated:
+            # --private-users=pick chowns the copy on its first run, unless it can map it with an idmapped
+            # mount (nspawn 252 on ext4 does): not part of the task either way.
+            first = self.spawn(["--pipe", "--", "/bin/true"])
+            wait_all([first], what="run /bin/true", timeout=STOP_TIMEOUT)
+            prune_cgroups(self.cgroups, keep_top=True)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.notify.bind(os.fspath(self.socket_path))
+
+    def spawn(self, args: list[str]) -> Background:
+        env = {"NOTIFY_SOCKET": os.fspath(self.socket_path)}
+        log = self.bench.log_file(self.tree.name)
+        return spawn_logged(["systemd-nspawn", *self.flags, *args], log=log, env=env, cgroups=self.cgroups)
+
+    def measure(self, i: int) -> None:
+        assert self.notify is not None
+        self.running = self.spawn(self.boot)
+        wait_for_ready(self.notify, self.running, timeout=BOOT_TIMEOUT)
+
+    def reset(self, i: int) -> None:
+        assert self.running is not None and self.notify is not None
+        stop_nspawn(self.running)
+        self.running = None
+        drain(self.notify)  # STOPPING=1 and the like, not to be read as the next boot's
+        prune_cgroups(self.cgroups, keep_top=True)  # nspawn leaves payload/ and supervisor/ behind
+
+    def teardown(self) -> None:
+        if self.running is not None:
+            kill_nspawn(self.running)
+        if self.notify is not None:
+            self.notify.close()
+        self.socket_path.unlink(missing_ok=True)
+        prune_cgroups(self.cgroups, keep_top=False)
+        shutil.rmtree(self.tree, ignore_errors=True)
+
+
+def wait_for_ready(notify: socket.socket, nspawn: Background, *, timeout: float) -> None:
+    """Until nspawn sends READY=1 (sd_notify) to `notify`; raise if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    notify.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            message = notify.recv(4096)
+        except TimeoutError:
+            status = nspawn.process.poll()
+            if status is not None:
+                raise nspawn.failure(status) from None
+            continue
+        if b"READY=1" in message.split(b"\n"):
+            return
+    raise nspawn.timed_out("report READY=1", timeout)
+
+
+def drain(notify: socket.socket) -> None:
+    notify.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            notify.recv(4096)
+
+
+class Fleet:
+    """Many busybox machines started all at once and stopped all at once, by veneer or by plain nspawn."""
+
+    def setup(self) -> None:
+        """Untimed, idempotent: two contenders (start, stop) share a fleet."""
+
+    def start_all(self) -> None:
+        raise NotImplementedError
+
+    def stop_all(self) -> None:
+        raise NotImplementedError
+
+    def before_stop(self) -> None:
+        """Untimed, while the machines run."""
+
+    def after_stop(self) -> None:
+        """Untimed: clean up what stopping leaves (or check that nothing is left)."""
+
+    def teardown(self) -> None:
+        """Idempotent; copes with a fleet half started or half stopped."""
+
+    def notes(self) -> list[str]:
+        return []
+
+
+class VeneerFleet(Fleet):
+    """`count` machines from the busybox image; each start or stop is a `veneer` process of its own, all
+    started at once. After each stop: the check that nothing of the machines is left."""
+
+    def __init__(self, bench: Bench, bases: Bases, *, prefix: str, count: int) -> None:
+        self.bench, self.bases = bench, bases
+        self.names = [f"{prefix}{n:02d}" for n in range(1, count + 1)]
+        self.created: list[str] = []
+        self.commands: list[Background] = []  # veneer processes in flight
+        self.watched: dict[
+            int, tuple[int | None, str]
+        ] = {}  # pid: (start time, name) of the machines' processes
+        self.checks: list[dict[str, list[str]]] = []
+
+    def setup(self) -> None:
+        image = self.bases.busybox().image
+        for name in self.names:
+            if name not in self.created:
+                self.bench.veneer("create", name, "--from", image)
+                self.created.append(name)
+
+    def _all(self, verb: str, *flags: str, timeout: float) -> None:
+        env = self.bench.veneer_env()
+        self.commands = [
+            spawn_logged(
+                self.bench.veneer_argv(verb, name, *flags),
+                log=self.bench.log_file(f"{verb}-{name}"),
+                env=env,
+            )
+            for name in self.names
+        ]
+        wait_all(self.commands, what=f"veneer {verb}", timeout=timeout)
+        self.commands = []
+
+    def start_all(self) -> None:
+        self._all("start", "--wait", timeout=BOOT_TIMEOUT + 30)
+
+    def stop_all(self) -> None:
+        self._all("stop", timeout=STOP_TIMEOUT + 30)
+
+    def console_socket(self, name: str) -> Path:
+        return self.bench.runtime / "machines" / f"{name}.console"
+
+    def keeper_tree(self, name: str) -> tuple[list[int], list[int]]:
+        """The pids in the machine's console keeper: veneer's (the tmux server and all below it but nspawn),
+        and nspawn's. The container's own processes, below nspawn, are in neither."""
+        server = run(
+            ["tmux", "-S", self.console_socket(name), "display-message", "-p", "#{pid}"], capture=True
+        )
+        ours, nspawns, todo = [], [], [int(server.stdout)]
+        while todo:
+            pid = todo.pop()
+            if executable(pid) == "systemd-nspawn":
+                nspawns.append(pid)
+            else:
+                ours.append(pid)
+                todo += child_pids(pid)
+        return ours, nspawns
+
+    def before_stop(self) -> None:
+        self.watched = {}
+        for name in self.names:
+            ours, nspawns = self.keeper_tree(name)
+            below = [p for n in nspawns for p in [n, *descendants(n)]]
+            for pid in ours + below:
+                self.watched[pid] = (start_time(pid), f"{name}: {process_name(pid)}")
+
+    def leftovers(self) -> list[str]:
+        found = [
+            f"mount {point}" for point in mounts_under(self.bench.store) + mounts_under(self.bench.runtime)
+        ]
+        found += [f"cgroup {path}" for name in self.names for path in machine_cgroups(name)]
+        found += [
+            f"process {pid} ({what})"
+            for pid, (started, what) in self.watched.items()
+            if started is not None and start_time(pid) == started
+        ]
+        found += [f"process {what}" for what in stray_processes(self.bench.scratch)]
+        listed = json.loads(self.bench.veneer("list", "--json").stdout)
+        found += [
+            f"machine {m['name']} {m['state']} (pid {m['pid']})"
+            for m in listed
+            if m["name"] in self.names and (m["state"] != "stopped" or m["pid"] is not None)
+        ]
+        return found
+
+    def after_stop(self) -> None:
+        check = {"right_after_stop": self.leftovers()}
+        if check["right_after_stop"]:
+            log(f"after veneer stop: left behind: {', '.join(check['right_after_stop'])}")
+            time.sleep(1.0)
+            check["one_second_later"] = self.leftovers()
+        self.checks.append(check)
+
+    def notes(self) -> list[str]:
+        if not self.checks:
+            return []
+        dirty = [c for c in self.checks if c["right_after_stop"]]
+        rounds = f"{len(self.checks)} rounds of {len(self.names)} concurrent `veneer stop`"
+        if not dirty:
+            return [
+                f"after each of {rounds}: no mounts under the store, no cgroups veneer/NAME, no console "
+                "keeper, nspawn or container process left, every machine listed as stopped"
+            ]
+        return [f"after {len(dirty)} of {rounds}, left behind: {c}" for c in dirty]
+
+    def teardown(self) -> None:
+        # veneer commands still in flight (a Ctrl-C during the timed part) finish or give up by themselves.
+        for command in self.commands:
+            if command.process.poll() is None:
+                with contextlib.suppress(CommandFailed):
+                    wait_all([command], what="finish", timeout=BOOT_TIMEOUT + 30)
+                command.kill()
+        self.commands = []
+        if self.created:
+            for name in self.created:
+                self.bench.veneer("stop", name, check=False)
+            self.bench.veneer("rm", *self.created)
+            self.created = []
+
+
+class NspawnFleet(Fleet):
+    """`count` plain systemd-nspawn --boot, each of its own copy of the busybox tree and in a cgroup of its
+    own, all started at once. Started: each busybox init has a child; stopped: SIGTERM, all have exited."""
+
+    def __init__(self, bench: Bench, bases: Bases, *, prefix: str, count: int) -> None:
+        self.bench, self.bases = bench, bases
+        self.dir = bench.scratch / "fleet"
+        self.trees = [self.dir / f"{prefix}{n:02d}" for n in range(1, count + 1)]
+        self.cgroups: dict[Path, list[Path]] = {}
+        self.running: list[Background] = []
+
+    @staticmethod
+    def flags(tree: Path) -> list[str]:
+        # --kill-signal: busybox init powers off on SIGUSR2 (nspawn's default for --boot is SIGRTMIN+3,
+        # which busybox init ignores); veneer passes the same.
+        return ["--quiet", "--register=no", "--keep-unit", f"--directory={tree}", "--boot",
+                "--kill-signal=SIGUSR2", "--console=read-only"]  # fmt: skip
+
+    def setup(self) -> None:
+        if self.cgroups:
+            return
+        self.dir.mkdir(exist_ok=True)
+        for tree in self.trees:
+            run(["cp", "-a", self.bases.busybox().tree, tree], capture=True)
+            self.cgroups[tree] = setup_nspawn_cgroup(tree.name)
+
+    def start_all(self) -> None:
+        self.running = [
+            spawn_logged(["systemd-nspawn", *self.flags(tree)], log=self.bench.log_file(tree.name),
+                         cgroups=self.cgroups[tree])
+            for tree in self.trees
+        ]  # fmt: skip
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        pending = list(self.running)
+        while pending := [nspawn for nspawn in pending if not busybox_ready(nspawn.pid)]:
+            for nspawn in pending:
+                if (status := nspawn.process.poll()) is not None:
+                    raise nspawn.failure(status)
+            if time.monotonic() > deadline:
+                raise pending[0].timed_out("boot busybox", BOOT_TIMEOUT)
+            time.sleep(POLL_INTERVAL)
+
+    def stop_all(self) -> None:
+        for nspawn in self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nspawn.pid, signal.SIGTERM)
+        wait_all(self.running, what="exit after SIGTERM", timeout=STOP_TIMEOUT)
+        self.running = []
+
+    def after_stop(self) -> None:
+        for dirs in self.cgroups.values():
+            prune_cgroups(dirs, keep_top=True)  # nspawn leaves payload/ and supervisor/ behind
+
+    def teardown(self) -> None:
+        for nspawn in self.running:
+            kill_nspawn(nspawn)
+        self.running = []
+        for dirs in self.cgroups.values():
+            prune_cgroups(dirs, keep_top=False)
+        self.cgroups = {}
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class FleetStart(Contender):
+    """Timed: start the whole fleet; then (untimed) stop it."""
+
+    def __init__(self, fleet: Fleet, name: str, command: str) -> None:
+        self.fleet, self.name, self.command = fleet, name, command
+
+    def setup(self) -> None:
+        self.fleet.setup()
+
+    def measure(self, i: int) -> None:
+        self.fleet.start_all()
+
+    def reset(self, i: int) -> None:
+        self.fleet.before_stop()
+        self.fleet.stop_all()
+        self.fleet.after_stop()
+
+    def teardown(self) -> None:
+        self.fleet.teardown()
+
+
+class FleetStop(FleetStart):
+    """Untimed: start the whole fleet; timed: stop it."""
+
+    def __init__(self, fleet: Fleet, name: str, command: str, *, reference: int) -> None:
+        super().__init__(fleet, name, command)
+        self.reference = reference
+
+    def prepare(self, i: int) -> None:
+        self.fleet.start_all()
+        self.fleet.before_stop()
+
+    def measure(self, i: int) -> None:
+        self.fleet.stop_all()
+
+    def reset(self, i: int) -> None:
+        self.fleet.after_stop()
+
+    def notes(self) -> list[str]:
+        return self.fleet.notes()  # the stop rows report the checks of both contenders' stops
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Surveys: measurements that are not timings, each with a table of its own.
+
+MEMORY_MACHINES = 5
+# A Python supervisor at its barest: the interpreter and the modules such a supervisor would need, asleep.
+SUPERVISOR = "import os, select, socket, signal, time; time.sleep(60)"
+SETTLE_SECONDS = 1.0
+
+
+def memory_row(label: str, processes: list[dict[str, Any]], per: int) -> dict[str, Any]:
+    """Totals of `processes` divided by `per` (machines or supervisors), in MB."""
+    return {
+        "label": label,
+        "processes_per_machine": len(processes) / per,
+        **{
+            f"{key}_mb": sum(p[f"{key}_kb"] for p in processes) / 1024 / per
+            for key in ("pss", "private", "rss")
+        },
+    }
+
+
+def measure_process(pid: int, **labels: str) -> dict[str, Any]:
+    totals = smaps_rollup(pid)
+    return {
+        **labels,
+        "pid": pid,
+        "name": process_name(pid),
+        "rss_kb": totals["Rss"],
+        "pss_kb": totals["Pss"],
+        "private_kb": totals["Private_Clean"] + totals["Private_Dirty"],
+    }
+
+
+def memory_survey(bench: Bench, bases: Bases) -> dict[str, Any]:
+    """What veneer keeps alive per running machine, beside nspawn's own cost and a Python supervisor's."""
+    fleet = VeneerFleet(bench, bases, prefix="vbmem", count=MEMORY_MACHINES)
+    command = [sys.executable, "-I", "-S", "-c", SUPERVISOR]
+    supervisors: list[Background] = []
+    processes: list[dict[str, Any]] = []
+    try:
+        fleet.setup()
+        fleet.start_all()
+        supervisors = [
+            spawn_logged(command, log=bench.log_file(f"supervisor-{n}")) for n in range(MEMORY_MACHINES)
+        ]
+        time.sleep(SETTLE_SECONDS)  # the supervisors have done their imports; the machines are idle
+        for name in fleet.names:
+            keeper, nspawns = fleet.keeper_tree(name)
+            processes += [measure_process(pid, machine=name, kind="veneer") for pid in keeper]
+            processes += [measure_process(pid, machine=name, kind="nspawn") for pid in nspawns]
+        for supervisor in supervisors:
+            if supervisor.process.poll() is not None:
+                raise supervisor.failure(supervisor.process.returncode)
+            processes.append(measure_process(supervisor.pid, machine="", kind="python"))
+    finally:
+        for supervisor in supervisors:
+            supervisor.kill()
+        fleet.teardown()
+    ours = [p for p in processes if p["kind"] == "veneer"]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for process in ours:
+        by_name.setdefault(process["name"], []).append(process)
+    names = ", ".join(by_name)
+    rows = [
+        memory_row(f"veneer: console keeper ({names})", ours, MEMORY_MACHINES),
+        *(memory_row(f"veneer: {name}", group, MEMORY_MACHINES) for name, group in by_name.items()),
+        memory_row("systemd-nspawn", [p for p in processes if p["kind"] == "nspawn"], MEMORY_MACHINES),
+        memory_row(
+            "Python supervisor (python3 -I -S, asleep)",
+            [p for p in processes if p["kind"] == "python"],
+            MEMORY_MACHINES,
+        ),
+    ]
+    return {
+        "name": "memory",
+        "kind": "survey",
+        "what": f"memory per running machine, {MEMORY_MACHINES} busybox machines started by veneer",
+        "machines": MEMORY_MACHINES,
+        "supervisor": shlex.join(command),
+        "rows": rows,
+        "processes": processes,
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Benchmarks: a list of contenders, the first being veneer's (the reference of the ratios).
 
@@ -427,6 +1150,15 @@ class Benchmark:
     contenders: Callable[[Bench, Bases], list[Contender]]
     # Extra ratios worth a line of their own: (label, numerator contender, denominator contender).
     extra_ratios: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Survey:
+    """A measurement that is not a timing: `measure` returns its result, rows for a table of its own."""
+
+    name: str
+    what: str
+    measure: Callable[[Bench, Bases], dict[str, Any]]
 
 
 def create_contenders(bench: Bench, bases: Bases) -> list[Contender]:
@@ -448,6 +1180,31 @@ def run_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     ]
 
 
+def boot_contenders(bench: Bench, bases: Bases) -> list[Contender]:
+    return [
+        VeneerBoot(bench, bases),
+        NspawnBoot(bench, bases, isolated=False),
+        NspawnBoot(bench, bases, isolated=True),
+    ]
+
+
+MANY_MACHINES = 20
+
+
+def many_contenders(bench: Bench, bases: Bases) -> list[Contender]:
+    n = MANY_MACHINES
+    ours = VeneerFleet(bench, bases, prefix="vbmany", count=n)
+    plain = NspawnFleet(bench, bases, prefix="vbplain", count=n)
+    nspawn_start = f"{n} x systemd-nspawn --boot, until each init has a child"
+    nspawn_stop = f"{n} x kill -TERM NSPAWN, until all exited"
+    return [
+        FleetStart(ours, f"veneer start --wait, {n} at once", f"{n} x veneer start M --wait"),
+        FleetStart(plain, f"systemd-nspawn --boot, {n} at once", nspawn_start),
+        FleetStop(ours, f"veneer stop, {n} at once", f"{n} x veneer stop M", reference=2),
+        FleetStop(plain, f"SIGTERM to systemd-nspawn, {n} at once", nspawn_stop, reference=2),
+    ]
+
+
 def startup_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     return [
         Command("veneer --help", lambda: bench.veneer("--help")),
@@ -455,7 +1212,7 @@ def startup_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     ]
 
 
-BENCHMARKS = (
+BENCHMARKS: tuple[Benchmark | Survey, ...] = (
     Benchmark(
         name="create",
         what="make a child of a big base",
@@ -463,6 +1220,19 @@ BENCHMARKS = (
         extra_ratios=(("veneer create: big base / 2 MB base", 0, 3),),
     ),
     Benchmark(name="run", what="run /bin/true in a busybox machine", contenders=run_contenders),
+    Benchmark(
+        name="boot", what="boot a Debian machine until systemd reports ready", contenders=boot_contenders
+    ),
+    Benchmark(
+        name="many",
+        what=f"start {MANY_MACHINES} busybox machines at once, then stop them at once",
+        contenders=many_contenders,
+    ),
+    Survey(
+        name="memory",
+        what="what veneer keeps alive per running machine (a table, not a timing)",
+        measure=memory_survey,
+    ),
     Benchmark(
         name="startup",
         what="context: how much of veneer's time is starting Python and its CLI",
@@ -476,6 +1246,8 @@ class Samples:
     name: str
     command: str
     seconds: list[float]
+    reference: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -488,7 +1260,9 @@ class Samples:
 
 def time_contenders(contenders: Sequence[Contender], repeat: int, warmup: int) -> list[Samples]:
     """Set all up, then time each in turn, repetition by repetition; tear all down whatever happens."""
-    samples = [Samples(name=c.name, command=c.command, seconds=[]) for c in contenders]
+    samples = [
+        Samples(name=c.name, command=c.command, seconds=[], reference=c.reference) for c in contenders
+    ]
     with contextlib.ExitStack() as stack:
         for contender in contenders:
             stack.callback(contender.teardown)
@@ -499,6 +1273,7 @@ def time_contenders(contenders: Sequence[Contender], repeat: int, warmup: int) -
             # (2 GB of freed blocks after `cp -a`), and each goes first as often as the others.
             shift = i % len(pairs)
             for contender, sample in pairs[shift:] + pairs[:shift]:
+                contender.prepare(i)
                 start = time.perf_counter()
                 contender.measure(i)
                 elapsed = time.perf_counter() - start
@@ -508,6 +1283,8 @@ def time_contenders(contenders: Sequence[Contender], repeat: int, warmup: int) -
                 if i >= 0:
                     sample.seconds.append(elapsed)
             log(f"repetition {i + 1}/{repeat} done" if i >= 0 else "warm-up done")
+        for contender, sample in pairs:
+            sample.notes = contender.notes()
     return samples
 
 
@@ -522,12 +1299,14 @@ def human_time(seconds: float) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table of every contender, with its median's ratio to veneer's median."""
+    """A Markdown table of every contender, with its median's ratio to veneer's median (to veneer's stop,
+    for the rows that stop), then a table per survey, then the notes."""
     lines = [
         "| benchmark | contender | median | min | median / veneer |",
         "|---|---|---:|---:|---:|",
     ]
-    for result in results:
+    timings = [result for result in results if result["kind"] == "timing"]
+    for result in timings:
         for row in result["contenders"]:
             lines.append(
                 f"| {result['name']} | {row['name']} | {human_time(row['median_s'])} "
@@ -535,13 +1314,40 @@ def format_table(results: list[dict[str, Any]]) -> str:
             )
         for extra in result["extra_ratios"]:
             lines.append(f"| {result['name']} | {extra['label']} | | | {extra['ratio']:.2f}x |")
-    return "\n".join(lines)
+    if not timings:
+        lines = []
+    for result in results:
+        if result["kind"] == "survey":
+            lines += ["", *format_survey(result)]
+    notes = [
+        f"- {result['name']}, {row['name']}: {note}"
+        for result in timings
+        for row in result["contenders"]
+        for note in row["notes"]
+    ]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines).strip("\n")
+
+
+def format_survey(result: dict[str, Any]) -> list[str]:
+    """The memory survey's table: per machine (per supervisor), in MB of 2^20 bytes."""
+    lines = [
+        f"| {result['name']}: per machine, {result['machines']} running | processes | Pss | Private | Rss |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['label']} | {row['processes_per_machine']:g} | {row['pss_mb']:.2f} MB "
+            f"| {row['private_mb']:.2f} MB | {row['rss_mb']:.2f} MB |"
+        )
+    return lines
 
 
 def summarize(benchmark: Benchmark, samples: list[Samples]) -> dict[str, Any]:
-    reference = samples[0]
     return {
         "name": benchmark.name,
+        "kind": "timing",
         "what": benchmark.what,
         "contenders": [
             {
@@ -550,7 +1356,9 @@ def summarize(benchmark: Benchmark, samples: list[Samples]) -> dict[str, Any]:
                 "samples_s": s.seconds,
                 "median_s": s.median,
                 "min_s": s.min,
-                "ratio_to_veneer": s.median / reference.median,
+                "reference": samples[s.reference].name,
+                "ratio_to_veneer": s.median / samples[s.reference].median,
+                "notes": s.notes,
             }
             for s in samples
         ],
@@ -663,6 +1471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = []
         for benchmark in selected:
             log(f"benchmark '{benchmark.name}': {benchmark.what}")
+            if isinstance(benchmark, Survey):
+                results.append(benchmark.measure(bench, bases))
+                continue
             samples = time_contenders(benchmark.contenders(bench, bases), args.repeat, args.warmup)
             results.append(summarize(benchmark, samples))
         report = {

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store, mounts_under
+from veneer.config.layout import Layout
 from veneer.runtime.cgroups import Hierarchies
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -22,8 +23,9 @@ def status(store: Store, name: str) -> dict[str, object]:
     return data
 
 
-def machine_cgroups(name: str) -> list[Path]:
-    return [d for d in Hierarchies.detect().machine_dirs(name) if d.exists()]
+def machine_cgroups(store: Store, name: str) -> list[Path]:
+    cgroup = Layout(root=store.root, run=store.run).cgroup(name)
+    return [d for d in Hierarchies.detect().machine_dirs(cgroup) if d.exists()]
 
 
 def console_keeper_alive(store: Store, name: str) -> bool:
@@ -36,7 +38,7 @@ def console_keeper_alive(store: Store, name: str) -> bool:
 def assert_nothing_left(store: Store, *names: str) -> None:
     assert not mounts_under(store.root, store.run), "mounts left behind"
     for name in names:
-        assert not machine_cgroups(name), f"cgroups of {name} left behind"
+        assert not machine_cgroups(store, name), f"cgroups of {name} left behind"
         assert status(store, name)["pid"] is None
         assert not console_keeper_alive(store, name), f"the console keeper of {name} is left behind"
 
@@ -151,7 +153,7 @@ def test_limits_are_enforced_inside_only(busybox: Store) -> None:
     # Changeable while stopped.
     store.veneer("set", "lim", "--memory", "1G")
     assert status(store, "lim")["limits"] == {"memory": 1 << 30, "cpus": None, "pids": 30}
-    assert not machine_cgroups("lim")
+    assert not machine_cgroups(store, "lim")
 
 
 def test_debian_boots_with_systemd_and_powers_off(store: Store, debian_tree: Path) -> None:

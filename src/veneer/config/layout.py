@@ -11,6 +11,7 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     machines/<name>/exit.json     how its last boot ended
     .staging/                     half-built objects; anything here is removed by the next command
     .lock                         store-wide lock for publishing and removing objects
+cgroups: `veneer/<name>` (another store: `veneer-<hash of its root>/<name>`) in each hierarchy.
 Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.json          a running machine's pids
     machines/<name>.sh            the script the console keeper runs to boot it
@@ -23,6 +24,7 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +118,13 @@ class Layout:
     @property
     def console_config(self) -> Path:
         return self.run / "console.conf"
+
+    def cgroup(self, name: str) -> str:
+        """The machine's cgroup, relative to each hierarchy: `veneer/<name>` for the default store, and a
+        group of its own for every other store, so two stores' machines of one name never meet."""
+        if self.root == DEFAULT_ROOT:
+            return f"veneer/{name}"
+        return f"veneer-{hashlib.sha256(os.fsencode(self.root)).hexdigest()[:8]}/{name}"
 
     def idmap_dir(self, name: str) -> Path:
         return self.run / "idmap" / name

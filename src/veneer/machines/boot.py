@@ -98,7 +98,7 @@ def start_machine(
             if owns_mount:
                 mount_overlay_of(layout, record)
             init = detect_init(root)
-            dirs = cgroups.setup_cgroups(name, record.limits)
+            dirs = cgroups.setup_cgroups(layout.cgroup(name), record.limits)
             spec = RunSpec(
                 name=name, root=root, machine_id=record.machine_id, uid_base=record.uid_base, command=(),
                 network=record.network, interactive=True, binds=record.binds, systemd_host=is_systemd_host(),
@@ -265,7 +265,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
             logger.warning("Machine '%s' did not power off within %.0f s; killing it.", name, timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(runtime.pid, signal.SIGKILL)
-            cgroups.kill_cgroups(name)
+            cgroups.kill_cgroups(layout.cgroup(name))
         end_boot(layout, name, requested=True)
     logger.info("Stopped machine '%s'.", name)
     return True
@@ -277,7 +277,7 @@ def kill_machine(layout: Layout, name: MachineName, *, signal_number: int = sign
     if runtime is None or not is_alive(runtime) or runtime.mode != "boot":
         raise MachineError(f"Machine '{name}' is not running", hint=f"Start it with 'veneer start {name}'.")
     nspawn_pids = {runtime.pid}
-    for pid in cgroups.cgroup_pids(name) - nspawn_pids:
+    for pid in cgroups.cgroup_pids(layout.cgroup(name)) - nspawn_pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal_number)
 
@@ -309,9 +309,9 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(runtime.pid, signal.SIGKILL)
     status = _exit_status(layout, name)
-    cgroups.kill_cgroups(name)
+    cgroups.kill_cgroups(layout.cgroup(name))
     with contextlib.suppress(OSError):
-        cgroups.remove_cgroups(name)
+        cgroups.remove_cgroups(layout.cgroup(name))
     console.kill_session(layout.console_socket(name), name)
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):

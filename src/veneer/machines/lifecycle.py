@@ -282,9 +282,9 @@ def recover_machine(layout: Layout, name: MachineName) -> None:
 def _end_run(layout: Layout, name: MachineName, *, owns_mount: bool) -> None:
     """After a run: what nspawn left in the machine's cgroups (all of it, if nspawn was killed), the
     cgroups, the overlay if the run mounted it, the runtime record."""
-    cgroups.kill_cgroups(name)
+    cgroups.kill_cgroups(layout.cgroup(name))
     with contextlib.suppress(OSError):
-        cgroups.remove_cgroups(name)
+        cgroups.remove_cgroups(layout.cgroup(name))
     if owns_mount and is_mounted(layout.machine_root(name)):
         unmount(layout.machine_root(name))
     remove_runtime(layout, name)
@@ -359,7 +359,7 @@ def run_machine(
             private_state = needs_private_state_dir()
             if private_state:
                 NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
-            dirs = cgroups.setup_cgroups(name, record.limits)
+            dirs = cgroups.setup_cgroups(layout.cgroup(name), record.limits)
 
             def before_exec() -> None:
                 # In the child, in this order: cgroups first, so nspawn and all below it are counted.

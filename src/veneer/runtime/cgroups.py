@@ -1,6 +1,7 @@
 """Per-machine cgroups: one place to find, limit and kill everything a machine runs.
 
-Each machine gets `veneer/<name>` in the unified (v2) hierarchy, where nspawn sets up the container's own
+Each machine gets a cgroup (`veneer/<name>` for the default store, see `Layout.cgroup`) in the unified (v2)
+hierarchy, where nspawn sets up the container's own
 cgroup tree, and, on v1 and hybrid hosts, in the v1 memory, cpu and pids hierarchies where the limits are
 enforced. When the v2 hierarchy holds those controllers (a pure v2 host), the limits are set there.
 `join_argv`-style helpers do not exist here: the joining happens between fork and exec of nspawn
@@ -21,7 +22,6 @@ from veneer.config.settings import Limits
 from veneer.errors import ConfigError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-GROUP = "veneer"
 CPU_PERIOD_US = 100_000
 
 
@@ -59,17 +59,17 @@ class Hierarchies:
             return set((self.unified / "cgroup.controllers").read_text().split())
         return set()
 
-    def machine_dirs(self, name: str) -> list[Path]:
+    def machine_dirs(self, cgroup: str) -> list[Path]:
         """Every cgroup directory of the machine, the unified one first."""
-        dirs = [self.unified / GROUP / name] if self.unified else []
-        dirs += [path / GROUP / name for path in dict.fromkeys(self.v1.values())]
+        dirs = [self.unified / cgroup] if self.unified else []
+        dirs += [path / cgroup for path in dict.fromkeys(self.v1.values())]
         return dirs
 
 
-def limit_files(hierarchies: Hierarchies, name: str, limits: Limits) -> list[tuple[Path, str]]:
+def limit_files(hierarchies: Hierarchies, cgroup: str, limits: Limits) -> list[tuple[Path, str]]:
     """(file, value) pairs that apply `limits` to the machine's cgroups; pure."""
     v2 = hierarchies.v2_controllers()
-    unified = hierarchies.unified / GROUP / name if hierarchies.unified else None
+    unified = hierarchies.unified / cgroup if hierarchies.unified else None
     writes: list[tuple[Path, str]] = []
     quota = "max" if limits.cpus is None else str(int(limits.cpus * CPU_PERIOD_US))
 
@@ -77,7 +77,7 @@ def limit_files(hierarchies: Hierarchies, name: str, limits: Limits) -> list[tup
         if unified is not None and controller in v2:
             writes.append((unified / v2_file, v2_value))
         elif controller in hierarchies.v1:
-            writes.append((hierarchies.v1[controller] / GROUP / name / v1_file, v1_value))
+            writes.append((hierarchies.v1[controller] / cgroup / v1_file, v1_value))
 
     memory = limits.memory
     pick("memory", "memory.max", "max" if memory is None else str(memory),
@@ -89,7 +89,7 @@ def limit_files(hierarchies: Hierarchies, name: str, limits: Limits) -> list[tup
     return writes
 
 
-def setup_cgroups(name: str, limits: Limits) -> list[Path]:
+def setup_cgroups(cgroup: str, limits: Limits) -> list[Path]:
     """Create the machine's cgroups and set its limits; returns the dirs to join."""
     hierarchies = Hierarchies.detect()
     if hierarchies.unified is None and not hierarchies.v1:
@@ -97,14 +97,15 @@ def setup_cgroups(name: str, limits: Limits) -> list[Path]:
     v2 = hierarchies.v2_controllers() & {"memory", "cpu", "pids"}
     if hierarchies.unified is not None and v2:
         # Controllers must be enabled on every level above a cgroup that uses them.
-        (hierarchies.unified / GROUP).mkdir(exist_ok=True)
-        for parent in (hierarchies.unified, hierarchies.unified / GROUP):
+        group = hierarchies.unified / Path(cgroup).parent
+        group.mkdir(exist_ok=True)
+        for parent in (hierarchies.unified, group):
             with contextlib.suppress(OSError):
                 (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(v2)))
-    dirs = hierarchies.machine_dirs(name)
+    dirs = hierarchies.machine_dirs(cgroup)
     for path in dirs:
         path.mkdir(parents=True, exist_ok=True)
-    for file, value in limit_files(hierarchies, name, limits):
+    for file, value in limit_files(hierarchies, cgroup, limits):
         file.write_text(value)
     return dirs
 
@@ -116,20 +117,20 @@ def join_cgroups(dirs: list[Path]) -> None:
             f.write("0")
 
 
-def cgroup_pids(name: str) -> set[int]:
+def cgroup_pids(cgroup: str) -> set[int]:
     """Every process left in any of the machine's cgroups, nested ones included."""
     pids: set[int] = set()
-    for top in Hierarchies.detect().machine_dirs(name):
+    for top in Hierarchies.detect().machine_dirs(cgroup):
         for dirpath, _dirnames, _filenames in os.walk(top):
             with contextlib.suppress(OSError):
                 pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
     return pids
 
 
-def kill_cgroups(name: str, *, timeout: float = 5.0) -> None:
+def kill_cgroups(cgroup: str, *, timeout: float = 5.0) -> None:
     """SIGKILL everything in the machine's cgroups until they are empty."""
     deadline = time.monotonic() + timeout
-    while pids := cgroup_pids(name):
+    while pids := cgroup_pids(cgroup):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -138,9 +139,9 @@ def kill_cgroups(name: str, *, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def remove_cgroups(name: str) -> None:
+def remove_cgroups(cgroup: str) -> None:
     """Remove the machine's (empty) cgroups, innermost first; missing ones are fine."""
-    for top in Hierarchies.detect().machine_dirs(name):
+    for top in Hierarchies.detect().machine_dirs(cgroup):
         if not top.exists():
             continue
         for dirpath, _dirnames, _filenames in sorted(os.walk(top), key=lambda w: -len(w[0])):
@@ -149,3 +150,6 @@ def remove_cgroups(name: str) -> None:
             except OSError as e:
                 if e.errno not in (errno.ENOENT,):
                     raise
+        # The store's group goes with its last machine; another machine of the store may still be in it.
+        with contextlib.suppress(OSError):
+            top.parent.rmdir()
