@@ -15,6 +15,7 @@ than time and makes a table of its own. bench/README.md says what each benchmark
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import errno
 import json
@@ -40,6 +41,7 @@ RESULTS = REPO / "bench" / "results"
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
+from veneer.config.layout import Layout  # noqa: E402
 from veneer.errors import CommandFailed  # noqa: E402
 from veneer.util.proc import Completed, Process, run, spawn, which  # noqa: E402
 
@@ -285,12 +287,25 @@ def executable(pid: int) -> str:
     return ""
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [0] is the state, [19] the start time; [] once it is gone."""
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()
+    return []
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot: with the pid, it names one process."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2 :].split()[19])
-    return None
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_running(pid: int, started: int | None) -> bool:
+    """Whether the process that had this start time still runs; a zombie has ended (on this host PID 1
+    takes seconds to reap the orphans it inherits)."""
+    fields = stat_fields(pid)
+    return bool(fields) and started is not None and int(fields[19]) == started and fields[0] != "Z"
 
 
 def container_init(nspawn_pid: int) -> int | None:
@@ -320,16 +335,30 @@ def smaps_rollup(pid: int) -> dict[str, int]:
     return totals
 
 
-def stray_processes(scratch: Path) -> list[str]:
-    """tmux servers and nspawns whose command line names a path in the scratch dir."""
-    found = []
+def processes_using(paths: Sequence[Path]) -> dict[int, str]:
+    """Running processes but this one whose command line, root, working directory or open files name a path
+    under `paths`, or which listen on a unix socket there (a tmux server). A container's processes are
+    not among them (their root is in another mount namespace): the caller watches them by pid."""
+    places = [os.fspath(path) for path in paths]
+    sockets = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and any(fields[7].startswith(place + "/") for place in places):
+            sockets.add(f"socket:[{fields[6]}]")
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or executable(int(entry.name)) not in ("tmux", "systemd-nspawn"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if os.fspath(scratch) in cmdline:
-                found.append(f"pid {entry.name} ({cmdline.strip()[:80]})")
+            if stat_fields(int(entry.name))[:1] in ([], ["Z"]):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            links = [os.readlink(entry / "root"), os.readlink(entry / "cwd")]
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    links.append(os.readlink(fd))
+            if any(place in text for place in places for text in [cmdline, *links]) or sockets & set(links):
+                found[int(entry.name)] = f"{process_name(int(entry.name))}: {cmdline[:100]}"
     return found
 
 
@@ -404,10 +433,24 @@ def remove_cgroup(path: Path, *, patience: float = 5.0) -> None:
 
 
 def machine_cgroups(name: str) -> list[Path]:
-    """The cgroups veneer made for machine `name` that still exist, in any hierarchy."""
-    return sorted(Path("/sys/fs/cgroup").glob(f"*/veneer/{name}")) + [
-        p for p in [Path("/sys/fs/cgroup/veneer") / name] if p.exists()
-    ]
+    """The cgroups veneer made for machine `name` that still exist, in any hierarchy: `veneer/NAME`, or
+    `veneer-HASH/NAME` for a store other than the default one (as the run's own)."""
+    top = Path("/sys/fs/cgroup")
+    return sorted([*top.glob(f"*/veneer*/{name}"), *top.glob(f"veneer*/{name}")])
+
+
+def remove_store_cgroups(bench: Bench) -> None:
+    """Remove the run's store's own cgroup group (`veneer-HASH`) that veneer leaves, empty, in each
+    hierarchy after its machines' cgroups are gone."""
+    group = Path(Layout(root=bench.store, run=bench.runtime).cgroup("m")).parent
+    if group == Path("veneer"):
+        return  # the default store's group is shared with the host's own machines: never ours to remove
+    for hierarchy in {*Path("/sys/fs/cgroup").glob("*"), Path("/sys/fs/cgroup")}:
+        if (hierarchy / group).is_dir():
+            try:
+                remove_cgroup(hierarchy / group)
+            except OSError as e:
+                raise CommandFailed(["rmdir", os.fspath(hierarchy / group)], 1, str(e)) from e
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -838,10 +881,9 @@ class VeneerFleet(Fleet):
         self.names = [f"{prefix}{n:02d}" for n in range(1, count + 1)]
         self.created: list[str] = []
         self.commands: list[Background] = []  # veneer processes in flight
-        self.watched: dict[
-            int, tuple[int | None, str]
-        ] = {}  # pid: (start time, name) of the machines' processes
-        self.checks: list[dict[str, list[str]]] = []
+        # The machines' processes while they ran, pid: (start time, what), to find any left after a stop.
+        self.watched: dict[int, tuple[int | None, str]] = {}
+        self.checks: list[dict[str, list[tuple[str, str]]]] = []
 
     def setup(self) -> None:
         image = self.bases.busybox().image
@@ -896,44 +938,63 @@ class VeneerFleet(Fleet):
             for pid in ours + below:
                 self.watched[pid] = (start_time(pid), f"{name}: {process_name(pid)}")
 
-    def leftovers(self) -> list[str]:
+    def leftovers(self) -> list[tuple[str, str]]:
+        """What is left of the stopped machines, as (kind, detail)."""
         found = [
-            f"mount {point}" for point in mounts_under(self.bench.store) + mounts_under(self.bench.runtime)
+            ("mount", point) for point in mounts_under(self.bench.store) + mounts_under(self.bench.runtime)
         ]
-        found += [f"cgroup {path}" for name in self.names for path in machine_cgroups(name)]
-        found += [
-            f"process {pid} ({what})"
-            for pid, (started, what) in self.watched.items()
-            if started is not None and start_time(pid) == started
-        ]
-        found += [f"process {what}" for what in stray_processes(self.bench.scratch)]
+        found += [("cgroup", os.fspath(path)) for name in self.names for path in machine_cgroups(name)]
+        processes = processes_using([self.bench.store, self.bench.runtime])
+        processes |= {pid: what for pid, (started, what) in self.watched.items() if is_running(pid, started)}
+        for pid, what in sorted(processes.items()):
+            # The console keeper's pane-died hook, run when nspawn has exited: see README, `many`.
+            kind = "veneer _reap" if " _reap " in what else what.split(":")[0]
+            found.append((kind, f"pid {pid} {what}"))
         listed = json.loads(self.bench.veneer("list", "--json").stdout)
         found += [
-            f"machine {m['name']} {m['state']} (pid {m['pid']})"
+            ("machine not stopped", f"{m['name']} {m['state']} (pid {m['pid']})")
             for m in listed
             if m["name"] in self.names and (m["state"] != "stopped" or m["pid"] is not None)
         ]
         return found
 
     def after_stop(self) -> None:
-        check = {"right_after_stop": self.leftovers()}
-        if check["right_after_stop"]:
-            log(f"after veneer stop: left behind: {', '.join(check['right_after_stop'])}")
+        right_after = self.leftovers()
+        later = []
+        if right_after:
+            log(f"after veneer stop, still there: {', '.join(detail for _, detail in right_after)}")
             time.sleep(1.0)
-            check["one_second_later"] = self.leftovers()
-        self.checks.append(check)
+            later = self.leftovers()
+        self.checks.append({"right_after_stop": right_after, "one_second_later": later})
 
     def notes(self) -> list[str]:
         if not self.checks:
             return []
-        dirty = [c for c in self.checks if c["right_after_stop"]]
-        rounds = f"{len(self.checks)} rounds of {len(self.names)} concurrent `veneer stop`"
-        if not dirty:
-            return [
-                f"after each of {rounds}: no mounts under the store, no cgroups veneer/NAME, no console "
-                "keeper, nspawn or container process left, every machine listed as stopped"
-            ]
-        return [f"after {len(dirty)} of {rounds}, left behind: {c}" for c in dirty]
+        counts = [
+            collections.Counter(kind for kind, _ in check["right_after_stop"]) for check in self.checks
+        ]
+        kinds = sorted({kind for count in counts for kind in count})
+        note = (
+            f"after each of {len(self.checks)} rounds of {len(self.names)} concurrent `veneer stop` (every"
+            " round, warm-up included), checked as soon as the last had returned: "
+        )
+        checked = {
+            "mount": "mounts under the store",
+            "cgroup": "cgroups veneer*/NAME",
+            "process": "console keeper (tmux, sh, head), nspawn or container processes",
+            "machine not stopped": "machines not listed as stopped",
+        }
+        found = {kind if kind in checked else "process" for kind in kinds if kind != "veneer _reap"}
+        note += "no " + ", no ".join(what for kind, what in checked.items() if kind not in found)
+        for kind in kinds:
+            rounds = sum(1 for count in counts if count[kind])
+            note += f"; {kind}: in {rounds} rounds, up to {max(count[kind] for count in counts)} at once"
+        if kinds:
+            later = collections.Counter(
+                kind for check in self.checks for kind, _ in check["one_second_later"]
+            )
+            note += "; one second later: " + (", ".join(f"{k} ({n})" for k, n in later.items()) or "nothing")
+        return [note]
 
     def teardown(self) -> None:
         # veneer commands still in flight (a Ctrl-C during the timed part) finish or give up by themselves.
@@ -1467,6 +1528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_at_start = time.time(), loadavg()
     with scratch_dir() as scratch, contextlib.ExitStack() as cleanups:
         bench = Bench(scratch=scratch, quick=args.quick, cleanups=cleanups)
+        # Registered first, so it runs last, once every machine of the run's store is gone.
+        bench.defer(lambda: remove_store_cgroups(bench), "remove the store's cgroup group")
         bases = Bases(bench)
         results = []
         for benchmark in selected:

@@ -65,6 +65,10 @@ class MountError(Error):
     """An overlay or idmapped mount cannot be set up or torn down."""
 
 
+class NetworkError(Error):
+    """A machine's network (bridge, veth, nftables table, dnsmasq) cannot be set up or torn down."""
+
+
 class CommandFailed(Error):
     """An external command exited with a status the caller did not accept."""
 

@@ -1,7 +1,7 @@
 from dataclasses import replace
 from pathlib import Path
 
-from veneer.config.settings import Bind, NetworkMode
+from veneer.config.settings import Bind, Network, NetworkMode
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import nspawn_argv
 
@@ -11,6 +11,7 @@ SPEC = RunSpec(
     machine_id="0" * 32,
     uid_base=0x70000000,
     command=("sh", "-c", "echo hi"),
+    network=Network(mode=NetworkMode.NONE),
 )
 
 
@@ -41,9 +42,24 @@ def test_host_without_systemd_does_not_register() -> None:
 
 
 def test_network_modes() -> None:
-    assert "--private-network" in nspawn_argv(SPEC)
-    host = nspawn_argv(replace(SPEC, network=NetworkMode.HOST))
-    assert "--private-network" not in host
+    none = nspawn_argv(replace(SPEC, network=Network(mode=NetworkMode.NONE)))
+    assert "--private-network" in none
+    host = nspawn_argv(replace(SPEC, network=Network(mode=NetworkMode.HOST)))
+    assert not any(a.startswith(("--private-network", "--network")) for a in host)
+    nat = nspawn_argv(
+        replace(SPEC, network=Network(mode=NetworkMode.NAT), nat_bridge="veneer0",
+                resolv_conf=Path("/run/veneer/network/resolv.conf"))
+    )  # fmt: skip
+    assert "--network-bridge=veneer0" in nat
+    assert "--resolv-conf=off" in nat and "--bind-ro=/run/veneer/network/resolv.conf:/etc/resolv.conf" in nat
+    # A one-shot command waits for its address, with the host's busybox bound in.
+    assert nat[nat.index("--") + 1 :][:2] == ["/run/veneer/busybox", "sh"] and nat[-3:] == [
+        "sh",
+        "-c",
+        "echo hi",
+    ]
+    bridged = nspawn_argv(replace(SPEC, network=Network(mode=NetworkMode.BRIDGE, bridge="br0")))
+    assert "--network-bridge=br0" in bridged
 
 
 def test_run_options() -> None:

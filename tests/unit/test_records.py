@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from veneer.config.layout import Layout
-from veneer.config.settings import UID_RANGE_SIZE, Bind, ImageName, MachineName, NetworkMode
+from veneer.config.settings import UID_RANGE_SIZE, Bind, ImageName, MachineName, Network, NetworkMode, Port
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.images.store import ImageRecord, LayerRecord, load_image
 from veneer.machines.state import (
@@ -27,7 +27,9 @@ MACHINE = MachineRecord(
     created=1700000000.5,
     machine_id="0123456789abcdef0123456789abcdef",
     uid_base=0x70000000,
-    network=NetworkMode.NONE,
+    network=Network(mode=NetworkMode.NAT),
+    address="10.88.0.2",
+    ports=(Port(host=8080, guest=80),),
     binds=(Bind(source="/srv", target="/data", readonly=True),),
 )
 MACHINE_JSON = {
@@ -38,7 +40,9 @@ MACHINE_JSON = {
     "created": 1700000000.5,
     "machine_id": "0123456789abcdef0123456789abcdef",
     "uid_base": 0x70000000,
-    "network": "none",
+    "network": "nat",
+    "address": "10.88.0.2",
+    "ports": ["8080:80/tcp"],
     "binds": [{"source": "/srv", "target": "/data", "readonly": True, "options": ""}],
     "limits": {"memory": None, "cpus": None, "pids": None},
     "owner": None,

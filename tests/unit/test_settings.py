@@ -2,12 +2,15 @@ import pytest
 
 from veneer.config.settings import (
     Bind,
+    Network,
     NetworkMode,
+    Port,
     parse_bind,
     parse_env,
     parse_image_name,
     parse_machine_name,
     parse_network,
+    parse_port,
 )
 from veneer.errors import UsageError
 
@@ -69,8 +72,36 @@ def test_parse_env() -> None:
         parse_env("NOVALUE")
 
 
-def test_parse_network() -> None:
-    assert parse_network("none") is NetworkMode.NONE
+@pytest.mark.parametrize(
+    ("text", "network"),
+    [
+        ("nat", Network(mode=NetworkMode.NAT)),
+        ("none", Network(mode=NetworkMode.NONE)),
+        ("host", Network(mode=NetworkMode.HOST)),
+        ("bridge:br0", Network(mode=NetworkMode.BRIDGE, bridge="br0")),
+    ],
+)
+def test_parse_network(text: str, network: Network) -> None:
+    assert parse_network(text) == network
+    assert str(network) == text
+
+
+@pytest.mark.parametrize("text", ["wifi", "bridge", "bridge:", "nat:x", "bridge:a/b", "bridge:" + "x" * 16])
+def test_parse_network_rejects(text: str) -> None:
+    with pytest.raises(UsageError, match="Unknown network"):
+        parse_network(text)
     assert not NetworkMode.HOST.private_netns()
-    with pytest.raises(UsageError, match="Unknown network mode"):
-        parse_network("wifi")
+
+
+@pytest.mark.parametrize(
+    ("text", "port"),
+    [("8080:80", Port(host=8080, guest=80)), ("53:5353/udp", Port(host=53, guest=5353, protocol="udp"))],
+)
+def test_parse_port(text: str, port: Port) -> None:
+    assert parse_port(text) == port
+
+
+@pytest.mark.parametrize("text", ["80", "0:80", "80:70000", "a:b", "80:80/sctp", ":80"])
+def test_parse_port_rejects(text: str) -> None:
+    with pytest.raises(UsageError, match="Invalid port forward"):
+        parse_port(text)

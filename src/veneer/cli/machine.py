@@ -17,6 +17,7 @@ from veneer.config.settings import (
     parse_memory,
     parse_network,
     parse_pids,
+    parse_port,
 )
 from veneer.errors import UsageError
 
@@ -26,7 +27,6 @@ def register(verbs: Any) -> None:
     create.add_argument("name", type=parse_machine_name)
     create.add_argument("--from", dest="image", required=True, type=parse_image_name, metavar="IMAGE")
     create.add_argument("--revision", type=int, help="image revision (default: the latest)")
-    create.add_argument("--network", type=parse_network, default="none", help="none (default) or host")
     create.add_argument(
         "--bind",
         action="append",
@@ -38,12 +38,13 @@ def register(verbs: Any) -> None:
     create.add_argument(
         "--privileged", action="store_true", help="no user namespace: container root is host root"
     )
+    _network_options(create)
     _limit_options(create)
     create.set_defaults(handler=cmd_create)
 
     change = verbs.add_parser("set", help="change a stopped machine's limits or network")
     change.add_argument("name", type=parse_machine_name)
-    change.add_argument("--network", type=parse_network, help="none or host")
+    _network_options(change, default=None)
     _limit_options(change)
     change.set_defaults(handler=cmd_set)
 
@@ -103,6 +104,16 @@ def register(verbs: Any) -> None:
     run.set_defaults(handler=cmd_run)
 
 
+def _network_options(parser: argparse.ArgumentParser, *, default: str | None = "nat") -> None:
+    parser.add_argument(
+        "--network", type=parse_network, default=default, help="nat (default), host, none or bridge:BRIDGE"
+    )
+    parser.add_argument(
+        "--port", "-p", action="append", type=parse_port, default=None, dest="ports",
+        metavar="HOST:GUEST[/udp]", help="forward a host port (repeatable; nat only)",
+    )  # fmt: skip
+
+
 def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=parse_memory, metavar="SIZE", help="memory limit, e.g. 512M")
     parser.add_argument("--cpus", type=parse_cpus, metavar="N", help="CPU time limit in CPUs, e.g. 0.5")
@@ -123,6 +134,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         revision=args.revision,
         privileged=args.privileged,
         network=args.network,
+        ports=args.ports or (),
         binds=args.bind,
         limits=Limits(memory=args.memory, cpus=args.cpus, pids=args.pids),
     )
@@ -136,9 +148,15 @@ def cmd_set(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import change_machine
 
     record = change_machine(
-        _layout(args), args.name, network=args.network, memory=args.memory, cpus=args.cpus, pids=args.pids
+        _layout(args),
+        args.name,
+        network=args.network,
+        ports=args.ports,
+        memory=args.memory,
+        cpus=args.cpus,
+        pids=args.pids,
     )
-    print(f"Machine '{record.name}': network {record.network.value}, limits {record.limits.describe()}.")
+    print(f"Machine '{record.name}': network {record.network}, limits {record.limits.describe()}.")
     return 0
 
 

@@ -9,6 +9,7 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     machines/<name>/root/         where its overlay is mounted
     machines/<name>/console.log   the console of its last boot (bounded)
     machines/<name>/exit.json     how its last boot ended
+    network.json                  the nat network: bridge, address pool, upstream DNS (made on first use)
     .staging/                     half-built objects; anything here is removed by the next command
     .lock                         store-wide lock for publishing and removing objects
 cgroups: `veneer/<name>` (another store: `veneer-<hash of its root>/<name>`) in each hierarchy.
@@ -19,6 +20,7 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.status        nspawn's exit status, written by the boot script
     machines/<name>.console       the socket of its console keeper (tmux)
     console.conf                  the console keepers' settings
+    network/                      the nat network's lock, dnsmasq, the guests' resolv.conf
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
 """
 
@@ -125,6 +127,14 @@ class Layout:
         if self.root == DEFAULT_ROOT:
             return f"veneer/{name}"
         return f"veneer-{hashlib.sha256(os.fsencode(self.root)).hexdigest()[:8]}/{name}"
+
+    @property
+    def network_config(self) -> Path:
+        return self.root / "network.json"
+
+    @property
+    def network_run(self) -> Path:
+        return self.run / "network"
 
     def idmap_dir(self, name: str) -> Path:
         return self.run / "idmap" / name

@@ -50,21 +50,67 @@ def parse_image_name(text: str) -> ImageName:
 class NetworkMode(enum.StrEnum):
     """How a machine is networked; the values are the CLI spellings."""
 
-    NONE = "none"
-    HOST = "host"
+    NAT = "nat"  # a veth into veneer's bridge, a static address, outbound NAT, port forwards, names
+    HOST = "host"  # the host's network, no namespace of its own
+    NONE = "none"  # a namespace with loopback only
+    BRIDGE = "bridge"  # a veth into an existing host bridge; the guest configures itself
 
     def private_netns(self) -> bool:
         """Whether the machine gets a network namespace of its own."""
         return self is not NetworkMode.HOST
 
 
-def parse_network(text: str) -> NetworkMode:
-    """Parse `--network`."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Network:
+    """A machine's network: the mode, and the host bridge for `bridge:BR`."""
+
+    mode: NetworkMode
+    bridge: str | None = None
+
+    def __str__(self) -> str:
+        return f"bridge:{self.bridge}" if self.mode is NetworkMode.BRIDGE else self.mode.value
+
+
+DEFAULT_NETWORK = Network(mode=NetworkMode.NAT)
+
+
+def parse_network(text: str) -> Network:
+    """Parse `--network nat|host|none|bridge:BR`."""
+    mode, _, bridge = text.partition(":")
     try:
-        return NetworkMode(text)
+        network = Network(mode=NetworkMode(mode), bridge=bridge or None)
     except ValueError:
-        choices = ", ".join(m.value for m in NetworkMode)
-        raise UsageError(f"Unknown network mode '{text}'", hint=f"Use one of: {choices}.") from None
+        network = None
+    valid = network is not None and (network.mode is NetworkMode.BRIDGE) == bool(bridge)
+    if network is None or not valid or (bridge and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", bridge)):
+        raise UsageError(
+            f"Unknown network '{text}'", hint="Use nat (the default), host, none, or bridge:BRIDGE."
+        )
+    return network
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Port:
+    """A port forward: HOST port on the host's addresses to GUEST port in the machine."""
+
+    host: int
+    guest: int
+    protocol: str = "tcp"
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.guest}/{self.protocol}"
+
+
+def parse_port(text: str) -> Port:
+    """Parse `--port HOST:GUEST[/tcp|/udp]`."""
+    ports, _, protocol = text.partition("/")
+    host, _, guest = ports.partition(":")
+    numbers = [int(p) if p.isdigit() else 0 for p in (host, guest)]
+    if not all(1 <= n <= 65535 for n in numbers) or (protocol or "tcp") not in ("tcp", "udp"):
+        raise UsageError(
+            f"Invalid port forward '{text}'", hint="Use --port HOST:GUEST, e.g. 8080:80 or 5353:53/udp."
+        )
+    return Port(host=numbers[0], guest=numbers[1], protocol=protocol or "tcp")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,7 @@ from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy, MachineError
 from veneer.machines.guest import InitKind, detect_init, find_leader
 from veneer.machines.lifecycle import machine_lock, mount_overlay_of, recover_machine, refuse_if_running
+from veneer.machines.netsetup import attach_machine, configure_address, detach_machine
 from veneer.machines.state import (
     ExitRecord,
     RuntimeRecord,
@@ -99,9 +100,11 @@ def start_machine(
                 mount_overlay_of(layout, record)
             init = detect_init(root)
             dirs = cgroups.setup_cgroups(layout.cgroup(name), record.limits)
+            net = attach_machine(layout, record, root)
             spec = RunSpec(
                 name=name, root=root, machine_id=record.machine_id, uid_base=record.uid_base, command=(),
-                network=record.network, interactive=True, binds=record.binds, systemd_host=is_systemd_host(),
+                network=record.network, nat_bridge=net.bridge, resolv_conf=net.resolv_conf,
+                binds_ro=net.binds_ro, interactive=True, binds=record.binds, systemd_host=is_systemd_host(),
                 boot=True, kill_signal=init.kill_signal(), notify_ready=init.notifies(),
             )  # fmt: skip
             private_state = needs_private_state_dir()
@@ -131,7 +134,8 @@ def start_machine(
             pid = _wait_for_nspawn(layout, name, timeout=timeout)
             runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init.value)
             save_runtime(layout, runtime)
-            _wait_for_leader(layout, name, pid, timeout=timeout)
+            leader = _wait_for_leader(layout, name, pid, timeout=timeout)
+            configure_address(layout, record, leader)
             if wait:
                 _wait_until_ready(layout, name, runtime, init, notify, timeout=timeout)
         except BaseException:
@@ -312,6 +316,7 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     cgroups.kill_cgroups(layout.cgroup(name))
     with contextlib.suppress(OSError):
         cgroups.remove_cgroups(layout.cgroup(name))
+    detach_machine(layout, name)
     console.kill_session(layout.console_socket(name), name)
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):

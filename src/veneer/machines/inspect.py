@@ -39,6 +39,7 @@ class MachineStatus:
     started: float | None
     init: str | None
     network: str
+    addresses: list[str]
     privileged: bool
     uid_base: int | None
     mounted: bool
@@ -58,7 +59,7 @@ class MachineStatus:
             "uptime": None if self.started is None else round(time.time() - self.started, 3),
             "init": self.init,
             "network": self.network,
-            "addresses": [],
+            "addresses": self.addresses,
             "privileged": self.privileged,
             "uid_base": self.uid_base,
             "mounted": self.mounted,
@@ -103,7 +104,8 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         exit_status=None if running or last is None else last.status,
         started=runtime.started if running and runtime is not None else None,
         init=runtime.init if running and runtime is not None else None,
-        network=record.network.value,
+        network=str(record.network),
+        addresses=[record.address] if running and record.address else [],
         privileged=record.privileged,
         uid_base=record.uid_base,
         mounted=is_mounted(layout.machine_root(name)),

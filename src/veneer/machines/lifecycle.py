@@ -16,11 +16,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, ImageName, Limits, MachineName, NetworkMode, parse_machine_name
-from veneer.errors import MachineBusy, MachineExists, MachineNotFound, StateCorrupt
+from veneer.config.settings import (
+    DEFAULT_NETWORK,
+    Bind,
+    ImageName,
+    Limits,
+    MachineName,
+    Network,
+    NetworkMode,
+    Port,
+    parse_machine_name,
+)
+from veneer.errors import CommandFailed, MachineBusy, MachineExists, MachineNotFound, StateCorrupt
 from veneer.images.store import load_image, lower_dirs, prepare_store
 from veneer.machines.diff import Change, diff_upper
 from veneer.machines.idshift import shift_ownership
+from veneer.machines.netsetup import (
+    allocate_machine_address,
+    attach_machine,
+    configure_address,
+    detach_machine,
+)
 from veneer.machines.state import (
     MachineRecord,
     RuntimeRecord,
@@ -108,6 +124,8 @@ def _publish_machine(layout: Layout, stage: Path, record: MachineRecord) -> Mach
     with locked(layout.lock, what="The veneer store", wait=True):
         _refuse_existing(layout, record.name)
         load_image(layout, record.image).layers_of(record.revision)  # the image may be gone meanwhile
+        if record.network.mode is NetworkMode.NAT and record.address is None:
+            record = replace(record, address=allocate_machine_address(layout))
         if record.uid_base is not None:
             base = allocate_uid_base(_used_uid_bases(layout))
             if base != record.uid_base:
@@ -125,8 +143,9 @@ def create_machine(
     *,
     revision: int | None = None,
     privileged: bool = False,
-    network: NetworkMode = NetworkMode.NONE,
+    network: Network = DEFAULT_NETWORK,
     binds: Sequence[Bind] = (),
+    ports: Sequence[Port] = (),
     limits: Limits | None = None,
     owner: tuple[int, int] | None = None,
 ) -> MachineRecord:
@@ -150,6 +169,7 @@ def create_machine(
             uid_base=uid_base,
             network=network,
             binds=tuple(binds),
+            ports=tuple(ports),
             limits=limits or Limits(),
             owner=owner,
         )
@@ -212,7 +232,8 @@ def change_machine(
     layout: Layout,
     name: MachineName,
     *,
-    network: NetworkMode | None = None,
+    network: Network | None = None,
+    ports: Sequence[Port] | None = None,
     memory: int | None = None,
     cpus: float | None = None,
     pids: int | None = None,
@@ -228,6 +249,11 @@ def change_machine(
             pids=old.pids if pids is None else pids,
         )
         record = replace(record, network=network or record.network, limits=limits)
+        if ports is not None:
+            record = replace(record, ports=tuple(ports))
+        if record.network.mode is NetworkMode.NAT and record.address is None:
+            with locked(layout.lock, what="The veneer store", wait=True):
+                record = replace(record, address=allocate_machine_address(layout))
         save_machine(layout.machine_record(name), record)
     return record
 
@@ -285,6 +311,7 @@ def _end_run(layout: Layout, name: MachineName, *, owns_mount: bool) -> None:
     cgroups.kill_cgroups(layout.cgroup(name))
     with contextlib.suppress(OSError):
         cgroups.remove_cgroups(layout.cgroup(name))
+    detach_machine(layout, name)
     if owns_mount and is_mounted(layout.machine_root(name)):
         unmount(layout.machine_root(name))
     remove_runtime(layout, name)
@@ -338,9 +365,13 @@ def run_machine(
         try:
             if owns_mount:
                 mount_overlay_of(layout, record)
+            net = attach_machine(layout, record, root)
             spec = RunSpec(
                 name=name,
                 root=root,
+                nat_bridge=net.bridge,
+                resolv_conf=net.resolv_conf,
+                binds_ro=net.binds_ro,
                 machine_id=record.machine_id,
                 uid_base=record.uid_base,
                 command=tuple(command),
@@ -368,10 +399,26 @@ def run_machine(
                     enter_private_state_dir()
 
             process = spawn(nspawn_argv(spec), env=env, before_exec=before_exec)
+            if net.bridge is not None:
+                _configure_when_ready(layout, record, process.pid)
             _save_runtime(layout, name, process.pid, owns_mount)
             return wait_forwarding(process)
         finally:
             _end_run(layout, name, owns_mount=owns_mount)
+
+
+def _configure_when_ready(layout: Layout, record: MachineRecord, nspawn_pid: int) -> None:
+    """Set the address of a run's nat network once nspawn has made the container (its command waits)."""
+    from veneer.machines.guest import find_leader
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process_start_time(nspawn_pid) is not None:
+        leader = find_leader(nspawn_pid)
+        if leader is not None:
+            with contextlib.suppress(CommandFailed):  # host0 may not be there yet: try again
+                configure_address(layout, record, leader)
+                return
+        time.sleep(0.005)
 
 
 def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:
@@ -391,7 +438,7 @@ def run_ephemeral(
     command: Sequence[str],
     options: RunOptions = RunOptions(),
     *,
-    network: NetworkMode = NetworkMode.NONE,
+    network: Network = DEFAULT_NETWORK,
 ) -> int:
     """Run a command in a throwaway child of the image, removed afterwards whatever happens."""
     name = parse_machine_name(f"eph-{random_hex(4)}")

@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import UID_RANGE_SIZE, Bind, Limits, MachineName, NetworkMode
+from veneer.config.settings import (
+    DEFAULT_NETWORK,
+    UID_RANGE_SIZE,
+    Bind,
+    Limits,
+    MachineName,
+    Network,
+    Port,
+    parse_network,
+    parse_port,
+)
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.util.fs import atomic_write, save_json
 
@@ -35,7 +45,9 @@ class MachineRecord:
     created: float
     machine_id: str
     uid_base: int | None  # None: privileged, no user namespace
-    network: NetworkMode = NetworkMode.NONE
+    network: Network = DEFAULT_NETWORK
+    address: str | None = None  # nat: the machine's address in the pool, fixed at create
+    ports: tuple[Port, ...] = ()
     binds: tuple[Bind, ...] = field(default_factory=tuple)
     limits: Limits = field(default_factory=Limits)
     owner: tuple[int, int] | None = None  # (pid, start time) of the `run --ephemeral` it belongs to
@@ -53,7 +65,9 @@ class MachineRecord:
             "created": self.created,
             "machine_id": self.machine_id,
             "uid_base": self.uid_base,
-            "network": self.network.value,
+            "network": str(self.network),
+            "address": self.address,
+            "ports": [str(p) for p in self.ports],
             "binds": [
                 {"source": b.source, "target": b.target, "readonly": b.readonly, "options": b.options}
                 for b in self.binds
@@ -71,7 +85,9 @@ class MachineRecord:
             created=float(data["created"]),
             machine_id=data["machine_id"],
             uid_base=None if data["uid_base"] is None else int(data["uid_base"]),
-            network=NetworkMode(data["network"]),
+            network=parse_network(data["network"]),
+            address=data.get("address"),
+            ports=tuple(parse_port(p) for p in data.get("ports", [])),
             binds=tuple(Bind(**b) for b in data.get("binds", [])),
             limits=Limits.from_json(data.get("limits", {})),
             owner=None if data.get("owner") is None else (int(data["owner"][0]), int(data["owner"][1])),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from veneer.config.settings import Bind, NetworkMode
+from veneer.config.settings import DEFAULT_NETWORK, Bind, Network
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -17,7 +17,10 @@ class RunSpec:
     machine_id: str
     uid_base: int | None  # None: no user namespace (--privileged)
     command: tuple[str, ...]
-    network: NetworkMode = NetworkMode.NONE
+    network: Network = DEFAULT_NETWORK
+    nat_bridge: str | None = None  # nat: veneer's bridge; the address is set from the host after start
+    resolv_conf: Path | None = None  # bound onto /etc/resolv.conf instead of the host's
+    binds_ro: tuple[tuple[Path, str], ...] = ()  # (host file, path in the machine), read-only
     interactive: bool = False  # stdin and stdout are a terminal
     user: str | None = None
     workdir: str | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from veneer.config.settings import UID_RANGE_SIZE
+from veneer.config.settings import UID_RANGE_SIZE, NetworkMode
 from veneer.runtime.base import RunSpec
 from veneer.util.proc import which
 
@@ -49,6 +49,15 @@ def enter_private_state_dir() -> None:
     idmap.mount("tmpfs", NSPAWN_STATE_DIR, "tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=0755")
 
 
+HOST_BUSYBOX = "/bin/busybox"
+WAITER = "/run/veneer/busybox"  # named busybox: it picks its applet from argv[0]
+# Up to 5 s for host0 to get its IPv4 address, then the command (exec: it keeps PID 1).
+WAIT_FOR_ADDRESS = (
+    f"i=0; until {WAITER} ip -4 -o addr show dev host0 2>/dev/null | {WAITER} grep -q inet; do "
+    f'i=$((i+1)); [ $i -ge 500 ] && break; {WAITER} usleep 10000; done; exec "$@"'
+)
+
+
 def is_systemd_host() -> bool:
     """Whether systemd runs as PID 1 here (sd_booted()'s test)."""
     return Path("/run/systemd/system").is_dir()
@@ -62,9 +71,9 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         f"--directory={spec.root}",
         f"--machine={spec.name}",
         f"--uuid={spec.machine_id}",
-        # The guest sees the host's resolver and time zone through read-only binds onto the image's empty
-        # placeholders, so nothing is copied into the machine's upper dir.
-        "--resolv-conf=bind-host",
+        # The guest sees a resolver (the host's, or veneer's for nat) and the host's time zone through
+        # read-only binds onto the image's empty placeholders, so nothing is copied into its upper dir.
+        "--resolv-conf=off" if spec.resolv_conf else "--resolv-conf=bind-host",
         "--timezone=bind",
         "--link-journal=no",
     ]  # fmt: skip
@@ -80,8 +89,20 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         ]  # fmt: skip
     else:
         argv += ["--private-users=no"]
-    if spec.network.private_netns():
+    mode = spec.network.mode
+    if mode is NetworkMode.NONE:
         argv += ["--private-network"]
+    elif mode is NetworkMode.NAT:
+        # nspawn makes the namespace and the veth (vb-NAME in the bridge, host0 inside); veneer sets the
+        # address from the host. (A namespace made beforehand cannot be joined from nspawn's user
+        # namespace: setns() fails with EPERM.)
+        argv += [f"--network-bridge={spec.nat_bridge}"]
+    elif mode is NetworkMode.BRIDGE:
+        argv += [f"--network-bridge={spec.network.bridge}"]
+    if spec.resolv_conf:
+        argv += [f"--bind-ro={spec.resolv_conf}:/etc/resolv.conf"]
+    for source, target in spec.binds_ro:
+        argv += [f"--bind-ro={source}:{target}"]
     argv += ["--console=interactive" if spec.interactive else "--console=pipe"]
     if spec.boot:
         argv += ["--boot"]
@@ -95,5 +116,10 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
     argv += [f"--setenv={name}={value}" for name, value in spec.env]
     argv += [bind.argument() for bind in spec.binds]
     if not spec.boot:
-        argv += ["--", *spec.command]
+        command = list(spec.command)
+        if mode is NetworkMode.NAT:
+            # The command must not start before its address is set: wait with the host's static busybox.
+            argv += [f"--bind-ro={HOST_BUSYBOX}:{WAITER}"]
+            command = [WAITER, "sh", "-c", WAIT_FOR_ADDRESS, "veneer-wait", *command]
+        argv += ["--", *command]
     return argv

@@ -1,0 +1,166 @@
+"""A machine's network: made before nspawn starts it, removed when it ends.
+
+For `nat`, nspawn makes the machine's namespace and a veth into veneer's bridge, and veneer sets the
+machine's static address and default route from the host as soon as the container exists, so any guest
+works, with or without a DHCP client (a one-shot `run` waits for its address, see runtime.nspawn).
+Shared pieces (the bridge, the nftables table, dnsmasq) exist while at least one nat machine runs; every
+change to them happens under the network lock, recomputed from the machines that run, so a crash leaves
+nothing that the next start or stop does not repair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from veneer.config.layout import Layout
+from veneer.config.settings import MachineName, NetworkMode
+from veneer.errors import NetworkError
+from veneer.machines.state import MachineRecord, is_alive, list_machine_names, load_machine, load_runtime
+from veneer.network import dns, links, nat
+from veneer.network.ipam import (
+    NetworkConfig,
+    allocate_address,
+    choose_pool,
+    host_networks,
+    load_network_config,
+    save_network_config,
+)
+from veneer.util.fs import atomic_write, locked
+from veneer.util.proc import run
+
+# networkd in a Debian guest must leave the interface veneer configured alone rather than fight it (it
+# could not change it anyway: the namespace belongs to the host).
+HOST0_NETWORK = """\
+# Made by veneer: host0 is configured by the host (nat network).
+[Match]
+Name=host0
+
+[Link]
+Unmanaged=yes
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    """What nspawn needs to put the machine on its network."""
+
+    bridge: str | None = None
+    resolv_conf: Path | None = None
+    binds_ro: tuple[tuple[Path, str], ...] = ()
+
+
+def network_config(layout: Layout) -> NetworkConfig:
+    """The store's nat network, chosen on first use to avoid the host's own routes; store lock held."""
+    config = load_network_config(layout.network_config)
+    if config is None:
+        config = NetworkConfig(pool=choose_pool(host_networks()))
+        save_network_config(layout.network_config, config)
+    return config
+
+
+def allocate_machine_address(layout: Layout, *, exclude: str | None = None) -> str:
+    """A free address of the pool for a new nat machine; the caller holds the store lock."""
+    config = network_config(layout)
+    used = set()
+    for name in list_machine_names(layout):
+        address = load_machine(layout, name).address
+        if address and name != exclude:
+            used.add(IPv4Address(address))
+    return str(allocate_address(config.pool, used))
+
+
+def _running_nat(layout: Layout, *, extra: MachineRecord | None, without: str | None) -> list[MachineRecord]:
+    records = [extra] if extra is not None else []
+    for name in list_machine_names(layout):
+        if name in (without, extra.name if extra else None):
+            continue
+        runtime = load_runtime(layout, name)
+        record = load_machine(layout, name)
+        if record.network.mode is NetworkMode.NAT and runtime is not None and is_alive(runtime):
+            records.append(record)
+    return records
+
+
+def _refresh(layout: Layout, config: NetworkConfig, machines: Sequence[MachineRecord]) -> None:
+    """Rules and names for exactly the machines that run now."""
+    taken: dict[tuple[int, str], str] = {}
+    for machine in machines:
+        for port in machine.ports:
+            other = taken.setdefault((port.host, port.protocol), machine.name)
+            if other != machine.name:
+                raise NetworkError(
+                    f"Port {port.host}/{port.protocol} is forwarded to '{other}' already",
+                    hint=f"Stop '{other}', or change the port with 'veneer set {machine.name} --port ...'.",
+                )
+    forwards = [
+        nat.Forward(
+            host_port=p.host, guest_port=p.guest, protocol=p.protocol, address=IPv4Address(m.address)
+        )
+        for m in machines
+        if m.address
+        for p in m.ports
+    ]
+    nat.apply_ruleset(nat.ruleset(bridge=config.bridge, pool=config.pool, forwards=forwards))
+    hosts = {str(m.name): IPv4Address(m.address) for m in machines if m.address}
+    upstream = list(config.dns) or dns.upstream_servers()
+    dns.setup_dns(layout.network_run, bridge=config.bridge, pool=config.pool, upstream=upstream, hosts=hosts)
+
+
+def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachment:
+    """Put a machine that is about to start on its network."""
+    if record.network.mode is not NetworkMode.NAT:
+        return Attachment()
+    layout.network_run.mkdir(parents=True, exist_ok=True)
+    with locked(layout.network_run / "lock", what="The nat network", wait=True):
+        config = load_network_config(layout.network_config)
+        assert config is not None and record.address, "nat machines get an address at create"
+        links.setup_bridge(config.bridge, config.pool)
+        _refresh(layout, config, _running_nat(layout, extra=record, without=None))
+        resolv = layout.network_run / "resolv.conf"
+        atomic_write(resolv, dns.resolv_conf_text(config.pool))
+        binds: list[tuple[Path, str]] = []
+        if (root / "etc/systemd/network").is_dir():
+            unit = layout.network_run / "host0.network"
+            atomic_write(unit, HOST0_NETWORK)
+            binds.append((unit, "/etc/systemd/network/05-veneer-host0.network"))
+    return Attachment(bridge=config.bridge, resolv_conf=resolv, binds_ro=tuple(binds))
+
+
+def configure_address(layout: Layout, record: MachineRecord, pid: int) -> None:
+    """Give host0 in the namespace of process `pid` (nspawn's container) the machine's address and route."""
+    config = load_network_config(layout.network_config)
+    if record.network.mode is not NetworkMode.NAT or config is None or record.address is None:
+        return
+    enter = ["nsenter", f"--target={pid}", "--net", "ip"]
+    prefix = config.pool.subnet.prefixlen
+    run([*enter, "addr", "replace", f"{record.address}/{prefix}", "dev", "host0"])
+    run([*enter, "link", "set", "host0", "up"])
+    run([*enter, "route", "replace", "default", "via", str(config.pool.gateway), "dev", "host0"])
+
+
+def detach_machine(layout: Layout, name: MachineName) -> None:
+    """Take a machine that ended off its network; the last nat machine takes the shared pieces along."""
+    if not layout.network_config.exists():
+        return
+    layout.network_run.mkdir(parents=True, exist_ok=True)
+    with locked(layout.network_run / "lock", what="The nat network", wait=True):
+        # nspawn's veth goes with the container's namespace; a killed nspawn may leave its host side.
+        if links.link_exists(f"vb-{name}"):
+            run(["ip", "link", "del", f"vb-{name}"], check=False, capture=True)
+        config = load_network_config(layout.network_config)
+        if config is None:
+            return
+        remaining = _running_nat(layout, extra=None, without=name)
+        if remaining:
+            _refresh(layout, config, remaining)
+            return
+        nat.remove_table()
+        dns.remove_dns(layout.network_run)
+        links.remove_bridge(config.bridge)
+        for leftover in ("resolv.conf", "host0.network"):
+            with contextlib.suppress(FileNotFoundError):
+                (layout.network_run / leftover).unlink()

@@ -1,0 +1,111 @@
+"""Links of the nat network: the bridge on the host (a machine's veth into it is made by systemd-nspawn's
+`--network-bridge`).
+
+`setup_bridge` is idempotent and repairs what a crash left half made instead of failing; `remove_bridge`
+is idempotent too. Commands run through `ip`; sysctls are written under /proc/sys directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from ipaddress import IPv4Interface
+
+from veneer.errors import CommandFailed, NetworkError
+from veneer.network.ipam import Pool
+from veneer.util.proc import StrPath, run
+
+logger = logging.getLogger(__name__)
+
+_HINT = "See 'veneer doctor' for what stops networking on this host."
+
+
+# A fixed key, so a bridge keeps its MAC across restarts and hosts, and other tools' hashes differ.
+_MAC_KEY = b"veneer-mac-v1"
+
+
+def mac_for(name: str) -> str:
+    """A locally administered unicast MAC derived from `name`, the same on every call."""
+    octets = bytearray(hashlib.blake2b(name.encode(), key=_MAC_KEY, digest_size=6).digest())
+    # Clear the multicast bit, set the locally administered bit (IEEE 802), as nspawn generate_mac().
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def link_exists(name: str) -> bool:
+    """Whether a link of that name exists in the host's network namespace."""
+    return os.path.lexists(f"/sys/class/net/{name}")
+
+
+def _ip(*args: str, netns: str | None = None, ok: tuple[int, ...] = (0,)) -> str:
+    argv = ["ip", *(("-n", netns) if netns else ()), *args]
+    return run(argv, capture=True, ok_returncodes=ok).stdout
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Turn a failed command or sysctl write into a `NetworkError` saying what was being done."""
+    try:
+        yield
+    except CommandFailed as e:
+        raise NetworkError(f"Failed to {what}: {e.message}", hint=_HINT) from e
+    except OSError as e:
+        raise NetworkError(f"Failed to {what}: {e}", hint=_HINT) from e
+
+
+def _write_sysctl(path: StrPath, value: str) -> None:
+    with open(path) as f:
+        if f.read().strip() == value:
+            return
+    logger.debug("%s = %s", path, value)
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _replace_addresses(device: str, address: IPv4Interface, *, netns: str | None = None) -> None:
+    """Make `address` the device's only IPv4 address (a changed pool or machine address goes)."""
+    for link in json.loads(_ip("-4", "-j", "addr", "show", "dev", device, netns=netns) or "[]"):
+        for info in link.get("addr_info", []):
+            current = IPv4Interface(f"{info['local']}/{info['prefixlen']}")
+            if current != address:
+                # Stale ones go first: deleting a primary address takes the secondaries of its subnet
+                # along (unless promote_secondaries is set), so the new one would vanish with it.
+                _ip("addr", "del", str(current), "dev", device, netns=netns, ok=(0, 2))
+    _ip("addr", "replace", str(address), "dev", device, netns=netns)
+
+
+def setup_bridge(name: str, pool: Pool) -> None:
+    """Make the bridge `name` with the pool's gateway address, up, and the sysctls the network needs."""
+    with _failing(f"set up the bridge '{name}'"):
+        if link_exists(name) and not os.path.isdir(f"/sys/class/net/{name}/bridge"):
+            raise NetworkError(
+                f"Interface '{name}' exists and is no bridge",
+                hint=f"Remove it ('ip link del {name}') or set another bridge name in network.json.",
+            )
+        if not link_exists(name):
+            # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports, and every machine that
+            # comes or goes could change the gateway's MAC under the others' ARP caches.
+            _ip("link", "add", "name", name, "address", mac_for(name), "type", "bridge", ok=(0, 2))
+        _replace_addresses(name, pool.gateway_interface)
+        # Port forwards from 127.0.0.1 are DNATed to a machine and leave through the bridge with a loopback
+        # source (masqueraded only afterwards, in postrouting); the kernel drops such packets as martians
+        # unless route_localnet is set on the interface (ip_route_output_key_hash(), ip_route_input_slow()).
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+        # Without forwarding the host routes nothing between the bridge and its uplinks. Setting it is
+        # host-wide, and the kernel then also stops accepting ICMP redirects (it acts as a router); it is
+        # left on at removal, since other tools may rely on it by then.
+        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        _ip("link", "set", "dev", name, "up")
+
+
+def remove_bridge(name: str) -> None:
+    """Delete the bridge; nothing happens if it is gone already."""
+    if not link_exists(name):
+        return
+    with _failing(f"remove the bridge '{name}'"):
+        # Status 1 with "Cannot find device": another command removed it meanwhile.
+        _ip("link", "del", "dev", name, ok=(0, 1))
