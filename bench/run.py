@@ -962,7 +962,8 @@ class VeneerFleet(Fleet):
         right_after = self.leftovers()
         later = []
         if right_after:
-            log(f"after veneer stop, still there: {', '.join(detail for _, detail in right_after)}")
+            kinds = collections.Counter(kind for kind, _ in right_after)
+            log(f"right after veneer stop, still there: {', '.join(f'{k} ({n})' for k, n in kinds.items())}")
             time.sleep(1.0)
             later = self.leftovers()
         self.checks.append({"right_after_stop": right_after, "one_second_later": later})

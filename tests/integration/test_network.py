@@ -167,3 +167,47 @@ def test_stopping_everything_leaves_links_and_rules_as_they_were(natted: Store) 
         store.veneer("run", "p", "--", "sh", "-c", "ip -o -4 addr show host0 | wc -l").stdout.strip() == "1"
     )
     assert network_snapshot() == before
+
+
+def test_network_ls_and_inspect_show_the_machines(natted: Store) -> None:
+    store = natted
+    store.veneer("create", "w", "--from", "bb", "--port", "18093:80")
+    store.veneer("start", "w", "--wait")
+    nets = json.loads(store.veneer("network", "ls", "--json").stdout)
+    nat = next(n for n in nets if n["name"] == "nat")
+    assert nat["up"] and nat["nftables"] and nat["dnsmasq_pid"]
+    machine = nat["machines"][0]
+    assert machine["name"] == "w" and machine["state"] == "running" and machine["ports"] == ["18093:80/tcp"]
+    assert machine["address"] in store.veneer("network", "inspect").stdout
+
+
+@pytest.mark.parametrize("breakage", ["firewall", "pool"])
+def test_doctor_names_a_broken_setting(natted: Store, breakage: str) -> None:
+    store = natted
+    assert store.veneer("doctor").returncode == 0
+    from veneer.network.ipam import load_network_config
+
+    config = load_network_config(store.root / "network.json")
+    assert config is not None
+    if breakage == "firewall":
+        # A firewall of the kind docker installs: forwarded traffic dropped by policy.
+        setup = ["nft", "add table ip vt_block; add chain ip vt_block fwd "
+                 "{ type filter hook forward priority 0; policy drop; }"]  # fmt: skip
+        teardown = ["nft", "delete", "table", "ip", "vt_block"]
+    else:
+        # Another interface of the host that uses the pool's addresses.
+        setup = [
+            "sh",
+            "-c",
+            f"ip link add vt-dummy type dummy && ip addr add {config.pool.subnet[5]}/24 dev vt-dummy",
+        ]
+        teardown = ["ip", "link", "del", "vt-dummy"]
+    proc.run(setup)
+    try:
+        report = store.veneer("doctor", ok=(1,)).stdout
+        failing = [line for line in report.splitlines() if line.startswith("FAIL")]
+        assert len(failing) == 1 and f" {breakage}:" in failing[0], report
+        assert "fix:" in report
+    finally:
+        proc.run(teardown)
+    assert store.veneer("doctor").returncode == 0

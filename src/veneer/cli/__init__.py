@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import image, machine, running
+    from veneer.cli import image, machine, network, running
 
     parser = _Parser(
         prog="veneer",
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     image.register(verbs)
     machine.register(verbs)
     running.register(verbs)
+    network.register(verbs)
     return parser
 
 

@@ -40,6 +40,7 @@ class MachineStatus:
     init: str | None
     network: str
     addresses: list[str]
+    ports: list[str]
     privileged: bool
     uid_base: int | None
     mounted: bool
@@ -60,6 +61,7 @@ class MachineStatus:
             "init": self.init,
             "network": self.network,
             "addresses": self.addresses,
+            "ports": self.ports,
             "privileged": self.privileged,
             "uid_base": self.uid_base,
             "mounted": self.mounted,
@@ -106,6 +108,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         init=runtime.init if running and runtime is not None else None,
         network=str(record.network),
         addresses=[record.address] if running and record.address else [],
+        ports=[str(p) for p in record.ports],
         privileged=record.privileged,
         uid_base=record.uid_base,
         mounted=is_mounted(layout.machine_root(name)),

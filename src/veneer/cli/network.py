@@ -1,0 +1,126 @@
+"""`veneer network ls|inspect` and `veneer doctor`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from veneer.cli.output import print_json, print_table
+from veneer.config.layout import Layout
+
+
+def register(verbs: Any) -> None:
+    network = verbs.add_parser("network", help="the networks machines are on")
+    sub = network.add_subparsers(dest="network_verb", metavar="COMMAND", parser_class=type(network))
+    sub.required = True
+    ls = sub.add_parser("ls", help="list networks")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_ls)
+    inspect = sub.add_parser("inspect", help="a network's settings, state and machines")
+    inspect.add_argument("name", nargs="?", default="nat", help="nat (default) or bridge:BRIDGE")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    doctor = verbs.add_parser("doctor", help="what would stop networking on this host, and how to fix it")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(handler=cmd_doctor)
+
+
+def networks(layout: Layout) -> list[dict[str, Any]]:
+    """The nat network and every host bridge machines use, with their machines."""
+    from veneer.machines.inspect import list_machines
+    from veneer.network import dns, nat
+    from veneer.network.ipam import load_network_config
+    from veneer.network.links import link_exists
+
+    config = load_network_config(layout.network_config)
+    machines = list_machines(layout)
+    nat_machines = [m for m in machines if m.network == "nat"]
+    result: list[dict[str, Any]] = [
+        {
+            "name": "nat",
+            "bridge": config.bridge if config else "veneer0",
+            "subnet": str(config.pool.subnet) if config else None,
+            "gateway": str(config.pool.gateway) if config else None,
+            "dns": list(config.dns) if config else [],
+            "up": bool(config) and link_exists(config.bridge if config else "veneer0"),
+            "nftables": nat.table_exists("veneer"),
+            "dnsmasq_pid": dns.running_pid(layout.network_run),
+            "machines": [
+                {
+                    "name": m.name,
+                    "state": m.state.value,
+                    "address": _address(layout, m.name),
+                    "ports": m.ports,
+                }
+                for m in nat_machines
+            ],
+        }
+    ]
+    for bridge in sorted({m.network for m in machines if m.network.startswith("bridge:")}):
+        on_it = [m for m in machines if m.network == bridge]
+        result.append(
+            {
+                "name": bridge,
+                "bridge": bridge.partition(":")[2],
+                "up": link_exists(bridge.partition(":")[2]),
+                "machines": [{"name": m.name, "state": m.state.value} for m in on_it],
+            }
+        )
+    return result
+
+
+def _address(layout: Layout, name: str) -> str | None:
+    from veneer.config.settings import parse_machine_name
+    from veneer.machines.state import load_machine
+
+    return load_machine(layout, parse_machine_name(name)).address
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    found = networks(Layout.from_env(args.root))
+    if args.json:
+        print_json(found)
+        return 0
+    rows = [
+        (n["name"], n["bridge"], n.get("subnet") or "-", "up" if n["up"] else "down", len(n["machines"]))
+        for n in found
+    ]
+    print_table(("NETWORK", "BRIDGE", "SUBNET", "STATE", "MACHINES"), rows)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from veneer.errors import UsageError
+
+    found = {n["name"]: n for n in networks(Layout.from_env(args.root))}
+    if args.name not in found:
+        raise UsageError(f"No network '{args.name}'", hint=f"Networks: {', '.join(found)}.")
+    network = found[args.name]
+    if args.json:
+        print_json(network)
+        return 0
+    for key, value in network.items():
+        if key != "machines":
+            print(f"{key + ':':12} {value if value not in (None, []) else '-'}")
+    print()
+    rows = [(m["name"], m["state"], m.get("address") or "-", ", ".join(m.get("ports", [])) or "-")
+            for m in network["machines"]]  # fmt: skip
+    print_table(("MACHINE", "STATE", "ADDRESS", "PORTS"), rows)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from veneer.network.doctor import diagnose
+    from veneer.network.ipam import load_network_config
+
+    layout = Layout.from_env(args.root)
+    findings = diagnose(load_network_config(layout.network_config))
+    if args.json:
+        print_json([{"ok": f.ok, "check": f.check, "message": f.message, "fix": f.fix} for f in findings])
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'FAIL'} {f.check}: {f.message}")
+            if not f.ok and f.fix:
+                print(f"     fix: {f.fix}")
+    return 0 if all(f.ok for f in findings) else 1
