@@ -440,8 +440,8 @@ def machine_cgroups(name: str) -> list[Path]:
 
 
 def remove_store_cgroups(bench: Bench) -> None:
-    """Remove the run's store's own cgroup group (`veneer-HASH`) that veneer leaves, empty, in each
-    hierarchy after its machines' cgroups are gone."""
+    """Remove the run's store's own cgroup group (`veneer-HASH`) in each hierarchy, should veneer have left
+    it behind (it removes it with the store's last machine's cgroups)."""
     group = Path(Layout(root=bench.store, run=bench.runtime).cgroup("m")).parent
     if group == Path("veneer"):
         return  # the default store's group is shared with the host's own machines: never ours to remove

@@ -189,24 +189,23 @@ def test_doctor_names_a_broken_setting(natted: Store, breakage: str) -> None:
 
     config = load_network_config(store.root / "network.json")
     assert config is not None
+    setup: tuple[list[str], str | None]
     if breakage == "firewall":
         # A firewall of the kind docker installs: forwarded traffic dropped by policy.
-        setup = ["nft", "add table ip vt_block; add chain ip vt_block fwd "
-                 "{ type filter hook forward priority 0; policy drop; }"]  # fmt: skip
-        teardown = ["nft", "delete", "table", "ip", "vt_block"]
+        script = "table ip vt_block {\n chain block {\n type filter hook forward priority 0; policy drop;\n }\n}\n"
+        setup, teardown = (["nft", "-f", "-"], script), ["nft", "delete", "table", "ip", "vt_block"]
     else:
         # Another interface of the host that uses the pool's addresses.
-        setup = [
-            "sh",
-            "-c",
-            f"ip link add vt-dummy type dummy && ip addr add {config.pool.subnet[5]}/24 dev vt-dummy",
-        ]
-        teardown = ["ip", "link", "del", "vt-dummy"]
-    proc.run(setup)
+        address = f"{config.pool.subnet[5]}/{config.pool.subnet.prefixlen}"
+        command = (
+            f"ip link add vt-clash type veth peer name vt-clash-p && ip addr add {address} dev vt-clash"
+        )
+        setup, teardown = (["sh", "-c", command], None), ["ip", "link", "del", "vt-clash"]
+    proc.run(setup[0], input=setup[1])
     try:
         report = store.veneer("doctor", ok=(1,)).stdout
         failing = [line for line in report.splitlines() if line.startswith("FAIL")]
-        assert len(failing) == 1 and f" {breakage}:" in failing[0], report
+        assert any(line.startswith(f"FAIL {breakage}:") for line in failing), report
         assert "fix:" in report
     finally:
         proc.run(teardown)
