@@ -192,7 +192,8 @@ def test_doctor_names_a_broken_setting(natted: Store, breakage: str) -> None:
     setup: tuple[list[str], str | None]
     if breakage == "firewall":
         # A firewall of the kind docker installs: forwarded traffic dropped by policy.
-        script = "table ip vt_block {\n chain block {\n type filter hook forward priority 0; policy drop;\n }\n}\n"
+        script = "table ip vt_block {\n chain block {\n type filter hook forward priority 0; policy drop;\n"
+        script += " }\n}\n"
         setup, teardown = (["nft", "-f", "-"], script), ["nft", "delete", "table", "ip", "vt_block"]
     else:
         # Another interface of the host that uses the pool's addresses.
