@@ -214,18 +214,30 @@ class Background:
             self.process.wait()
 
 
+# Held off while a background command starts, so that it is in its list for the cleanups before a Ctrl-C
+# or SIGTERM unwinds the run.
+DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def spawn_logged(
-    argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, cgroups: Sequence[Path] = ()
+    argv: Sequence[str],
+    *,
+    into: list[Background],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cgroups: Sequence[Path] = (),
 ) -> Background:
-    """Start argv in the background: stdin from /dev/null, stdout and stderr appended to `log`, in the
-    given cgroups from its first instruction on."""
+    """Start argv in the background and append it to `into`: stdin from /dev/null, stdout and stderr
+    appended to `log`, in the given cgroups from its first instruction on."""
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     procs = [os.fspath(d / "cgroup.procs") for d in cgroups]
 
     def before_exec() -> None:
-        # Between fork and exec: stdlib calls only. A session of its own, so that a Ctrl-C at the terminal
-        # reaches the harness alone, whose cleanups then stop the command in order.
+        # Between fork and exec: stdlib calls only. The blocked signals would stay blocked in the command:
+        # unblock them. A session of its own, so that a Ctrl-C at the terminal reaches the harness alone,
+        # whose cleanups then stop the command in order.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.setsid()
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -235,12 +247,17 @@ def spawn_logged(
             os.write(fd, b"0")
             os.close(fd)
 
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
     try:
-        process = spawn(argv, env=env, before_exec=before_exec)
+        background = Background(
+            argv=list(argv), process=spawn(argv, env=env, before_exec=before_exec), log=log
+        )
+        into.append(background)
     finally:
         os.close(out)
         os.close(null)
-    return Background(argv=list(argv), process=process, log=log)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held off is handled here
+    return background
 
 
 def wait_all(jobs: Sequence[Background], *, what: str, timeout: float) -> None:
@@ -364,11 +381,26 @@ def processes_using(paths: Sequence[Path]) -> dict[int, str]:
 
 def kill_nspawn(nspawn: Background) -> None:
     """Cleanup only: SIGKILL the container's PID 1 (which ends its pid namespace) and nspawn."""
+    if nspawn.process.poll() is not None:
+        return  # exited and reaped: its pid may be another process's by now
     init = container_init(nspawn.pid)
     if init is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(init, signal.SIGKILL)
     nspawn.kill()
+
+
+def end_nspawns(nspawns: Sequence[Background], *, patience: float = 10.0) -> None:
+    """Cleanup only: SIGTERM, so that nspawn removes its lock files under /run/systemd/nspawn/locks and
+    its container powers off; SIGKILL what is left after `patience` seconds."""
+    running = [nspawn for nspawn in nspawns if nspawn.process.poll() is None]
+    for nspawn in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(nspawn.pid, signal.SIGTERM)
+    with contextlib.suppress(CommandFailed):
+        wait_all(running, what="exit after SIGTERM", timeout=patience)
+    for nspawn in running:
+        kill_nspawn(nspawn)
 
 
 def stop_nspawn(nspawn: Background) -> None:
@@ -782,7 +814,7 @@ class NspawnBoot(Contender):
         self.command += " -D TREE " + " ".join(self.boot) + " (NOTIFY_SOCKET=S)"
         self.cgroups: list[Path] = []
         self.notify: socket.socket | None = None
-        self.running: Background | None = None
+        self.running: list[Background] = []  # at most one
 
     def setup(self) -> None:
         run(["cp", "-a", self.bases.debian().tree, self.tree], capture=True)
@@ -790,8 +822,8 @@ class NspawnBoot(Contender):
         if self.isolated:
             # --private-users=pick chowns the copy on its first run, unless it can map it with an idmapped
             # mount (nspawn 252 on ext4 does): not part of the task either way.
-            first = self.spawn(["--pipe", "--", "/bin/true"])
-            wait_all([first], what="run /bin/true", timeout=STOP_TIMEOUT)
+            wait_all([self.spawn(["--pipe", "--", "/bin/true"])], what="run /bin/true", timeout=STOP_TIMEOUT)
+            self.running.clear()
             prune_cgroups(self.cgroups, keep_top=True)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.notify.bind(os.fspath(self.socket_path))
@@ -799,23 +831,23 @@ class NspawnBoot(Contender):
     def spawn(self, args: list[str]) -> Background:
         env = {"NOTIFY_SOCKET": os.fspath(self.socket_path)}
         log = self.bench.log_file(self.tree.name)
-        return spawn_logged(["systemd-nspawn", *self.flags, *args], log=log, env=env, cgroups=self.cgroups)
+        argv = ["systemd-nspawn", *self.flags, *args]
+        return spawn_logged(argv, into=self.running, log=log, env=env, cgroups=self.cgroups)
 
     def measure(self, i: int) -> None:
         assert self.notify is not None
-        self.running = self.spawn(self.boot)
-        wait_for_ready(self.notify, self.running, timeout=BOOT_TIMEOUT)
+        wait_for_ready(self.notify, self.spawn(self.boot), timeout=BOOT_TIMEOUT)
 
     def reset(self, i: int) -> None:
-        assert self.running is not None and self.notify is not None
-        stop_nspawn(self.running)
-        self.running = None
+        assert self.notify is not None
+        stop_nspawn(self.running[0])
+        self.running.clear()
         drain(self.notify)  # STOPPING=1 and the like, not to be read as the next boot's
         prune_cgroups(self.cgroups, keep_top=True)  # nspawn leaves payload/ and supervisor/ behind
 
     def teardown(self) -> None:
-        if self.running is not None:
-            kill_nspawn(self.running)
+        end_nspawns(self.running)
+        self.running.clear()
         if self.notify is not None:
             self.notify.close()
         self.socket_path.unlink(missing_ok=True)
@@ -894,16 +926,11 @@ class VeneerFleet(Fleet):
 
     def _all(self, verb: str, *flags: str, timeout: float) -> None:
         env = self.bench.veneer_env()
-        self.commands = [
-            spawn_logged(
-                self.bench.veneer_argv(verb, name, *flags),
-                log=self.bench.log_file(f"{verb}-{name}"),
-                env=env,
-            )
-            for name in self.names
-        ]
+        for name in self.names:
+            argv = self.bench.veneer_argv(verb, name, *flags)
+            spawn_logged(argv, into=self.commands, log=self.bench.log_file(f"{verb}-{name}"), env=env)
         wait_all(self.commands, what=f"veneer {verb}", timeout=timeout)
-        self.commands = []
+        self.commands.clear()
 
     def start_all(self) -> None:
         self._all("start", "--wait", timeout=BOOT_TIMEOUT + 30)
@@ -1004,7 +1031,7 @@ class VeneerFleet(Fleet):
                 with contextlib.suppress(CommandFailed):
                     wait_all([command], what="finish", timeout=BOOT_TIMEOUT + 30)
                 command.kill()
-        self.commands = []
+        self.commands.clear()
         if self.created:
             for name in self.created:
                 self.bench.veneer("stop", name, check=False)
@@ -1039,11 +1066,10 @@ class NspawnFleet(Fleet):
             self.cgroups[tree] = setup_nspawn_cgroup(tree.name)
 
     def start_all(self) -> None:
-        self.running = [
-            spawn_logged(["systemd-nspawn", *self.flags(tree)], log=self.bench.log_file(tree.name),
-                         cgroups=self.cgroups[tree])
-            for tree in self.trees
-        ]  # fmt: skip
+        for tree in self.trees:
+            argv = ["systemd-nspawn", *self.flags(tree)]
+            log = self.bench.log_file(tree.name)
+            spawn_logged(argv, into=self.running, log=log, cgroups=self.cgroups[tree])
         deadline = time.monotonic() + BOOT_TIMEOUT
         pending = list(self.running)
         while pending := [nspawn for nspawn in pending if not busybox_ready(nspawn.pid)]:
@@ -1059,16 +1085,15 @@ class NspawnFleet(Fleet):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(nspawn.pid, signal.SIGTERM)
         wait_all(self.running, what="exit after SIGTERM", timeout=STOP_TIMEOUT)
-        self.running = []
+        self.running.clear()
 
     def after_stop(self) -> None:
         for dirs in self.cgroups.values():
             prune_cgroups(dirs, keep_top=True)  # nspawn leaves payload/ and supervisor/ behind
 
     def teardown(self) -> None:
-        for nspawn in self.running:
-            kill_nspawn(nspawn)
-        self.running = []
+        end_nspawns(self.running)
+        self.running.clear()
         for dirs in self.cgroups.values():
             prune_cgroups(dirs, keep_top=False)
         self.cgroups = {}
@@ -1158,10 +1183,12 @@ def memory_survey(bench: Bench, bases: Bases) -> dict[str, Any]:
     processes: list[dict[str, Any]] = []
     try:
         fleet.setup()
-        fleet.start_all()
-        supervisors = [
-            spawn_logged(command, log=bench.log_file(f"supervisor-{n}")) for n in range(MEMORY_MACHINES)
-        ]
+        for name in fleet.names:
+            # One after the other: `veneer start`s run at once race on the console keepers' shared config
+            # file, and a keeper that read it half-written runs with tmux's defaults (see README).
+            bench.veneer("start", name, "--wait")
+        for n in range(MEMORY_MACHINES):
+            spawn_logged(command, into=supervisors, log=bench.log_file(f"supervisor-{n}"))
         time.sleep(SETTLE_SECONDS)  # the supervisors have done their imports; the machines are idle
         for name in fleet.names:
             keeper, nspawns = fleet.keeper_tree(name)

@@ -41,6 +41,11 @@ def assert_nothing_left(store: Store, *names: str) -> None:
         assert not machine_cgroups(store, name), f"cgroups of {name} left behind"
         assert status(store, name)["pid"] is None
         assert not console_keeper_alive(store, name), f"the console keeper of {name} is left behind"
+        assert not Path(f"/sys/class/net/vb-{name}").exists(), f"the veth of {name} is left behind"
+    running = [m for m in json.loads(store.veneer("list", "--json").stdout) if m["state"] == "running"]
+    if not running:
+        bridge = Layout(root=store.root, run=store.run).nat_bridge
+        assert not Path(f"/sys/class/net/{bridge}").exists(), "the bridge outlives the last nat machine"
 
 
 @pytest.fixture

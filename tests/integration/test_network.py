@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
+from veneer.config.layout import Layout
 from veneer.util import proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -79,7 +80,9 @@ def natted(busybox: Store, outside: Outside) -> Iterator[Store]:
     from veneer.network.ipam import NetworkConfig, choose_pool, host_networks, save_network_config
 
     busybox.root.mkdir(parents=True, exist_ok=True)
-    config = NetworkConfig(pool=choose_pool(host_networks()), dns=(OUTSIDE,))
+    layout = Layout(root=busybox.root, run=busybox.run)
+    bridge = layout.nat_bridge
+    config = NetworkConfig(bridge=bridge, pool=choose_pool(host_networks(bridge=bridge)), dns=(OUTSIDE,))
     save_network_config(busybox.root / "network.json", config)
     yield busybox
     names = [m["name"] for m in json.loads(busybox.veneer("list", "--json").stdout)]
@@ -157,7 +160,8 @@ def test_stopping_everything_leaves_links_and_rules_as_they_were(natted: Store) 
         store.veneer("create", name, "--from", "bb", "--port", f"{port}:80")
     store.veneer("start", "p", "q", "--wait")
     during = network_snapshot()
-    assert "veneer0" in during[0] and "table ip veneer" in during[1]
+    layout = Layout(root=store.root, run=store.run)
+    assert layout.nat_bridge in during[0] and f"table ip {layout.nat_table}" in during[1]
     store.veneer("stop", "p")
     assert "vb-p" not in network_snapshot()[0] and "vb-q" in network_snapshot()[0]
     store.veneer("stop", "q")

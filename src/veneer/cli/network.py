@@ -39,12 +39,12 @@ def networks(layout: Layout) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = [
         {
             "name": "nat",
-            "bridge": config.bridge if config else "veneer0",
+            "bridge": config.bridge if config else layout.nat_bridge,
             "subnet": str(config.pool.subnet) if config else None,
             "gateway": str(config.pool.gateway) if config else None,
             "dns": list(config.dns) if config else [],
-            "up": bool(config) and link_exists(config.bridge if config else "veneer0"),
-            "nftables": nat.table_exists("veneer"),
+            "up": config is not None and link_exists(config.bridge),
+            "nftables": nat.table_exists(layout.nat_table),
             "dnsmasq_pid": dns.running_pid(layout.network_run),
             "machines": [
                 {
@@ -115,7 +115,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from veneer.network.ipam import load_network_config
 
     layout = Layout.from_env(args.root)
-    findings = diagnose(load_network_config(layout.network_config))
+    findings = diagnose(load_network_config(layout.network_config), table=layout.nat_table)
     if args.json:
         print_json([{"ok": f.ok, "check": f.check, "message": f.message, "fix": f.fix} for f in findings])
     else:

@@ -121,12 +121,25 @@ class Layout:
     def console_config(self) -> Path:
         return self.run / "console.conf"
 
-    def cgroup(self, name: str) -> str:
-        """The machine's cgroup, relative to each hierarchy: `veneer/<name>` for the default store, and a
-        group of its own for every other store, so two stores' machines of one name never meet."""
+    @property
+    def _store_tag(self) -> str:
+        """Empty for the default store; else a short hash of the root, for names every store has once per
+        host (cgroups, the nat bridge, the nftables table), so two stores never share or remove them."""
         if self.root == DEFAULT_ROOT:
-            return f"veneer/{name}"
-        return f"veneer-{hashlib.sha256(os.fsencode(self.root)).hexdigest()[:8]}/{name}"
+            return ""
+        return hashlib.sha256(os.fsencode(self.root)).hexdigest()[:8]
+
+    def cgroup(self, name: str) -> str:
+        """The machine's cgroup, relative to each hierarchy: `veneer/<name>` for the default store."""
+        return f"veneer-{self._store_tag}/{name}" if self._store_tag else f"veneer/{name}"
+
+    @property
+    def nat_bridge(self) -> str:
+        return f"vn-{self._store_tag}" if self._store_tag else "veneer0"
+
+    @property
+    def nat_table(self) -> str:
+        return f"veneer_{self._store_tag}" if self._store_tag else "veneer"
 
     @property
     def network_config(self) -> Path:

@@ -57,7 +57,9 @@ def network_config(layout: Layout) -> NetworkConfig:
     """The store's nat network, chosen on first use to avoid the host's own routes; store lock held."""
     config = load_network_config(layout.network_config)
     if config is None:
-        config = NetworkConfig(pool=choose_pool(host_networks()))
+        config = NetworkConfig(
+            bridge=layout.nat_bridge, pool=choose_pool(host_networks(bridge=layout.nat_bridge))
+        )
         save_network_config(layout.network_config, config)
     return config
 
@@ -104,7 +106,9 @@ def _refresh(layout: Layout, config: NetworkConfig, machines: Sequence[MachineRe
         if m.address
         for p in m.ports
     ]
-    nat.apply_ruleset(nat.ruleset(bridge=config.bridge, pool=config.pool, forwards=forwards))
+    nat.apply_ruleset(
+        nat.ruleset(table=layout.nat_table, bridge=config.bridge, pool=config.pool, forwards=forwards)
+    )
     hosts = {str(m.name): IPv4Address(m.address) for m in machines if m.address}
     upstream = list(config.dns) or dns.upstream_servers()
     dns.setup_dns(layout.network_run, bridge=config.bridge, pool=config.pool, upstream=upstream, hosts=hosts)
@@ -158,7 +162,7 @@ def detach_machine(layout: Layout, name: MachineName) -> None:
         if remaining:
             _refresh(layout, config, remaining)
             return
-        nat.remove_table()
+        nat.remove_table(layout.nat_table)
         dns.remove_dns(layout.network_run)
         links.remove_bridge(config.bridge)
         for leftover in ("resolv.conf", "host0.network"):
