@@ -42,6 +42,7 @@ from veneer.overlay.mount import is_mounted, unmount
 from veneer.runtime import cgroups, console
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import NSPAWN_STATE_DIR, is_systemd_host, needs_private_state_dir, nspawn_argv
+from veneer.util.proc import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -298,12 +299,7 @@ def _running_boot(layout: Layout, name: MachineName) -> RuntimeRecord | None:
 
 
 def _wait_gone(runtime: RuntimeRecord, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while is_alive(runtime):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return wait_until(lambda: not is_alive(runtime), timeout=timeout, interval=0.05)
 
 
 def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:

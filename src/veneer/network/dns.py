@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import stat
-import time
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from veneer.errors import CommandFailed, NetworkError
 from veneer.network.ipam import Pool
 from veneer.util.fs import atomic_write
-from veneer.util.proc import run
+from veneer.util.proc import run, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -210,12 +209,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return wait_until(lambda: not _alive(pid), timeout=timeout, interval=0.01)
 
 
 def _stop(pid: int, config: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from veneer.errors import CommandFailed
@@ -156,3 +157,13 @@ def wait_forwarding(process: subprocess.Popen[bytes]) -> int:
             signal.signal(sig, handler)
     # A child killed by a signal exits like a shell reports it: 128 + the signal number.
     return 128 - returncode if returncode < 0 else returncode
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, interval: float = 0.02) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
