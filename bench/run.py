@@ -414,6 +414,14 @@ def stop_nspawn(nspawn: Background) -> None:
         raise
 
 
+def remove_nspawn_lock(tree: Path) -> None:
+    """Cleanup only, once no nspawn runs on `tree`: remove the lock file nspawn keeps for it under
+    /run/systemd/nspawn/locks, which an nspawn killed before it could release it leaves behind."""
+    with contextlib.suppress(FileNotFoundError):
+        st = tree.stat()
+        Path(f"/run/systemd/nspawn/locks/inode-{st.st_dev}:{st.st_ino}").unlink()
+
+
 def cgroup_hierarchies(mountinfo: str | None = None) -> list[Path]:
     """The hierarchies nspawn needs a cgroup in: the v2 one and, on hybrid and v1 hosts, name=systemd."""
     text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
@@ -852,6 +860,7 @@ class NspawnBoot(Contender):
             self.notify.close()
         self.socket_path.unlink(missing_ok=True)
         prune_cgroups(self.cgroups, keep_top=False)
+        remove_nspawn_lock(self.tree)
         shutil.rmtree(self.tree, ignore_errors=True)
 
 
@@ -1097,6 +1106,8 @@ class NspawnFleet(Fleet):
         for dirs in self.cgroups.values():
             prune_cgroups(dirs, keep_top=False)
         self.cgroups = {}
+        for tree in self.trees:
+            remove_nspawn_lock(tree)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

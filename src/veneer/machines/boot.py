@@ -317,7 +317,12 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):
         unmount(root)
-    for path in (layout.boot_script(name), layout.notify_socket(name), layout.boot_status(name)):
+    for path in (
+        layout.boot_script(name),
+        layout.notify_socket(name),
+        layout.boot_status(name),
+        layout.console_socket(name),
+    ):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     if runtime is not None and runtime.mode == "boot" and runtime.pid != os.getpid():

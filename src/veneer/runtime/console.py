@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from veneer.util import proc
+from veneer.util.fs import atomic_write
 
 LOG_LIMIT_BYTES = 4 << 20
 DETACH_KEY = "C-]"
@@ -85,7 +86,10 @@ def start_argv(
 
 def write_config(path: Path, *, reap: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(CONFIG.format(detach=DETACH_KEY, reap=reap.replace("'", "'\\''")))
+    text = CONFIG.format(detach=DETACH_KEY, reap=reap.replace("'", "'\\''"))
+    # Atomically, and only when it changes: tmux servers of machines starting meanwhile are reading it.
+    if not path.exists() or path.read_text() != text:
+        atomic_write(path, text)
 
 
 def start_session(socket: Path, config: Path, name: str, command: Sequence[str], *, log: Path) -> None:
