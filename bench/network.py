@@ -67,7 +67,7 @@ SUBNET_RANGE = IPv4Network("10.213.0.0/16")
 SERVER_TIMEOUT = 10.0
 STOP_PATIENCE = 5.0
 POLL_INTERVAL = 0.01
-DEFAULT_REPEAT = {"throughput": 5, "latency": 10, "start": 10}
+DEFAULT_REPEAT = {"throughput": 10, "latency": 10, "start": 10}
 
 
 def log(message: str) -> None:
@@ -414,6 +414,25 @@ def link_details(name: str, *, netns: str | None = None) -> dict[str, Any]:
     return {key: link.get(key) for key in keys}
 
 
+def netns_details(pid: int, interface: str) -> dict[str, Any]:
+    """The settings in the network namespace of process `pid` that could make one side slower: its
+    interface, reverse-path filtering, and whether any netfilter rules (and so conntrack) exist there."""
+    enter = ["nsenter", f"--target={pid}", "--net"]
+    link = json.loads(
+        run([*enter, "ip", "-j", "-d", "link", "show", "dev", interface], capture=True).stdout
+    )[0]
+    sysctls = {}
+    for name in ("all/rp_filter", f"{interface}/rp_filter", "all/forwarding"):
+        sysctls[name] = run([*enter, "cat", f"/proc/sys/net/ipv4/conf/{name}"], capture=True).stdout.strip()
+    rules = run([*enter, "nft", "list", "ruleset"], capture=True).stdout
+    keys = ["mtu", "qdisc", "num_tx_queues", "num_rx_queues", "gso_max_size", "gro_max_size", "tso_max_size"]
+    return {
+        **{key: link.get(key) for key in keys},
+        "sysctl": sysctls,
+        "nft_ruleset_lines": len(rules.splitlines()),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # veneer's side: images, the iperf3 image's tree, machines on the nat network.
 
@@ -598,12 +617,16 @@ class Topology:
             "plain bridge": link_details(self.plain.bridge),
         }
         bench.info["bridge_nf_call_iptables"] = read_sysctl("net/bridge/bridge-nf-call-iptables")
+        inside: dict[str, dict[str, Any]] = {}
         for which, machine in self.machines.items():
             argv = bench.veneer_argv("exec", machine, "--", "iperf3", "-s", "-p", str(IPERF_PORT))
-            start_server(bench, f"veneer-{which}", argv, env=bench.veneer_env())
+            server = start_server(bench, f"veneer-{which}", argv, env=bench.veneer_env())
+            inside[f"veneer machine {which}"] = netns_details(server.iperf_pid, "host0")
         for which in ("v", "a", "b"):
             argv = self.plain.exec_argv(which, [os.fspath(IPERF), "-s", "-p", str(IPERF_PORT)])
-            start_server(bench, f"plain-{which}", argv)
+            server = start_server(bench, f"plain-{which}", argv)
+            inside[f"plain netns {which}"] = netns_details(server.iperf_pid, "eth0")
+        bench.info["inside"] = inside
 
     def in_machine(self, which: str) -> Runner:
         machine = self.machines[which]
@@ -988,14 +1011,23 @@ def summarize(
                 pooled_p99_ms=percentile(pooled, 99),
                 per_repetition_p50_ms=p50s,
                 per_repetition_p99_ms=p99s,
+                per_repetition=p50s,
             )
         else:
             values = [rep[0] for rep in series]
-            row.update(median=statistics.median(values), min=min(values), max=max(values))
+            row.update(
+                median=statistics.median(values), min=min(values), max=max(values), per_repetition=values
+            )
         rows.append(row)
     key = "p50_ms" if benchmark.unit == "ms" else "median"
     for row, contender in zip(rows, contenders, strict=True):
-        row["ratio"] = row[key] / rows[contender.reference][key]
+        reference = rows[contender.reference]
+        row["ratio"] = row[key] / reference[key]
+        # Contenders take turns within a repetition, so a repetition's ratio compares measurements made
+        # seconds apart; its median drifts less with the host's load than the ratio of the medians.
+        pairs = zip(row["per_repetition"], reference["per_repetition"], strict=True)
+        row["paired_ratios"] = [ours / theirs for ours, theirs in pairs]
+        row["paired_ratio_median"] = statistics.median(row["paired_ratios"])
         if benchmark.unit == "ms":
             row["ratio_p99"] = row["p99_ms"] / rows[contender.reference]["p99_ms"]
     return {"name": benchmark.name, "what": benchmark.what, "unit": benchmark.unit, "contenders": rows}
@@ -1013,43 +1045,50 @@ def milli(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def paired(row: dict[str, Any]) -> str:
+    """The median of the per-repetition ratios, and their range."""
+    ratios = row["paired_ratios"]
+    return f"{row['paired_ratio_median']:.2f}x ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def format_table(result: dict[str, Any]) -> list[str]:
     rows = result["contenders"]
     if result["unit"] == "bit/s":
         lines = [
             f"`{result['name']}`: {result['what']}",
             "",
-            "| direction | contender | median | min | max | median / plain | retransmits (median) |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| direction | contender | median | min | max | median / plain | paired | retransmits |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for row in rows:
             lines.append(
                 f"| {row['group']} | {row['name']} | {gbits(row['median'])} | {gbits(row['min'])} "
-                f"| {gbits(row['max'])} | {row['ratio']:.2f}x | {statistics.median(row['retransmits']):g} |"
+                f"| {gbits(row['max'])} | {row['ratio']:.2f}x | {paired(row)} "
+                f"| {statistics.median(row['retransmits']):g} |"
             )
     elif result["unit"] == "ms":
         lines = [
             f"`{result['name']}`: {result['what']}",
             "",
-            "| direction | contender | p50 | p99 | min | p50 / plain | p99 / plain |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| direction | contender | p50 | p99 | min | p50 / plain | paired p50 | p99 / plain |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for row in rows:
             lines.append(
                 f"| {row['group']} | {row['name']} | {micro(row['p50_ms'])} | {micro(row['p99_ms'])} "
-                f"| {micro(row['min_ms'])} | {row['ratio']:.2f}x | {row['ratio_p99']:.2f}x |"
+                f"| {micro(row['min_ms'])} | {row['ratio']:.2f}x | {paired(row)} | {row['ratio_p99']:.2f}x |"
             )
     else:
         lines = [
-            f"`{result['name']}`: {result['what']} (lower is better)",
+            f"`{result['name']}`: {result['what']}",
             "",
-            "| contender | timed command | median | min | max | median / --network none |",
-            "|---|---|---:|---:|---:|---:|",
+            "| contender | timed command | median | min | max | median / --network none | paired |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for row in rows:
             lines.append(
                 f"| {row['name']} | `{row['command']}` | {milli(row['median'])} | {milli(row['min'])} "
-                f"| {milli(row['max'])} | {row['ratio']:.2f}x |"
+                f"| {milli(row['max'])} | {row['ratio']:.2f}x | {paired(row)} |"
             )
     notes = [f"- {row['group']}, {row['name']}: {note}" for row in rows for note in row["notes"]]
     return [*lines, *([""] + notes if notes else [])]
@@ -1163,9 +1202,7 @@ def raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="veneer network benchmarks (as root)")
     parser.add_argument("--only", choices=[b.name for b in BENCHMARKS], help="run one benchmark")
-    parser.add_argument(
-        "--repeat", type=int, help="repetitions per contender (default: throughput 5, latency 10, start 10)"
-    )
+    parser.add_argument("--repeat", type=int, help="repetitions per contender (default 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
     return parser.parse_args(argv)
 

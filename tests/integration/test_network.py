@@ -94,7 +94,7 @@ def network_snapshot() -> tuple[list[str], str]:
     links = sorted(
         line.split(":")[1].strip().split("@")[0] for line in _out(["ip", "-o", "link"]).splitlines()
     )
-    return links, _out(["nft", "list", "ruleset"])
+    return links, _out(["nft", "-s", "list", "ruleset"])  # -s: no counters, which other traffic moves
 
 
 def _out(argv: list[str]) -> str:

@@ -399,9 +399,9 @@ def run_machine(
                     enter_private_state_dir()
 
             process = spawn(nspawn_argv(spec), env=env, before_exec=before_exec)
+            _save_runtime(layout, name, process.pid, owns_mount)
             if net.bridge is not None:
                 _configure_when_ready(layout, record, process.pid)
-            _save_runtime(layout, name, process.pid, owns_mount)
             return wait_forwarding(process)
         finally:
             _end_run(layout, name, owns_mount=owns_mount)
@@ -423,7 +423,8 @@ def _configure_when_ready(layout: Layout, record: MachineRecord, nspawn_pid: int
 
 def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:
     start_time = process_start_time(pid)
-    assert start_time is not None, "the process was just started"
+    if start_time is None:
+        return  # it has ended already; the record of the caller (kept until cleanup) says enough
     save_runtime(
         layout,
         RuntimeRecord(

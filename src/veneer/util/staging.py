@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from veneer.util.fs import locked, make_private_dir, random_hex, remove_tree, try_lock
+from veneer.util.proc import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +50,24 @@ def sweep_staging(staging: Path) -> list[str]:
         if fd is None and entry.is_dir():
             continue  # still being built (or deleted) by a live command
         try:
-            remove_tree(entry)
-            removed.append(entry.name)
-        except OSError as e:
-            # A helper of the dead command may still be writing there; the next sweep gets the rest.
-            logger.debug("Cannot remove '%s' yet: %s", entry, e)
+            # A helper of the dead command may still be writing there for a moment (it gets SIGKILL
+            # when its parent dies): try again briefly, then leave the rest to the next sweep.
+            if wait_until(functools.partial(_removed, entry), timeout=2.0, interval=0.1):
+                removed.append(entry.name)
+            else:
+                logger.debug("Cannot remove '%s' yet, leaving it to the next command.", entry)
         finally:
             if fd is not None:
                 os.close(fd)
     return removed
+
+
+def _removed(path: Path) -> bool:
+    try:
+        remove_tree(path)
+    except OSError:
+        return False
+    return True
 
 
 def trash(path: Path, staging: Path) -> Path:
