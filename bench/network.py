@@ -498,7 +498,7 @@ def make_iperf_tree(bench: Bench, tree: Path) -> None:
     bench.info["iperf3_in_image"] = version.splitlines()[0]
 
 
-def running_machines(bench: Bench) -> dict[str, dict[str, Any]]:
+def store_machines(bench: Bench) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in json.loads(bench.veneer("list", "--json").stdout)}
 
 
@@ -513,11 +513,12 @@ class Veneer:
     def busybox(self) -> None:
         if "bb" in self.made:
             return
-        self.bench.defer(lambda: self.bench.veneer("image", "rm", "bb"), "veneer image rm bb")
+        self.bench.defer(lambda: self.remove_image("bb"), "veneer image rm bb")
         self.bench.timed_setup("veneer image create bb --busybox", self._create_busybox)
         self.made.add("bb")
-        # The nat network's subnet, set the documented way (network.json) before the first nat machine
-        # exists, so that no other store on this host can pick the same one meanwhile.
+        # The nat network's subnet, set the documented way (network.json) before the first nat machine is
+        # made: outside veneer's candidate pools, so that no other store on this busy host can choose it too
+        # (veneer chooses a pool at a store's first nat create, from the host's routes of that moment).
         layout = self.bench.layout
         config = NetworkConfig(bridge=layout.nat_bridge, pool=Pool.from_subnet(self.pool))
         save_network_config(layout.network_config, config)
@@ -534,7 +535,7 @@ class Veneer:
             "iperf3 tree: bb's tree + host iperf3 and its libraries",
             lambda: make_iperf_tree(self.bench, tree),
         )
-        self.bench.defer(lambda: self.bench.veneer("image", "rm", "ipf"), "veneer image rm ipf")
+        self.bench.defer(lambda: self.remove_image("ipf"), "veneer image rm ipf")
         self.bench.timed_setup("veneer image create ipf --from-dir TREE", lambda: self._create_iperf(tree))
         run(["rm", "-rf", "--one-file-system", tree], capture=True)
         self.made.add("ipf")
@@ -544,16 +545,24 @@ class Veneer:
 
     def create(self, machine: str, image: str, network: str) -> None:
         """Create a machine, to be stopped (if it runs) and removed at the end of the run."""
-        self.bench.defer(lambda: self.bench.veneer("rm", machine), f"veneer rm {machine}")
+        self.bench.defer(lambda: self.remove(machine), f"veneer rm {machine}")
         self.bench.veneer("create", machine, "--from", image, "--network", network)
         self.bench.defer(lambda: self.stop(machine), f"veneer stop {machine}")
 
+    def remove(self, machine: str) -> None:
+        if machine in store_machines(self.bench):
+            self.bench.veneer("rm", machine)
+
+    def remove_image(self, image: str) -> None:
+        if image in {i["name"] for i in json.loads(self.bench.veneer("image", "list", "--json").stdout)}:
+            self.bench.veneer("image", "rm", image)
+
     def stop(self, machine: str) -> None:
-        if running_machines(self.bench).get(machine, {}).get("state") == "running":
+        if store_machines(self.bench).get(machine, {}).get("state") == "running":
             self.bench.veneer("stop", machine)
 
     def address(self, machine: str) -> IPv4Address:
-        addresses = running_machines(self.bench)[machine]["addresses"]
+        addresses = store_machines(self.bench)[machine]["addresses"]
         return IPv4Address(addresses[0])
 
     @property
@@ -716,8 +725,9 @@ class Iperf(Contender):
         argv = [str(peer.address) if word == "ADDR" else word for word in self.argv]
         report = json.loads(self.client_of()(argv).stdout)
         end = report["end"]
-        self.retransmits.append(int(end["sum_sent"].get("retransmits", 0)))
-        self.cpu.append(end.get("cpu_utilization_percent", {}))
+        if i >= 0:  # as the samples: timed repetitions only
+            self.retransmits.append(int(end["sum_sent"].get("retransmits", 0)))
+            self.cpu.append(end.get("cpu_utilization_percent", {}))
         return [float(end["sum_received"]["bits_per_second"])]
 
     def extras(self) -> dict[str, Any]:
@@ -760,7 +770,8 @@ class Ping(Contender):
         argv = [str(peer.address) if word == "ADDR" else word for word in self.argv]
         output = self.client_of()(argv).stdout
         times = {int(seq): float(ms) for seq, ms in PING_LINE.findall(output)}
-        self.lost += PINGS + 1 - len(times)
+        if i >= 0:
+            self.lost += PINGS + 1 - len(times)
         return [ms for seq, ms in sorted(times.items()) if seq > 0]
 
     def notes(self) -> list[str]:
@@ -829,6 +840,7 @@ class VeneerStart(Contender):
         if self.checks:
             notes.append(
                 f"ping right after start: {self.checks - self.unreachable} of {self.checks} answered"
+                " (warm-up included)"
             )
         if self.left_after_stop:
             notes.append("left after the stop of the last nat machine: " + "; ".join(self.left_after_stop))
