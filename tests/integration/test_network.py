@@ -90,6 +90,11 @@ def natted(busybox: Store, outside: Outside) -> Iterator[Store]:
         busybox.veneer("stop", *names, "--timeout", "5", ok=(0, 1))
 
 
+def status_of(store: Store, name: str) -> str:
+    state: str = json.loads(store.veneer("status", name, "--json").stdout)["state"]
+    return state
+
+
 def network_snapshot() -> tuple[list[str], str]:
     links = sorted(
         line.split(":")[1].strip().split("@")[0] for line in _out(["ip", "-o", "link"]).splitlines()
@@ -212,6 +217,12 @@ def test_doctor_names_a_broken_setting(natted: Store, breakage: str) -> None:
         failing = [line for line in report.splitlines() if line.startswith("FAIL")]
         assert any(line.startswith(f"FAIL {breakage}:") for line in failing), report
         assert "fix:" in report
+        if breakage == "pool":
+            # Starting a nat machine on a clashing pool is refused, with the way out.
+            store.veneer("create", "c1", "--from", "bb")
+            refused = store.veneer("start", "c1", ok=(1,))
+            assert "overlaps the host's" in refused.stderr and "veneer doctor" in refused.stderr
+            assert status_of(store, "c1") == "stopped"
     finally:
         proc.run(teardown)
     assert store.veneer("doctor").returncode == 0

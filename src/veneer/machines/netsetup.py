@@ -114,6 +114,16 @@ def _refresh(layout: Layout, config: NetworkConfig, machines: Sequence[MachineRe
     dns.setup_dns(layout.network_run, bridge=config.bridge, pool=config.pool, upstream=upstream, hosts=hosts)
 
 
+def _refuse_clashing_pool(config: NetworkConfig) -> None:
+    """The pool was free when chosen; another network (another store's, a VPN) may have taken it since."""
+    clashes = [n for n in host_networks(bridge=config.bridge) if n.overlaps(config.pool.subnet)]
+    if clashes:
+        raise NetworkError(
+            f"The nat network {config.pool.subnet} overlaps the host's {', '.join(map(str, clashes))}",
+            hint="Run 'veneer doctor' for a free subnet to set in network.json, or remove that route.",
+        )
+
+
 def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachment:
     """Put a machine that is about to start on its network."""
     if record.network.mode is not NetworkMode.NAT:
@@ -122,6 +132,8 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
     with locked(layout.network_run / "lock", what="The nat network", wait=True):
         config = load_network_config(layout.network_config)
         assert config is not None and record.address, "nat machines get an address at create"
+        if not links.link_exists(config.bridge):
+            _refuse_clashing_pool(config)
         links.setup_bridge(config.bridge, config.pool)
         _refresh(layout, config, _running_nat(layout, extra=record, without=None))
         resolv = layout.network_run / "resolv.conf"
