@@ -175,6 +175,10 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_reap(args: argparse.Namespace) -> int:
     from veneer.machines.boot import reap_machine
 
+    # Run by the console keeper, which ends (signalling its jobs) once the session this removes is gone.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     reap_machine(_layout(args), args.name)
     return 0
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import MachineBusy, MachineError
+from veneer.errors import Error, MachineBusy, MachineError
 from veneer.machines.guest import InitKind, detect_init, find_leader
 from veneer.machines.lifecycle import machine_lock, mount_overlay_of, recover_machine, refuse_if_running
 from veneer.machines.netsetup import attach_machine, configure_address, detach_machine
@@ -312,11 +312,23 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     cgroups.kill_cgroups(layout.cgroup(name))
     with contextlib.suppress(OSError):
         cgroups.remove_cgroups(layout.cgroup(name))
-    detach_machine(layout, name)
-    console.kill_session(layout.console_socket(name), name)
+    failure: Error | None = None
+    try:
+        detach_machine(layout, name)
+    except Error as e:  # the network of the others; the machine itself must still be cleaned up
+        logger.warning("Failed to take '%s' off its network: %s", name, e.message)
+        failure = e
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):
         unmount(root)
+    if runtime is not None and runtime.mode == "boot" and runtime.pid != os.getpid():
+        asked = requested or runtime.stopping
+        # No status: nspawn or the console keeper was killed; that is a failure unless veneer did it.
+        save_exit(layout, name, ExitRecord(status=255 if status is None else status, requested=asked,
+                                           ended=time.time()))  # fmt: skip
+    remove_runtime(layout, name)
+    # Last: the console keeper exits with its session, and takes `veneer _reap` (its child) with it.
+    console.kill_session(layout.console_socket(name), name)
     for path in (
         layout.boot_script(name),
         layout.notify_socket(name),
@@ -325,12 +337,8 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     ):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    if runtime is not None and runtime.mode == "boot" and runtime.pid != os.getpid():
-        asked = requested or runtime.stopping
-        # No status: nspawn or the console keeper was killed; that is a failure unless veneer did it.
-        save_exit(layout, name, ExitRecord(status=255 if status is None else status, requested=asked,
-                                           ended=time.time()))  # fmt: skip
-    remove_runtime(layout, name)
+    if failure is not None:
+        raise failure
 
 
 def _exit_status(layout: Layout, name: MachineName, *, patience: float = 2.0) -> int | None:
