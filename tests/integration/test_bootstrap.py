@@ -94,8 +94,9 @@ def test_busybox_init_powers_off_on_sigusr2(work: Path) -> None:
     build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree)
     # As `veneer stop` will: nspawn, sent SIGTERM by timeout, passes SIGUSR2 to busybox init, which powers
     # off; nspawn then exits 0 (the default SIGRTMIN+3 would be ignored and timeout would kill it).
+    # 5 s: a signal that comes before busybox init has set up its handlers (a loaded host) is lost.
     result = proc.run(
-        ["timeout", "--preserve-status", "--kill-after=10", "2", *BOOT, f"--directory={tree}",
+        ["timeout", "--preserve-status", "--kill-after=10", "5", *BOOT, f"--directory={tree}",
          "--kill-signal=SIGUSR2"],
         capture=True,
     )  # fmt: skip
