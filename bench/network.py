@@ -36,13 +36,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
+
+# Shared with the other benchmarks (bench/ is on sys.path when a script in it runs).
+from run import (  # noqa: E402
+    descendants,
+    first_line,
+    loadavg,
+    log,
+    mounts_under,
+    raise_on_sigterm,
+)
 
 from veneer.config.layout import Layout  # noqa: E402
 from veneer.errors import CommandFailed  # noqa: E402
@@ -68,10 +77,6 @@ SERVER_TIMEOUT = 10.0
 STOP_PATIENCE = 5.0
 POLL_INTERVAL = 0.01
 DEFAULT_REPEAT = {"throughput": 10, "latency": 10, "start": 10}
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,24 +211,6 @@ def spawn_background(argv: Sequence[str], *, log: Path, env: Mapping[str, str] |
         os.close(out)
         os.close(null)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def child_pids(pid: int) -> list[int]:
-    children: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                children += [int(c) for c in (task / "children").read_text().split()]
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], child_pids(pid)
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += child_pids(child)
-    return found
 
 
 def process_name(pid: int) -> str:
@@ -1110,17 +1097,6 @@ def format_table(result: dict[str, Any]) -> list[str]:
 # Host details, and the last cleanups: leftovers of the store, processes, mounts, the scratch dir.
 
 
-def first_line(argv: Sequence[str]) -> str:
-    try:
-        return run(argv, capture=True).stdout.strip().splitlines()[0]
-    except (CommandFailed, IndexError):
-        return "unknown"
-
-
-def loadavg() -> list[str]:
-    return Path("/proc/loadavg").read_text().split()[:3]
-
-
 def host_info() -> dict[str, Any]:
     git = run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture=True, check=False)
     return {
@@ -1181,16 +1157,6 @@ def remove_leftovers(bench: Bench) -> None:
             time.sleep(1)
 
 
-def mounts_under(path: Path) -> list[str]:
-    prefix = os.fspath(path) + "/"
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point.startswith(prefix):
-            points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
 @contextlib.contextmanager
 def scratch_dir() -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(prefix="veneer-netbench-"))
@@ -1205,10 +1171,6 @@ def scratch_dir() -> Iterator[Path]:
             log(f"NOT removing {scratch}: still mounted: {', '.join(left)}")
         else:
             run(["rm", "-rf", "--one-file-system", scratch], check=False, capture=True)
-
-
-def raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: every cleanup runs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
