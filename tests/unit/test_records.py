@@ -8,7 +8,7 @@ import pytest
 from veneer.config.layout import Layout
 from veneer.config.settings import UID_RANGE_SIZE, Bind, ImageName, MachineName, Network, NetworkMode, Port
 from veneer.errors import MachineNotFound, StateCorrupt
-from veneer.images.store import ImageRecord, LayerRecord, load_image
+from veneer.images.store import ImageRecord, LayerRecord, Revision, load_image
 from veneer.machines.state import (
     UID_RANGE_FIRST,
     MachineRecord,
@@ -48,12 +48,15 @@ MACHINE_JSON = {
     "owner": None,
 }
 LAYER = LayerRecord(id="abcd", created=1.0, origin="busybox", size_bytes=4096)
-IMAGE = ImageRecord(name=ImageName("bb"), created=1.0, layers=(LAYER,))
+REVISION = Revision(number=0, created=1.0, command="busybox", layers=("abcd",))
+IMAGE = ImageRecord(name=ImageName("bb"), created=1.0, layers=(LAYER,), revisions=(REVISION,), current=0)
 IMAGE_JSON = {
-    "version": 1,
+    "version": 2,
     "name": "bb",
     "created": 1.0,
+    "current": 0,
     "layers": [{"version": 1, "id": "abcd", "created": 1.0, "origin": "busybox", "size_bytes": 4096}],
+    "revisions": [{"number": 0, "created": 1.0, "command": "busybox", "layers": ["abcd"]}],
 }
 RUNTIME = RuntimeRecord(
     name=MachineName("web1"), pid=42, start_time=7, mode="run", started=2.0, owns_mount=True
@@ -112,6 +115,22 @@ def test_image_revisions() -> None:
     assert IMAGE.layers_of(0) == (LAYER,)
     with pytest.raises(Exception, match="has no revision 1"):
         IMAGE.layers_of(1)
+    top = LayerRecord(id="ef01", created=2.0, origin="update", size_bytes=10)
+    updated = IMAGE.with_revision(
+        Revision(number=1, created=2.0, command="update", layers=("abcd", "ef01")), [top]
+    )
+    assert updated.current == 1 and updated.layers_of(1) == (LAYER, top) and updated.next_number == 2
+    assert updated.size_bytes == 4106
+    pruned = updated.without_revisions({1})
+    assert pruned.layers == (LAYER,) and [r.number for r in pruned.revisions] == [0]
+
+
+def test_version_1_image_records_read_as_linear_revisions() -> None:
+    top = {"version": 1, "id": "ef01", "created": 2.0, "origin": "update", "size_bytes": 10}
+    old = {"version": 1, "name": "bb", "created": 1.0, "layers": [IMAGE_JSON["layers"][0], top]}  # type: ignore[index]
+    image = ImageRecord.from_json(old)
+    assert image.current == 1
+    assert [r.layers for r in image.revisions] == [("abcd",), ("abcd", "ef01")]
 
 
 def test_allocate_uid_base_takes_lowest_free() -> None:

@@ -122,16 +122,18 @@ def _image_json(layout: Layout, name: str) -> dict[str, Any]:
         "name": image.name,
         "created": image.created,
         "size_bytes": image.size_bytes,
+        "current": image.current,
         "revisions": [
             {
-                "revision": rev,
-                "layer": layer.id,
-                "created": layer.created,
-                "origin": layer.origin,
-                "size_bytes": layer.size_bytes,
-                "machines": [m.name for m in machines if m.revision == rev],
+                "revision": revision.number,
+                "current": revision.number == image.current,
+                "layers": list(revision.layers),
+                "created": revision.created,
+                "command": revision.command,
+                "size_bytes": image.layers_of(revision.number)[-1].size_bytes,
+                "machines": [m.name for m in machines if m.revision == revision.number],
             }
-            for rev, layer in enumerate(image.layers)
+            for revision in image.revisions
         ],
         "machines": [m.name for m in machines],
     }
@@ -165,15 +167,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     print()
     rows = [
         (
-            r["revision"],
+            f"{r['revision']}{' *' if r['current'] else ''}",
             when(r["created"]),
             human_size(r["size_bytes"]),
             ", ".join(r["machines"]) or "-",
-            r["origin"],
+            r["command"],
         )
         for r in info["revisions"]
     ]
-    print_table(("REV", "CREATED", "SIZE", "MACHINES", "ORIGIN"), rows)
+    print_table(("REV", "CREATED", "SIZE", "MACHINES", "COMMAND"), rows)
+    print("(* current: what new machines and rebases get)")
     return 0
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,12 @@ from veneer.util.staging import staging_dir, sweep_staging, trash
 
 logger = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
+# Fills an empty layer tree (in overlay upper-dir format); the second directory is scratch space on the
+# same filesystem (an overlay work dir, a mount point), removed afterwards.
+LayerBuilder = Callable[[Path, Path], None]
+
+RECORD_VERSION = 2
+LAYER_RECORD_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +42,7 @@ class LayerRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": RECORD_VERSION,
+            "version": LAYER_RECORD_VERSION,
             "id": self.id,
             "created": self.created,
             "origin": self.origin,
@@ -55,44 +60,117 @@ class LayerRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Revision:
+    """One state of an image: a stack of layers, bottom first, and how it was made."""
+
+    number: int
+    created: float
+    command: str
+    layers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "created": self.created,
+            "command": self.command,
+            "layers": list(self.layers),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Revision:
+        return cls(
+            number=int(data["number"]),
+            created=float(data["created"]),
+            command=str(data["command"]),
+            layers=tuple(str(layer) for layer in data["layers"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ImageRecord:
-    """An image: its name and its layers, bottom (revision 0) first."""
+    """An image: its revisions, the layers they stack, and the revision new machines and rebases use.
+
+    Revisions form a tree: an update stacks one layer on the current revision, a rollback only moves
+    `current`, so an update after a rollback branches off. Layers are shared, never copied.
+    """
 
     name: ImageName
     created: float
-    layers: tuple[LayerRecord, ...]
+    layers: tuple[LayerRecord, ...]  # every layer a revision uses, in no particular order
+    revisions: tuple[Revision, ...]
+    current: int
 
     @property
     def latest(self) -> int:
-        return len(self.layers) - 1
+        """The revision new machines get and rebases go to (the name predates rollback)."""
+        return self.current
 
     @property
     def size_bytes(self) -> int:
         return sum(layer.size_bytes for layer in self.layers)
 
-    def layers_of(self, revision: int) -> tuple[LayerRecord, ...]:
+    @property
+    def next_number(self) -> int:
+        return max(r.number for r in self.revisions) + 1
+
+    def revision(self, number: int) -> Revision:
+        for revision in self.revisions:
+            if revision.number == number:
+                return revision
+        known = ", ".join(str(r.number) for r in self.revisions)
+        raise ImageError(
+            f"Image '{self.name}' has no revision {number}",
+            hint=f"Its revisions are {known}; see 'veneer image show {self.name}'.",
+        )
+
+    def layers_of(self, number: int) -> tuple[LayerRecord, ...]:
         """The layers of a revision, bottom first."""
-        if not 0 <= revision <= self.latest:
-            raise ImageError(
-                f"Image '{self.name}' has no revision {revision}",
-                hint=f"Revisions are 0 to {self.latest}; see 'veneer image show {self.name}'.",
-            )
-        return self.layers[: revision + 1]
+        by_id = {layer.id: layer for layer in self.layers}
+        return tuple(by_id[layer_id] for layer_id in self.revision(number).layers)
+
+    def with_revision(self, revision: Revision, new_layers: Sequence[LayerRecord] = ()) -> ImageRecord:
+        """This image with one more revision, made current."""
+        known = {layer.id for layer in self.layers}
+        layers = self.layers + tuple(layer for layer in new_layers if layer.id not in known)
+        return replace(self, layers=layers, revisions=(*self.revisions, revision), current=revision.number)
+
+    def without_revisions(self, numbers: set[int]) -> ImageRecord:
+        """This image without the given revisions and without the layers only they used."""
+        revisions = tuple(r for r in self.revisions if r.number not in numbers)
+        used = {layer_id for r in revisions for layer_id in r.layers}
+        return replace(self, revisions=revisions, layers=tuple(x for x in self.layers if x.id in used))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": RECORD_VERSION,
             "name": self.name,
             "created": self.created,
+            "current": self.current,
             "layers": [layer.to_json() for layer in self.layers],
+            "revisions": [revision.to_json() for revision in self.revisions],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageRecord:
+        layers = tuple(LayerRecord.from_json(layer) for layer in data["layers"])
+        if data["version"] == 1:  # revision N was the stack of the first N+1 layers
+            revisions = tuple(
+                Revision(
+                    number=n,
+                    created=x.created,
+                    command=x.origin,
+                    layers=tuple(y.id for y in layers[: n + 1]),
+                )
+                for n, x in enumerate(layers)
+            )
+            return cls(name=ImageName(data["name"]), created=float(data["created"]), layers=layers,
+                       revisions=revisions, current=len(layers) - 1)  # fmt: skip
         return cls(
             name=ImageName(data["name"]),
             created=float(data["created"]),
-            layers=tuple(LayerRecord.from_json(layer) for layer in data["layers"]),
+            layers=layers,
+            revisions=tuple(Revision.from_json(r) for r in data["revisions"]),
+            current=int(data["current"]),
         )
 
 
@@ -106,7 +184,7 @@ def load_image(layout: Layout, name: str) -> ImageRecord:
         )
     try:
         data = json.loads(path.read_text())
-        if data.get("version") != RECORD_VERSION:
+        if data.get("version") not in (1, RECORD_VERSION):
             raise ValueError(f"unknown version {data.get('version')!r}")
         return ImageRecord.from_json(data)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -155,31 +233,137 @@ def create_image(
 ) -> ImageRecord:
     """Build revision 0 of a new image with `build(tree)` and publish it atomically."""
     prepare_store(layout)
+    _refuse_existing_image(layout, name)
+    with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
+        layer_dir, layer = _build_layer(stage, origin=origin, build=lambda tree, _scratch: build(tree))
+        record = _publish_image(layout, stage, name, layer_dir, layer, base=())
+    logger.info("Created image '%s' (%s).", name, origin)
+    return record
+
+
+def _publish_image(
+    layout: Layout, stage: Path, name: ImageName, layer_dir: Path, layer: LayerRecord, *, base: Sequence[str]
+) -> ImageRecord:
+    """Publish a staged layer and a new image whose revision 0 stacks it on the layers `base`, which must
+    still exist (checked under the store lock)."""
+    with locked(layout.lock, what="The veneer store", wait=True):
+        _refuse_existing_image(layout, name)
+        stored = {x.id: x for image in list_images(layout) for x in image.layers}
+        missing = [layer_id for layer_id in base if layer_id not in stored]
+        if missing:
+            raise ImageError(
+                f"Layers {', '.join(missing)} are gone", hint="The base was pruned meanwhile; retry."
+            )
+        layers = (*(stored[layer_id] for layer_id in base), layer)
+        revision = Revision(
+            number=0, created=layer.created, command=layer.origin, layers=tuple(x.id for x in layers)
+        )
+        record = ImageRecord(
+            name=name, created=layer.created, layers=layers, revisions=(revision,), current=0
+        )
+        image_dir = stage / "image"
+        image_dir.mkdir()
+        save_json(image_dir / "image.json", record.to_json())
+        layer_dir.rename(layout.layer_dir(layer.id))
+        image_dir.rename(layout.image_dir(name))
+    return record
+
+
+def _build_layer(stage: Path, *, origin: str, build: LayerBuilder) -> tuple[Path, LayerRecord]:
+    """Build a layer in `stage/layer` (its tree) with `stage/scratch` for the builder's own use."""
+    layer_dir = stage / "layer"
+    tree = layer_dir / "tree"
+    tree.mkdir(parents=True)
+    tree.chmod(0o755)
+    scratch = stage / "scratch"
+    scratch.mkdir(mode=0o700)
+    build(tree, scratch)
+    layer = LayerRecord(id=random_hex(8), created=time.time(), origin=origin, size_bytes=dir_size(tree))
+    save_json(layer_dir / "layer.json", layer.to_json())
+    return layer_dir, layer
+
+
+def add_revision(
+    layout: Layout,
+    name: str,
+    *,
+    parent: int | None = None,
+    command: str,
+    build: LayerBuilder,
+    flatten: bool = False,
+) -> ImageRecord:
+    """Stack a new layer, made by `build(tree, scratch)`, on a revision (the current one by default) and
+    publish it atomically as the image's next revision, which becomes current. With `flatten`, the new
+    layer holds the whole tree and makes the revision alone (squash)."""
+    prepare_store(layout)
+    image = load_image(layout, name)
+    base = image.revision(image.current if parent is None else parent)
+    with staging_dir(layout.staging, layout.lock, f"revision-{name}") as stage:
+        layer_dir, layer = _build_layer(stage, origin=command, build=build)
+        with locked(layout.lock, what="The veneer store", wait=True):
+            image = load_image(layout, name)  # another command may have added a revision meanwhile
+            image.revision(base.number)  # or pruned the parent
+            layers = (layer.id,) if flatten else (*base.layers, layer.id)
+            revision = Revision(
+                number=image.next_number, created=layer.created, command=command, layers=layers
+            )
+            record = image.with_revision(revision, [layer])
+            layer_dir.rename(layout.layer_dir(layer.id))
+            save_json(layout.image_record(name), record.to_json())
+    logger.info("Image '%s' has a new revision %d.", name, revision.number)
+    return record
+
+
+def add_image_from_revision(
+    layout: Layout, name: ImageName, *, source: str, parent: int, command: str, build: LayerBuilder
+) -> ImageRecord:
+    """Publish a new image whose revision 0 is a revision of `source` plus one new layer (the source's layers
+    are shared, not copied)."""
+    prepare_store(layout)
+    _refuse_existing_image(layout, name)
+    base = load_image(layout, source).revision(parent)
+    with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
+        layer_dir, layer = _build_layer(stage, origin=command, build=build)
+        record = _publish_image(layout, stage, name, layer_dir, layer, base=base.layers)
+    logger.info("Created image '%s' (%s).", name, command)
+    return record
+
+
+def _refuse_existing_image(layout: Layout, name: str) -> None:
     if layout.image_record(name).exists():
         raise ImageError(
             f"Image '{name}' exists already",
             hint=f"Pick another name, or remove it first with 'veneer image rm {name}'.",
         )
-    with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
-        layer_id = random_hex(8)
-        layer_dir = stage / "layer"
-        tree = layer_dir / "tree"
-        tree.mkdir(parents=True)
-        tree.chmod(0o755)
-        build(tree)
-        layer = LayerRecord(id=layer_id, created=time.time(), origin=origin, size_bytes=dir_size(tree))
-        save_json(layer_dir / "layer.json", layer.to_json())
-        record = ImageRecord(name=name, created=layer.created, layers=(layer,))
-        image_dir = stage / "image"
-        image_dir.mkdir()
-        save_json(image_dir / "image.json", record.to_json())
-        with locked(layout.lock, what="The veneer store", wait=True):
-            if layout.image_record(name).exists():
-                raise ImageError(f"Image '{name}' exists already", hint="Another command created it.")
-            layer_dir.rename(layout.layer_dir(layer_id))
-            image_dir.rename(layout.image_dir(name))
-    logger.info("Created image '%s' (%s).", name, origin)
+
+
+def set_current(layout: Layout, name: str, number: int) -> ImageRecord:
+    """Make a revision the one new machines and rebases use (rollback); no layer changes."""
+    with locked(layout.lock, what="The veneer store", wait=True):
+        image = load_image(layout, name)
+        image.revision(number)
+        record = replace(image, current=number)
+        save_json(layout.image_record(name), record.to_json())
     return record
+
+
+def prune_revisions(layout: Layout, name: str, *, in_use: Callable[[], set[tuple[str, int]]]) -> list[int]:
+    """Drop the image's revisions that are not current and that no machine uses; return their numbers.
+    `in_use()` is called under the store lock, so no machine can move onto a revision being dropped."""
+    prepare_store(layout)
+    with locked(layout.lock, what="The veneer store", wait=True):
+        image = load_image(layout, name)
+        used = {number for image_name, number in in_use() if image_name == name} | {image.current}
+        dropped = {r.number for r in image.revisions} - used
+        if dropped:
+            save_json(layout.image_record(name), image.without_revisions(dropped).to_json())
+            still = {x.id for other in list_images(layout) for x in other.layers}
+            gone = [trash(layout.layer_dir(x.id), layout.staging) for x in image.layers if x.id not in still]
+        else:
+            gone = []
+    for path in gone:
+        remove_tree(path)
+    return sorted(dropped)
 
 
 def remove_image(layout: Layout, name: str, *, users: Callable[[str], list[str]]) -> None:

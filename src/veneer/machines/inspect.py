@@ -129,13 +129,14 @@ def store_tree(layout: Layout) -> list[dict[str, Any]]:
     tree = []
     for image in list_images(layout):
         revisions = []
-        for revision, layer in enumerate(image.layers):
-            on_it = [m for m in machines if m.image == image.name and m.revision == revision]
+        for revision in image.revisions:
+            on_it = [m for m in machines if m.image == image.name and m.revision == revision.number]
             revisions.append(
                 {
-                    "revision": revision,
-                    "created": layer.created,
-                    "origin": layer.origin,
+                    "revision": revision.number,
+                    "current": revision.number == image.current,
+                    "created": revision.created,
+                    "origin": revision.command,
                     "machines": [{"name": m.name, "state": m.state.value} for m in on_it],
                 }
             )
