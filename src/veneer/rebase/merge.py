@@ -194,8 +194,9 @@ def _conflict_reason(old: object, child: object, new: object) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
 class _Key:
-    """A record's identity. A record with no name (a comment, a malformed line) is its own text, and
-    duplicates in one file are told apart by `n` so that none is lost."""
+    """A record's identity. A record with no name (a comment, a malformed line) is its own text, so it
+    never conflicts: each side has it or not. Duplicates in one file are told apart by `n`, so that
+    none is lost."""
 
     named: bool
     name: str
@@ -214,8 +215,6 @@ def _keyed(items: Iterable[tuple[_Key, V]]) -> dict[_Key, V]:
 
 def _describe(key: _Key, noun: str) -> str:
     what = f"{noun} {key.name}:{key.arch}" if key.arch else f"{noun} {key.name}"
-    if not key.named:
-        what = f"{'line' if noun in ('user', 'group') else 'paragraph'} {key.name!r}"
     return what if key.n == 0 else f"{what} (duplicate {key.n + 1})"
 
 
