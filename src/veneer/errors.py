@@ -57,6 +57,10 @@ class MachineBusy(MachineError):
     """Another veneer command holds the lock on this object, or the machine is running."""
 
 
+class RebaseError(MachineError):
+    """A machine cannot be moved to another revision, or a rebase cannot be undone."""
+
+
 class StateCorrupt(Error):
     """A record on disk cannot be parsed or has an unknown version."""
 

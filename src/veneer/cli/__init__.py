@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import image, machine, network, running
+    from veneer.cli import image, machine, network, rebase, running
 
     parser = _Parser(
         prog="veneer",
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     machine.register(verbs)
     running.register(verbs)
     network.register(verbs)
+    rebase.register(verbs)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""`veneer image ...`: create, list, show, rm."""
+"""`veneer image ...`: create, list, show, update, rollback, squash, prune, rm."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_image_name
+from veneer.config.settings import parse_image_name, parse_network
+from veneer.errors import UsageError
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -62,6 +64,30 @@ def register(verbs: Any) -> None:
     show.add_argument("name", type=parse_image_name)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
+
+    update = sub.add_parser(
+        "update",
+        help="run a command over the image and publish what it changed as a new revision",
+        usage="veneer image update NAME [--network MODE] [--rebase] [--] CMD...",
+    )
+    _update_options(update)
+    update.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
+    update.set_defaults(handler=cmd_update, json=False, image=None, to=None)
+
+    rollback = sub.add_parser("rollback", help="make an earlier revision the current one")
+    rollback.add_argument("name", type=parse_image_name)
+    rollback.add_argument("--to", type=int, metavar="REV", help="default: the revision before the current")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    squash = sub.add_parser("squash", help="flatten the current revision into one layer, as a new revision")
+    squash.add_argument("name", type=parse_image_name)
+    squash.set_defaults(handler=cmd_squash)
+
+    prune = sub.add_parser("prune", help="drop revisions that are not current and no machine uses")
+    prune.add_argument(
+        "names", nargs="*", type=parse_image_name, metavar="NAME", help="default: every image"
+    )
+    prune.set_defaults(handler=cmd_prune)
 
     rm = sub.add_parser("rm", help="remove an image no machine uses")
     rm.add_argument("name", type=parse_image_name)
@@ -177,6 +203,75 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     print_table(("REV", "CREATED", "SIZE", "MACHINES", "COMMAND"), rows)
     print("(* current: what new machines and rebases get)")
+    return 0
+
+
+def _update_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--network", type=parse_network, default="nat", help="nat (default), host or none")
+    parser.add_argument("--rebase", action="store_true", help="then rebase every machine of the image")
+    add_rebase_options(parser)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from veneer.cli.rebase import rebase_all
+    from veneer.machines.rebase import machines_on
+    from veneer.machines.revisions import update_image
+
+    words = list(args.words)
+    if words and words[0] == "--":
+        words.pop(0)
+    if not words:
+        raise UsageError("Name the image and the command", hint="veneer image update NAME -- CMD...")
+    name = parse_image_name(words[0])
+    command = words[1:]
+    if "--" in command:  # options may follow NAME too: NAME [--network MODE] [--rebase] -- CMD...
+        split = command.index("--")
+        after = argparse.ArgumentParser(prog="veneer image update NAME", add_help=False, exit_on_error=False)
+        _update_options(after)
+        try:
+            after.parse_args(command[:split], namespace=args)
+        except argparse.ArgumentError as e:
+            raise UsageError(str(e), hint="veneer image update NAME [OPTIONS] -- CMD...") from e
+        command = command[split + 1 :]
+    if not command:
+        raise UsageError("No command to run", hint="veneer image update NAME -- apt-get -y upgrade")
+    layout = Layout.from_env(args.root)
+    record = update_image(layout, name, command, network=args.network)
+    print(f"Image '{name}' is at revision {record.current}.")
+    if args.rebase:
+        rebase_all(layout, list(machines_on(layout, name)), args, dry_run=False)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from veneer.machines.revisions import rollback_image
+
+    record = rollback_image(Layout.from_env(args.root), args.name, args.to)
+    print(f"Image '{record.name}' is back at revision {record.current}; machines stay where they are.")
+    return 0
+
+
+def cmd_squash(args: argparse.Namespace) -> int:
+    from veneer.machines.revisions import squash_image
+
+    record = squash_image(Layout.from_env(args.root), args.name)
+    size = human_size(record.layers_of(record.current)[0].size_bytes)
+    print(f"Image '{record.name}' revision {record.current} is one layer of {size}.")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from veneer.images.store import list_images
+    from veneer.machines.revisions import prune_image
+
+    layout = Layout.from_env(args.root)
+    for name in args.names or [image.name for image in list_images(layout)]:
+        dropped = prune_image(layout, name)
+        print(
+            f"{name}: dropped revision(s) {', '.join(map(str, dropped))}."
+            if dropped
+            else f"{name}: nothing to drop."
+        )
     return 0
 
 

@@ -91,6 +91,10 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
                 load_machine(layout, name)  # removed meanwhile: raises MachineNotFound
                 raise
             load_machine(layout, name)  # still there now that it is ours
+            if _rebase_interrupted(layout.machine_dir(name)):
+                from veneer.machines.rebase import resume_rebase  # rare: keep the rebase code off start-up
+
+                resume_rebase(layout, name)
             yield
     except MachineBusy:
         runtime = load_runtime(layout, name)
@@ -100,6 +104,14 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
                 hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
             ) from None
         raise
+
+
+def _rebase_interrupted(machine_dir: Path) -> bool:
+    """Whether a rebase or its undo was cut short (a cheap check: two stats in the usual case)."""
+    try:
+        return (machine_dir / "rebase" / "state").read_text().strip() != "applied"
+    except FileNotFoundError:
+        return (machine_dir / "rebase.new").exists()
 
 
 def _used_uid_bases(layout: Layout) -> set[int]:

@@ -37,14 +37,48 @@ def is_opaque(path: Path) -> bool:
 
 def lookup(layers: Sequence[Path], relative: str) -> os.stat_result | None:
     """The stat of `relative` as the union of `layers` (bottom first) shows it, or None if absent."""
+    found = locate(layers, relative)
+    return None if found is None else found[1]
+
+
+def locate(layers: Sequence[Path], relative: str) -> tuple[Path, os.stat_result] | None:
+    """Where the union of `layers` (bottom first) finds `relative` (the top-most entry), or None if absent.
+
+    For a directory this is the top-most layer's directory; the union's contents span the layers."""
     parts = [p for p in relative.split("/") if p]
     for layer in reversed(layers):
         found, hides_lower = _lookup_in_layer(layer, parts)
         if found is not None:
-            return None if is_whiteout(found) else found
+            return None if is_whiteout(found) else (layer.joinpath(*parts), found)
         if hides_lower:
             return None
     return None
+
+
+def list_union(layers: Sequence[Path], relative: str) -> dict[str, Path]:
+    """The names the union of `layers` (bottom first) shows in the directory `relative`, each with the
+    path of its top-most entry; empty if `relative` is not a directory there."""
+    parts = [p for p in relative.split("/") if p]
+    seen: dict[str, Path] = {}
+    hidden: set[str] = set()
+    for layer in reversed(layers):
+        found, hides_lower = _lookup_in_layer(layer, parts)
+        if found is not None:
+            if not stat.S_ISDIR(found.st_mode):
+                break  # a whiteout or a file: nothing below shows
+            directory = layer.joinpath(*parts)
+            for name in os.listdir(directory):
+                if name in seen or name in hidden:
+                    continue
+                if is_whiteout(os.lstat(directory / name)):
+                    hidden.add(name)
+                else:
+                    seen[name] = directory / name
+            if is_opaque(directory):
+                break
+        elif hides_lower:
+            break
+    return seen
 
 
 def _lookup_in_layer(layer: Path, parts: list[str]) -> tuple[os.stat_result | None, bool]:

@@ -1,0 +1,210 @@
+"""Moving machines to another image revision: rebase, its undo, and finishing either after a crash.
+
+The machine must be unmounted while its upper dir changes (overlayfs allows offline changes only), so a
+running machine is stopped first and started again afterwards. The plan and the journal live in
+`veneer.rebase`; this module holds the locks and switches the machine record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from veneer.config.layout import Layout
+from veneer.config.settings import MachineName
+from veneer.errors import RebaseError
+from veneer.images.store import load_image, lower_dirs
+from veneer.machines.lifecycle import machine_lock, refuse_if_running
+from veneer.machines.state import is_alive, list_machine_names, load_machine, load_runtime, save_machine
+from veneer.overlay.mount import is_mounted, unmount
+from veneer.rebase import journal
+from veneer.rebase.journal import Target
+from veneer.rebase.merge import Prefer
+from veneer.rebase.plan import Plan, make_plan
+from veneer.util.staging import trash
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebaseResult:
+    machine: MachineName
+    source: Target
+    target: Target
+    plan: Plan
+    applied: bool
+    restarted: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "from": self.source.to_json(),
+            "to": self.target.to_json(),
+            "applied": self.applied,
+            "restarted": self.restarted,
+            "examined": self.plan.examined,
+            "summary": self.plan.summary(),
+            "actions": [action.to_json() for action in self.plan.actions],
+        }
+
+
+def _trasher(layout: Layout) -> Callable[[Path], Path]:
+    return lambda path: trash(path, layout.staging)
+
+
+def _is_booted(layout: Layout, name: MachineName) -> bool:
+    runtime = load_runtime(layout, name)
+    return runtime is not None and runtime.mode == "boot" and is_alive(runtime)
+
+
+def plan_rebase(
+    layout: Layout,
+    name: MachineName,
+    *,
+    image: str | None = None,
+    to: int | None = None,
+    prefer: Prefer = Prefer.CHILD,
+) -> RebaseResult:
+    """What a rebase would do (`--dry-run`); nothing changes."""
+    with machine_lock(layout, name):
+        return _plan(layout, name, image=image, to=to, prefer=prefer)
+
+
+def _plan(
+    layout: Layout, name: MachineName, *, image: str | None, to: int | None, prefer: Prefer
+) -> RebaseResult:
+    record = load_machine(layout, name)
+    target_image = load_image(layout, image or record.image)
+    target = Target(image=target_image.name, revision=target_image.current if to is None else to)
+    target_image.revision(target.revision)
+    source = Target(image=record.image, revision=record.revision)
+    plan = make_plan(
+        layout.machine_upper(name),
+        lower_dirs(layout, load_image(layout, record.image), record.revision),
+        lower_dirs(layout, target_image, target.revision),
+        uid_base=record.uid_base,
+        prefer=prefer,
+    )
+    return RebaseResult(
+        machine=name, source=source, target=target, plan=plan, applied=False, restarted=False
+    )
+
+
+def rebase_machine(
+    layout: Layout,
+    name: MachineName,
+    *,
+    image: str | None = None,
+    to: int | None = None,
+    prefer: Prefer = Prefer.CHILD,
+    restart: bool = True,
+) -> RebaseResult:
+    """Move a machine onto another revision (its image's current one by default), keeping what it wrote."""
+    from veneer.machines.boot import start_machine, stop_machine
+
+    was_running = _is_booted(layout, name)
+    if was_running:
+        if not restart:
+            raise RebaseError(
+                f"Machine '{name}' is running",
+                hint=f"Stop it first ('veneer stop {name}'), or leave out --no-restart.",
+            )
+        stop_machine(layout, name)
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        result = _plan(layout, name, image=image, to=to, prefer=prefer)
+        if result.source == result.target:
+            logger.info(
+                "Machine '%s' is on image '%s' revision %d already.",
+                name,
+                result.target.image,
+                result.target.revision,
+            )
+        root = layout.machine_root(name)
+        if is_mounted(root):
+            unmount(root)
+        journal.prepare(
+            layout.machine_dir(name),
+            layout.machine_upper(name),
+            result.plan,
+            source=result.source,
+            target=result.target,
+            prefer=prefer.value,
+            trash=_trasher(layout),
+        )
+        _finish_rebase(layout, name)
+    if was_running:
+        start_machine(layout, name)
+    return replace(result, applied=True, restarted=was_running)
+
+
+def _finish_rebase(layout: Layout, name: MachineName) -> None:
+    machine_dir = layout.machine_dir(name)
+    journal.apply(machine_dir, layout.machine_upper(name))
+    target = Target.from_json(journal.load_report(machine_dir)["to"])
+    save_machine(
+        layout.machine_record(name),
+        replace(load_machine(layout, name), image=target.image, revision=target.revision),
+    )
+    journal.finish(machine_dir)
+    logger.info("Machine '%s' is on image '%s' revision %d.", name, target.image, target.revision)
+
+
+def _finish_undo(layout: Layout, name: MachineName) -> Target:
+    machine_dir = layout.machine_dir(name)
+    journal.undo(machine_dir, layout.machine_upper(name), trash=_trasher(layout))
+    source = Target.from_json(journal.load_report(machine_dir)["from"])
+    save_machine(
+        layout.machine_record(name),
+        replace(load_machine(layout, name), image=source.image, revision=source.revision),
+    )
+    journal.discard(machine_dir, trash=_trasher(layout))
+    return source
+
+
+def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> Target:
+    """Put the machine's upper dir and revision back as they were before its last rebase."""
+    from veneer.machines.boot import start_machine, stop_machine
+
+    if journal.state(layout.machine_dir(name)) is None:
+        raise RebaseError(
+            f"Machine '{name}' has no rebase to undo", hint="Only the last rebase can be undone."
+        )
+    was_running = _is_booted(layout, name)
+    if was_running:
+        if not restart:
+            raise RebaseError(f"Machine '{name}' is running", hint=f"Stop it first ('veneer stop {name}').")
+        stop_machine(layout, name)
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        root = layout.machine_root(name)
+        if is_mounted(root):
+            unmount(root)
+        source = _finish_undo(layout, name)
+    if was_running:
+        start_machine(layout, name)
+    return source
+
+
+def resume_rebase(layout: Layout, name: MachineName) -> None:
+    """Finish what a killed rebase or undo started; the caller holds the machine's lock."""
+    machine_dir = layout.machine_dir(name)
+    current = journal.state(machine_dir)
+    if current is None:
+        logger.info("Discarding a rebase of '%s' that was interrupted before it began.", name)
+        journal.discard(machine_dir, trash=_trasher(layout))  # only rebase.new is there
+    elif current == journal.APPLYING:
+        logger.info("Finishing the interrupted rebase of '%s'.", name)
+        _finish_rebase(layout, name)
+    elif current == journal.UNDOING:
+        logger.info("Finishing the interrupted undo of the rebase of '%s'.", name)
+        _finish_undo(layout, name)
+
+
+def machines_on(layout: Layout, image: str | None) -> list[MachineName]:
+    """The machines a `rebase --all` moves: every machine, or those of one image."""
+    names = list_machine_names(layout)
+    return [n for n in names if image is None or load_machine(layout, n).image == image]

@@ -1,0 +1,341 @@
+"""The plan of a rebase: for every entry of a machine's upper dir that the base changed between the old and
+the new revision, what happens to it and why. Reads the trees, changes nothing.
+
+The rules (PRODUCT.md, "Rebase"), with C the child's entry, O the old base's and N the new base's,
+compared without timestamps: C equal to N or to O is dropped, so the new base shows; a file veneer knows
+how to merge is merged record by record; any other difference is a conflict that keeps C (or, preferring
+the base, drops it). A whiteout (the child deleted the path) and an opaque directory (the child replaced
+a directory) follow the same rules. The machine's identity and logs always stay the child's.
+
+Which entries the base changed is found from the layers the two revisions do not share: a path is touched
+when one of those layers holds it, or holds a whiteout, file or opaque directory above it. Untouched
+subtrees of the upper dir are not even read, which keeps planning cheap for the usual update.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veneer.images.identity import belongs_to_machine
+from veneer.overlay.layers import is_opaque, is_whiteout, locate
+from veneer.rebase.compare import same_entry, same_tree, to_machine_id
+from veneer.rebase.merge import Prefer, merge_file, merger_for
+
+
+class Verdict(enum.StrEnum):
+    KEEP = "keep"  # the child's entry stays as it is
+    DROP = "drop"  # the child's entry goes (saved first): the new base shows
+    MERGE = "merge"  # a known file merged record by record, cleanly
+    CONFLICT = "conflict"  # changed on both sides; resolved by --prefer
+
+
+class Operation(enum.StrEnum):
+    """What applying an action does to the upper dir."""
+
+    NONE = "none"
+    REMOVE = "remove"  # move the entry (a whole subtree for a directory) into the backup
+    WRITE = "write"  # move the entry into the backup and write new contents with its metadata
+    SETATTR = "setattr"  # give a directory the new base's mode and owner (the old ones are recorded)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action:
+    path: str  # relative to the upper dir
+    verdict: Verdict
+    operation: Operation
+    reason: str
+    content: bytes | None = None  # WRITE
+    attrs: tuple[int, int, int] | None = None  # SETATTR: mode, uid, gid as the upper dir holds them
+    conflicts: tuple[str, ...] = ()  # the records a merge resolved by --prefer
+
+    def describe(self) -> str:
+        text = f"{self.verdict.value:<9}/{self.path}  ({self.reason})"
+        return "\n".join([text, *(f"{'':<9}  conflict: {c}" for c in self.conflicts)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": "/" + self.path,
+            "verdict": self.verdict.value,
+            "operation": self.operation.value,
+            "reason": self.reason,
+            "conflicts": list(self.conflicts),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    actions: tuple[Action, ...]
+    examined: int  # entries of the upper dir read
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(1 for a in self.actions if a.verdict is verdict)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(v)} {v.value}" for v in Verdict if self.count(v)]
+        return ", ".join(parts) or "nothing to do"
+
+
+class _Touched:
+    """The paths the layers two revisions do not share hold, and the ones they cover."""
+
+    def __init__(self, layers: Sequence[Path]) -> None:
+        self.entries: set[str] = set()
+        self.covers: set[str] = set()  # whiteouts, files and opaque dirs: everything below is touched
+        self.parents: set[str] = set()  # directories with touched entries somewhere below
+        for layer in layers:
+            for dirpath, dirnames, filenames in os.walk(layer):
+                rel_dir = os.path.relpath(dirpath, layer)
+                prefix = "" if rel_dir == "." else rel_dir + "/"
+                if prefix:
+                    self.parents.add(rel_dir)
+                for name in filenames:
+                    self.entries.add(prefix + name)
+                    self.covers.add(prefix + name)
+                for name in dirnames:
+                    self.entries.add(prefix + name)
+                    if is_opaque(Path(dirpath, name)):
+                        self.covers.add(prefix + name)
+        for entry in list(self.entries):
+            parent = os.path.dirname(entry)
+            while parent and parent not in self.parents:
+                self.parents.add(parent)
+                parent = os.path.dirname(parent)
+
+    def touches(self, relative: str) -> bool:
+        if relative in self.entries:
+            return True
+        parent = os.path.dirname(relative)
+        while parent:
+            if parent in self.covers:
+                return True
+            parent = os.path.dirname(parent)
+        return False
+
+
+def shared_prefix(old: Sequence[Path], new: Sequence[Path]) -> int:
+    count = 0
+    for a, b in zip(old, new, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def make_plan(
+    upper: Path, old: Sequence[Path], new: Sequence[Path], *, uid_base: int | None, prefer: Prefer
+) -> Plan:
+    """Plan moving the upper dir of a machine (owners in the range at `uid_base`) from the layer stack
+    `old` to `new` (both bottom first)."""
+    shared = shared_prefix(old, new)
+    planner = _Planner(upper, list(old), list(new), uid_base=uid_base, prefer=prefer)
+    touched = _Touched([*old[shared:], *new[shared:]])
+    actions = list(planner.walk("", touched))
+    return Plan(actions=tuple(actions), examined=planner.examined)
+
+
+class _Planner:
+    def __init__(
+        self, upper: Path, old: list[Path], new: list[Path], *, uid_base: int | None, prefer: Prefer
+    ) -> None:
+        self.upper, self.old, self.new = upper, old, new
+        self.uid_base = uid_base
+        self.prefer = prefer
+        self.examined = 0
+
+    def walk(self, rel_dir: str, touched: _Touched) -> Iterator[Action]:
+        directory = self.upper / rel_dir if rel_dir else self.upper
+        for name in sorted(os.listdir(directory)):
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            self.examined += 1
+            st = os.lstat(directory / name)
+            descend = stat.S_ISDIR(st.st_mode)
+            if touched.touches(rel):
+                action, descend = self.decide(rel, directory / name, st)
+                if action is not None:
+                    yield action
+            elif rel not in touched.parents:
+                descend = False
+            if descend:
+                yield from self.walk(rel, touched)
+
+    def _conflict(self, rel: str, reason: str, *, base: Operation = Operation.REMOVE) -> Action:
+        if self.prefer is Prefer.BASE:
+            return Action(
+                path=rel, verdict=Verdict.CONFLICT, operation=base, reason=f"{reason}; the base's kept"
+            )
+        return Action(
+            path=rel,
+            verdict=Verdict.CONFLICT,
+            operation=Operation.NONE,
+            reason=f"{reason}; the child's kept",
+        )
+
+    def _same(self, path: Path, st: os.stat_result, found: tuple[Path, os.stat_result] | None) -> bool:
+        return found is not None and same_entry(path, st, self.uid_base, found[0], found[1], None)
+
+    def decide(self, rel: str, path: Path, st: os.stat_result) -> tuple[Action | None, bool]:
+        """The action for one touched entry, and whether to look at what it holds."""
+        old, new = locate(self.old, rel), locate(self.new, rel)
+        if old is not None and new is not None and same_entry(*old, None, *new, None):
+            # Touched by a layer but the same in both revisions (e.g. changed and changed back); a
+            # directory may still hold changed entries.
+            return None, stat.S_ISDIR(st.st_mode) and not is_opaque(path)
+        if belongs_to_machine(rel):
+            keep = Action(
+                path=rel, verdict=Verdict.KEEP, operation=Operation.NONE, reason="the machine's own"
+            )
+            return (None if self._same(path, st, new) else keep), False
+        if is_whiteout(st):
+            return self._decide_whiteout(rel, old, new), False
+        if stat.S_ISDIR(st.st_mode):
+            return self._decide_directory(rel, path, st, old, new)
+        return self._decide_file(rel, path, st, old, new), False
+
+    def _decide_whiteout(
+        self, rel: str, old: tuple[Path, os.stat_result] | None, new: tuple[Path, os.stat_result] | None
+    ) -> Action | None:
+        if new is None:
+            return Action(
+                path=rel,
+                verdict=Verdict.DROP,
+                operation=Operation.REMOVE,
+                reason="deleted in the new base too",
+            )
+        if old is None:
+            return Action(
+                path=rel,
+                verdict=Verdict.DROP,
+                operation=Operation.REMOVE,
+                reason="the old base did not have it",
+            )
+        return self._conflict(rel, "the child deleted it, the base changed it")
+
+    def _decide_directory(
+        self,
+        rel: str,
+        path: Path,
+        st: os.stat_result,
+        old: tuple[Path, os.stat_result] | None,
+        new: tuple[Path, os.stat_result] | None,
+    ) -> tuple[Action | None, bool]:
+        new_is_dir = new is not None and stat.S_ISDIR(new[1].st_mode)
+        if is_opaque(path):
+            if (
+                new is not None
+                and new_is_dir
+                and self._same(path, st, new)
+                and same_tree(path, self.uid_base, self.new, rel)
+            ):
+                return Action(
+                    path=rel,
+                    verdict=Verdict.DROP,
+                    operation=Operation.REMOVE,
+                    reason="the child's replacement equals the new base",
+                ), False
+            return self._conflict(rel, "the child replaced the directory, the base changed it"), False
+        if new is None or not new_is_dir:
+            what = "removed" if new is None else "replaced"
+            return self._conflict(rel, f"the base {what} the directory the child changed things in"), False
+        assert new is not None
+        if self._same(path, st, new):
+            return None, True
+        attrs = (
+            new[1].st_mode & 0o7777,
+            to_machine_id(new[1].st_uid, self.uid_base),
+            to_machine_id(new[1].st_gid, self.uid_base),
+        )
+        if self._same(path, st, old):
+            reason = "the base changed the directory's owner or mode, the child did not"
+            return Action(
+                path=rel, verdict=Verdict.DROP, operation=Operation.SETATTR, reason=reason, attrs=attrs
+            ), True
+        conflict = self._conflict(rel, "owner or mode changed on both sides", base=Operation.SETATTR)
+        return (conflict if conflict.operation is Operation.NONE else _with_attrs(conflict, attrs)), True
+
+    def _decide_file(
+        self,
+        rel: str,
+        path: Path,
+        st: os.stat_result,
+        old: tuple[Path, os.stat_result] | None,
+        new: tuple[Path, os.stat_result] | None,
+    ) -> Action | None:
+        if self._same(path, st, new):
+            return Action(
+                path=rel, verdict=Verdict.DROP, operation=Operation.REMOVE, reason="equal to the new base"
+            )
+        if self._same(path, st, old):
+            return Action(
+                path=rel,
+                verdict=Verdict.DROP,
+                operation=Operation.REMOVE,
+                reason="the child did not change it",
+            )
+        if old is None and new is None:
+            return None  # added and removed again by the base's layers: the child's own file
+        if (
+            merger_for(rel) is not None
+            and stat.S_ISREG(st.st_mode)
+            and _regular_or_none(old)
+            and _regular_or_none(new)
+        ):
+            return self._merge(rel, path, old, new)
+        if new is None:
+            return self._conflict(rel, "the base deleted it, the child changed it")
+        if old is None:
+            return self._conflict(rel, "added on both sides, differently")
+        return self._conflict(rel, "changed on both sides")
+
+    def _merge(
+        self,
+        rel: str,
+        path: Path,
+        old: tuple[Path, os.stat_result] | None,
+        new: tuple[Path, os.stat_result] | None,
+    ) -> Action:
+        new_bytes = None if new is None else new[0].read_bytes()
+        merged = merge_file(
+            rel,
+            old=None if old is None else old[0].read_bytes(),
+            child=path.read_bytes(),
+            new=new_bytes,
+            prefer=self.prefer,
+        )
+        conflicts = tuple(f"{c.record}: {c.reason}" for c in merged.conflicts)
+        verdict = Verdict.CONFLICT if conflicts else Verdict.MERGE
+        if new_bytes is not None and merged.content == new_bytes:
+            reason = "merged: the new base has all the child's records"
+            return Action(
+                path=rel, verdict=verdict, operation=Operation.REMOVE, reason=reason, conflicts=conflicts
+            )
+        reason = "merged record by record" + (
+            f", {len(conflicts)} conflict(s) resolved for the {self.prefer.value}" if conflicts else ""
+        )
+        return Action(
+            path=rel,
+            verdict=verdict,
+            operation=Operation.WRITE,
+            reason=reason,
+            content=merged.content,
+            conflicts=conflicts,
+        )
+
+
+def _with_attrs(action: Action, attrs: tuple[int, int, int]) -> Action:
+    return Action(
+        path=action.path,
+        verdict=action.verdict,
+        operation=action.operation,
+        reason=action.reason,
+        attrs=attrs,
+    )
+
+
+def _regular_or_none(found: tuple[Path, os.stat_result] | None) -> bool:
+    return found is None or stat.S_ISREG(found[1].st_mode)
