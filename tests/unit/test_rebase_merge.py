@@ -526,3 +526,22 @@ def test_passwd_merge_makes_no_uid_clash(
     uids = [line.split(":")[2] for line in result]
     assert len(set(uids)) == len(uids), f"uids clash in {result}"
     assert set(result) <= set(lines(c)) | set(lines(n)), "every record is one side's"
+
+
+MEMBERS = ("alice", "bob", "carol", "dave")
+member_lists = st.lists(st.sampled_from(MEMBERS), unique=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(member_lists, member_lists, member_lists, st.sampled_from(Prefer))
+def test_group_members_follow_the_set_rule(
+    old: list[str], child: list[str], new: list[str], prefer: Prefer
+) -> None:
+    def group(members: list[str]) -> bytes:
+        return f"root:x:0:\nsudo:x:27:{','.join(members)}\n".encode()
+
+    merged = merge("etc/group", group(old), group(child), group(new), prefer)
+    assert not merged.conflicts
+    members = lines(merged.content)[1].split(":")[3]
+    o, c, n = set(old), set(child), set(new)
+    assert set(filter(None, members.split(","))) == (o & c & n) | (c - o) | (n - o)

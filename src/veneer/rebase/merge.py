@@ -63,6 +63,7 @@ class Merger(enum.StrEnum):
 
     @property
     def noun(self) -> str:
+        """What a record of the file is, as conflicts name it."""
         return "group" if self in (Merger.GROUP, Merger.GSHADOW) else "user"
 
     @property
@@ -102,7 +103,9 @@ def merge_file(
     """Merge the child's version of the known file `relative` with the change from `old` to `new`.
 
     Versions equal as bytes short-cut the record merge, so such results are exact: new base unchanged
-    gives the child's bytes, child unchanged (or equal to the new base) gives the new base's.
+    gives the child's bytes, child unchanged (or equal to the new base) gives the new base's. A base
+    version that is None merges as an empty file; whether the whole file goes (the new base deleted
+    it and the child did not change it) is the caller's decision, as for any file.
     """
     merger = merger_for(relative)
     if merger is None:
