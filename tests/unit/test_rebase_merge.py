@@ -44,10 +44,10 @@ def merge(relative: str, old: bytes | None, child: bytes, new: bytes | None, pre
         ("etc/group-", Merger.GROUP),
         ("etc/gshadow", Merger.GSHADOW),
         ("etc/gshadow-", Merger.GSHADOW),
-        ("var/lib/dpkg/status", Merger.DEB822),
-        ("var/lib/dpkg/status-old", Merger.DEB822),
-        ("var/lib/dpkg/available", Merger.DEB822),
-        ("var/lib/apt/extended_states", Merger.DEB822),
+        ("var/lib/dpkg/status", Merger.DPKG),
+        ("var/lib/dpkg/status-old", Merger.DPKG),
+        ("var/lib/dpkg/available", Merger.DPKG),
+        ("var/lib/apt/extended_states", Merger.APT),
         ("etc/motd", None),
         ("/etc/passwd", None),
         ("etc/passwd.bak", None),
@@ -146,6 +146,24 @@ def test_uid_clash_with_a_changed_user_reverts_it() -> None:
     merged = merge("etc/passwd", old, child, old + BOB, Prefer.BASE)
     assert merged.content == old + BOB
     assert [c.record for c in merged.conflicts] == ["uid 1001"]
+
+
+def test_uid_clash_made_by_a_conflict() -> None:
+    """The base moves alice off uid 1001 and gives it to bob; the child keeps alice there."""
+    old, child = PASSWD + ALICE, PASSWD + ALICE.replace(b"bash", b"zsh")
+    new = PASSWD + ALICE.replace(b"1001:1001", b"1005:1001") + BOB
+    merged = merge("etc/passwd", old, child, new, Prefer.CHILD)
+    assert merged == Merged(
+        content=child,
+        conflicts=(
+            Conflict(record="user alice", reason="changed on both sides"),
+            Conflict(record="uid 1001", reason="uid 1001 taken by alice (child) and bob (base)"),
+        ),
+    )
+    merged = merge("etc/passwd", old, child, new, Prefer.BASE)
+    assert merged == Merged(
+        content=new, conflicts=(Conflict(record="user alice", reason="changed on both sides"),)
+    )
 
 
 def test_ids_shared_within_one_side_are_left_alone() -> None:
@@ -302,12 +320,16 @@ def test_dpkg_package_changed_on_both_sides(prefer: Prefer, kept: str) -> None:
     assert merged.conflicts == (Conflict(record="package libfoo:amd64", reason="changed on both sides"),)
 
 
-def test_dpkg_output_is_sorted_by_name_then_architecture() -> None:
-    i386, amd64 = paragraph("libc6", "2.36", arch="i386"), paragraph("libc6", "2.36")
+def test_dpkg_output_is_sorted_by_name_then_the_new_bases_architecture_order() -> None:
+    amd64, i386, arm64 = (paragraph("libc6", "2.36", arch=arch) for arch in ("amd64", "i386", "arm64"))
     zlib = paragraph("zlib1g", "1.2")
-    old = status(BASH)
-    merged = merge("var/lib/dpkg/status", old, status(zlib, BASH, i386), status(amd64, BASH), Prefer.CHILD)
+    merged = merge(
+        "var/lib/dpkg/status", status(BASH), status(zlib, BASH, i386), status(amd64, BASH), Prefer.CHILD
+    )
     assert merged == Merged(content=status(BASH, amd64, i386, zlib), conflicts=())
+    # dpkg puts the native architecture first; the new base's file says which that is.
+    merged = merge("var/lib/dpkg/status", b"", status(amd64), status(i386, arm64), Prefer.CHILD)
+    assert merged == Merged(content=status(i386, arm64, amd64), conflicts=())
 
 
 def test_dpkg_compares_parsed_fields_not_spacing() -> None:
@@ -328,15 +350,18 @@ def test_dpkg_deletion_against_upgrade() -> None:
     )
 
 
-def test_extended_states_without_architecture() -> None:
+def test_extended_states_keep_apts_order_and_key_without_architecture() -> None:
     libbar = "Package: libbar\nAuto-Installed: 1\n"
     libbar_i386 = "Package: libbar\nArchitecture: i386\nAuto-Installed: 1\n"
     libbaz = "Package: libbaz\nAuto-Installed: 1\n"
-    old = status(libbar)
-    merged = merge(
-        "var/lib/apt/extended_states", old, status(libbaz, libbar), status(libbar, libbar_i386), Prefer.CHILD
+    zlib = "Package: zlib1g\nArchitecture: amd64\nAuto-Installed: 0\n"
+    old = status(zlib, libbar)
+    child = status(zlib, libbaz, libbar)
+    new = status(zlib.replace("0", "1"), libbar, libbar_i386)
+    merged = merge("var/lib/apt/extended_states", old, child, new, Prefer.CHILD)
+    assert merged == Merged(
+        content=status(zlib.replace("0", "1"), libbar, libbar_i386, libbaz), conflicts=()
     )
-    assert merged == Merged(content=status(libbar, libbar_i386, libbaz), conflicts=())
 
 
 def test_deb822_malformed_paragraphs_survive() -> None:
@@ -469,5 +494,54 @@ def test_deb822_properties(old: Packages, child: Packages, new: Packages, prefer
     assert records(merge("var/lib/dpkg/status", o, c, reordered, prefer).content) == records(c)
     merged = merge("var/lib/dpkg/status", o, c, n, prefer)
     check_properties(records(o), records(c), records(n), merged, records(merged.content))
-    names = [tuple(key.split(":")) for key in records(merged.content)]
+    names = [key.split(":")[0] for key in records(merged.content)]
     assert names == sorted(names)
+
+
+# Each side gives every uid to one name at most.
+numbered = st.dictionaries(
+    st.sampled_from(NAMES),
+    st.tuples(st.sampled_from((1000, 1001, 1002, 1003)), st.sampled_from(SHELLS)),
+    max_size=4,
+).filter(lambda records: len({uid for uid, _ in records.values()}) == len(records))
+
+
+def numbered_bytes(records: dict[str, tuple[int, str]]) -> bytes:
+    return "".join(
+        f"{name}:x:{uid}:100::/home/{name}:{shell}\n" for name, (uid, shell) in records.items()
+    ).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(numbered, numbered, numbered, st.sampled_from(Prefer))
+def test_passwd_merge_makes_no_uid_clash(
+    old: dict[str, tuple[int, str]],
+    child: dict[str, tuple[int, str]],
+    new: dict[str, tuple[int, str]],
+    prefer: Prefer,
+) -> None:
+    c, n = numbered_bytes(child), numbered_bytes(new)
+    merged = merge("etc/passwd", numbered_bytes(old), c, n, prefer)
+    result = lines(merged.content)
+    uids = [line.split(":")[2] for line in result]
+    assert len(set(uids)) == len(uids), f"uids clash in {result}"
+    assert set(result) <= set(lines(c)) | set(lines(n)), "every record is one side's"
+
+
+MEMBERS = ("alice", "bob", "carol", "dave")
+member_lists = st.lists(st.sampled_from(MEMBERS), unique=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(member_lists, member_lists, member_lists, st.sampled_from(Prefer))
+def test_group_members_follow_the_set_rule(
+    old: list[str], child: list[str], new: list[str], prefer: Prefer
+) -> None:
+    def group(members: list[str]) -> bytes:
+        return f"root:x:0:\nsudo:x:27:{','.join(members)}\n".encode()
+
+    merged = merge("etc/group", group(old), group(child), group(new), prefer)
+    assert not merged.conflicts
+    members = lines(merged.content)[1].split(":")[3]
+    o, c, n = set(old), set(child), set(new)
+    assert set(filter(None, members.split(","))) == (o & c & n) | (c - o) | (n - o)

@@ -50,16 +50,20 @@ class Merger(enum.StrEnum):
     SHADOW = "shadow"
     GROUP = "group"
     GSHADOW = "gshadow"
-    DEB822 = "deb822"
+    DPKG = "dpkg"
+    APT = "apt"
 
     def merge(self, *, old: bytes | None, child: bytes, new: bytes | None, prefer: Prefer) -> Merged:
         """Merge the three versions of a file of this kind; an absent base version counts as empty."""
-        if self is Merger.DEB822:
-            return _merge_deb822(_text(old), _text(child), _text(new), prefer=prefer)
+        if self in (Merger.DPKG, Merger.APT):
+            return _merge_deb822(
+                _text(old), _text(child), _text(new), prefer=prefer, sort=self is Merger.DPKG
+            )
         return _merge_accounts(self, _text(old), _text(child), _text(new), prefer=prefer)
 
     @property
     def noun(self) -> str:
+        """What a record of the file is, as conflicts name it."""
         return "group" if self in (Merger.GROUP, Merger.GSHADOW) else "user"
 
     @property
@@ -80,10 +84,10 @@ _MERGERS: Mapping[str, Merger] = MappingProxyType(
             for name in ("passwd", "shadow", "group", "gshadow")
             for suffix in ("", "-")
         },
-        "var/lib/dpkg/status": Merger.DEB822,
-        "var/lib/dpkg/status-old": Merger.DEB822,
-        "var/lib/dpkg/available": Merger.DEB822,
-        "var/lib/apt/extended_states": Merger.DEB822,
+        "var/lib/dpkg/status": Merger.DPKG,
+        "var/lib/dpkg/status-old": Merger.DPKG,
+        "var/lib/dpkg/available": Merger.DPKG,
+        "var/lib/apt/extended_states": Merger.APT,
     }
 )
 
@@ -99,7 +103,9 @@ def merge_file(
     """Merge the child's version of the known file `relative` with the change from `old` to `new`.
 
     Versions equal as bytes short-cut the record merge, so such results are exact: new base unchanged
-    gives the child's bytes, child unchanged (or equal to the new base) gives the new base's.
+    gives the child's bytes, child unchanged (or equal to the new base) gives the new base's. A base
+    version that is None merges as an empty file; whether the whole file goes (the new base deleted
+    it and the child did not change it) is the caller's decision, as for any file.
     """
     merger = merger_for(relative)
     if merger is None:
@@ -192,7 +198,7 @@ def _conflict_reason(old: object, child: object, new: object) -> str:
     return "changed on both sides"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Key:
     """A record's identity. A record with no name (a comment, a malformed line) is its own text, so it
     never conflicts: each side has it or not. Duplicates in one file are told apart by `n`, so that
@@ -257,7 +263,7 @@ def _merge_accounts(merger: Merger, old: str, child: str, new: str, *, prefer: P
     )
     if merger.id_field is not None:
         what, index = merger.id_field
-        conflicts += _settle_id_clashes(merged, o, c, n, what=what, index=index, prefer=prefer)
+        conflicts += _settle_id_clashes(merged, c, n, what=what, index=index, prefer=prefer)
     # The file ends as the new base's does, unless it was empty and only the child's gives a hint.
     trailing = new_trailing if n else child_trailing if c else True
     content = "\n".join(merged.values()) + ("\n" if merged and trailing else "")
@@ -300,7 +306,6 @@ def _merge_members(old: str, child: str, new: str) -> str:
 
 def _settle_id_clashes(
     merged: dict[_Key, str],
-    old: Mapping[_Key, str],
     child: Mapping[_Key, str],
     new: Mapping[_Key, str],
     *,
@@ -308,46 +313,49 @@ def _settle_id_clashes(
     index: int,
     prefer: Prefer,
 ) -> list[Conflict]:
-    """Find ids that the child gave to some names and the base to others; keep the preferred side's.
+    """Find ids the merge gave to names of the child and to other names of the base; keep the
+    preferred side's names.
 
-    A losing record becomes the preferred side's version of it, which drops it when that side lacks it.
-    Ids that were shared already in the old base, or within one side, are that side's business.
+    An id that one side itself gives to several names is that side's business. A losing record becomes
+    the preferred side's version of it, dropped if that side lacks it; as that version may clash anew,
+    this repeats until no clash is left (a record the preferred side holds never loses, so it ends).
     """
 
     def id_of(records: Mapping[_Key, str], key: _Key) -> str | None:
         fields = records[key].split(":") if key.named and key in records else []
         return fields[index] if len(fields) > index else None
 
-    claims: dict[str, dict[Prefer, list[_Key]]] = {}
-    for key in merged:
-        value = id_of(merged, key)
-        if value is None or value == id_of(old, key):
-            continue
-        sides = [
-            side
-            for side, records in ((Prefer.CHILD, child), (Prefer.BASE, new))
-            if id_of(records, key) == value
-        ]
-        if len(sides) == 1:
-            claims.setdefault(value, {}).setdefault(sides[0], []).append(key)
-    conflicts = []
     winner = child if prefer is Prefer.CHILD else new
     loser = Prefer.BASE if prefer is Prefer.CHILD else Prefer.CHILD
-    for value, claimed in claims.items():
-        if len(claimed) < 2:
-            continue
-        names = {side: ", ".join(key.name for key in keys) for side, keys in claimed.items()}
-        reason = f"{what} {value} taken by {names[Prefer.CHILD]} (child) and {names[Prefer.BASE]} (base)"
-        conflicts.append(Conflict(record=f"{what} {value}", reason=reason))
-        for key in claimed[loser]:
-            if key in winner:
-                merged[key] = winner[key]
-            else:
-                del merged[key]
-    return conflicts
+    conflicts: list[Conflict] = []
+    while True:
+        # Per id, the names in the merge that only one side gives it.
+        claims: dict[str, dict[Prefer, list[_Key]]] = {}
+        for key in merged:
+            value = id_of(merged, key)
+            sides = [
+                side
+                for side, records in ((Prefer.CHILD, child), (Prefer.BASE, new))
+                if id_of(records, key) == value
+            ]
+            if value is not None and len(sides) == 1:
+                claims.setdefault(value, {}).setdefault(sides[0], []).append(key)
+        clashes = {value: claimed for value, claimed in claims.items() if len(claimed) == 2}
+        if not clashes:
+            return conflicts
+        for value, claimed in clashes.items():
+            names = {side: ", ".join(key.name for key in keys) for side, keys in claimed.items()}
+            reason = f"{what} {value} taken by {names[Prefer.CHILD]} (child) and {names[Prefer.BASE]} (base)"
+            conflicts.append(Conflict(record=f"{what} {value}", reason=reason))
+            for key in claimed[loser]:
+                if key in winner:
+                    merged[key] = winner[key]
+                else:
+                    del merged[key]
 
 
 # deb822 databases (dpkg's status and available, apt's extended_states): paragraphs keyed by package.
+# apt writes extended_states in its cache's order, not sorted, so that file keeps the merge order.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -387,7 +395,7 @@ def _paragraph(lines: list[str]) -> tuple[_Key, _Paragraph]:
     return key, _Paragraph(fields=tuple(fields), lines=tuple(lines))
 
 
-def _merge_deb822(old: str, child: str, new: str, *, prefer: Prefer) -> Merged:
+def _merge_deb822(old: str, child: str, new: str, *, prefer: Prefer, sort: bool) -> Merged:
     merged, conflicts = _merge_records(
         _parse_paragraphs(old),
         _parse_paragraphs(child),
@@ -395,8 +403,13 @@ def _merge_deb822(old: str, child: str, new: str, *, prefer: Prefer) -> Merged:
         prefer=prefer,
         label=lambda key: _describe(key, "package"),
     )
-    # dpkg writes its database sorted by package name, then architecture; paragraphs without a
-    # package name (never written by dpkg) follow in the order they came.
-    keys = sorted(key for key in merged if key.named) + [key for key in merged if not key.named]
+    keys = list(merged)
+    if sort:
+        # dpkg writes its database sorted by package name, then the native architecture before foreign
+        # ones (pkg_sorter_by_nonambig_name_arch() in lib/dpkg/pkg.c). Only the new base knows which is
+        # native, so within a name the merge order stands: the new base's, then the child's own.
+        # Paragraphs without a package name (never written by dpkg) follow in the order they came.
+        keys = sorted((key for key in keys if key.named), key=lambda key: key.name)
+        keys += [key for key in merged if not key.named]
     content = "".join("".join(f"{line}\n" for line in merged[key].lines) + "\n" for key in keys)
     return Merged(content=_bytes(content), conflicts=tuple(conflicts))
