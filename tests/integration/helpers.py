@@ -26,9 +26,17 @@ class Store:
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "veneer", *args]
 
-    def veneer(self, *args: str, ok: Sequence[int] = (0,), input: str | None = None) -> proc.Completed:
+    def veneer(
+        self,
+        *args: str,
+        ok: Sequence[int] = (0,),
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> proc.Completed:
         """Run the CLI to completion; fail the test unless its exit status is in `ok`."""
-        result = proc.run(self.argv(*args), capture=True, check=False, input=input, env=self.env())
+        result = proc.run(
+            self.argv(*args), capture=True, check=False, input=input, env={**self.env(), **(env or {})}
+        )
         assert result.returncode in ok, (
             f"veneer {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
         )
@@ -75,3 +83,36 @@ def private_store(tmp: Path) -> Iterator[Store]:
             proc.run(["umount", "--lazy", point], check=False)
         for path in (store.root, store.run):
             proc.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+Snapshot = dict[str, tuple[object, ...]]
+
+
+def tree_snapshot(root: Path, *, times: bool = True) -> Snapshot:
+    """Everything that makes a tree what it is, per path: type and mode, owner, contents, link target,
+    device number (whiteouts), every xattr (trusted.overlay.* too) and, with `times`, the mtime."""
+    import hashlib
+    import os
+    import stat
+
+    entries: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames] if dirpath == str(root) else [*dirnames, *filenames]:
+            path = Path(dirpath, name) if name != "." else root
+            st = os.lstat(path)
+            xattrs = tuple(
+                sorted(
+                    (x, os.getxattr(path, x, follow_symlinks=False))
+                    for x in os.listxattr(path, follow_symlinks=False)
+                )
+            )
+            data: object = None
+            if stat.S_ISREG(st.st_mode):
+                data = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path)
+            rel = os.path.relpath(path, root)
+            entries[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_rdev, data, xattrs) + (
+                (st.st_mtime_ns,) if times and not stat.S_ISLNK(st.st_mode) else ()
+            )
+    return entries

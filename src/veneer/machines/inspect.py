@@ -14,7 +14,7 @@ from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
-from veneer.machines.lifecycle import machine_lock, recover_machine
+from veneer.machines.lifecycle import machine_lock, rebase_interrupted, recover_machine, sweep_ephemeral
 from veneer.machines.state import is_alive, list_machine_names, load_exit, load_machine, load_runtime
 from veneer.overlay.mount import is_mounted
 from veneer.util.fs import dir_size
@@ -76,6 +76,9 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     """The status of one machine; a run or boot whose processes died counts as stopped (or failed)."""
     record = load_machine(layout, name)
     runtime = load_runtime(layout, name)
+    if runtime is None and rebase_interrupted(layout.machine_dir(name)):
+        with contextlib.suppress(MachineBusy), machine_lock(layout, name):  # taking it finishes the rebase
+            record = load_machine(layout, name)
     if runtime is not None and not is_alive(runtime):
         # Something was killed without cleaning up: report the truth and clean up, unless another
         # command holds the machine and is about to.
@@ -120,6 +123,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
 
 
 def list_machines(layout: Layout) -> list[MachineStatus]:
+    sweep_ephemeral(layout)  # throwaway machines of a killed `run --ephemeral` or `image update`
     return [machine_status(layout, name) for name in list_machine_names(layout)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -91,7 +92,7 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
                 load_machine(layout, name)  # removed meanwhile: raises MachineNotFound
                 raise
             load_machine(layout, name)  # still there now that it is ours
-            if _rebase_interrupted(layout.machine_dir(name)):
+            if rebase_interrupted(layout.machine_dir(name)):
                 from veneer.machines.rebase import resume_rebase  # rare: keep the rebase code off start-up
 
                 resume_rebase(layout, name)
@@ -106,7 +107,7 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
         raise
 
 
-def _rebase_interrupted(machine_dir: Path) -> bool:
+def rebase_interrupted(machine_dir: Path) -> bool:
     """Whether a rebase or its undo was cut short (a cheap check: two stats in the usual case)."""
     try:
         return (machine_dir / "rebase" / "state").read_text().strip() != "applied"
@@ -465,12 +466,20 @@ def run_ephemeral(
 
 
 def sweep_ephemeral(layout: Layout) -> None:
-    """Remove throwaway machines whose `run --ephemeral` died without removing them (kill -9)."""
+    """Remove throwaway machines whose `run --ephemeral` or `image update` died without removing them
+    (kill -9). Their command is stopped too: nobody waits for it any more."""
     for name in list_machine_names(layout):
         with contextlib.suppress(MachineNotFound, MachineBusy, StateCorrupt):
             owner = load_machine(layout, name).owner
             if owner is not None and process_start_time(owner[0]) != owner[1]:
-                logger.info("Removing '%s', left by a 'veneer run --ephemeral' that died.", name)
+                logger.info(
+                    "Removing '%s', left by a 'veneer run --ephemeral' or 'image update' that died.", name
+                )
+                runtime = load_runtime(layout, name)
+                if runtime is not None and is_alive(runtime):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(runtime.pid, signal.SIGKILL)
+                    cgroups.kill_cgroups(layout.cgroup(name))
                 remove_machine(layout, name)
 
 

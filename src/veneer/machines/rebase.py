@@ -24,6 +24,7 @@ from veneer.rebase import journal
 from veneer.rebase.journal import Target
 from veneer.rebase.merge import Prefer
 from veneer.rebase.plan import Plan, make_plan
+from veneer.util.fault import checkpoint
 from veneer.util.staging import trash
 
 logger = logging.getLogger(__name__)
@@ -144,11 +145,8 @@ def rebase_machine(
 def _finish_rebase(layout: Layout, name: MachineName) -> None:
     machine_dir = layout.machine_dir(name)
     journal.apply(machine_dir, layout.machine_upper(name))
-    target = Target.from_json(journal.load_report(machine_dir)["to"])
-    save_machine(
-        layout.machine_record(name),
-        replace(load_machine(layout, name), image=target.image, revision=target.revision),
-    )
+    target = _move_record(layout, name, "to")
+    checkpoint("rebase-recorded")
     journal.finish(machine_dir)
     logger.info("Machine '%s' is on image '%s' revision %d.", name, target.image, target.revision)
 
@@ -156,13 +154,18 @@ def _finish_rebase(layout: Layout, name: MachineName) -> None:
 def _finish_undo(layout: Layout, name: MachineName) -> Target:
     machine_dir = layout.machine_dir(name)
     journal.undo(machine_dir, layout.machine_upper(name), trash=_trasher(layout))
-    source = Target.from_json(journal.load_report(machine_dir)["from"])
-    save_machine(
-        layout.machine_record(name),
-        replace(load_machine(layout, name), image=source.image, revision=source.revision),
-    )
+    source = _move_record(layout, name, "from")
+    checkpoint("undo-recorded")
     journal.discard(machine_dir, trash=_trasher(layout))
     return source
+
+
+def _move_record(layout: Layout, name: MachineName, end: str) -> Target:
+    """Point the machine record at the journal's source or target revision."""
+    where = Target.from_json(journal.load_report(layout.machine_dir(name))[end])
+    record = replace(load_machine(layout, name), image=where.image, revision=where.revision)
+    save_machine(layout.machine_record(name), record)
+    return where
 
 
 def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> Target:

@@ -182,10 +182,13 @@ class _Planner:
     def decide(self, rel: str, path: Path, st: os.stat_result) -> tuple[Action | None, bool]:
         """The action for one touched entry, and whether to look at what it holds."""
         old, new = locate(self.old, rel), locate(self.new, rel)
-        if old is not None and new is not None and same_entry(*old, None, *new, None):
-            # Touched by a layer but the same in both revisions (e.g. changed and changed back); a
-            # directory may still hold changed entries.
-            return None, stat.S_ISDIR(st.st_mode) and not is_opaque(path)
+        if (
+            old is not None
+            and new is not None
+            and not stat.S_ISDIR(new[1].st_mode)
+            and same_entry(*old, None, *new, None)
+        ):
+            return None, False  # touched by a layer but the same in both revisions (changed and back)
         if belongs_to_machine(rel):
             keep = Action(
                 path=rel, verdict=Verdict.KEEP, operation=Operation.NONE, reason="the machine's own"
