@@ -128,36 +128,28 @@ def test_added_on_both_sides_alike_is_no_conflict() -> None:
     assert merged == Merged(content=PASSWD + ALICE + CAROL, conflicts=())
 
 
-@pytest.mark.parametrize(
-    ("prefer", "kept", "dropped"), [(Prefer.CHILD, ALICE, BOB), (Prefer.BASE, BOB, ALICE)]
-)
-def test_uid_taken_on_both_sides(prefer: Prefer, kept: bytes, dropped: bytes) -> None:
+CLASH = "both kept, sharing it: give one another id"
+
+
+@pytest.mark.parametrize("prefer", list(Prefer))
+def test_uid_taken_on_both_sides_keeps_both_users_and_says_so(prefer: Prefer) -> None:
     merged = merge("etc/passwd", PASSWD, PASSWD + ALICE, PASSWD + BOB, prefer)
-    assert merged.content == PASSWD + kept
+    assert merged.content == PASSWD + BOB + ALICE, "both accounts exist: each side's files need theirs"
     assert merged.conflicts == (
-        Conflict(record="uid 1001", reason="uid 1001 taken by alice (child) and bob (base)"),
+        Conflict(record="uid 1001", reason=f"uid 1001 taken by alice (child) and bob (base); {CLASH}"),
     )
 
 
-def test_uid_clash_with_a_changed_user_reverts_it() -> None:
-    """A losing record that existed before becomes the winner's version of it, not nothing."""
-    old = PASSWD + CAROL
-    child = old.replace(b"carol:x:1002:1002", b"carol:x:1001:1002")
-    merged = merge("etc/passwd", old, child, old + BOB, Prefer.BASE)
-    assert merged.content == old + BOB
-    assert [c.record for c in merged.conflicts] == ["uid 1001"]
-
-
-def test_uid_clash_made_by_a_conflict() -> None:
+def test_uid_clash_made_by_a_conflict_is_reported() -> None:
     """The base moves alice off uid 1001 and gives it to bob; the child keeps alice there."""
     old, child = PASSWD + ALICE, PASSWD + ALICE.replace(b"bash", b"zsh")
     new = PASSWD + ALICE.replace(b"1001:1001", b"1005:1001") + BOB
     merged = merge("etc/passwd", old, child, new, Prefer.CHILD)
     assert merged == Merged(
-        content=child,
+        content=child + BOB,
         conflicts=(
             Conflict(record="user alice", reason="changed on both sides"),
-            Conflict(record="uid 1001", reason="uid 1001 taken by alice (child) and bob (base)"),
+            Conflict(record="uid 1001", reason=f"uid 1001 taken by alice (child) and bob (base); {CLASH}"),
         ),
     )
     merged = merge("etc/passwd", old, child, new, Prefer.BASE)
@@ -176,15 +168,13 @@ def test_ids_shared_within_one_side_are_left_alone() -> None:
     assert len(lines(merged.content)) == 7
 
 
-@pytest.mark.parametrize(
-    ("prefer", "kept"), [(Prefer.CHILD, "staff:x:50:alice"), (Prefer.BASE, "devs:x:50:")]
-)
-def test_gid_taken_on_both_sides(prefer: Prefer, kept: str) -> None:
+@pytest.mark.parametrize("prefer", list(Prefer))
+def test_gid_taken_on_both_sides(prefer: Prefer) -> None:
     group = b"root:x:0:\nsudo:x:27:\n"
     merged = merge("etc/group", group, group + b"staff:x:50:alice\n", group + b"devs:x:50:\n", prefer)
-    assert lines(merged.content) == ["root:x:0:", "sudo:x:27:", kept]
+    assert lines(merged.content) == ["root:x:0:", "sudo:x:27:", "devs:x:50:", "staff:x:50:alice"]
     assert merged.conflicts == (
-        Conflict(record="gid 50", reason="gid 50 taken by staff (child) and devs (base)"),
+        Conflict(record="gid 50", reason=f"gid 50 taken by staff (child) and devs (base); {CLASH}"),
     )
 
 
@@ -514,7 +504,7 @@ def numbered_bytes(records: dict[str, tuple[int, str]]) -> bytes:
 
 @settings(max_examples=150, deadline=None)
 @given(numbered, numbered, numbered, st.sampled_from(Prefer))
-def test_passwd_merge_makes_no_uid_clash(
+def test_passwd_merge_reports_every_uid_clash(
     old: dict[str, tuple[int, str]],
     child: dict[str, tuple[int, str]],
     new: dict[str, tuple[int, str]],
@@ -524,7 +514,10 @@ def test_passwd_merge_makes_no_uid_clash(
     merged = merge("etc/passwd", numbered_bytes(old), c, n, prefer)
     result = lines(merged.content)
     uids = [line.split(":")[2] for line in result]
-    assert len(set(uids)) == len(uids), f"uids clash in {result}"
+    shared = {uid for uid in uids if uids.count(uid) > 1}
+    assert {c.record for c in merged.conflicts if c.record.startswith("uid ")} == {
+        f"uid {u}" for u in shared
+    }
     assert set(result) <= set(lines(c)) | set(lines(n)), "every record is one side's"
 
 

@@ -263,7 +263,7 @@ def _merge_accounts(merger: Merger, old: str, child: str, new: str, *, prefer: P
     )
     if merger.id_field is not None:
         what, index = merger.id_field
-        conflicts += _settle_id_clashes(merged, c, n, what=what, index=index, prefer=prefer)
+        conflicts += _report_id_clashes(merged, c, n, what=what, index=index)
     # The file ends as the new base's does, unless it was empty and only the child's gives a hint.
     trailing = new_trailing if n else child_trailing if c else True
     content = "\n".join(merged.values()) + ("\n" if merged and trailing else "")
@@ -304,54 +304,42 @@ def _merge_members(old: str, child: str, new: str) -> str:
     return ",".join(m for m in {**n, **c} if (m in c and m in n if m in o else True))
 
 
-def _settle_id_clashes(
-    merged: dict[_Key, str],
-    child: Mapping[_Key, str],
-    new: Mapping[_Key, str],
-    *,
-    what: str,
-    index: int,
-    prefer: Prefer,
+def _report_id_clashes(
+    merged: Mapping[_Key, str], child: Mapping[_Key, str], new: Mapping[_Key, str], *, what: str, index: int
 ) -> list[Conflict]:
-    """Find ids the merge gave to names of the child and to other names of the base; keep the
-    preferred side's names.
+    """Report ids the merge gives both to names only the child has and to other names only the base has
+    (the child's `useradd alice` and the base's `useradd bob` both took 1000).
 
-    An id that one side itself gives to several names is that side's business. A losing record becomes
-    the preferred side's version of it, dropped if that side lacks it; as that version may clash anew,
-    this repeats until no clash is left (a record the preferred side holds never loses, so it ends).
+    Both records stay: dropping one would leave the files and packages of that side without their
+    account, and renumbering one would hand the other side's files to it. They share the id until the
+    administrator renumbers one; the conflict says so. An id one side itself gives several names is that
+    side's business.
     """
 
     def id_of(records: Mapping[_Key, str], key: _Key) -> str | None:
         fields = records[key].split(":") if key.named and key in records else []
         return fields[index] if len(fields) > index else None
 
-    winner = child if prefer is Prefer.CHILD else new
-    loser = Prefer.BASE if prefer is Prefer.CHILD else Prefer.CHILD
-    conflicts: list[Conflict] = []
-    while True:
-        # Per id, the names in the merge that only one side gives it.
-        claims: dict[str, dict[Prefer, list[_Key]]] = {}
-        for key in merged:
-            value = id_of(merged, key)
-            sides = [
-                side
-                for side, records in ((Prefer.CHILD, child), (Prefer.BASE, new))
-                if id_of(records, key) == value
-            ]
-            if value is not None and len(sides) == 1:
-                claims.setdefault(value, {}).setdefault(sides[0], []).append(key)
-        clashes = {value: claimed for value, claimed in claims.items() if len(claimed) == 2}
-        if not clashes:
-            return conflicts
-        for value, claimed in clashes.items():
+    claims: dict[str, dict[Prefer, list[_Key]]] = {}
+    for key in merged:
+        value = id_of(merged, key)
+        sides = [
+            side
+            for side, records in ((Prefer.CHILD, child), (Prefer.BASE, new))
+            if id_of(records, key) == value
+        ]
+        if value is not None and len(sides) == 1:
+            claims.setdefault(value, {}).setdefault(sides[0], []).append(key)
+    conflicts = []
+    for value, claimed in claims.items():
+        if len(claimed) == 2:
             names = {side: ", ".join(key.name for key in keys) for side, keys in claimed.items()}
-            reason = f"{what} {value} taken by {names[Prefer.CHILD]} (child) and {names[Prefer.BASE]} (base)"
+            reason = (
+                f"{what} {value} taken by {names[Prefer.CHILD]} (child) and {names[Prefer.BASE]} (base); "
+                "both kept, sharing it: give one another id"
+            )
             conflicts.append(Conflict(record=f"{what} {value}", reason=reason))
-            for key in claimed[loser]:
-                if key in winner:
-                    merged[key] = winner[key]
-                else:
-                    del merged[key]
+    return conflicts
 
 
 # deb822 databases (dpkg's status and available, apt's extended_states): paragraphs keyed by package.
