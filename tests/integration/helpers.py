@@ -116,3 +116,38 @@ def tree_snapshot(root: Path, *, times: bool = True) -> Snapshot:
                 (st.st_mtime_ns,) if times and not stat.S_ISLNK(st.st_mode) else ()
             )
     return entries
+
+
+@contextlib.contextmanager
+def overlay_view(target: Path, lowers: list[Path], upper: Path | None = None) -> Iterator[Path]:
+    """A real overlay mount (lowers bottom first), read-only without `upper`, with veneer's options."""
+    if upper is None and len(lowers) == 1:
+        yield lowers[0]  # overlayfs wants two lowers at least; one is its own view
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    options = "lowerdir=" + ":".join(str(p) for p in reversed(lowers))
+    if upper is not None:
+        work = upper.parent / (upper.name + ".work")
+        work.mkdir(exist_ok=True)
+        options += f",upperdir={upper},workdir={work}"
+    options += ",index=off,metacopy=off,redirect_dir=off,xino=off"
+    proc.run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)])
+    try:
+        yield target
+    finally:
+        proc.run(["umount", str(target)])
+
+
+def view(root: Path) -> dict[str, tuple[object, ...]]:
+    """What a machine sees: per path, type, mode and contents (all is owned by root here)."""
+    import os
+    import stat
+
+    seen: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st_ = os.lstat(path)
+            data = path.read_bytes() if stat.S_ISREG(st_.st_mode) else None
+            seen[os.path.relpath(path, root)] = (st_.st_mode, data)
+    return seen

@@ -13,20 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.helpers import tree_snapshot
+from tests.integration.helpers import overlay_view, tree_snapshot, view
 from veneer.rebase import journal
+from veneer.rebase.actions import Operation, Plan, Verdict
 from veneer.rebase.journal import Target
 from veneer.rebase.merge import Prefer
-from veneer.rebase.plan import Operation, Plan, Verdict, make_plan
-from veneer.util.proc import run
+from veneer.rebase.plan import make_plan
 
 pytestmark = pytest.mark.integration
 
@@ -71,38 +69,6 @@ def apply_ops(root: Path, changes: list[Op]) -> None:
                 os.chmod(path, (arg[0] << 6) | (0o55 if path.is_dir() else 0o44))
 
 
-@contextlib.contextmanager
-def overlay(target: Path, lowers: list[Path], upper: Path | None = None) -> Iterator[Path]:
-    """A real overlay mount (lowers bottom first), read-only without `upper`, with veneer's options."""
-    if upper is None and len(lowers) == 1:
-        yield lowers[0]  # overlayfs wants two lowers at least; one is its own view
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    options = "lowerdir=" + ":".join(str(p) for p in reversed(lowers))
-    if upper is not None:
-        work = upper.parent / (upper.name + ".work")
-        work.mkdir(exist_ok=True)
-        options += f",upperdir={upper},workdir={work}"
-    options += ",index=off,metacopy=off,redirect_dir=off,xino=off"
-    run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)])
-    try:
-        yield target
-    finally:
-        run(["umount", str(target)])
-
-
-def view(root: Path) -> dict[str, tuple[object, ...]]:
-    """What a machine sees: per path, type, mode and contents (all is owned by root here)."""
-    seen: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st_ = os.lstat(path)
-            data = path.read_bytes() if stat.S_ISREG(st_.st_mode) else None
-            seen[os.path.relpath(path, root)] = (st_.st_mode, data)
-    return seen
-
-
 def under(path: str, roots: set[str]) -> bool:
     return any(path == r or path.startswith(r + "/") for r in roots)
 
@@ -117,15 +83,15 @@ def test_rebase_keeps_the_childs_changes_and_undo_is_exact(
     for directory in (base, update, upper, machine):
         directory.mkdir(parents=True)
     apply_ops(base, [("write", f, b"base\n") for f in FILES] + base_ops)
-    with overlay(case / "mnt", [base], update) as root:
+    with overlay_view(case / "mnt", [base], update) as root:
         apply_ops(root, update_ops)
-    with overlay(case / "mnt", [base], upper) as root:
+    with overlay_view(case / "mnt", [base], upper) as root:
         apply_ops(root, child_ops)
-    with overlay(case / "mnt", [base]) as root:
+    with overlay_view(case / "mnt", [base]) as root:
         old = view(root)
-    with overlay(case / "mnt", [base, update]) as root:
+    with overlay_view(case / "mnt", [base, update]) as root:
         new = view(root)
-    with overlay(case / "mnt", [base, upper]) as root:
+    with overlay_view(case / "mnt", [base, upper]) as root:
         child = view(root)
 
     plan: Plan = make_plan(upper, [base], [base, update], uid_base=None, prefer=prefer)
@@ -140,7 +106,7 @@ def test_rebase_keeps_the_childs_changes_and_undo_is_exact(
         trash=lambda p: Path(shutil.move(p, case / f"trash-{os.urandom(4).hex()}")),
     )
     journal.apply(machine, upper)
-    with overlay(case / "mnt", [base, update, upper]) as root:
+    with overlay_view(case / "mnt", [base, update, upper]) as root:
         after = view(root)
 
     base_won = {

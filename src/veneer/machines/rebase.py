@@ -21,9 +21,10 @@ from veneer.machines.lifecycle import machine_lock, refuse_if_running
 from veneer.machines.state import is_alive, list_machine_names, load_machine, load_runtime, save_machine
 from veneer.overlay.mount import is_mounted, unmount
 from veneer.rebase import journal
+from veneer.rebase.actions import Plan
 from veneer.rebase.journal import Target
 from veneer.rebase.merge import Prefer
-from veneer.rebase.plan import Plan, make_plan
+from veneer.rebase.plan import make_plan
 from veneer.util.fault import checkpoint
 from veneer.util.staging import trash
 

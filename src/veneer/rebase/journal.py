@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from veneer.errors import StateCorrupt
-from veneer.rebase.plan import Operation, Plan
+from veneer.rebase.actions import Operation, Plan
 from veneer.util.fault import checkpoint
 from veneer.util.fs import atomic_write, remove_tree, save_json
 
@@ -102,8 +102,12 @@ def prepare(
     parents: dict[str, tuple[int, int]] = {}
     for index, action in enumerate(plan.actions):
         path = upper / action.path
-        st = os.lstat(path)
-        entry = {**action.to_json(), "index": index, "original": [st.st_mode, st.st_uid, st.st_gid]}
+        entry: dict[str, Any] = {**action.to_json(), "index": index}
+        if action.operation is Operation.WHITEOUT:
+            os.mknod(new / "staged" / str(index), stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        else:
+            st = os.lstat(path)
+            entry["original"] = [st.st_mode, st.st_uid, st.st_gid]
         if action.attrs is not None:
             entry["attrs"] = list(action.attrs)
         if action.operation is Operation.WRITE:
@@ -160,7 +164,7 @@ def apply(machine_dir: Path, upper: Path) -> None:
         if operation in (Operation.REMOVE, Operation.WRITE) and not os.path.lexists(saved):
             os.rename(path, saved)
             checkpoint("rebase-saved")
-        if operation is Operation.WRITE and os.path.lexists(staged):
+        if operation in (Operation.WRITE, Operation.WHITEOUT) and os.path.lexists(staged):
             os.rename(staged, path)
             checkpoint("rebase-written")
         if operation is Operation.SETATTR:
@@ -190,6 +194,8 @@ def undo(machine_dir: Path, upper: Path, *, trash: Callable[[Path], Path]) -> No
                 checkpoint("undo-cleared")
             os.rename(saved, path)
             checkpoint("undo-restored")
+        if operation is Operation.WHITEOUT and os.path.lexists(path):
+            remove_tree(trash(path))
         if operation is Operation.SETATTR:
             mode, uid, gid = entry["original"]
             os.chown(path, uid, gid, follow_symlinks=False)

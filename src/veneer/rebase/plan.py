@@ -14,71 +14,17 @@ subtrees of the upper dir are not even read, which keeps planning cheap for the 
 
 from __future__ import annotations
 
-import enum
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from veneer.images.identity import belongs_to_machine
 from veneer.overlay.layers import is_opaque, is_whiteout, locate
+from veneer.rebase.actions import Action, Operation, Plan, Verdict
 from veneer.rebase.compare import same_entry, same_tree, to_machine_id
 from veneer.rebase.merge import Prefer, merge_file, merger_for
-
-
-class Verdict(enum.StrEnum):
-    KEEP = "keep"  # the child's entry stays as it is
-    DROP = "drop"  # the child's entry goes (saved first): the new base shows
-    MERGE = "merge"  # a known file merged record by record, cleanly
-    CONFLICT = "conflict"  # changed on both sides; resolved by --prefer
-
-
-class Operation(enum.StrEnum):
-    """What applying an action does to the upper dir."""
-
-    NONE = "none"
-    REMOVE = "remove"  # move the entry (a whole subtree for a directory) into the backup
-    WRITE = "write"  # move the entry into the backup and write new contents with its metadata
-    SETATTR = "setattr"  # give a directory the new base's mode and owner (the old ones are recorded)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Action:
-    path: str  # relative to the upper dir
-    verdict: Verdict
-    operation: Operation
-    reason: str
-    content: bytes | None = None  # WRITE
-    attrs: tuple[int, int, int] | None = None  # SETATTR: mode, uid, gid as the upper dir holds them
-    conflicts: tuple[str, ...] = ()  # the records a merge resolved by --prefer
-
-    def describe(self) -> str:
-        text = f"{self.verdict.value:<9}/{self.path}  ({self.reason})"
-        return "\n".join([text, *(f"{'':<9}  conflict: {c}" for c in self.conflicts)])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": "/" + self.path,
-            "verdict": self.verdict.value,
-            "operation": self.operation.value,
-            "reason": self.reason,
-            "conflicts": list(self.conflicts),
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    actions: tuple[Action, ...]
-    examined: int  # entries of the upper dir read
-
-    def count(self, verdict: Verdict) -> int:
-        return sum(1 for a in self.actions if a.verdict is verdict)
-
-    def summary(self) -> str:
-        parts = [f"{self.count(v)} {v.value}" for v in Verdict if self.count(v)]
-        return ", ".join(parts) or "nothing to do"
+from veneer.rebase.pacman import pacman_actions
 
 
 class _Touched:
@@ -135,7 +81,7 @@ def make_plan(
     shared = shared_prefix(old, new)
     planner = _Planner(upper, list(old), list(new), uid_base=uid_base, prefer=prefer)
     touched = _Touched([*old[shared:], *new[shared:]])
-    actions = list(planner.walk("", touched))
+    actions = pacman_actions(upper, old, new, list(planner.walk("", touched)), prefer=prefer)
     return Plan(actions=tuple(actions), examined=planner.examined)
 
 
