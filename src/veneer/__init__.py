@@ -36,6 +36,17 @@ _EXPORTS = {
     "diff_machine": "veneer.machines.lifecycle",
     "machine_status": "veneer.machines.inspect",
     "list_machines": "veneer.machines.inspect",
+    "start_machine": "veneer.machines.boot",
+    "stop_machine": "veneer.machines.boot",
+    "update_image": "veneer.machines.revisions",
+    "commit_machine": "veneer.machines.revisions",
+    "squash_image": "veneer.machines.revisions",
+    "rollback_image": "veneer.machines.revisions",
+    "prune_image": "veneer.machines.revisions",
+    "plan_rebase": "veneer.machines.rebase",
+    "rebase_machine": "veneer.machines.rebase",
+    "undo_rebase": "veneer.machines.rebase",
+    "Prefer": "veneer.rebase.merge",
 }
 
 __all__ = [
@@ -44,11 +55,13 @@ __all__ = [
     "Error",
     "Layout",
     "NetworkMode",
+    "Prefer",
     "Provisioning",
     "RunOptions",
     "SourceKind",
     "build_tree",
     "clone_machine",
+    "commit_machine",
     "create_image",
     "create_machine",
     "diff_machine",
@@ -59,12 +72,21 @@ __all__ = [
     "mount_machine",
     "parse_image_name",
     "parse_machine_name",
+    "plan_rebase",
+    "prune_image",
+    "rebase_machine",
     "remove_image",
     "remove_machine",
     "rename_machine",
+    "rollback_image",
     "run_ephemeral",
     "run_machine",
+    "squash_image",
+    "start_machine",
+    "stop_machine",
     "umount_machine",
+    "undo_rebase",
+    "update_image",
 ]
 
 if TYPE_CHECKING:
@@ -73,6 +95,7 @@ if TYPE_CHECKING:
     from veneer.errors import Error
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
     from veneer.images.store import create_image, list_images, load_image, remove_image
+    from veneer.machines.boot import start_machine, stop_machine
     from veneer.machines.inspect import list_machines, machine_status
     from veneer.machines.lifecycle import (
         RunOptions,
@@ -86,6 +109,15 @@ if TYPE_CHECKING:
         run_machine,
         umount_machine,
     )
+    from veneer.machines.rebase import plan_rebase, rebase_machine, undo_rebase
+    from veneer.machines.revisions import (
+        commit_machine,
+        prune_image,
+        rollback_image,
+        squash_image,
+        update_image,
+    )
+    from veneer.rebase.merge import Prefer
 
 
 def __getattr__(name: str) -> Any:
