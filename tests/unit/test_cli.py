@@ -19,6 +19,24 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--", "true"]) == 2
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rebase"],
+        ["rebase", "m1", "--all"],
+        ["rebase", "--undo", "m1", "m2"],
+        ["rebase", "m1", "--prefer", "neither"],
+        ["commit", "m1"],
+        ["commit", "m1", "img", "--revision"],
+        ["image", "update", "bb"],
+        ["image", "update", "bb", "--bogus", "--", "true"],
+        ["image", "rollback", "bb", "--to", "x"],
+    ],
+)
+def test_revision_and_rebase_usage_errors_exit_2(argv: list[str], tmp_path: Path) -> None:
+    assert main(["--root", str(tmp_path), *argv]) == 2
+
+
 def test_missing_image_exits_1_with_hint(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--root", str(tmp_path), "image", "show", "nope"]) == 1
     err = capsys.readouterr().err
@@ -43,6 +61,7 @@ def test_cli_start_up_loads_no_heavy_modules() -> None:
         "veneer.machines.lifecycle",
         "veneer.images.bootstrap",
         "veneer.overlay.mount",
+        "veneer.rebase.plan",
         "zstandard",
     ):
         assert heavy not in loaded

@@ -229,7 +229,9 @@ def cmd_update(args: argparse.Namespace) -> int:
         after = argparse.ArgumentParser(prog="veneer image update NAME", add_help=False, exit_on_error=False)
         _update_options(after)
         try:
-            after.parse_args(command[:split], namespace=args)
+            _, unknown = after.parse_known_args(command[:split], namespace=args)
+            if unknown:
+                raise argparse.ArgumentError(None, f"unrecognized arguments: {' '.join(unknown)}")
         except argparse.ArgumentError as e:
             raise UsageError(str(e), hint="veneer image update NAME [OPTIONS] -- CMD...") from e
         command = command[split + 1 :]
