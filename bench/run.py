@@ -519,7 +519,7 @@ def tree_stats(path: Path) -> tuple[int, int]:
 
 def image_tree(bench: Bench, image: str) -> Path:
     info = json.loads(bench.veneer("image", "show", image, "--json").stdout)
-    return bench.store / "layers" / str(info["revisions"][0]["layer"]) / "tree"
+    return bench.store / "layers" / str(info["revisions"][0]["layers"][0]) / "tree"
 
 
 class Bases:
