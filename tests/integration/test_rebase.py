@@ -203,6 +203,7 @@ def test_rebase_reconciles_and_undo_restores_exactly(busybox: Store) -> None:
     assert sh(store, "m1", "test -e /etc/profile || echo deleted; stat -c %a /home") == "deleted\n751\n"
     report = json.loads((store.root / "machines/m1/rebase/plan.json").read_text())
     assert {a["path"] for a in report["actions"]} == set(verdicts), "the report is kept with the backup"
+    assert "revision 2 already" in store.veneer("rebase", "m1").stdout, "a no-op keeps the backup for undo"
     store.veneer("rebase", "--undo", "m1")
     assert tree_snapshot(store.upper("m1")) == before
     assert store.machine_json("m1")["revision"] == 1

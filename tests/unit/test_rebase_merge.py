@@ -538,3 +538,11 @@ def test_group_members_follow_the_set_rule(
     members = lines(merged.content)[1].split(":")[3]
     o, c, n = set(old), set(child), set(new)
     assert set(filter(None, members.split(","))) == (o & c & n) | (c - o) | (n - o)
+
+
+def test_subordinate_ids_merge_by_name() -> None:
+    old = b"root:100000:65536\n"
+    merged = merge(
+        "etc/subuid", old, old + b"alice:165536:65536\n", old + b"bob:165536:65536\n", Prefer.CHILD
+    )
+    assert merged == Merged(content=old + b"bob:165536:65536\nalice:165536:65536\n", conflicts=())

@@ -95,6 +95,9 @@ def _print_result(result: RebaseResult) -> None:
         f"'{result.source.image}' revision {result.source.revision} -> "
         f"'{result.target.image}' revision {result.target.revision}"
     )
+    if result.source == result.target:
+        print(f"{result.machine}: on '{result.target.image}' revision {result.target.revision} already.")
+        return
     print(f"{result.machine}: {move}{'' if result.applied else ' (dry run)'}")
     for action in result.plan.actions:
         print("  " + action.describe().replace("\n", "\n  "))

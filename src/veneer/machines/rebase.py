@@ -75,18 +75,24 @@ def plan_rebase(
         return _plan(layout, name, image=image, to=to, prefer=prefer)
 
 
-def _plan(
-    layout: Layout, name: MachineName, *, image: str | None, to: int | None, prefer: Prefer
-) -> RebaseResult:
+def _ends(layout: Layout, name: MachineName, *, image: str | None, to: int | None) -> tuple[Target, Target]:
+    """Where the machine is, and where a rebase takes it (checked to exist)."""
     record = load_machine(layout, name)
     target_image = load_image(layout, image or record.image)
     target = Target(image=target_image.name, revision=target_image.current if to is None else to)
     target_image.revision(target.revision)
-    source = Target(image=record.image, revision=record.revision)
+    return Target(image=record.image, revision=record.revision), target
+
+
+def _plan(
+    layout: Layout, name: MachineName, *, image: str | None, to: int | None, prefer: Prefer
+) -> RebaseResult:
+    source, target = _ends(layout, name, image=image, to=to)
+    record = load_machine(layout, name)
     plan = make_plan(
         layout.machine_upper(name),
-        lower_dirs(layout, load_image(layout, record.image), record.revision),
-        lower_dirs(layout, target_image, target.revision),
+        lower_dirs(layout, load_image(layout, source.image), source.revision),
+        lower_dirs(layout, load_image(layout, target.image), target.revision),
         uid_base=record.uid_base,
         prefer=prefer,
     )
@@ -104,9 +110,19 @@ def rebase_machine(
     prefer: Prefer = Prefer.CHILD,
     restart: bool = True,
 ) -> RebaseResult:
-    """Move a machine onto another revision (its image's current one by default), keeping what it wrote."""
+    """Move a machine onto another revision (its image's current one by default), keeping what it wrote.
+    A machine that is there already is left alone, and so is the backup of its last rebase."""
     from veneer.machines.boot import start_machine, stop_machine
 
+    source, target = _ends(layout, name, image=image, to=to)
+    if source == target:
+        logger.info(
+            "Machine '%s' is on image '%s' revision %d already.", name, target.image, target.revision
+        )
+        plan = Plan(actions=(), examined=0)
+        return RebaseResult(
+            machine=name, source=source, target=target, plan=plan, applied=False, restarted=False
+        )
     was_running = _is_booted(layout, name)
     if was_running:
         if not restart:
@@ -118,13 +134,6 @@ def rebase_machine(
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         result = _plan(layout, name, image=image, to=to, prefer=prefer)
-        if result.source == result.target:
-            logger.info(
-                "Machine '%s' is on image '%s' revision %d already.",
-                name,
-                result.target.image,
-                result.target.revision,
-            )
         root = layout.machine_root(name)
         if is_mounted(root):
             unmount(root)

@@ -50,6 +50,8 @@ class Merger(enum.StrEnum):
     SHADOW = "shadow"
     GROUP = "group"
     GSHADOW = "gshadow"
+    SUBUID = "subuid"  # NAME:FIRST:COUNT, as useradd adds them on Debian
+    SUBGID = "subgid"
     DPKG = "dpkg"
     APT = "apt"
 
@@ -64,7 +66,7 @@ class Merger(enum.StrEnum):
     @property
     def noun(self) -> str:
         """What a record of the file is, as conflicts name it."""
-        return "group" if self in (Merger.GROUP, Merger.GSHADOW) else "user"
+        return "group" if self in (Merger.GROUP, Merger.GSHADOW, Merger.SUBGID) else "user"
 
     @property
     def member_fields(self) -> tuple[int, ...]:
@@ -81,7 +83,7 @@ _MERGERS: Mapping[str, Merger] = MappingProxyType(
     {
         **{
             f"etc/{name}{suffix}": Merger(name)
-            for name in ("passwd", "shadow", "group", "gshadow")
+            for name in ("passwd", "shadow", "group", "gshadow", "subuid", "subgid")
             for suffix in ("", "-")
         },
         "var/lib/dpkg/status": Merger.DPKG,
