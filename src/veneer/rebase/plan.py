@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from veneer.images.identity import belongs_to_machine
@@ -205,7 +206,7 @@ class _Planner:
                 path=rel, verdict=Verdict.DROP, operation=Operation.SETATTR, reason=reason, attrs=attrs
             ), True
         conflict = self._conflict(rel, "owner or mode changed on both sides", base=Operation.SETATTR)
-        return (conflict if conflict.operation is Operation.NONE else _with_attrs(conflict, attrs)), True
+        return (conflict if conflict.operation is Operation.NONE else replace(conflict, attrs=attrs)), True
 
     def _decide_file(
         self,
@@ -274,16 +275,6 @@ class _Planner:
             content=merged.content,
             conflicts=conflicts,
         )
-
-
-def _with_attrs(action: Action, attrs: tuple[int, int, int]) -> Action:
-    return Action(
-        path=action.path,
-        verdict=action.verdict,
-        operation=action.operation,
-        reason=action.reason,
-        attrs=attrs,
-    )
 
 
 def _regular_or_none(found: tuple[Path, os.stat_result] | None) -> bool:
