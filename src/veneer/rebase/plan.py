@@ -150,20 +150,9 @@ class _Planner:
     def _decide_whiteout(
         self, rel: str, old: tuple[Path, os.stat_result] | None, new: tuple[Path, os.stat_result] | None
     ) -> Action | None:
-        if new is None:
-            return Action(
-                path=rel,
-                verdict=Verdict.DROP,
-                operation=Operation.REMOVE,
-                reason="deleted in the new base too",
-            )
-        if old is None:
-            return Action(
-                path=rel,
-                verdict=Verdict.DROP,
-                operation=Operation.REMOVE,
-                reason="the old base did not have it",
-            )
+        if new is None or old is None:
+            reason = "deleted in the new base too" if new is None else "the old base did not have it"
+            return Action(path=rel, verdict=Verdict.DROP, operation=Operation.REMOVE, reason=reason)
         return self._conflict(rel, "the child deleted it, the base changed it")
 
     def _decide_directory(
