@@ -1,0 +1,271 @@
+"""The rebase scenario on a real Debian base (issue 5, item 7), nothing mocked.
+
+A child of a debootstrapped bookworm installs a local package, adds a user and edits /etc/motd; the base's
+next revision upgrades a package the child did not touch, adds a user and edits /etc/motd too. After the
+rebase the child has both sides' packages registered and working, both users, its own motd with the
+conflict reported; `rebase --undo` gives back its upper dir exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.helpers import Store
+from veneer.util import proc
+
+pytestmark = pytest.mark.root
+
+CHILD_MOTD = "Welcome to c1, the child's own motd.\n"
+BASE_MOTD = "Welcome to the base, revision 2.\n"
+ACCOUNTS = ("etc/passwd", "etc/shadow", "etc/group", "etc/gshadow")
+DPKG_STATUS = "var/lib/dpkg/status"
+# What the child does, and what the base's update does: packages, a user and /etc/motd on each side.
+CHILD_CHANGES = "; ".join(
+    (
+        "dpkg -i /mnt/hello-local_1.0_all.deb",
+        "useradd -m alice",
+        f"printf %s {shlex.quote(CHILD_MOTD)} > /etc/motd",
+    )
+)
+BASE_UPDATE = "; ".join(
+    ("dpkg -i /mnt/libdemo_2.0_all.deb", "useradd -m bob", f"printf %s {shlex.quote(BASE_MOTD)} > /etc/motd")
+)
+
+
+def build_deb(out: Path, package: str, version: str, script: str, *, depends: str | None = None) -> Path:
+    """A tiny binary package holding the executable /usr/bin/PACKAGE, built with dpkg-deb."""
+    root = out / f"{package}_{version}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    control = [
+        f"Package: {package}",
+        f"Version: {version}",
+        "Architecture: all",
+        "Maintainer: veneer tests <tests@veneer.invalid>",
+        *([f"Depends: {depends}"] if depends else []),
+        f"Description: {package} {version}, built by veneer's rebase test",
+    ]
+    (root / "DEBIAN/control").write_text("\n".join(control) + "\n")
+    program = root / "usr/bin" / package
+    program.write_text(f"#!/bin/sh\n{script}\n")
+    program.chmod(0o755)
+    deb = out / f"{package}_{version}_all.deb"
+    proc.run(["dpkg-deb", "--root-owner-group", "--build", os.fspath(root), os.fspath(deb)], capture=True)
+    return deb
+
+
+def snapshot(tree: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything about a tree that `rebase --undo` must give back, except ctimes and atimes: per path
+    its type and mode, owner, link count, size, content hash, symlink target, device number, every xattr
+    (overlayfs' trusted.overlay.* included) and mtime."""
+    entries: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in ["", *dirnames, *filenames]:
+            if not name and dirpath != os.fspath(tree):
+                continue  # each directory is recorded once, as an entry of its parent
+            path = Path(dirpath, name) if name else tree
+            st = os.lstat(path)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else None
+            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            xattrs = tuple(
+                sorted(
+                    (attr, os.getxattr(path, attr, follow_symlinks=False))
+                    for attr in os.listxattr(path, follow_symlinks=False)
+                )
+            )
+            entries[os.path.relpath(path, tree)] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_nlink,
+                st.st_size,
+                digest,
+                target,
+                st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else None,
+                xattrs,
+                st.st_mtime_ns,
+            )
+    return entries
+
+
+def differences(before: dict[str, tuple[Any, ...]], after: dict[str, tuple[Any, ...]]) -> list[str]:
+    lines = [f"gone: {p}" for p in sorted(before.keys() - after.keys())]
+    lines += [f"new: {p}" for p in sorted(after.keys() - before.keys())]
+    lines += [
+        f"changed: {p}: {before[p]} -> {after[p]}"
+        for p in sorted(before.keys() & after.keys())
+        if before[p] != after[p]
+    ]
+    return lines
+
+
+def inside(store: Store, machine: str, script: str, *, ok: tuple[int, ...] = (0,)) -> str:
+    """Run a shell script in the (stopped) machine and return its standard output."""
+    return store.veneer("run", machine, "--", "sh", "-euc", script, ok=ok).stdout
+
+
+def actions_by_path(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {action["path"]: action for action in report["actions"]}
+
+
+@pytest.fixture
+def debs(tmp_path: Path) -> Path:
+    """The packages of the scenario, in a directory the host binds into the image and the machine."""
+    out = tmp_path / "debs"
+    out.mkdir()
+    build_deb(out, "libdemo", "1.0", 'echo "libdemo 1.0"')
+    build_deb(out, "libdemo", "2.0", 'echo "libdemo 2.0"')
+    build_deb(out, "hello-local", "1.0", 'echo "hello-local 1.0 on $(libdemo)"', depends="libdemo (>= 1.0)")
+    for deb in out.glob("*.deb"):
+        deb.chmod(0o644)  # the machine's root is an unprivileged uid on the host
+    out.chmod(0o755)
+    return out
+
+
+def bind(debs: Path) -> str:
+    # /mnt exists, empty, in every Debian: binding onto it creates nothing in the layer or the upper dir.
+    return f"--bind={debs}:/mnt:ro"
+
+
+def make_base_and_child(store: Store, debian_tree: Path, debs: Path) -> None:
+    """Revision 1 of image 'deb' has libdemo 1.0; machine c1 on it installed hello-local, added alice and
+    wrote its own motd."""
+    store.veneer("image", "create", "deb", "--from-dir", os.fspath(debian_tree))
+    store.veneer(
+        "image", "update", "deb", "--network", "none", bind(debs), "--",
+        "dpkg", "-i", "/mnt/libdemo_1.0_all.deb",
+    )  # fmt: skip
+    assert json.loads(store.veneer("image", "show", "deb", "--json").stdout)["current"] == 1
+    store.veneer("create", "c1", "--from", "deb", "--network", "none")
+    assert store.machine_json("c1")["revision"] == 1
+    store.veneer(
+        "run", bind(debs), "c1", "--", "sh", "-euc",
+        CHILD_CHANGES,
+    )  # fmt: skip
+    assert inside(store, "c1", "hello-local") == "hello-local 1.0 on libdemo 1.0\n"
+
+
+BASE_UPDATE = (
+    f"dpkg -i /mnt/libdemo_2.0_all.deb; useradd -m bob; printf %s {shlex.quote(BASE_MOTD)} > /etc/motd"
+)
+
+
+def check_child_after_rebase(store: Store, *, motd: str) -> None:
+    """Both sides' packages, users and files are in c1 and dpkg's database agrees with its files."""
+    assert inside(store, "c1", "libdemo") == "libdemo 2.0\n"
+    assert inside(store, "c1", "hello-local") == "hello-local 1.0 on libdemo 2.0\n"
+    listed = inside(store, "c1", "dpkg -l libdemo hello-local | grep '^[a-z][a-z] '")
+    rows = {line.split()[1]: (line.split()[0], line.split()[2]) for line in listed.splitlines()}
+    assert rows == {"libdemo": ("ii", "2.0"), "hello-local": ("ii", "1.0")}
+    assert inside(store, "c1", "dpkg --audit") == ""
+    assert inside(store, "c1", "dpkg --verify") == ""  # every package's files match its md5sums
+    # Each package's file list names exactly what is there; the old version's list is gone.
+    for package, program in (("libdemo", "/usr/bin/libdemo"), ("hello-local", "/usr/bin/hello-local")):
+        files = inside(store, "c1", f"dpkg -L {package}").split()
+        assert program in files
+        assert (
+            inside(store, "c1", f"for f in {' '.join(files)}; do test -e $f || echo missing $f; done") == ""
+        )
+    assert inside(store, "c1", "dpkg -S /usr/bin/libdemo /usr/bin/hello-local") == (
+        "libdemo: /usr/bin/libdemo\nhello-local: /usr/bin/hello-local\n"
+    )
+    # Both users, their homes, and the files each side created for them.
+    assert inside(store, "c1", "id -un alice; id -un bob") in (
+        "alice\nbob\n",
+        "alice\nalice\n",
+        "bob\nbob\n",
+    )
+    for user in ("alice", "bob"):
+        assert inside(store, "c1", f"getent passwd {user} | cut -d: -f1,6") == f"{user}:/home/{user}\n"
+        assert inside(store, "c1", f"getent shadow {user} | cut -d: -f1") == f"{user}\n"
+        assert inside(store, "c1", f"test -d /home/{user} && echo yes") == "yes\n"
+    assert inside(store, "c1", "pwck -r -q >/dev/null 2>&1; grpck -r >/dev/null 2>&1; echo checked")
+    assert inside(store, "c1", "cat /etc/motd") == motd
+
+
+def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
+    store: Store, debian_tree: Path, debs: Path
+) -> None:
+    make_base_and_child(store, debian_tree, debs)
+    store.veneer("image", "update", "deb", "--network", "none", bind(debs), "--", "sh", "-euc", BASE_UPDATE)
+    assert json.loads(store.veneer("image", "show", "deb", "--json").stdout)["current"] == 2
+    upper = store.upper("c1")
+    before = snapshot(upper)
+
+    # The dry run says what will happen and changes nothing.
+    (plan,) = json.loads(store.veneer("rebase", "c1", "--dry-run", "--json").stdout)
+    assert (plan["from"], plan["to"], plan["applied"]) == ({"image": "deb", "revision": 1}, {
+        "image": "deb", "revision": 2}, False)  # fmt: skip
+    actions = actions_by_path(plan)
+    assert actions["/etc/motd"]["verdict"] == "conflict"
+    assert actions["/etc/motd"]["operation"] == "none"
+    for path in ACCOUNTS:
+        assert actions[f"/{path}"]["verdict"] in ("merge", "conflict"), actions[f"/{path}"]
+    assert actions[f"/{DPKG_STATUS}"]["verdict"] == "merge"
+    assert actions[f"/{DPKG_STATUS}"]["conflicts"] == []
+    assert differences(before, snapshot(upper)) == []
+    assert store.machine_json("c1")["revision"] == 1
+
+    # The real rebase reports the same plan, on stdout for people.
+    out = store.veneer("rebase", "c1").stdout
+    assert "c1: 'deb' revision 1 -> 'deb' revision 2" in out
+    assert any(line.split()[:2] == ["conflict", "/etc/motd"] for line in out.splitlines()), out
+    assert "rebase --undo c1" in out
+    assert store.machine_json("c1")["revision"] == 2
+
+    # Undo gives back the upper dir byte for byte, and the revision.
+    undo = store.veneer("rebase", "--undo", "c1").stdout
+    assert "back on 'deb' revision 1" in undo
+    assert differences(before, snapshot(upper)) == []
+    assert store.machine_json("c1")["revision"] == 1
+    assert inside(store, "c1", "libdemo; cat /etc/motd") == "libdemo 1.0\n" + CHILD_MOTD
+
+    # Again, with the report as JSON this time; then look inside.
+    (report,) = json.loads(store.veneer("rebase", "c1", "--json").stdout)
+    assert report["applied"] is True and report["to"] == {"image": "deb", "revision": 2}
+    actions = actions_by_path(report)
+    assert actions["/etc/motd"]["verdict"] == "conflict"
+    assert "child's kept" in actions["/etc/motd"]["reason"]
+    assert actions[f"/{DPKG_STATUS}"]["verdict"] == "merge"
+    check_child_after_rebase(store, motd=CHILD_MOTD)
+    # The rebase record kept beside the backup holds the same report.
+    kept = json.loads((store.root / "machines/c1/rebase/plan.json").read_text())
+    assert [(a["path"], a["verdict"]) for a in kept["actions"]] == [
+        (a["path"], a["verdict"]) for a in report["actions"]
+    ]
+
+    # A second undo puts the machine back again: on revision 1, its own motd and libdemo 1.0.
+    store.veneer("rebase", "--undo", "c1")
+    assert store.machine_json("c1")["revision"] == 1
+    assert inside(store, "c1", "libdemo; cat /etc/motd") == "libdemo 1.0\n" + CHILD_MOTD
+
+
+def test_rebase_preferring_the_base_keeps_the_childs_other_changes(
+    store: Store, debian_tree: Path, debs: Path
+) -> None:
+    make_base_and_child(store, debian_tree, debs)
+    before = snapshot(store.upper("c1"))
+    out = store.veneer(
+        "image", "update", "deb", "--network", "none", bind(debs), "--rebase", "--prefer", "base", "--",
+        "sh", "-euc", BASE_UPDATE,
+    ).stdout  # fmt: skip
+    assert "Image 'deb' is at revision 2." in out
+    assert any(line.split()[:2] == ["conflict", "/etc/motd"] for line in out.splitlines()), out
+    assert "the base's kept" in out
+    assert store.machine_json("c1")["revision"] == 2
+    # Undo, byte for byte: preferring the base moved the child's motd into the backup.
+    store.veneer("rebase", "--undo", "c1")
+    assert differences(before, snapshot(store.upper("c1"))) == []
+    assert store.machine_json("c1")["revision"] == 1
+    (report,) = json.loads(store.veneer("rebase", "c1", "--prefer", "base", "--json").stdout)
+    motd = actions_by_path(report)["/etc/motd"]
+    assert (motd["verdict"], motd["operation"]) == ("conflict", "remove")
+    check_child_after_rebase(store, motd=BASE_MOTD)
