@@ -128,23 +128,24 @@ def test_added_on_both_sides_alike_is_no_conflict() -> None:
     assert merged == Merged(content=PASSWD + ALICE + CAROL, conflicts=())
 
 
-@pytest.mark.parametrize(
-    ("prefer", "kept", "dropped"), [(Prefer.CHILD, ALICE, BOB), (Prefer.BASE, BOB, ALICE)]
-)
-def test_uid_taken_on_both_sides(prefer: Prefer, kept: bytes, dropped: bytes) -> None:
+@pytest.mark.parametrize("prefer", list(Prefer))
+def test_uid_taken_on_both_sides_keeps_both_users(prefer: Prefer) -> None:
+    """Each side's useradd picked the next free uid: both users stay, and the clash is reported."""
     merged = merge("etc/passwd", PASSWD, PASSWD + ALICE, PASSWD + BOB, prefer)
-    assert merged.content == PASSWD + kept
+    assert merged.content == PASSWD + BOB + ALICE
     assert merged.conflicts == (
-        Conflict(record="uid 1001", reason="uid 1001 taken by alice (child) and bob (base)"),
+        Conflict(
+            record="uid 1001", reason="uid 1001 taken by alice (child) and bob (base); both kept, sharing it"
+        ),
     )
 
 
-def test_uid_clash_with_a_changed_user_reverts_it() -> None:
-    """A losing record that existed before becomes the winner's version of it, not nothing."""
+@pytest.mark.parametrize("prefer", list(Prefer))
+def test_uid_clash_with_a_changed_user_keeps_the_change(prefer: Prefer) -> None:
     old = PASSWD + CAROL
     child = old.replace(b"carol:x:1002:1002", b"carol:x:1001:1002")
-    merged = merge("etc/passwd", old, child, old + BOB, Prefer.BASE)
-    assert merged.content == old + BOB
+    merged = merge("etc/passwd", old, child, old + BOB, prefer)
+    assert merged.content == child + BOB
     assert [c.record for c in merged.conflicts] == ["uid 1001"]
 
 
@@ -158,15 +159,15 @@ def test_ids_shared_within_one_side_are_left_alone() -> None:
     assert len(lines(merged.content)) == 7
 
 
-@pytest.mark.parametrize(
-    ("prefer", "kept"), [(Prefer.CHILD, "staff:x:50:alice"), (Prefer.BASE, "devs:x:50:")]
-)
-def test_gid_taken_on_both_sides(prefer: Prefer, kept: str) -> None:
+@pytest.mark.parametrize("prefer", list(Prefer))
+def test_gid_taken_on_both_sides_keeps_both_groups(prefer: Prefer) -> None:
     group = b"root:x:0:\nsudo:x:27:\n"
     merged = merge("etc/group", group, group + b"staff:x:50:alice\n", group + b"devs:x:50:\n", prefer)
-    assert lines(merged.content) == ["root:x:0:", "sudo:x:27:", kept]
+    assert lines(merged.content) == ["root:x:0:", "sudo:x:27:", "devs:x:50:", "staff:x:50:alice"]
     assert merged.conflicts == (
-        Conflict(record="gid 50", reason="gid 50 taken by staff (child) and devs (base)"),
+        Conflict(
+            record="gid 50", reason="gid 50 taken by staff (child) and devs (base); both kept, sharing it"
+        ),
     )
 
 

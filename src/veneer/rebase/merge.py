@@ -4,7 +4,8 @@ group, gshadow and their `-` backups), dpkg's and apt's deb822 databases, and pa
 Pure: bytes in, bytes out, no filesystem access and no logging; reading, writing and reporting are the
 caller's. Each record is merged by the rule rebase applies to whole files: child equal to the old base
 takes the new base's (deletion included), new base equal to the old takes the child's, both equal take
-that; anything else is a `Conflict`, resolved by `Prefer` and reported.
+that; anything else is a `Conflict`, resolved by `Prefer` and reported. A numeric id that each side gave
+to a different new name is reported too, but both records stay: nothing of either side is lost.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def _merge_accounts(merger: Merger, old: str, child: str, new: str, *, prefer: P
     )
     if merger.id_field is not None:
         what, index = merger.id_field
-        conflicts += _settle_id_clashes(merged, o, c, n, what=what, index=index, prefer=prefer)
+        conflicts += _find_id_clashes(merged, o, c, n, what=what, index=index)
     # The file ends as the new base's does, unless it was empty and only the child's gives a hint.
     trailing = new_trailing if n else child_trailing if c else True
     content = "\n".join(merged.values()) + ("\n" if merged and trailing else "")
@@ -298,20 +299,21 @@ def _merge_members(old: str, child: str, new: str) -> str:
     return ",".join(m for m in {**n, **c} if (m in c and m in n if m in o else True))
 
 
-def _settle_id_clashes(
-    merged: dict[_Key, str],
+def _find_id_clashes(
+    merged: Mapping[_Key, str],
     old: Mapping[_Key, str],
     child: Mapping[_Key, str],
     new: Mapping[_Key, str],
     *,
     what: str,
     index: int,
-    prefer: Prefer,
 ) -> list[Conflict]:
-    """Find ids that the child gave to some names and the base to others; keep the preferred side's.
+    """Find ids that the child gave to some names and the base to others, and report them.
 
-    A losing record becomes the preferred side's version of it, which drops it when that side lacks it.
-    Ids that were shared already in the old base, or within one side, are that side's business.
+    Every record stays: dropping one side's user would leave its shadow entry, home and files behind,
+    owned by the other side's user anyway (the kernel knows only the number), so the clash is for the
+    administrator to settle (`usermod -u`, `groupmod -g`). Ids that were shared already in the old base,
+    or within one side, are that side's business.
     """
 
     def id_of(records: Mapping[_Key, str], key: _Key) -> str | None:
@@ -331,19 +333,15 @@ def _settle_id_clashes(
         if len(sides) == 1:
             claims.setdefault(value, {}).setdefault(sides[0], []).append(key)
     conflicts = []
-    winner = child if prefer is Prefer.CHILD else new
-    loser = Prefer.BASE if prefer is Prefer.CHILD else Prefer.CHILD
     for value, claimed in claims.items():
         if len(claimed) < 2:
             continue
         names = {side: ", ".join(key.name for key in keys) for side, keys in claimed.items()}
-        reason = f"{what} {value} taken by {names[Prefer.CHILD]} (child) and {names[Prefer.BASE]} (base)"
+        reason = (
+            f"{what} {value} taken by {names[Prefer.CHILD]} (child) and {names[Prefer.BASE]} (base); "
+            "both kept, sharing it"
+        )
         conflicts.append(Conflict(record=f"{what} {value}", reason=reason))
-        for key in claimed[loser]:
-            if key in winner:
-                merged[key] = winner[key]
-            else:
-                del merged[key]
     return conflicts
 
 
