@@ -25,7 +25,6 @@ pytestmark = pytest.mark.root
 
 CHILD_MOTD = "Welcome to c1, the child's own motd.\n"
 BASE_MOTD = "Welcome to the base, revision 2.\n"
-ACCOUNTS = ("etc/passwd", "etc/shadow", "etc/group", "etc/gshadow")
 DPKG_STATUS = "var/lib/dpkg/status"
 # What the child does, and what the base's update does: packages, a user and /etc/motd on each side.
 CHILD_CHANGES = "; ".join(
@@ -158,6 +157,18 @@ BASE_UPDATE = (
 )
 
 
+def check_id_clashes(actions: dict[str, dict[str, Any]]) -> None:
+    """Each side's useradd took the next free uid and gid, the same ones: the rebase keeps both users and
+    groups, and reports each clash."""
+    for path, what in (("/etc/passwd", "uid"), ("/etc/group", "gid")):
+        action = actions[path]
+        assert action["verdict"] == "conflict", action
+        (clash,) = action["conflicts"]
+        assert clash.startswith(f"{what} ") and "taken by alice (child) and bob (base)" in clash, clash
+    for path in ("/etc/shadow", "/etc/gshadow", f"/{DPKG_STATUS}"):
+        assert (actions[path]["verdict"], actions[path]["conflicts"]) == ("merge", []), actions[path]
+
+
 def check_child_after_rebase(store: Store, *, motd: str) -> None:
     """Both sides' packages, users and files are in c1 and dpkg's database agrees with its files."""
     assert inside(store, "c1", "libdemo") == "libdemo 2.0\n"
@@ -178,16 +189,13 @@ def check_child_after_rebase(store: Store, *, motd: str) -> None:
         "libdemo: /usr/bin/libdemo\nhello-local: /usr/bin/hello-local\n"
     )
     # Both users, their homes, and the files each side created for them.
-    assert inside(store, "c1", "id -un alice; id -un bob") in (
-        "alice\nbob\n",
-        "alice\nalice\n",
-        "bob\nbob\n",
-    )
+    assert inside(store, "c1", "id alice >/dev/null && id bob >/dev/null && echo both") == "both\n"
     for user in ("alice", "bob"):
         assert inside(store, "c1", f"getent passwd {user} | cut -d: -f1,6") == f"{user}:/home/{user}\n"
         assert inside(store, "c1", f"getent shadow {user} | cut -d: -f1") == f"{user}\n"
         assert inside(store, "c1", f"test -d /home/{user} && echo yes") == "yes\n"
-    assert inside(store, "c1", "pwck -r -q >/dev/null 2>&1; grpck -r >/dev/null 2>&1; echo checked")
+    # passwd and shadow, group and gshadow still name the same accounts.
+    inside(store, "c1", "pwck -r -q && grpck -r")
     assert inside(store, "c1", "cat /etc/motd") == motd
 
 
@@ -207,10 +215,7 @@ def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
     actions = actions_by_path(plan)
     assert actions["/etc/motd"]["verdict"] == "conflict"
     assert actions["/etc/motd"]["operation"] == "none"
-    for path in ACCOUNTS:
-        assert actions[f"/{path}"]["verdict"] in ("merge", "conflict"), actions[f"/{path}"]
-    assert actions[f"/{DPKG_STATUS}"]["verdict"] == "merge"
-    assert actions[f"/{DPKG_STATUS}"]["conflicts"] == []
+    check_id_clashes(actions)
     assert differences(before, snapshot(upper)) == []
     assert store.machine_json("c1")["revision"] == 1
 
@@ -218,6 +223,7 @@ def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
     out = store.veneer("rebase", "c1").stdout
     assert "c1: 'deb' revision 1 -> 'deb' revision 2" in out
     assert any(line.split()[:2] == ["conflict", "/etc/motd"] for line in out.splitlines()), out
+    assert "taken by alice (child) and bob (base)" in out
     assert "rebase --undo c1" in out
     assert store.machine_json("c1")["revision"] == 2
 
@@ -231,10 +237,13 @@ def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
     # Again, with the report as JSON this time; then look inside.
     (report,) = json.loads(store.veneer("rebase", "c1", "--json").stdout)
     assert report["applied"] is True and report["to"] == {"image": "deb", "revision": 2}
+    assert [(a["path"], a["verdict"]) for a in report["actions"]] == [
+        (a["path"], a["verdict"]) for a in plan["actions"]
+    ]
     actions = actions_by_path(report)
     assert actions["/etc/motd"]["verdict"] == "conflict"
     assert "child's kept" in actions["/etc/motd"]["reason"]
-    assert actions[f"/{DPKG_STATUS}"]["verdict"] == "merge"
+    check_id_clashes(actions)
     check_child_after_rebase(store, motd=CHILD_MOTD)
     # The rebase record kept beside the backup holds the same report.
     kept = json.loads((store.root / "machines/c1/rebase/plan.json").read_text())
@@ -260,6 +269,7 @@ def test_rebase_preferring_the_base_keeps_the_childs_other_changes(
     assert "Image 'deb' is at revision 2." in out
     assert any(line.split()[:2] == ["conflict", "/etc/motd"] for line in out.splitlines()), out
     assert "the base's kept" in out
+    assert "taken by alice (child) and bob (base)" in out
     assert store.machine_json("c1")["revision"] == 2
     # Undo, byte for byte: preferring the base moved the child's motd into the backup.
     store.veneer("rebase", "--undo", "c1")
@@ -268,4 +278,5 @@ def test_rebase_preferring_the_base_keeps_the_childs_other_changes(
     (report,) = json.loads(store.veneer("rebase", "c1", "--prefer", "base", "--json").stdout)
     motd = actions_by_path(report)["/etc/motd"]
     assert (motd["verdict"], motd["operation"]) == ("conflict", "remove")
+    check_id_clashes(actions_by_path(report))
     check_child_after_rebase(store, motd=BASE_MOTD)
