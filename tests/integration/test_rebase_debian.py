@@ -280,3 +280,42 @@ def test_rebase_preferring_the_base_keeps_the_childs_other_changes(
     assert (motd["verdict"], motd["operation"]) == ("conflict", "remove")
     check_id_clashes(actions_by_path(report))
     check_child_after_rebase(store, motd=BASE_MOTD)
+
+
+def machine_state(store: Store, machine: str) -> tuple[str, int]:
+    (info,) = [m for m in json.loads(store.veneer("list", "--json").stdout) if m["name"] == machine]
+    return info["state"], info["revision"]
+
+
+def test_running_child_is_stopped_rebased_and_started_again(
+    store: Store, debian_tree: Path, debs: Path
+) -> None:
+    make_base_and_child(store, debian_tree, debs)
+    try:
+        store.veneer("start", "c1", "--wait", "--timeout", "60")
+        out = store.veneer(
+            "image", "update", "deb", "--network", "none", bind(debs), "--rebase", "--",
+            "sh", "-euc", BASE_UPDATE,
+        ).stdout  # fmt: skip
+        assert "c1: 'deb' revision 1 -> 'deb' revision 2" in out and "Restarted." in out, out
+        assert any(line.split()[:2] == ["conflict", "/etc/motd"] for line in out.splitlines()), out
+        assert machine_state(store, "c1") == ("running", 2)
+        probe = "libdemo; hello-local; cat /etc/motd; id -u alice >/dev/null; id -u bob >/dev/null"
+        seen = store.veneer("exec", "c1", "--", "sh", "-euc", probe).stdout
+        assert seen == "libdemo 2.0\nhello-local 1.0 on libdemo 2.0\n" + CHILD_MOTD
+        # What the booted machine wrote (its machine-id, journal) is its own and stays through a rebase.
+        machine_id = store.veneer("exec", "c1", "--", "cat", "/etc/machine-id").stdout
+        store.veneer("stop", "c1", "--timeout", "30")
+    finally:
+        store.veneer("stop", "c1", "--timeout", "5", ok=(0, 1))
+    check_child_after_rebase(store, motd=CHILD_MOTD)
+    assert (store.upper("c1") / "etc/machine-id").read_text() == machine_id
+
+    # Undo puts back the child's own side: revision 1, libdemo 1.0, its motd, no bob.
+    store.veneer("rebase", "--undo", "c1")
+    assert machine_state(store, "c1") == ("stopped", 1)
+    assert inside(store, "c1", "libdemo; hello-local; cat /etc/motd") == (
+        "libdemo 1.0\nhello-local 1.0 on libdemo 1.0\n" + CHILD_MOTD
+    )
+    assert inside(store, "c1", "id -u alice >/dev/null; id bob", ok=(1,)) == ""
+    assert inside(store, "c1", "dpkg --audit; dpkg --verify") == ""
