@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +321,77 @@ def test_running_child_is_stopped_rebased_and_started_again(
     )
     assert inside(store, "c1", "id -u alice >/dev/null; id bob", ok=(1,)) == ""
     assert inside(store, "c1", "dpkg --audit; dpkg --verify") == ""
+
+
+# Runs the CLI and kills itself (SIGKILL, as `kill -9` would) just before its Nth rename or replace: the
+# steps that move entries in and out of the upper dir and the journal, and every atomic write of state.
+KILL_AT = """
+import os, signal, sys
+from veneer.cli import main
+
+left = int(sys.argv[1])
+
+def fatal(real):
+    def call(*args, **kwargs):
+        global left
+        left -= 1
+        if left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+
+os.rename, os.replace = fatal(os.rename), fatal(os.replace)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_at(store: Store, step: int, *args: str) -> bool:
+    """Run `veneer ARGS` killed at `step`; whether it was (False: it finished first)."""
+    argv = [sys.executable, "-c", KILL_AT, str(step), *args]
+    result = proc.run(argv, capture=True, check=False, env=store.env())
+    assert result.returncode in (0, -signal.SIGKILL), result.stderr
+    return result.returncode != 0
+
+
+def without_times(tree: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    return {path: entry[:-1] for path, entry in tree.items()}
+
+
+def test_kill_9_at_any_step_of_a_rebase_or_its_undo_loses_nothing(
+    store: Store, debian_tree: Path, debs: Path
+) -> None:
+    make_base_and_child(store, debian_tree, debs)
+    store.veneer("image", "update", "deb", "--network", "none", bind(debs), "--", "sh", "-euc", BASE_UPDATE)
+    upper = store.upper("c1")
+    before = snapshot(upper)
+    store.veneer("rebase", "c1")
+    rebased = without_times(snapshot(upper))
+    store.veneer("rebase", "--undo", "c1")
+    assert differences(before, snapshot(upper)) == []
+
+    step = 1
+    while killed_at(store, step, "rebase", "c1"):
+        # The next command that takes the machine finishes the rebase, or forgets one not yet begun.
+        store.veneer("rebase", "c1", "--dry-run")
+        if store.machine_json("c1")["revision"] == 1:
+            assert differences(before, snapshot(upper)) == [], f"killed at step {step}"
+        else:
+            assert differences(rebased, without_times(snapshot(upper))) == [], f"killed at step {step}"
+            store.veneer("rebase", "--undo", "c1")
+            assert differences(before, snapshot(upper)) == [], f"killed at step {step}"
+        step += 1
+    assert step > 10  # every action's move, every journal and record write was a kill point
+    assert store.machine_json("c1")["revision"] == 2
+    assert differences(rebased, without_times(snapshot(upper))) == []
+
+    step = 1
+    while killed_at(store, step, "rebase", "--undo", "c1"):
+        # Asked again, the undo finishes (or does all of it, if it was killed before it began).
+        out = store.veneer("rebase", "--undo", "c1").stdout
+        assert "back on 'deb' revision 1" in out
+        assert differences(before, snapshot(upper)) == [], f"killed at step {step} of the undo"
+        store.veneer("rebase", "c1")
+        step += 1
+    assert step > 10
+    assert store.machine_json("c1")["revision"] == 1
+    assert differences(before, snapshot(upper)) == []
