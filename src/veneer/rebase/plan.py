@@ -24,7 +24,7 @@ from typing import Any
 
 from veneer.images.identity import belongs_to_machine
 from veneer.overlay.layers import is_opaque, is_whiteout, locate
-from veneer.rebase.compare import same_entry, same_tree, to_machine_id
+from veneer.rebase.compare import same_entry, same_tree, same_union, to_machine_id
 from veneer.rebase.merge import Prefer, merge_file, merger_for
 
 
@@ -183,9 +183,13 @@ class _Planner:
         """The action for one touched entry, and whether to look at what it holds."""
         old, new = locate(self.old, rel), locate(self.new, rel)
         if old is not None and new is not None and same_entry(*old, None, *new, None):
-            # Touched by a layer but the same in both revisions (e.g. changed and changed back); a
-            # directory may still hold changed entries.
-            return None, stat.S_ISDIR(st.st_mode) and not is_opaque(path)
+            # Touched by a layer but the same in both revisions (e.g. changed and changed back). A
+            # directory may still hold changed entries: the child's own directory is looked into; a
+            # whiteout, opaque directory or file of the child's hides them all, so unless the base's tree
+            # below is unchanged too, it is decided like any entry the base changed.
+            looks_in = stat.S_ISDIR(st.st_mode) and not is_opaque(path)
+            if looks_in or not stat.S_ISDIR(new[1].st_mode) or same_union(self.old, self.new, rel):
+                return None, looks_in
         if belongs_to_machine(rel):
             keep = Action(
                 path=rel, verdict=Verdict.KEEP, operation=Operation.NONE, reason="the machine's own"
