@@ -1,9 +1,11 @@
 """The rebase scenario on a real Debian base (issue 5, item 7), nothing mocked.
 
-A child of a debootstrapped bookworm installs a local package, adds a user and edits /etc/motd; the base's
-next revision upgrades a package the child did not touch, adds a user and edits /etc/motd too. After the
-rebase the child has both sides' packages registered and working, both users, its own motd with the
-conflict reported; `rebase --undo` gives back its upper dir exactly.
+A child of a debootstrapped bookworm installs a local package, adds a user, edits /etc/motd, deletes
+/etc/apt/sources.list and replaces /root; the base's next revision upgrades a package the child did not
+touch, adds a user and changes those three too. After the rebase the child has both sides' packages
+registered and working, both users (their uid clash reported), and its own version of each conflict,
+reported (the base's with --prefer base); `rebase --undo` gives back its upper dir exactly, also after a
+`kill -9` at any step; a running child is stopped, rebased and started again.
 """
 
 from __future__ import annotations
@@ -34,10 +36,19 @@ CHILD_CHANGES = "; ".join(
         "dpkg -i /mnt/hello-local_1.0_all.deb",
         "useradd -m alice",
         f"printf %s {shlex.quote(CHILD_MOTD)} > /etc/motd",
+        # A deletion (a whiteout in the upper dir) and a replaced directory (an opaque one).
+        "mv /etc/apt/sources.list /etc/apt/sources.list.d/debian.list",
+        "cd / && rm -rf /root && mkdir -m 700 /root && echo 'the child' > /root/notes",
     )
 )
 BASE_UPDATE = "; ".join(
-    ("dpkg -i /mnt/libdemo_2.0_all.deb", "useradd -m bob", f"printf %s {shlex.quote(BASE_MOTD)} > /etc/motd")
+    (
+        "dpkg -i /mnt/libdemo_2.0_all.deb",
+        "useradd -m bob",
+        f"printf %s {shlex.quote(BASE_MOTD)} > /etc/motd",
+        "echo '# the base' >> /etc/apt/sources.list",
+        "echo '# the base' >> /root/.bashrc",
+    )
 )
 
 
@@ -154,11 +165,6 @@ def make_base_and_child(store: Store, debian_tree: Path, debs: Path) -> None:
     assert inside(store, "c1", "hello-local") == "hello-local 1.0 on libdemo 1.0\n"
 
 
-BASE_UPDATE = (
-    f"dpkg -i /mnt/libdemo_2.0_all.deb; useradd -m bob; printf %s {shlex.quote(BASE_MOTD)} > /etc/motd"
-)
-
-
 def check_id_clashes(actions: dict[str, dict[str, Any]]) -> None:
     """Each side's useradd took the next free uid and gid, the same ones: the rebase keeps both users and
     groups, and reports each clash."""
@@ -171,8 +177,20 @@ def check_id_clashes(actions: dict[str, dict[str, Any]]) -> None:
         assert (actions[path]["verdict"], actions[path]["conflicts"]) == ("merge", []), actions[path]
 
 
-def check_child_after_rebase(store: Store, *, motd: str) -> None:
-    """Both sides' packages, users and files are in c1 and dpkg's database agrees with its files."""
+def check_conflicts(actions: dict[str, dict[str, Any]], *, prefer: str) -> None:
+    """The files both sides changed, the file the child deleted and the directory it replaced while the
+    base changed them are conflicts, each resolved for `prefer`."""
+    for path in ("/etc/motd", "/etc/apt/sources.list", "/root"):
+        action = actions[path]
+        assert action["verdict"] == "conflict", action
+        assert action["operation"] == ("none" if prefer == "child" else "remove"), action
+        assert action["reason"].endswith(f"the {prefer}'s kept"), action
+    check_id_clashes(actions)
+
+
+def check_child_after_rebase(store: Store, *, prefer: str) -> None:
+    """Both sides' packages, users and files are in c1 and dpkg's database agrees with its files; the
+    conflicts went to `prefer`."""
     assert inside(store, "c1", "libdemo") == "libdemo 2.0\n"
     assert inside(store, "c1", "hello-local") == "hello-local 1.0 on libdemo 2.0\n"
     listed = inside(store, "c1", "dpkg -l libdemo hello-local | grep '^[a-z][a-z] '")
@@ -198,7 +216,19 @@ def check_child_after_rebase(store: Store, *, motd: str) -> None:
         assert inside(store, "c1", f"test -d /home/{user} && echo yes") == "yes\n"
     # passwd and shadow, group and gshadow still name the same accounts.
     inside(store, "c1", "pwck -r -q && grpck -r")
-    assert inside(store, "c1", "cat /etc/motd") == motd
+    # The child's own files that did not conflict, and the conflicts.
+    assert inside(store, "c1", "cat /etc/apt/sources.list.d/debian.list") == (
+        "deb http://deb.debian.org/debian bookworm main\n"
+    )
+    if prefer == "child":
+        assert inside(store, "c1", "cat /etc/motd") == CHILD_MOTD
+        probe = "cat /root/notes; test ! -e /root/.bashrc -a ! -e /etc/apt/sources.list"
+        assert inside(store, "c1", probe) == "the child\n"
+    else:
+        assert inside(store, "c1", "cat /etc/motd") == BASE_MOTD
+        assert inside(
+            store, "c1", "tail -n1 /etc/apt/sources.list /root/.bashrc; test ! -e /root/notes"
+        ) == ("==> /etc/apt/sources.list <==\n# the base\n\n==> /root/.bashrc <==\n# the base\n")
 
 
 def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
@@ -209,15 +239,16 @@ def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
     assert json.loads(store.veneer("image", "show", "deb", "--json").stdout)["current"] == 2
     upper = store.upper("c1")
     before = snapshot(upper)
+    # What undo must restore holds a whiteout (0/0 character device) and an opaque directory.
+    assert stat.S_ISCHR(before["etc/apt/sources.list"][0]) and before["etc/apt/sources.list"][7] == 0
+    assert any(name.endswith("overlay.opaque") for name, _ in before["root"][8]), before["root"]
 
     # The dry run says what will happen and changes nothing.
     (plan,) = json.loads(store.veneer("rebase", "c1", "--dry-run", "--json").stdout)
     assert (plan["from"], plan["to"], plan["applied"]) == ({"image": "deb", "revision": 1}, {
         "image": "deb", "revision": 2}, False)  # fmt: skip
     actions = actions_by_path(plan)
-    assert actions["/etc/motd"]["verdict"] == "conflict"
-    assert actions["/etc/motd"]["operation"] == "none"
-    check_id_clashes(actions)
+    check_conflicts(actions, prefer="child")
     assert differences(before, snapshot(upper)) == []
     assert store.machine_json("c1")["revision"] == 1
 
@@ -243,10 +274,8 @@ def test_rebase_of_a_debian_child_keeps_both_sides_and_undoes_exactly(
         (a["path"], a["verdict"]) for a in plan["actions"]
     ]
     actions = actions_by_path(report)
-    assert actions["/etc/motd"]["verdict"] == "conflict"
-    assert "child's kept" in actions["/etc/motd"]["reason"]
-    check_id_clashes(actions)
-    check_child_after_rebase(store, motd=CHILD_MOTD)
+    check_conflicts(actions, prefer="child")
+    check_child_after_rebase(store, prefer="child")
     # The rebase record kept beside the backup holds the same report.
     kept = json.loads((store.root / "machines/c1/rebase/plan.json").read_text())
     assert [(a["path"], a["verdict"]) for a in kept["actions"]] == [
@@ -273,15 +302,14 @@ def test_rebase_preferring_the_base_keeps_the_childs_other_changes(
     assert "the base's kept" in out
     assert "taken by alice (child) and bob (base)" in out
     assert store.machine_json("c1")["revision"] == 2
-    # Undo, byte for byte: preferring the base moved the child's motd into the backup.
+    # Undo, byte for byte: preferring the base moved the child's motd, whiteout and opaque /root into
+    # the backup.
     store.veneer("rebase", "--undo", "c1")
     assert differences(before, snapshot(store.upper("c1"))) == []
     assert store.machine_json("c1")["revision"] == 1
     (report,) = json.loads(store.veneer("rebase", "c1", "--prefer", "base", "--json").stdout)
-    motd = actions_by_path(report)["/etc/motd"]
-    assert (motd["verdict"], motd["operation"]) == ("conflict", "remove")
-    check_id_clashes(actions_by_path(report))
-    check_child_after_rebase(store, motd=BASE_MOTD)
+    check_conflicts(actions_by_path(report), prefer="base")
+    check_child_after_rebase(store, prefer="base")
 
 
 def machine_state(store: Store, machine: str) -> tuple[str, int]:
@@ -310,7 +338,7 @@ def test_running_child_is_stopped_rebased_and_started_again(
         store.veneer("stop", "c1", "--timeout", "30")
     finally:
         store.veneer("stop", "c1", "--timeout", "5", ok=(0, 1))
-    check_child_after_rebase(store, motd=CHILD_MOTD)
+    check_child_after_rebase(store, prefer="child")
     assert (store.upper("c1") / "etc/machine-id").read_text() == machine_id
 
     # Undo puts back the child's own side: revision 1, libdemo 1.0, its motd, no bob.
