@@ -148,8 +148,8 @@ def bind(debs: Path) -> str:
 
 
 def make_base_and_child(store: Store, debian_tree: Path, debs: Path) -> None:
-    """Revision 1 of image 'deb' has libdemo 1.0; machine c1 on it installed hello-local, added alice and
-    wrote its own motd."""
+    """Revision 1 of image 'deb' has libdemo 1.0; machine c1 on it made CHILD_CHANGES (hello-local, alice,
+    its own motd, sources.list moved away, /root replaced)."""
     store.veneer("image", "create", "deb", "--from-dir", os.fspath(debian_tree))
     store.veneer(
         "image", "update", "deb", "--network", "none", bind(debs), "--",
