@@ -65,3 +65,33 @@ def test_cli_start_up_loads_no_heavy_modules() -> None:
         "zstandard",
     ):
         assert heavy not in loaded
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["image", "update", "--bind", "/srv/debs:/mnt:ro", "deb", "--", "dpkg", "-i", "/mnt/a.deb"],
+        ["image", "update", "deb", "--bind=/srv/debs:/mnt:ro", "--", "dpkg", "-i", "/mnt/a.deb"],
+    ],
+)
+def test_image_update_passes_binds_to_the_command(
+    words: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from veneer.config.settings import Bind
+    from veneer.machines import revisions
+    from veneer.machines.lifecycle import RunOptions
+
+    calls: list[tuple[str, list[str], RunOptions | None]] = []
+
+    def update_image(
+        layout: object, name: str, command: list[str], *, network: object, options: RunOptions | None
+    ) -> SimpleNamespace:
+        calls.append((name, command, options))
+        return SimpleNamespace(current=2)
+
+    monkeypatch.setattr(revisions, "update_image", update_image)
+    assert main(["--root", str(tmp_path), *words]) == 0
+    bind = Bind(source="/srv/debs", target="/mnt", readonly=True, options="")
+    assert calls == [("deb", ["dpkg", "-i", "/mnt/a.deb"], RunOptions(binds=(bind,)))]

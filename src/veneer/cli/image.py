@@ -10,7 +10,7 @@ from typing import Any
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_image_name, parse_network
+from veneer.config.settings import parse_bind, parse_image_name, parse_network
 from veneer.errors import UsageError
 
 
@@ -68,7 +68,7 @@ def register(verbs: Any) -> None:
     update = sub.add_parser(
         "update",
         help="run a command over the image and publish what it changed as a new revision",
-        usage="veneer image update NAME [--network MODE] [--rebase] [--] CMD...",
+        usage="veneer image update NAME [--network MODE] [--bind SRC[:DST[:OPTS]]] [--rebase] [--] CMD...",
     )
     _update_options(update)
     update.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
@@ -208,12 +208,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _update_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--network", type=parse_network, default="nat", help="nat (default), host or none")
+    parser.add_argument(
+        "--bind",
+        action="append",
+        type=parse_bind,
+        default=[],
+        metavar="SRC[:DST[:OPTS]]",
+        help="bind a host path while the command runs (repeatable; not part of the revision)",
+    )
     parser.add_argument("--rebase", action="store_true", help="then rebase every machine of the image")
     add_rebase_options(parser)
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     from veneer.cli.rebase import rebase_all
+    from veneer.machines.lifecycle import RunOptions
     from veneer.machines.rebase import machines_on
     from veneer.machines.revisions import update_image
 
@@ -238,7 +247,8 @@ def cmd_update(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("No command to run", hint="veneer image update NAME -- apt-get -y upgrade")
     layout = Layout.from_env(args.root)
-    record = update_image(layout, name, command, network=args.network)
+    options = RunOptions(binds=tuple(args.bind))
+    record = update_image(layout, name, command, network=args.network, options=options)
     print(f"Image '{name}' is at revision {record.current}.")
     if args.rebase:
         rebase_all(layout, list(machines_on(layout, name)), args, dry_run=False)

@@ -193,10 +193,15 @@ def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> T
         stop_machine(layout, name)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
-        root = layout.machine_root(name)
-        if is_mounted(root):
-            unmount(root)
-        source = _finish_undo(layout, name)
+        if journal.state(layout.machine_dir(name)) is None:
+            # Taking the lock finished an undo that was cut short (kill -9): the machine is back already.
+            record = load_machine(layout, name)
+            source = Target(image=record.image, revision=record.revision)
+        else:
+            root = layout.machine_root(name)
+            if is_mounted(root):
+                unmount(root)
+            source = _finish_undo(layout, name)
     if was_running:
         start_machine(layout, name)
     return source

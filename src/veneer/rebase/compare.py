@@ -94,3 +94,21 @@ def same_tree(upper_dir: Path, uid_base: int | None, layers: list[Path], relativ
         ):
             return False
     return True
+
+
+def same_union(old: list[Path], new: list[Path], relative: str) -> bool:
+    """Whether two layer stacks (bottom first) show the same tree below the directory `relative` (the
+    directory itself already compared)."""
+    mine, theirs = list_union(old, relative), list_union(new, relative)
+    if mine.keys() != theirs.keys():
+        return False
+    for name, path in mine.items():
+        other = theirs[name]
+        st = os.lstat(path)
+        if path == other and not stat.S_ISDIR(st.st_mode):
+            continue  # the same entry of a layer both stacks share
+        if not same_entry(path, st, None, other, os.lstat(other), None):
+            return False
+        if stat.S_ISDIR(st.st_mode) and not same_union(old, new, f"{relative}/{name}"):
+            return False
+    return True

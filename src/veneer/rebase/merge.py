@@ -307,15 +307,20 @@ def _merge_members(old: str, child: str, new: str) -> str:
 
 
 def _report_id_clashes(
-    merged: Mapping[_Key, str], child: Mapping[_Key, str], new: Mapping[_Key, str], *, what: str, index: int
+    merged: Mapping[_Key, str],
+    child: Mapping[_Key, str],
+    new: Mapping[_Key, str],
+    *,
+    what: str,
+    index: int,
 ) -> list[Conflict]:
     """Report ids the merge gives both to names only the child has and to other names only the base has
     (the child's `useradd alice` and the base's `useradd bob` both took 1000).
 
     Both records stay: dropping one would leave the files and packages of that side without their
     account, and renumbering one would hand the other side's files to it. They share the id until the
-    administrator renumbers one; the conflict says so. An id one side itself gives several names is that
-    side's business.
+    administrator renumbers one (`usermod -u`, `groupmod -g`); the conflict says so. An id one side
+    itself gives several names is that side's business.
     """
 
     def id_of(records: Mapping[_Key, str], key: _Key) -> str | None:
@@ -325,12 +330,14 @@ def _report_id_clashes(
     claims: dict[str, dict[Prefer, list[_Key]]] = {}
     for key in merged:
         value = id_of(merged, key)
+        if value is None:
+            continue
         sides = [
             side
             for side, records in ((Prefer.CHILD, child), (Prefer.BASE, new))
             if id_of(records, key) == value
         ]
-        if value is not None and len(sides) == 1:
+        if len(sides) == 1:
             claims.setdefault(value, {}).setdefault(sides[0], []).append(key)
     conflicts = []
     for value, claimed in claims.items():

@@ -23,7 +23,7 @@ from pathlib import Path
 from veneer.images.identity import belongs_to_machine
 from veneer.overlay.layers import is_opaque, is_whiteout, locate
 from veneer.rebase.actions import Action, Operation, Plan, Verdict
-from veneer.rebase.compare import same_entry, same_tree, to_machine_id
+from veneer.rebase.compare import same_entry, same_tree, same_union, to_machine_id
 from veneer.rebase.merge import Prefer, merge_file, merger_for
 from veneer.rebase.pacman import pacman_actions
 
@@ -129,13 +129,14 @@ class _Planner:
     def decide(self, rel: str, path: Path, st: os.stat_result) -> tuple[Action | None, bool]:
         """The action for one touched entry, and whether to look at what it holds."""
         old, new = locate(self.old, rel), locate(self.new, rel)
-        if (
-            old is not None
-            and new is not None
-            and not stat.S_ISDIR(new[1].st_mode)
-            and same_entry(*old, None, *new, None)
-        ):
-            return None, False  # touched by a layer but the same in both revisions (changed and back)
+        if old is not None and new is not None and same_entry(*old, None, *new, None):
+            # Touched by a layer but the same in both revisions (e.g. changed and changed back). A
+            # directory may still hold changed entries: the child's own directory is looked into; a
+            # whiteout, opaque directory or file of the child's hides them all, so unless the base's tree
+            # below is unchanged too, it is decided like any entry the base changed.
+            looks_in = stat.S_ISDIR(st.st_mode) and not is_opaque(path)
+            if looks_in or not stat.S_ISDIR(new[1].st_mode) or same_union(self.old, self.new, rel):
+                return None, looks_in
         if belongs_to_machine(rel):
             keep = Action(
                 path=rel, verdict=Verdict.KEEP, operation=Operation.NONE, reason="the machine's own"
