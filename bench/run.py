@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -1489,7 +1489,8 @@ def loadavg() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
 
 
-def host_info(bench: Bench) -> dict[str, Any]:
+def machine_info(scratch: Path) -> dict[str, Any]:
+    """What every benchmark reports about the host and the checkout."""
     git = run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture=True, check=False)
     return {
         "kernel": platform.release(),
@@ -1497,9 +1498,15 @@ def host_info(bench: Bench) -> dict[str, Any]:
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         # Other work on the host adds noise to every contender alike (they take turns); worth knowing.
         "loadavg_at_end": loadavg(),
-        "scratch_fs": fs_type(bench.scratch),
+        "scratch_fs": fs_type(scratch),
         "python": platform.python_version(),
         "veneer_git": git.stdout.strip() or "unknown",
+    }
+
+
+def host_info(bench: Bench) -> dict[str, Any]:
+    return {
+        **machine_info(bench.scratch),
         "systemd_nspawn": first_line(["systemd-nspawn", "--version"]),
         "podman": first_line(["podman", "--version"]),
         "podman_flags": {"global": bench.podman_flags()[0], "run": bench.podman_flags()[1]},
@@ -1596,17 +1603,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["cleanup_failures"] = bench.cleanup_failures
     table = format_table(results)
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
-    path.write_text(json.dumps({**report, "table": table}, indent=2) + "\n")
-    print(f"\nWrote {path.relative_to(REPO)}")
+    save_report({**report, "table": table}, started)
     if bench.cleanup_failures:
         log(f"some cleanups failed (see above): {', '.join(bench.cleanup_failures)}")
         return 1
     return 0
 
 
-if __name__ == "__main__":
+def save_report(report: Mapping[str, Any], started: float, *, prefix: str = "") -> Path:
+    """Write a run's report to bench/results/<prefix><UTC time it started>.json and say where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / (prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nWrote {path.relative_to(REPO)}")
+    return path
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """Run a benchmark script's main(); a failed command or an interrupt ends it with one line, after the
+    cleanups have run."""
     try:
         sys.exit(main())
     except CommandFailed as e:
@@ -1616,3 +1631,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         log("interrupted; cleaned up (a cleanup that failed is reported above)")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    exit_with(main)
