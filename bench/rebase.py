@@ -56,8 +56,9 @@ from run import (
 
 from veneer.config.layout import Layout
 from veneer.overlay.layers import OPAQUE_XATTR
+from veneer.rebase.actions import Plan
 from veneer.rebase.merge import Prefer
-from veneer.rebase.plan import Plan, make_plan, shared_prefix
+from veneer.rebase.plan import make_plan, shared_prefix
 from veneer.util.proc import Completed, run
 
 BASE_FILES = 70_000  # regular files and symlinks of the base layer, about
