@@ -90,32 +90,38 @@ Snapshot = dict[str, tuple[object, ...]]
 
 def tree_snapshot(root: Path, *, times: bool = True) -> Snapshot:
     """Everything that makes a tree what it is, per path: type and mode, owner, contents, link target,
-    device number (whiteouts), every xattr (trusted.overlay.* too) and, with `times`, the mtime."""
+    device number (whiteouts), every xattr (trusted.overlay.* too) and, with `times`, the mtime. `root`
+    itself is ".", and may be a file."""
+    import os
+
+    entries: Snapshot = {".": entry_snapshot(root, times=times)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            entries[os.path.relpath(path, root)] = entry_snapshot(path, times=times)
+    return entries
+
+
+def entry_snapshot(path: Path, *, times: bool = True) -> tuple[object, ...]:
     import hashlib
     import os
     import stat
 
-    entries: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames] if dirpath == str(root) else [*dirnames, *filenames]:
-            path = Path(dirpath, name) if name != "." else root
-            st = os.lstat(path)
-            xattrs = tuple(
-                sorted(
-                    (x, os.getxattr(path, x, follow_symlinks=False))
-                    for x in os.listxattr(path, follow_symlinks=False)
-                )
-            )
-            data: object = None
-            if stat.S_ISREG(st.st_mode):
-                data = hashlib.sha256(path.read_bytes()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                data = os.readlink(path)
-            rel = os.path.relpath(path, root)
-            entries[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_rdev, data, xattrs) + (
-                (st.st_mtime_ns,) if times and not stat.S_ISLNK(st.st_mode) else ()
-            )
-    return entries
+    st = os.lstat(path)
+    xattrs = tuple(
+        sorted(
+            (x, os.getxattr(path, x, follow_symlinks=False))
+            for x in os.listxattr(path, follow_symlinks=False)
+        )
+    )
+    data: object = None
+    if stat.S_ISREG(st.st_mode):
+        data = hashlib.sha256(path.read_bytes()).hexdigest()
+    elif stat.S_ISLNK(st.st_mode):
+        data = os.readlink(path)
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_rdev, data, xattrs) + (
+        (st.st_mtime_ns,) if times and not stat.S_ISLNK(st.st_mode) else ()
+    )
 
 
 @contextlib.contextmanager

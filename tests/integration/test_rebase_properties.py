@@ -120,5 +120,12 @@ def test_rebase_keeps_the_childs_changes_and_undo_is_exact(
         if new.get(rel) != old.get(rel) and child.get(rel) == old.get(rel) and not under(rel, conflicts):
             assert after.get(rel) == new.get(rel), f"the base's change to {rel} does not show: {plan}"
 
+    # What the rebase dropped or replaced is saved, exactly as it was.
+    for index, action in enumerate(plan.actions):
+        if action.operation in (Operation.REMOVE, Operation.WRITE):
+            saved = tree_snapshot(machine / "rebase" / "saved" / str(index))
+            was = {k: v for k, v in before.items() if k == action.path or k.startswith(action.path + "/")}
+            assert {os.path.normpath(f"{action.path}/{k}"): v for k, v in saved.items()} == was, action
+
     journal.undo(machine, upper, trash=lambda p: Path(shutil.move(p, case / f"trash-{os.urandom(4).hex()}")))
     assert tree_snapshot(upper) == before, f"undo is not exact: {plan}"
