@@ -1,7 +1,8 @@
 """Files that belong to one machine, not to an image.
 
 A rebase always keeps the machine's own identity and logs; a layer made from a machine (commit, update)
-leaves its identity out, so the image does not hand one machine's id or host keys to every child.
+leaves its identity out, so the image does not hand one machine's id, host keys or veneer's own mount
+points to every child.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import fnmatch
 from typing import Final
 
+# Where veneer binds its systemd-networkd file for host0 in nat machines; nspawn leaves an empty mount point.
+HOST0_NETWORK_UNIT: Final = "etc/systemd/network/05-veneer-host0.network"
+
 IDENTITY_PATTERNS: Final = (
+    HOST0_NETWORK_UNIT,
     "etc/machine-id",
     "etc/hostname",
     "etc/ssh/ssh_host_*",

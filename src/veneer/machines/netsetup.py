@@ -19,6 +19,7 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName, NetworkMode
 from veneer.errors import NetworkError
+from veneer.images.identity import HOST0_NETWORK_UNIT
 from veneer.machines.state import MachineRecord, is_alive, list_machine_names, load_machine, load_runtime
 from veneer.network import dns, links, nat
 from veneer.network.ipam import (
@@ -142,7 +143,7 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
         if (root / "etc/systemd/network").is_dir():
             unit = layout.network_run / "host0.network"
             atomic_write(unit, HOST0_NETWORK)
-            binds.append((unit, "/etc/systemd/network/05-veneer-host0.network"))
+            binds.append((unit, "/" + HOST0_NETWORK_UNIT))
     return Attachment(bridge=config.bridge, resolv_conf=resolv, binds_ro=tuple(binds))
 
 

@@ -247,16 +247,17 @@ class _Planner:
             new=new_bytes,
             prefer=self.prefer,
         )
-        conflicts = tuple(f"{c.record}: {c.reason}" for c in merged.conflicts)
+        conflicts = tuple(
+            c.reason if c.reason.startswith(c.record) else f"{c.record}: {c.reason}"
+            for c in merged.conflicts
+        )
         verdict = Verdict.CONFLICT if conflicts else Verdict.MERGE
         if new_bytes is not None and merged.content == new_bytes:
             reason = "merged: the new base has all the child's records"
             return Action(
                 path=rel, verdict=verdict, operation=Operation.REMOVE, reason=reason, conflicts=conflicts
             )
-        reason = "merged record by record" + (
-            f", {len(conflicts)} conflict(s) resolved for the {self.prefer.value}" if conflicts else ""
-        )
+        reason = "merged record by record" + (f", {len(conflicts)} conflict(s) below" if conflicts else "")
         return Action(
             path=rel,
             verdict=verdict,
