@@ -204,7 +204,11 @@ def test_rebase_reconciles_and_undo_restores_exactly(busybox: Store) -> None:
     report = json.loads((store.root / "machines/m1/rebase/plan.json").read_text())
     assert {a["path"] for a in report["actions"]} == set(verdicts), "the report is kept with the backup"
     assert "revision 2 already" in store.veneer("rebase", "m1").stdout, "a no-op keeps the backup for undo"
+    last = json.loads(store.veneer("status", "m1", "--json").stdout)["last_rebase"]
+    assert last["from"]["revision"] == 1 and last["to"]["revision"] == 2 and "4 conflict" in last["summary"]
+    assert "veneer rebase --undo m1" in store.veneer("status", "m1").stdout
     store.veneer("rebase", "--undo", "m1")
+    assert json.loads(store.veneer("status", "m1", "--json").stdout)["last_rebase"] is None
     assert tree_snapshot(store.upper("m1")) == before
     assert store.machine_json("m1")["revision"] == 1
     assert not (store.root / "machines/m1/rebase").exists()

@@ -203,6 +203,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"Mounted:   {'yes' if status.mounted else 'no'}")
     print(f"Upper:     {status.upper} ({human_size(status.disk_bytes)})")
     print(f"Created:   {when(status.created)}")
+    if status.last_rebase is not None:
+        rebase = status.last_rebase
+        print(
+            f"Rebased:   {when(rebase['created'])} from revision {rebase['from']['revision']} to "
+            f"{rebase['to']['revision']}: {rebase['summary']} (undo: 'veneer rebase --undo {status.name}')"
+        )
     return 0
 
 

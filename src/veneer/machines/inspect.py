@@ -7,11 +7,12 @@ import contextlib
 import enum
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import MachineBusy
+from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
 from veneer.machines.lifecycle import machine_lock, rebase_interrupted, recover_machine, sweep_ephemeral
@@ -48,6 +49,7 @@ class MachineStatus:
     disk_bytes: int
     created: float
     limits: dict[str, int | float | None]
+    last_rebase: dict[str, Any] | None  # what `rebase --undo` would undo: from, to, summary, created
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class MachineStatus:
             "disk_bytes": self.disk_bytes,
             "created": self.created,
             "limits": self.limits,
+            "last_rebase": self.last_rebase,
         }
 
 
@@ -119,7 +122,19 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         disk_bytes=dir_size(upper),
         created=record.created,
         limits=record.limits.to_json(),
+        last_rebase=_last_rebase(layout.machine_dir(name)),
     )
+
+
+def _last_rebase(machine_dir: Path) -> dict[str, Any] | None:
+    if not (machine_dir / "rebase" / "plan.json").exists():
+        return None
+    from veneer.rebase import journal
+
+    with contextlib.suppress(StateCorrupt, KeyError):
+        report = journal.load_report(machine_dir)
+        return {key: report[key] for key in ("from", "to", "summary", "created")}
+    return None
 
 
 def list_machines(layout: Layout) -> list[MachineStatus]:
