@@ -211,15 +211,22 @@ def resume_rebase(layout: Layout, name: MachineName) -> None:
     """Finish what a killed rebase or undo started; the caller holds the machine's lock."""
     machine_dir = layout.machine_dir(name)
     current = journal.state(machine_dir)
-    if current is None:
-        logger.info("Discarding a rebase of '%s' that was interrupted before it began.", name)
-        journal.discard(machine_dir, trash=_trasher(layout))  # only rebase.new is there
-    elif current == journal.APPLYING:
-        logger.info("Finishing the interrupted rebase of '%s'.", name)
-        _finish_rebase(layout, name)
-    elif current == journal.UNDOING:
-        logger.info("Finishing the interrupted undo of the rebase of '%s'.", name)
-        _finish_undo(layout, name)
+    try:
+        if current is None:
+            logger.info("Discarding a rebase of '%s' that was interrupted before it began.", name)
+            journal.discard(machine_dir, trash=_trasher(layout))  # only rebase.new is there
+        elif current == journal.APPLYING:
+            logger.info("Finishing the interrupted rebase of '%s'.", name)
+            _finish_rebase(layout, name)
+        elif current == journal.UNDOING:
+            logger.info("Finishing the interrupted undo of the rebase of '%s'.", name)
+            _finish_undo(layout, name)
+    except OSError as e:
+        raise RebaseError(
+            f"Failed to finish the interrupted rebase of '{name}': {e}",
+            hint=f"Nothing is lost: '{journal.journal_dir(machine_dir)}' holds every entry it moved. Fix the "
+            "cause (disk space, permissions) and run any veneer command on the machine again.",
+        ) from e
 
 
 def machines_on(layout: Layout, image: str | None) -> list[MachineName]:
