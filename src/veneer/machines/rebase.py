@@ -224,7 +224,7 @@ def resume_rebase(layout: Layout, name: MachineName) -> None:
     except OSError as e:
         raise RebaseError(
             f"Failed to finish the interrupted rebase of '{name}': {e}",
-            hint=f"Nothing is lost: '{journal.journal_dir(machine_dir)}' holds every entry it moved. Fix the "
+            hint=f"Nothing is lost: '{journal.journal_dir(machine_dir)}' holds all it moved. Fix the "
             "cause (disk space, permissions) and run any veneer command on the machine again.",
         ) from e
 
