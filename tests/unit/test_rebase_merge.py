@@ -546,3 +546,24 @@ def test_subordinate_ids_merge_by_name() -> None:
         "etc/subuid", old, old + b"alice:165536:65536\n", old + b"bob:165536:65536\n", Prefer.CHILD
     )
     assert merged == Merged(content=old + b"bob:165536:65536\nalice:165536:65536\n", conflicts=())
+
+
+def test_debconf_database_merges_by_name() -> None:
+    old = b"Name: a/q\nTemplate: a/q\nValue: 1\nOwners: a\n\n"
+    child = old + b"Name: mine/q\nTemplate: mine/q\nOwners: mine\n\n"
+    new = old.replace(b"Value: 1", b"Value: 2") + b"Name: base/q\nTemplate: base/q\nOwners: base\n\n"
+    merged = merge("var/cache/debconf/config.dat", old, child, new, Prefer.CHILD)
+    assert merged.conflicts == ()
+    assert merged.content == (
+        b"Name: a/q\nTemplate: a/q\nValue: 2\nOwners: a\n\n"
+        b"Name: base/q\nTemplate: base/q\nOwners: base\n\n"
+        b"Name: mine/q\nTemplate: mine/q\nOwners: mine\n\n"
+    )
+
+
+def test_line_sets_keep_both_sides_additions_and_removals() -> None:
+    old = b"# /etc/shells\n/bin/sh\n/bin/dash\n"
+    child = b"# /etc/shells\n/bin/sh\n/usr/bin/zsh\n"  # removed dash, added zsh
+    new = b"# /etc/shells\n/bin/sh\n/bin/dash\n/bin/bash\n"
+    merged = merge("etc/shells", old, child, new, Prefer.BASE)
+    assert merged == Merged(content=b"# /etc/shells\n/bin/sh\n/bin/bash\n/usr/bin/zsh\n", conflicts=())

@@ -54,12 +54,19 @@ class Merger(enum.StrEnum):
     SUBGID = "subgid"
     DPKG = "dpkg"
     APT = "apt"
+    DEBCONF = "debconf"  # debconf's database: paragraphs keyed by Name
+    LINES = "lines"  # a set of lines (/etc/shells, dpkg's file triggers): each side's additions and removals
 
     def merge(self, *, old: bytes | None, child: bytes, new: bytes | None, prefer: Prefer) -> Merged:
         """Merge the three versions of a file of this kind; an absent base version counts as empty."""
-        if self in (Merger.DPKG, Merger.APT):
+        if self in (Merger.DPKG, Merger.APT, Merger.DEBCONF):
+            key = "name" if self is Merger.DEBCONF else "package"
             return _merge_deb822(
-                _text(old), _text(child), _text(new), prefer=prefer, sort=self is Merger.DPKG
+                _text(old), _text(child), _text(new), prefer=prefer, sort=self is Merger.DPKG, key=key
+            )
+        if self is Merger.LINES:
+            return Merged(
+                content=_bytes(_merge_line_set(_text(old), _text(child), _text(new))), conflicts=()
             )
         return _merge_accounts(self, _text(old), _text(child), _text(new), prefer=prefer)
 
@@ -90,6 +97,10 @@ _MERGERS: Mapping[str, Merger] = MappingProxyType(
         "var/lib/dpkg/status-old": Merger.DPKG,
         "var/lib/dpkg/available": Merger.DPKG,
         "var/lib/apt/extended_states": Merger.APT,
+        **{f"var/cache/debconf/{name}": Merger.DEBCONF for name in ("config.dat", "templates.dat")},
+        **{f"var/cache/debconf/{name}-old": Merger.DEBCONF for name in ("config.dat", "templates.dat")},
+        "etc/shells": Merger.LINES,
+        "var/lib/dpkg/triggers/File": Merger.LINES,
     }
 )
 
@@ -363,17 +374,17 @@ class _Paragraph:
     lines: tuple[str, ...] = field(compare=False)
 
 
-def _parse_paragraphs(text: str) -> dict[_Key, _Paragraph]:
+def _parse_paragraphs(text: str, key: str) -> dict[_Key, _Paragraph]:
     blocks: list[list[str]] = [[]]
     for line in text.split("\n"):
         if line.strip():
             blocks[-1].append(line)
         elif blocks[-1]:
             blocks.append([])
-    return _keyed(_paragraph(block) for block in blocks if block)
+    return _keyed(_paragraph(block, key) for block in blocks if block)
 
 
-def _paragraph(lines: list[str]) -> tuple[_Key, _Paragraph]:
+def _paragraph(lines: list[str], key_field: str) -> tuple[_Key, _Paragraph]:
     fields: list[tuple[str, str]] = []
     for line in lines:
         name, colon, value = line.partition(":")
@@ -385,20 +396,20 @@ def _paragraph(lines: list[str]) -> tuple[_Key, _Paragraph]:
         else:
             fields.append(("", line))
     values = {name.lower(): value for name, value in reversed(fields)}
-    package = values.get("package", "")
+    package = values.get(key_field, "")
     key = _Key(named=True, name=package, arch=values.get("architecture", ""))
     if not package:
         key = _Key(named=False, name="\n".join(lines))
     return key, _Paragraph(fields=tuple(fields), lines=tuple(lines))
 
 
-def _merge_deb822(old: str, child: str, new: str, *, prefer: Prefer, sort: bool) -> Merged:
+def _merge_deb822(old: str, child: str, new: str, *, prefer: Prefer, sort: bool, key: str) -> Merged:
     merged, conflicts = _merge_records(
-        _parse_paragraphs(old),
-        _parse_paragraphs(child),
-        _parse_paragraphs(new),
+        _parse_paragraphs(old, key),
+        _parse_paragraphs(child, key),
+        _parse_paragraphs(new, key),
         prefer=prefer,
-        label=lambda key: _describe(key, "package"),
+        label=lambda k: _describe(k, "package" if key == "package" else "entry"),
     )
     keys = list(merged)
     if sort:
@@ -410,3 +421,13 @@ def _merge_deb822(old: str, child: str, new: str, *, prefer: Prefer, sort: bool)
         keys += [key for key in merged if not key.named]
     content = "".join("".join(f"{line}\n" for line in merged[key].lines) + "\n" for key in keys)
     return Merged(content=_bytes(content), conflicts=tuple(conflicts))
+
+
+def _merge_line_set(old: str, child: str, new: str) -> str:
+    """The new base's lines without those the child removed, then the lines the child added."""
+    o, c, n = (text.splitlines() for text in (old, child, new))
+    removed = set(o) - set(c)
+    kept = [line for line in n if line not in removed]
+    seen = set(o) | set(kept)
+    added = [line for line in c if line not in seen]
+    return "".join(f"{line}\n" for line in kept + added)
