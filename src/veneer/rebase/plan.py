@@ -33,26 +33,24 @@ class _Touched:
 
     def __init__(self, layers: Sequence[Path]) -> None:
         self.entries: set[str] = set()
-        self.covers: set[str] = set()  # whiteouts, files and opaque dirs: everything below is touched
-        self.parents: set[str] = set()  # directories with touched entries somewhere below
+        self.covers: set[str] = set()  # whiteouts, files, symlinks, opaque dirs: all below is touched
+        self.parents: set[str] = set()  # directories with touched entries below (a layer's directories)
         for layer in layers:
-            for dirpath, dirnames, filenames in os.walk(layer):
-                rel_dir = os.path.relpath(dirpath, layer)
-                prefix = "" if rel_dir == "." else rel_dir + "/"
-                if prefix:
-                    self.parents.add(rel_dir)
-                for name in filenames:
-                    self.entries.add(prefix + name)
-                    self.covers.add(prefix + name)
-                for name in dirnames:
-                    self.entries.add(prefix + name)
-                    if is_opaque(Path(dirpath, name)):
-                        self.covers.add(prefix + name)
-        for entry in list(self.entries):
-            parent = os.path.dirname(entry)
-            while parent and parent not in self.parents:
-                self.parents.add(parent)
-                parent = os.path.dirname(parent)
+            pending = [""]
+            while pending:
+                rel_dir = pending.pop()
+                prefix = rel_dir + "/" if rel_dir else ""
+                with os.scandir(layer / rel_dir if rel_dir else layer) as scan:
+                    for entry in scan:
+                        rel = prefix + entry.name
+                        self.entries.add(rel)
+                        if not entry.is_dir(follow_symlinks=False):
+                            self.covers.add(rel)
+                            continue
+                        self.parents.add(rel)
+                        pending.append(rel)
+                        if is_opaque(Path(entry.path)):
+                            self.covers.add(rel)
 
     def touches(self, relative: str) -> bool:
         if relative in self.entries:
