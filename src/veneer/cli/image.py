@@ -1,4 +1,4 @@
-"""`veneer image ...`: create, list, show, rm."""
+"""`veneer image ...`: create, pull, import, export, list, show, rm."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def register(verbs: Any) -> None:
-    image = verbs.add_parser("image", help="base images: create, list, show, rm")
+    image = verbs.add_parser("image", help="base images: create, pull, import, export, list, show, rm")
     sub = image.add_subparsers(dest="image_verb", metavar="COMMAND", parser_class=type(image))
     sub.required = True
 
@@ -53,6 +53,14 @@ def register(verbs: Any) -> None:
         help="run a shell command in the image (repeatable)",
     )
     create.set_defaults(handler=cmd_create)
+
+    pull = sub.add_parser("pull", help="pull an image from a registry (OCI distribution API)")
+    pull.add_argument("name", type=parse_image_name)
+    pull.add_argument("reference", metavar="REF", help="e.g. debian:bookworm or HOST:PORT/REPO:TAG[@DIGEST]")
+    pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
+    pull.add_argument("--creds", metavar="USER:PASSWORD", help="default: ~/.docker/config.json, if any")
+    pull.add_argument("--plain-http", action="store_true", help="speak HTTP, not HTTPS (loopback: always)")
+    pull.set_defaults(handler=cmd_pull)
 
     lst = sub.add_parser("list", help="list images")
     lst.add_argument("--json", action="store_true")
@@ -109,6 +117,22 @@ def cmd_create(args: argparse.Namespace) -> int:
         build=lambda tree: build_tree(spec, tree, progress=sys.stderr.isatty()),
     )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from veneer.images.oci import parse_platform
+    from veneer.images.pull import PullSpec, pull_image
+    from veneer.images.registry import parse_creds
+
+    spec = PullSpec(
+        reference=args.reference,
+        platform=parse_platform(args.platform) if args.platform else None,
+        creds=parse_creds(args.creds) if args.creds else None,
+        plain_http=args.plain_http,
+    )
+    record = pull_image(Layout.from_env(args.root), args.name, spec, progress=sys.stderr.isatty())
+    print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,23 +34,31 @@ class LayerRecord:
     created: float
     origin: str
     size_bytes: int
+    # A content key (an OCI diff_id "sha256:..."): layers with the same key hold the same files and are
+    # shared between images. None for layers built locally.
+    key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "version": RECORD_VERSION,
             "id": self.id,
             "created": self.created,
             "origin": self.origin,
             "size_bytes": self.size_bytes,
         }
+        if self.key is not None:
+            data["key"] = self.key
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LayerRecord:
+        key = data.get("key")
         return cls(
             id=str(data["id"]),
             created=float(data["created"]),
             origin=str(data["origin"]),
             size_bytes=int(data["size_bytes"]),
+            key=None if key is None else str(key),
         )
 
 
@@ -197,3 +205,94 @@ def remove_image(layout: Layout, name: str, *, users: Callable[[str], list[str]]
         _sweep_orphan_layers(layout)
     remove_tree(gone)
     logger.info("Removed image '%s'.", name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerSource:
+    """How to make one layer of a stack: its content key, where it comes from, and its builder."""
+
+    key: str | None  # content key, e.g. an OCI diff_id; a stored layer with the same key is reused
+    origin: str  # e.g. "pull docker.io/library/debian@sha256:... layer 2/5"
+    build: Callable[[Path], None]  # fills an empty tree dir in overlay upper-dir format
+
+
+def create_image_from_layers(
+    layout: Layout, name: ImageName, *, origin: str, layers: Sequence[LayerSource]
+) -> ImageRecord:
+    """Publish a new image whose revision 0 is the given stack (bottom first), atomically; layers with a
+    known key are shared.
+
+    Layers are built outside the store lock (that is the slow part); publishing takes the lock once and
+    re-checks which keys are stored by then, so two pulls sharing a layer never publish it twice.
+    """
+    prepare_store(layout)
+    if not layers:
+        raise ImageError(f"Image '{name}' would have no layers", hint="The source holds no layer.")
+    if layout.image_record(name).exists():
+        raise ImageError(
+            f"Image '{name}' exists already",
+            hint=f"Pick another name, or remove it first with 'veneer image rm {name}'.",
+        )
+
+    def stored_keys() -> dict[str, LayerRecord]:
+        return {layer.key: layer for image in list_images(layout) for layer in image.layers if layer.key}
+
+    def reused(known: dict[str, LayerRecord]) -> dict[int, LayerRecord]:
+        # A key repeated within the stack (empty layers often are) gets a layer of its own: overlayfs
+        # refuses the same lower directory twice in one mount.
+        result: dict[int, LayerRecord] = {}
+        seen: set[str] = set()
+        for index, source in enumerate(layers):
+            if source.key is not None and source.key in known and source.key not in seen:
+                result[index] = known[source.key]
+            if source.key is not None:
+                seen.add(source.key)
+        return result
+
+    shared = reused(stored_keys())
+    with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
+        built: dict[int, tuple[LayerRecord, Path]] = {}
+        for index, source in enumerate(layers):
+            if index in shared:
+                logger.debug("Layer %s is stored already as %s", source.key, shared[index].id)
+                continue
+            layer_id = random_hex(8)
+            layer_dir = stage / f"layer-{index}"
+            tree = layer_dir / "tree"
+            tree.mkdir(parents=True)
+            tree.chmod(0o755)
+            source.build(tree)
+            record = LayerRecord(
+                id=layer_id,
+                created=time.time(),
+                origin=source.origin,
+                size_bytes=dir_size(tree),
+                key=source.key,
+            )
+            save_json(layer_dir / "layer.json", record.to_json())
+            built[index] = (record, layer_dir)
+        image_dir = stage / "image"
+        image_dir.mkdir()
+        with locked(layout.lock, what="The veneer store", wait=True):
+            if layout.image_record(name).exists():
+                raise ImageError(f"Image '{name}' exists already", hint="Another command created it.")
+            # Re-checked under the lock: another command may have published or removed a shared layer.
+            shared_now = reused(stored_keys())
+            stack: list[LayerRecord] = []
+            for index in range(len(layers)):
+                if index in shared_now:
+                    stack.append(shared_now[index])
+                elif index in built:
+                    record, layer_dir = built[index]
+                    layer_dir.rename(layout.layer_dir(record.id))
+                    stack.append(record)
+                else:
+                    raise ImageError(
+                        f"A layer shared with another image was removed while '{name}' was made",
+                        hint="Run the command again.",
+                    )
+            image = ImageRecord(name=name, created=time.time(), layers=tuple(stack))
+            save_json(image_dir / "image.json", image.to_json())
+            image_dir.rename(layout.image_dir(name))
+    logger.info("Created image '%s' (%s).", name, origin)
+    return image
