@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +26,16 @@ class Store:
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "veneer", *args]
 
-    def veneer(self, *args: str, ok: Sequence[int] = (0,), input: str | None = None) -> proc.Completed:
+    def veneer(
+        self,
+        *args: str,
+        ok: Sequence[int] = (0,),
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> proc.Completed:
         """Run the CLI to completion; fail the test unless its exit status is in `ok`."""
-        result = proc.run(self.argv(*args), capture=True, check=False, input=input, env=self.env())
+        environ = {**self.env(), **(env or {})}
+        result = proc.run(self.argv(*args), capture=True, check=False, input=input, env=environ)
         assert result.returncode in ok, (
             f"veneer {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
         )

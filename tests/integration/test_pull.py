@@ -1,0 +1,182 @@
+"""`veneer image pull` against Debian's docker-registry on 127.0.0.1, with images built by buildah and
+pushed by skopeo: layers, deletions, an index, the blob cache, resumed downloads, auth, damaged blobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import Store
+from tests.integration.registries import (
+    PASSWORD,
+    USER,
+    BuiltImages,
+    Registry,
+    build_test_images,
+    run_registry,
+)
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
+    return build_test_images(tmp_path_factory.mktemp("oci-images"))
+
+
+@pytest.fixture(scope="session")
+def open_registry(tmp_path_factory: pytest.TempPathFactory, test_images: BuiltImages) -> Iterator[Registry]:
+    with run_registry(tmp_path_factory.mktemp("registry-open") / "r", auth="none") as registry:
+        registry.push(test_images.source("layers"), "test/layers:1")
+        registry.push(test_images.source("other"), "test/other:1")
+        registry.push(test_images.source("multi"), "test/multi:1", all_platforms=True)
+        yield registry
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """No Docker credentials but those a test writes (not root's own ~/.docker)."""
+    (tmp_path / "docker").mkdir()
+    return {"DOCKER_CONFIG": str(tmp_path / "docker")}
+
+
+def image_layers(store: Store, image: str) -> list[Path]:
+    record = json.loads((store.root / "images" / image / "image.json").read_text())
+    return [store.root / "layers" / layer["id"] / "tree" for layer in record["layers"]]
+
+
+def test_pull_applies_layers_and_deletions_and_runs(
+    store: Store, open_registry: Registry, env: dict[str, str]
+) -> None:
+    out = store.veneer("image", "pull", "img", f"{open_registry.host}/test/layers:1", env=env).stdout
+    assert "Pulled image 'img' (5 layers" in out
+    layers = image_layers(store, "img")
+    assert len(layers) == 5
+    gone = layers[2] / "etc" / "gone"
+    assert stat.S_ISCHR(gone.lstat().st_mode) and gone.lstat().st_rdev == 0  # OCI .wh.gone -> whiteout
+    assert (layers[0] / "bin" / "busybox").stat().st_mode & 0o111
+    store.veneer("create", "m", "--from", "img", "--network", "none")
+    script = "cat /etc/hello; test -e /etc/gone || echo no-gone; ls /opt/d"
+    result = store.veneer("run", "m", "--", "sh", "-c", script)
+    assert result.stdout.split() == ["hello", "from", "a", "layer", "no-gone", "c"]
+    shown = json.loads(store.veneer("image", "show", "img", "--json").stdout)
+    assert "pull 127.0.0.1" in shown["revisions"][0]["origin"]
+
+
+def test_repull_and_shared_layers_download_no_blob_twice(
+    store: Store, open_registry: Registry, env: dict[str, str]
+) -> None:
+    store.veneer("image", "pull", "a", f"{open_registry.host}/test/layers:1", env=env)
+    before = open_registry.blob_gets()
+    store.veneer("image", "pull", "b", f"{open_registry.host}/test/layers:1", env=env)
+    assert open_registry.blob_gets() == before  # from the cache and the store: nothing downloaded
+    assert image_layers(store, "a") == image_layers(store, "b")  # the same layers, shared on disk
+    store.veneer("image", "pull", "c", f"{open_registry.host}/test/other:1", env=env)
+    fetched = open_registry.blob_gets()[len(before) :]
+    assert len(fetched) == 2  # its config and its one layer of its own
+    assert image_layers(store, "c")[:2] == image_layers(store, "a")[:2]
+    # With the blob cache gone, the layers stored already are still not downloaded again.
+    store.veneer("image", "rm", "b")
+    os.system(f"rm -rf {store.root / 'blobs'}")
+    store.veneer("image", "pull", "d", f"{open_registry.host}/test/layers:1", env=env)
+    refetched = open_registry.blob_gets()[len(before) + 2 :]
+    assert len(refetched) == 1  # the config only
+
+
+def test_pull_index_picks_host_or_requested_platform(
+    store: Store, open_registry: Registry, env: dict[str, str]
+) -> None:
+    ref = f"{open_registry.host}/test/multi:1"
+    store.veneer("image", "pull", "native", ref, env=env)
+    assert (image_layers(store, "native")[1] / "etc" / "hello").exists()
+    store.veneer("image", "pull", "arm", ref, "--platform", "linux/arm64", env=env)
+    assert (image_layers(store, "arm")[-1] / "arm64-only").exists()
+    bad = store.veneer("image", "pull", "s390", ref, "--platform", "linux/s390x", env=env, ok=(1,))
+    assert "has no image for linux/s390x" in bad.stderr and "linux/arm64" in bad.stderr
+    assert "s390" not in store.veneer("image", "list").stdout
+
+
+def test_pull_resumes_an_interrupted_download(
+    store: Store, open_registry: Registry, test_images: BuiltImages, env: dict[str, str]
+) -> None:
+    index = json.loads((test_images.layout / "index.json").read_text())
+    manifest_digest = next(
+        m["digest"]
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == "layers"
+    )
+    blobs = test_images.layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_digest.removeprefix("sha256:")).read_text())
+    big = manifest["layers"][0]["digest"].removeprefix("sha256:")
+    data = (blobs / big).read_bytes()
+    partial = store.root / "blobs" / "partial"
+    partial.mkdir(parents=True)
+    (partial / big).write_bytes(data[: len(data) // 2])
+    store.veneer("image", "pull", "img", f"{open_registry.host}/test/layers:1", env=env)
+    assert (store.root / "blobs" / "sha256" / big).read_bytes() == data
+    assert not (partial / big).exists()
+
+
+def test_pull_refuses_bad_digest_and_truncated_blob(
+    store: Store, tmp_path: Path, test_images: BuiltImages, env: dict[str, str]
+) -> None:
+    with run_registry(tmp_path / "registry", auth="none") as registry:
+        ref = registry.push(test_images.source("layers"), "test/bad:1")
+        data = tmp_path / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+        layer_files = sorted(data.glob("*/*/data"), key=lambda p: p.stat().st_size)
+        biggest = layer_files[-1]
+        content = biggest.read_bytes()
+        biggest.write_bytes(content[:100] + bytes([content[100] ^ 0xFF]) + content[101:])
+        bad = store.veneer("image", "pull", "bad", ref, env=env, ok=(1,))
+        assert "does not match its digest" in bad.stderr
+        assert "nothing was published" in bad.stderr
+        biggest.write_bytes(content[: len(content) // 2])
+        short = store.veneer("image", "pull", "bad", ref, env=env, ok=(1,))
+        assert "ended after" in short.stderr, short.stderr
+        assert json.loads(store.veneer("image", "list", "--json").stdout) == []
+        assert not any((store.root / "layers").glob("*"))
+        assert not (store.root / "blobs" / "sha256" / biggest.parent.name).exists()
+        biggest.write_bytes(content)
+        store.veneer("image", "pull", "good", ref, env=env)  # resumes what the truncated pull received
+
+
+def test_pull_with_basic_auth(
+    store: Store, tmp_path: Path, test_images: BuiltImages, env: dict[str, str]
+) -> None:
+    with run_registry(tmp_path / "registry", auth="htpasswd") as registry:
+        ref = registry.push(test_images.source("other"), "private/other:1")
+        denied = store.veneer("image", "pull", "x", ref, env=env, ok=(1,))
+        assert "needs credentials" in denied.stderr and "--creds" in denied.stderr
+        wrong = store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:nope", env=env, ok=(1,))
+        assert "refused" in wrong.stderr
+        store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:{PASSWORD}", env=env)
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(
+            json.dumps({"auths": {registry.host: {"auth": auth}}})
+        )
+        store.veneer("image", "pull", "y", ref, env=env)
+
+
+def test_pull_with_token_auth_as_docker_hub_does(
+    store: Store, tmp_path: Path, test_images: BuiltImages, env: dict[str, str]
+) -> None:
+    with run_registry(tmp_path / "registry", auth="token") as registry:
+        assert registry.token is not None
+        ref = registry.push(test_images.source("layers"), "team/app:1")
+        denied = store.veneer("image", "pull", "x", ref, env=env, ok=(1,))
+        assert "refused access" in denied.stderr
+        store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:{PASSWORD}", env=env)
+        assert (USER, "repository:team/app:pull") in registry.token.requests
+        store.veneer("create", "m", "--from", "x", "--network", "none")
+        assert store.veneer("run", "m", "--", "cat", "/etc/hello").stdout == "hello from a layer\n"
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(
+            json.dumps({"auths": {registry.host: {"auth": auth}}})
+        )
+        store.veneer("image", "pull", "y", ref, env=env)
