@@ -62,6 +62,15 @@ def register(verbs: Any) -> None:
     pull.add_argument("--plain-http", action="store_true", help="speak HTTP, not HTTPS (loopback: always)")
     pull.set_defaults(handler=cmd_pull)
 
+    imp = sub.add_parser(
+        "import", help="import a tarball, OCI layout or archive, docker-archive, or raw disk image"
+    )
+    imp.add_argument("name", type=parse_image_name)
+    imp.add_argument("source", metavar="SOURCE", type=Path, help="a file or an OCI layout directory")
+    imp.add_argument("--tag", help="which image of an archive or layout holding several")
+    imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
+    imp.set_defaults(handler=cmd_import)
+
     lst = sub.add_parser("list", help="list images")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(handler=cmd_list)
@@ -133,6 +142,20 @@ def cmd_pull(args: argparse.Namespace) -> int:
     )
     record = pull_image(Layout.from_env(args.root), args.name, spec, progress=sys.stderr.isatty())
     print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from veneer.images.importers import ImportSpec, import_image
+    from veneer.images.oci import parse_platform
+
+    spec = ImportSpec(
+        source=args.source,
+        tag=args.tag,
+        platform=parse_platform(args.platform) if args.platform else None,
+    )
+    record = import_image(Layout.from_env(args.root), args.name, spec)
+    print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
 

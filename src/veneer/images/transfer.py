@@ -510,6 +510,29 @@ def _empty_directory(fd: int, dest: Path) -> None:
             logger.debug("Cannot remove '%s' from '%s': %s, ignoring.", name, dest, e)
 
 
+def member_names(archive: Path, *, limit: int) -> list[str]:
+    """The names of the first `limit` members of a (possibly compressed) tar archive; nothing is written.
+
+    Raises `ImageError` if `archive` is not a tar archive.
+    """
+    names: list[str] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            raw = stack.enter_context(open(archive, "rb"))
+        except OSError as e:
+            raise ImageError(f"Cannot open '{archive}': {e.strerror}", hint="Check the path.") from e
+        reader = _open_decompressed(raw, archive, stack)
+        try:
+            tf = stack.enter_context(
+                tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")
+            )
+            while len(names) < limit and (member := tf.next()) is not None:
+                names.append(member.name)
+        except (tarfile.TarError, _HeaderRefused, ValueError, EOFError) as e:
+            raise ImageError(f"'{archive}' is not a valid tar archive: {e}", hint=DAMAGED_HINT) from e
+    return names
+
+
 def extract_layer(blob: Path, dest: Path, *, diff_id: str | None) -> None:
     """Apply an OCI/Docker image layer (a tar, plain, gzip or zstd) to the empty directory `dest`, in
     overlayfs upper-dir form: OCI whiteouts become 0/0 character devices and opaque directories.
