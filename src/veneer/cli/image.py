@@ -9,7 +9,7 @@ from typing import Any
 
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_image_name
+from veneer.config.settings import parse_image_name, parse_machine_name
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -71,6 +71,20 @@ def register(verbs: Any) -> None:
     imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
     imp.set_defaults(handler=cmd_import)
 
+    exp = sub.add_parser("export", help="write an image as a tarball, OCI layout/archive or docker-archive")
+    exp.add_argument("name", type=parse_image_name)
+    exp.add_argument("dest", metavar="DEST", type=Path, help="a new file (a new directory for --format oci)")
+    exp.add_argument(
+        "--format",
+        dest="fmt",
+        default="tar",
+        choices=("tar", "oci", "oci-archive", "docker-archive"),
+        help="tar: the merged root filesystem (.gz/.xz/.zst by name); the others keep the layers",
+    )
+    exp.add_argument("--revision", type=int, help="default: the latest")
+    exp.add_argument("--tag", metavar="REF", help="the name the image gets (default localhost/NAME:latest)")
+    exp.set_defaults(handler=cmd_export)
+
     lst = sub.add_parser("list", help="list images")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(handler=cmd_list)
@@ -79,6 +93,13 @@ def register(verbs: Any) -> None:
     show.add_argument("name", type=parse_image_name)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
+
+    machine_export = verbs.add_parser("export", help="a stopped machine's root filesystem as a tarball")
+    machine_export.add_argument("machine", type=parse_machine_name)
+    machine_export.add_argument(
+        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress)"
+    )
+    machine_export.set_defaults(handler=cmd_export_machine)
 
     rm = sub.add_parser("rm", help="remove an image no machine uses")
     rm.add_argument("name", type=parse_image_name)
@@ -156,6 +177,25 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     record = import_image(Layout.from_env(args.root), args.name, spec)
     print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from veneer.images.export import ExportFormat, export_image
+
+    fmt = ExportFormat(args.fmt)
+    export_image(
+        Layout.from_env(args.root), args.name, args.dest, fmt=fmt, revision=args.revision, tag=args.tag
+    )
+    print(f"Exported image '{args.name}' to '{args.dest}' ({fmt}).")
+    return 0
+
+
+def cmd_export_machine(args: argparse.Namespace) -> int:
+    from veneer.images.export import export_machine
+
+    export_machine(Layout.from_env(args.root), args.machine, args.dest)
+    print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 
 
