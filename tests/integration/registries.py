@@ -291,3 +291,28 @@ def build_test_images(directory: Path) -> BuiltImages:
         buildah("rmi", "--all", "--force", check=False)
         proc.run(["rm", "-rf", "--one-file-system", storage], check=False)
     return BuiltImages(layout=layout)
+
+
+def podman(storage: Path, *args: str | Path, run_flags: bool = False) -> proc.Completed:
+    """podman with a store of its own under `storage`, and the flags this kind of host needs (see
+    bench/README.md, "Podman flags"): runc for hybrid cgroups, cgroupfs without systemd, and limits no
+    higher than this process's own (the runtime may lack CAP_SYS_RESOURCE)."""
+    import resource
+
+    flags: list[str | Path] = ["--root", storage / "root", "--runroot", storage / "run"]
+    flags += ["--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+    flags += ["--events-backend", "file"]
+    argv: list[str | Path] = ["podman", *flags, *args]
+    if run_flags:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        nproc = 32768 if hard == resource.RLIM_INFINITY else min(hard, 32768)
+        extra = ["--network=none", f"--ulimit=nofile={nofile}:{nofile}", f"--ulimit=nproc={nproc}:{nproc}"]
+        argv = ["podman", *flags, args[0], *extra, *args[1:]]
+    return proc.run(argv, capture=True)
+
+
+def remove_podman_storage(storage: Path) -> None:
+    proc.run(["podman", "--root", storage / "root", "--runroot", storage / "run", "--storage-driver", "vfs",
+              "rmi", "--all", "--force"], check=False, capture=True)  # fmt: skip
+    proc.run(["rm", "-rf", "--one-file-system", storage], check=False)

@@ -18,7 +18,6 @@ from tests.integration.registries import (
     USER,
     BuiltImages,
     Registry,
-    build_test_images,
     run_registry,
 )
 
@@ -26,16 +25,11 @@ pytestmark = [pytest.mark.root]
 
 
 @pytest.fixture(scope="session")
-def test_images(tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
-    return build_test_images(tmp_path_factory.mktemp("oci-images"))
-
-
-@pytest.fixture(scope="session")
-def open_registry(tmp_path_factory: pytest.TempPathFactory, test_images: BuiltImages) -> Iterator[Registry]:
+def open_registry(tmp_path_factory: pytest.TempPathFactory, built_images: BuiltImages) -> Iterator[Registry]:
     with run_registry(tmp_path_factory.mktemp("registry-open") / "r", auth="none") as registry:
-        registry.push(test_images.source("layers"), "test/layers:1")
-        registry.push(test_images.source("other"), "test/other:1")
-        registry.push(test_images.source("multi"), "test/multi:1", all_platforms=True)
+        registry.push(built_images.source("layers"), "test/layers:1")
+        registry.push(built_images.source("other"), "test/other:1")
+        registry.push(built_images.source("multi"), "test/multi:1", all_platforms=True)
         yield registry
 
 
@@ -103,15 +97,15 @@ def test_pull_index_picks_host_or_requested_platform(
 
 
 def test_pull_resumes_an_interrupted_download(
-    store: Store, open_registry: Registry, test_images: BuiltImages, env: dict[str, str]
+    store: Store, open_registry: Registry, built_images: BuiltImages, env: dict[str, str]
 ) -> None:
-    index = json.loads((test_images.layout / "index.json").read_text())
+    index = json.loads((built_images.layout / "index.json").read_text())
     manifest_digest = next(
         m["digest"]
         for m in index["manifests"]
         if m["annotations"]["org.opencontainers.image.ref.name"] == "layers"
     )
-    blobs = test_images.layout / "blobs" / "sha256"
+    blobs = built_images.layout / "blobs" / "sha256"
     manifest = json.loads((blobs / manifest_digest.removeprefix("sha256:")).read_text())
     big = manifest["layers"][0]["digest"].removeprefix("sha256:")
     data = (blobs / big).read_bytes()
@@ -124,10 +118,10 @@ def test_pull_resumes_an_interrupted_download(
 
 
 def test_pull_refuses_bad_digest_and_truncated_blob(
-    store: Store, tmp_path: Path, test_images: BuiltImages, env: dict[str, str]
+    store: Store, tmp_path: Path, built_images: BuiltImages, env: dict[str, str]
 ) -> None:
     with run_registry(tmp_path / "registry", auth="none") as registry:
-        ref = registry.push(test_images.source("layers"), "test/bad:1")
+        ref = registry.push(built_images.source("layers"), "test/bad:1")
         data = tmp_path / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
         layer_files = sorted(data.glob("*/*/data"), key=lambda p: p.stat().st_size)
         biggest = layer_files[-1]
@@ -147,10 +141,10 @@ def test_pull_refuses_bad_digest_and_truncated_blob(
 
 
 def test_pull_with_basic_auth(
-    store: Store, tmp_path: Path, test_images: BuiltImages, env: dict[str, str]
+    store: Store, tmp_path: Path, built_images: BuiltImages, env: dict[str, str]
 ) -> None:
     with run_registry(tmp_path / "registry", auth="htpasswd") as registry:
-        ref = registry.push(test_images.source("other"), "private/other:1")
+        ref = registry.push(built_images.source("other"), "private/other:1")
         denied = store.veneer("image", "pull", "x", ref, env=env, ok=(1,))
         assert "needs credentials" in denied.stderr and "--creds" in denied.stderr
         wrong = store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:nope", env=env, ok=(1,))
@@ -164,11 +158,11 @@ def test_pull_with_basic_auth(
 
 
 def test_pull_with_token_auth_as_docker_hub_does(
-    store: Store, tmp_path: Path, test_images: BuiltImages, env: dict[str, str]
+    store: Store, tmp_path: Path, built_images: BuiltImages, env: dict[str, str]
 ) -> None:
     with run_registry(tmp_path / "registry", auth="token") as registry:
         assert registry.token is not None
-        ref = registry.push(test_images.source("layers"), "team/app:1")
+        ref = registry.push(built_images.source("layers"), "team/app:1")
         denied = store.veneer("image", "pull", "x", ref, env=env, ok=(1,))
         assert "refused access" in denied.stderr
         store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:{PASSWORD}", env=env)
