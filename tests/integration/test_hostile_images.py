@@ -78,9 +78,9 @@ def write_layout(
         return {"digest": digest, "size": len(data)}
 
     descriptors = []
-    for index, tar in enumerate(layers):
+    for position, tar in enumerate(layers):
         blob = gzip.compress(tar, mtime=0)
-        stored = tamper(blob) if tamper is not None and index == len(layers) - 1 else None
+        stored = tamper(blob) if tamper is not None and position == len(layers) - 1 else None
         descriptors.append(
             {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(blob, stored=stored)}
         )
