@@ -113,6 +113,9 @@ class ImportSpec:
 
 def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageRecord:
     """Import `spec.source` as the image `name`."""
+    from veneer.images.pull import refuse_existing
+
+    refuse_existing(layout, name)
     source = spec.source.absolute()
     kind = detect_format(source)
     logger.debug("'%s' is %s", source, kind)

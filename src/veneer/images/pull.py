@@ -112,6 +112,7 @@ def _opener(client: RegistryClient, descriptor: oci.Descriptor) -> Opener:
 def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: bool = False) -> ImageRecord:
     """Pull `spec.reference` from its registry and publish it as the image `name`."""
     ref = oci.parse_reference(spec.reference)
+    refuse_existing(layout, name)
     platform = spec.platform or oci.host_platform_of()
     client = client_for(
         ref.api_host,
@@ -166,6 +167,15 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
     if progress:
         logger.info("Applying %d layer(s) of %s", count, ref)
     return create_image_from_layers(layout, name, origin=f"pull {ref} ({digest})", layers=sources)
+
+
+def refuse_existing(layout: Layout, name: ImageName) -> None:
+    """Fail before any download if the name is taken (publishing checks again, under the lock)."""
+    if layout.image_record(name).exists():
+        raise ImageError(
+            f"Image '{name}' exists already",
+            hint=f"Pick another name, or remove it first with 'veneer image rm {name}'.",
+        )
 
 
 def _layer_builder(cache: BlobCache, layer: oci.Descriptor, diff_id: str) -> Callable[[Path], None]:
