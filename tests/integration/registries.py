@@ -316,3 +316,87 @@ def remove_podman_storage(storage: Path) -> None:
     proc.run(["podman", "--root", storage / "root", "--runroot", storage / "run", "--storage-driver", "vfs",
               "rmi", "--all", "--force"], check=False, capture=True)  # fmt: skip
     proc.run(["rm", "-rf", "--one-file-system", storage], check=False)
+
+
+class LayoutRegistry:
+    """A minimal read-only registry serving one OCI layout over plain HTTP, for faults a real registry
+    does not make: it can stall a blob after `stall_after` bytes, and records the Range headers asked."""
+
+    def __init__(self, layout: Path) -> None:
+        self.layout = layout
+        self.stall_after: int | None = None
+        self.ranges: list[str | None] = []
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self.port = free_port()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                server.handle(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+    def handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
+        path = request.path
+        if path == "/v2/":
+            return self.send(request, b"{}", "application/json")
+        index = json.loads((self.layout / "index.json").read_text())
+        if "/manifests/" in path:
+            tag = path.rsplit("/", 1)[-1]
+            for entry in index["manifests"]:
+                if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+                    data = (self.layout / "blobs" / "sha256" / entry["digest"][7:]).read_bytes()
+                    return self.send(request, data, entry["mediaType"])
+        if "/blobs/sha256:" in path:
+            blob = self.layout / "blobs" / "sha256" / path.rsplit(":", 1)[-1]
+            if blob.is_file():
+                self.ranges.append(request.headers.get("Range"))
+                return self.send_blob(request, blob.read_bytes())
+        request.send_response(404)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
+
+    def send(self, request: http.server.BaseHTTPRequestHandler, data: bytes, media_type: str) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", media_type)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    def send_blob(self, request: http.server.BaseHTTPRequestHandler, data: bytes) -> None:
+        start = 0
+        asked = request.headers.get("Range")
+        if asked and asked.startswith("bytes=") and asked.endswith("-"):
+            start = int(asked[6:-1])
+            request.send_response(206)
+            request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            request.send_response(200)
+        request.send_header("Content-Length", str(len(data) - start))
+        request.end_headers()
+        if self.stall_after is not None and len(data) - start > self.stall_after:
+            request.wfile.write(data[start : start + self.stall_after])
+            request.wfile.flush()
+            self.stalled.set()
+            self.release.wait(60)
+            return
+        request.wfile.write(data[start:])

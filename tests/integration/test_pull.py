@@ -17,9 +17,11 @@ from tests.integration.registries import (
     PASSWORD,
     USER,
     BuiltImages,
+    LayoutRegistry,
     Registry,
     run_registry,
 )
+from veneer.util import proc
 
 pytestmark = [pytest.mark.root]
 
@@ -174,3 +176,35 @@ def test_pull_with_token_auth_as_docker_hub_does(
             json.dumps({"auths": {registry.host: {"auth": auth}}})
         )
         store.veneer("image", "pull", "y", ref, env=env)
+
+
+def test_killed_pull_leaves_nothing_and_the_next_resumes(
+    store: Store, built_images: BuiltImages, env: dict[str, str]
+) -> None:
+    registry = LayoutRegistry(built_images.layout)
+    try:
+        registry.stall_after = 300_000  # only the busybox layer (about 1 MB) is larger
+        ref = f"{registry.host}/test/layers:layers"
+        process = proc.spawn(store.argv("image", "pull", "img", ref), env={**store.env(), **env})
+        try:
+            assert registry.stalled.wait(30), "the pull never reached the big layer"
+            partial = store.root / "blobs" / "partial"
+            assert proc.wait_until(
+                lambda: any(p.stat().st_size >= 300_000 for p in partial.iterdir()), timeout=10
+            )
+        finally:
+            process.kill()
+            process.wait()
+        registry.release.set()
+        store.veneer("image", "list")  # the next command sweeps what the killed one left
+        assert json.loads(store.veneer("image", "list", "--json").stdout) == []
+        assert not any((store.root / "layers").glob("*"))
+        assert not any((store.root / ".staging").glob("*"))
+        registry.stall_after = None
+        registry.ranges.clear()
+        store.veneer("image", "pull", "img", ref, env=env)
+        assert "bytes=300000-" in registry.ranges
+        store.veneer("create", "m", "--from", "img", "--network", "none")
+        assert store.veneer("run", "m", "--", "cat", "/etc/hello").stdout == "hello from a layer\n"
+    finally:
+        registry.close()

@@ -98,13 +98,25 @@ def resolve_manifest(
     return oci.parse_manifest(document, what), digest
 
 
+class _BlobStream:
+    """A blob's body, read as it arrives: what came before an interruption is kept for resuming."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+    def read(self, size: int, /) -> bytes:
+        return self.response.read_some(size)
+
+    def close(self) -> None:
+        self.response.close()
+
+
 def _opener(client: RegistryClient, descriptor: oci.Descriptor) -> Opener:
-    def open_blob(offset: int) -> tuple[Response, int]:
+    def open_blob(offset: int) -> tuple[_BlobStream, int]:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = client.get(
-            f"blobs/{descriptor.digest}", headers=headers, what=f"blob {descriptor.digest}"
-        )
-        return response, offset if response.status == 206 else 0
+        what = f"blob {descriptor.digest}"
+        response = client.get(f"blobs/{descriptor.digest}", headers=headers, what=what)
+        return _BlobStream(response), offset if response.status == 206 else 0
 
     return open_blob
 

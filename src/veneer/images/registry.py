@@ -121,6 +121,11 @@ class Response:
     def read(self, size: int = -1) -> bytes:
         return self.body.read(size)
 
+    def read_some(self, size: int) -> bytes:
+        """Up to `size` bytes, as soon as some arrived (a stalled download keeps what it received)."""
+        read1 = getattr(self.body, "read1", None)
+        return bytes(read1(size)) if read1 is not None else self.body.read(size)
+
     def close(self) -> None:
         self.body.close()
 
