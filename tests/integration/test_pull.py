@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,5 +208,30 @@ def test_killed_pull_leaves_nothing_and_the_next_resumes(
         assert "bytes=300000-" in registry.ranges
         store.veneer("create", "m", "--from", "img", "--network", "none")
         assert store.veneer("run", "m", "--", "cat", "/etc/hello").stdout == "hello from a layer\n"
+    finally:
+        registry.close()
+
+
+def test_interrupted_pull_exits_at_once(
+    store: Store, built_images: BuiltImages, env: dict[str, str]
+) -> None:
+    registry = LayoutRegistry(built_images.layout)
+    try:
+        registry.stall_after = 300_000
+        process = proc.spawn(
+            store.argv("image", "pull", "img", f"{registry.host}/test/layers:layers"),
+            env={**store.env(), **env},
+        )
+        try:
+            assert registry.stalled.wait(30), "the pull never reached the big layer"
+            process.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            assert process.wait(timeout=20) == 130
+            assert time.monotonic() - started < 5  # not after the stalled download's socket timeout
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert json.loads(store.veneer("image", "list", "--json").stdout) == []
     finally:
         registry.close()

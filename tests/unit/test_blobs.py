@@ -68,3 +68,12 @@ def test_fetch_refuses_bad_truncated_and_oversized_blobs(tmp_path: Path) -> None
     # The truncated download stays for the next attempt, which resumes it.
     server = FakeServer(DATA)
     assert cache.fetch(descriptor(), server).read_bytes() == DATA and server.asked == [100]
+
+
+def test_cancelled_download_stops_and_keeps_what_it_has(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path)
+    progress = Progress(len(DATA), None)
+    progress.cancelled.set()
+    with pytest.raises(ImageError, match="cancelled"):
+        cache.fetch(descriptor(), FakeServer(DATA), progress=progress)
+    assert not (tmp_path / "sha256" / descriptor().digest.removeprefix("sha256:")).exists()

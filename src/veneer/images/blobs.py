@@ -42,8 +42,13 @@ class Progress:
         self.done = 0
         self._report = report
         self._lock = threading.Lock()
+        # Set when the pull fails or is interrupted: the other downloads stop at their next chunk, so
+        # Ctrl-C does not wait for them (the executor joins its threads before the process exits).
+        self.cancelled = threading.Event()
 
     def add(self, n: int) -> None:
+        if self.cancelled.is_set():
+            raise ImageError("Download cancelled", hint="Run the pull again: it resumes its downloads.")
         with self._lock:
             self.done += n
             done = self.done

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,18 +153,11 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
         line = ProgressLine(f"Pulling {len(wanted)} layer(s) of {ref}") if progress else None
         counter = Progress(total, line)
         logger.debug("Downloading %d blobs, %d bytes", len(wanted), total)
-        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
-            futures = [pool.submit(cache.fetch, d, _opener(client, d), progress=counter) for d in wanted]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            finally:
-                if line is not None:
-                    line.end()
+        try:
+            download_all(cache, client, wanted, counter)
+        finally:
+            if line is not None:
+                line.end()
 
     count = len(manifest.layers)
     pinned = f"{ref.registry}/{ref.repository}@{digest}"
@@ -179,6 +172,46 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
     if progress:
         logger.info("Applying %d layer(s) of %s", count, ref)
     return create_image_from_layers(layout, name, origin=f"pull {ref} ({digest})", layers=sources)
+
+
+def download_all(
+    cache: BlobCache, client: RegistryClient, blobs: list[oci.Descriptor], progress: Progress
+) -> None:
+    """Download `blobs` into the cache, `_PARALLEL` at a time; the first failure stops the others.
+
+    Daemon threads, not a ThreadPoolExecutor: the executor joins its threads at exit, so Ctrl-C would
+    wait for a download stalled in a read; here the main thread waits in short joins and can leave.
+    """
+    queue = list(reversed(blobs))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while not progress.cancelled.is_set():
+            with lock:
+                if not queue:
+                    return
+                blob = queue.pop()
+            try:
+                cache.fetch(blob, _opener(client, blob), progress=progress)
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+                progress.cancelled.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(_PARALLEL, len(blobs)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except BaseException:
+        progress.cancelled.set()
+        raise
+    if errors:
+        # The first real failure, not the "cancelled" of the downloads it stopped.
+        raise errors[0]
 
 
 def refuse_existing(layout: Layout, name: ImageName) -> None:
