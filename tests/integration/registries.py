@@ -153,10 +153,12 @@ class Registry:
     token: TokenServer | None = None
     extra: list[str] = field(default_factory=list)
 
-    def push(self, source: str, repo: str, *, all_platforms: bool = False) -> str:
+    def push(
+        self, source: str, repo: str, *, all_platforms: bool = False, options: tuple[str, ...] = ()
+    ) -> str:
         """skopeo copy `source` (a transport:reference) to this registry; returns the pushed reference."""
         ref = f"{self.host}/{repo}"
-        argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
+        argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *options]
         if self.creds:
             argv.append(f"--dest-creds={self.creds}")
         if all_platforms:

@@ -34,6 +34,12 @@ def open_registry(tmp_path_factory: pytest.TempPathFactory, built_images: BuiltI
         registry.push(built_images.source("layers"), "test/layers:1")
         registry.push(built_images.source("other"), "test/other:1")
         registry.push(built_images.source("multi"), "test/multi:1", all_platforms=True)
+        registry.push(built_images.source("layers"), "test/docker:1", options=("--format", "v2s2"))
+        # Through a dir: copy, since skopeo reuses the gzip blobs it knows the registry has when pushing.
+        zstd_dir = tmp_path_factory.mktemp("zstd") / "dir"
+        zstd = ["--format", "oci", "--dest-compress", "--dest-compress-format", "zstd"]
+        proc.run(["skopeo", "copy", "--quiet", *zstd, built_images.source("layers"), f"dir:{zstd_dir}"])
+        registry.push(f"dir:{zstd_dir}", "test/zstd:1")
         yield registry
 
 
@@ -235,3 +241,28 @@ def test_interrupted_pull_exits_at_once(
         assert json.loads(store.veneer("image", "list", "--json").stdout) == []
     finally:
         registry.close()
+
+
+@pytest.mark.parametrize(
+    ("repo", "media_type"),
+    [
+        ("test/docker:1", "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        ("test/zstd:1", "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ],
+)
+def test_pull_docker_schema2_and_zstd_layers(
+    store: Store, open_registry: Registry, env: dict[str, str], repo: str, media_type: str
+) -> None:
+    manifest = json.loads(
+        proc.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{open_registry.host}/{repo}"],
+            capture=True,
+        ).stdout
+    )
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {media_type}
+    store.veneer("image", "pull", "img", f"{open_registry.host}/{repo}", env=env)
+    store.veneer("create", "m", "--from", "img", "--network", "none")
+    out = store.veneer(
+        "run", "m", "--", "sh", "-c", "cat /etc/hello; test -e /etc/gone || echo no-gone; ls /opt/d"
+    )
+    assert out.stdout == "hello from a layer\nno-gone\nc\n"
