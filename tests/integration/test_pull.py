@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import stat
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
+from tests.integration.layouts import entry, layer_tar, write_layout
 from tests.integration.registries import (
     PASSWORD,
     USER,
@@ -266,3 +268,29 @@ def test_pull_docker_schema2_and_zstd_layers(
         "run", "m", "--", "sh", "-c", "cat /etc/hello; test -e /etc/gone || echo no-gone; ls /opt/d"
     )
     assert out.stdout == "hello from a layer\nno-gone\nc\n"
+
+
+def test_repeated_layer_is_pulled_again_when_stored_once(
+    store: Store, tmp_path: Path, env: dict[str, str]
+) -> None:
+    # Docker images often repeat one empty layer; each occurrence is a layer of its own (overlayfs takes a
+    # directory once per mount), so a second copy's blob is needed when only one copy is stored.
+    busybox = Path("/bin/busybox").read_bytes()
+    base = [entry("usr/", tarfile.DIRTYPE), entry("bin/busybox", data=busybox, mode=0o755)]
+    base += [entry("bin/cat", tarfile.SYMTYPE, linkname="busybox")]
+    empty, top = layer_tar([]), layer_tar([entry("f", data=b"f\n")])
+    one = LayoutRegistry(write_layout(tmp_path / "one", [layer_tar(base), empty]))
+    two = LayoutRegistry(write_layout(tmp_path / "two", [layer_tar(base), empty, top, empty]))
+    try:
+        store.veneer("image", "pull", "one", f"{one.host}/x/one:latest", env=env)
+        proc.run(["rm", "-rf", store.root / "blobs"])
+        store.veneer("image", "pull", "two", f"{two.host}/x/two:latest", env=env)
+        store.veneer("image", "pull", "again", f"{two.host}/x/two:latest", env=env)
+    finally:
+        one.close()
+        two.close()
+    first, second, third = (image_layers(store, name) for name in ("one", "two", "again"))
+    assert second[:2] == first and len(set(second)) == 4
+    assert third == second  # every layer shared, the repeated one too (one stored copy per occurrence)
+    store.veneer("create", "m", "--from", "again", "--network", "none")
+    assert store.veneer("run", "m", "--", "cat", "/f").stdout == "f\n"

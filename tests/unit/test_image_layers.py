@@ -44,6 +44,10 @@ def test_a_key_repeated_in_one_stack_gets_its_own_layer(tmp_path: Path) -> None:
         layout, ImageName("a"), origin="t", layers=[source("empty", "e", calls), source("empty", "e", calls)]
     )
     assert image.layers[0].id != image.layers[1].id and image.layers[0].key == image.layers[1].key == "empty"
+    again = create_image_from_layers(
+        layout, ImageName("b"), origin="t", layers=[source("empty", "e", calls), source("empty", "e", calls)]
+    )
+    assert again.layers == image.layers and calls == ["e", "e"]  # one stored copy per occurrence
 
 
 def test_failed_build_publishes_nothing(tmp_path: Path) -> None:

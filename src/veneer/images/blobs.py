@@ -51,9 +51,8 @@ class Progress:
             raise ImageError("Download cancelled", hint="Run the pull again: it resumes its downloads.")
         with self._lock:
             self.done += n
-            done = self.done
-        if self._report is not None:
-            self._report(done, self.total)
+            if self._report is not None:
+                self._report(self.done, self.total)
 
 
 class BlobCache:

@@ -101,8 +101,10 @@ def add_tree(tf: tarfile.TarFile, root: Path, *, layer: bool, uid_base: int | No
         for name in sorted(dirnames + filenames):
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            if layer and is_whiteout(st):
-                tf.addfile(_empty_member(prefix + ".wh." + name))
+            if is_whiteout(st):
+                # In a merged tree a whiteout (left in a single bottom layer) hides nothing: leave it out.
+                if layer:
+                    tf.addfile(_empty_member(prefix + ".wh." + name))
                 continue
             if stat.S_ISSOCK(st.st_mode):
                 logger.debug("Not exporting the socket '%s', ignoring.", path)

@@ -60,7 +60,13 @@ class SourceFormat(StrEnum):
     DISK = "disk"
 
 
+_ARCHIVE_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")
+
+
 def _is_disk_image(head: bytes) -> bool:
+    # Compressed data or a tar header could hold a partition table signature by chance: check them first.
+    if head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar":
+        return False
     mbr = len(head) >= 512 and head[510:512] == b"\x55\xaa"
     gpt = head[512:520] == b"EFI PART"
     ext = head[0x438:0x43A] == b"\x53\xef"  # ext2/3/4 superblock magic at 1024+56

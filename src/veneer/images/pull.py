@@ -141,20 +141,28 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
     if config.platform.architecture and config.platform.architecture != platform.architecture:
         logger.warning("Image '%s' is for %s, not %s; it may not run here.", ref, config.platform, platform)
 
-    stored = {layer.key for image in list_images(layout) for layer in image.layers if layer.key}
-    wanted = [
-        layer
-        for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
-        if diff_id not in stored and not cache.has(layer)
-    ]
-    wanted = list({layer.digest: layer for layer in wanted}.values())
+    # A layer is downloaded unless a stored layer has its diff_id. A diff_id repeated in the stack needs
+    # as many stored layers as it has occurrences (see `create_image_from_layers`), else its blob.
+    stored: dict[str, set[str]] = {}
+    for image in list_images(layout):
+        for stored_layer in image.layers:
+            if stored_layer.key is not None:
+                stored.setdefault(stored_layer.key, set()).add(stored_layer.id)
+    wanted: dict[str, oci.Descriptor] = {}
+    taken: dict[str, int] = {}
+    for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+        n = taken.get(diff_id, 0)
+        if n >= len(stored.get(diff_id, ())) and not cache.has(layer):
+            wanted[layer.digest] = layer
+        taken[diff_id] = n + 1
+
     if wanted:
-        total = sum(layer.size for layer in wanted)
+        total = sum(layer.size for layer in wanted.values())
         line = ProgressLine(f"Pulling {len(wanted)} layer(s) of {ref}") if progress else None
         counter = Progress(total, line)
         logger.debug("Downloading %d blobs, %d bytes", len(wanted), total)
         try:
-            download_all(cache, client, wanted, counter)
+            download_all(cache, client, list(wanted.values()), counter)
         finally:
             if line is not None:
                 line.end()

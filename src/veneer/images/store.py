@@ -234,19 +234,26 @@ def create_image_from_layers(
             hint=f"Pick another name, or remove it first with 'veneer image rm {name}'.",
         )
 
-    def stored_keys() -> dict[str, LayerRecord]:
-        return {layer.key: layer for image in list_images(layout) for layer in image.layers if layer.key}
+    def stored_keys() -> dict[str, list[LayerRecord]]:
+        copies: dict[str, dict[str, LayerRecord]] = {}
+        for image in list_images(layout):
+            for layer in image.layers:
+                if layer.key is not None:
+                    copies.setdefault(layer.key, {})[layer.id] = layer
+        return {key: list(by_id.values()) for key, by_id in copies.items()}
 
-    def reused(known: dict[str, LayerRecord]) -> dict[int, LayerRecord]:
-        # A key repeated within the stack (empty layers often are) gets a layer of its own: overlayfs
-        # refuses the same lower directory twice in one mount.
+    def reused(known: dict[str, list[LayerRecord]]) -> dict[int, LayerRecord]:
+        # The n-th occurrence of a key in the stack takes the n-th stored layer with that key, or is built:
+        # overlayfs refuses the same lower directory twice in one mount, and empty layers often repeat.
         result: dict[int, LayerRecord] = {}
-        seen: set[str] = set()
+        taken: dict[str, int] = {}
         for index, source in enumerate(layers):
-            if source.key is not None and source.key in known and source.key not in seen:
-                result[index] = known[source.key]
-            if source.key is not None:
-                seen.add(source.key)
+            if source.key is None:
+                continue
+            n = taken.get(source.key, 0)
+            if n < len(known.get(source.key, ())):
+                result[index] = known[source.key][n]
+            taken[source.key] = n + 1
         return result
 
     shared = reused(stored_keys())
