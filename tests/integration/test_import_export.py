@@ -5,6 +5,8 @@ skopeo and GNU tar."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -182,3 +184,28 @@ def test_export_machine_writes_the_ids_the_guest_saw(store: Store, tmp_path: Pat
         assert "bin/ls" not in names
         data = tf.extractfile(f)
         assert data is not None and data.read() == b"mine\n"
+
+
+def test_import_index_from_layout_by_platform(store: Store, built_images: BuiltImages) -> None:
+    layout = str(built_images.layout)
+    store.veneer("image", "import", "arm", layout, "--tag", "multi", "--platform", "linux/arm64")
+    record = json.loads((store.root / "images" / "arm" / "image.json").read_text())
+    assert (store.root / "layers" / record["layers"][-1]["id"] / "tree" / "arm64-only").exists()
+    bad = store.veneer(
+        "image", "import", "x", layout, "--tag", "multi", "--platform", "linux/ppc64le", ok=(1,)
+    )
+    assert "no image for linux/ppc64le" in bad.stderr
+
+
+def test_disk_image_with_a_device_node_outside_dev_is_refused(store: Store, tmp_path: Path) -> None:
+    tree = busybox_tree(tmp_path / "tree", marker="evil")
+    os.mknod(tree / "etc" / "disk", 0o600 | stat.S_IFBLK, os.makedev(8, 0))
+    disk = tmp_path / "disk.img"
+    make_disk(disk, tree, table="gpt")
+    loops_before = proc.run(["losetup", "--list", "--noheadings"], capture=True).stdout
+    result = store.veneer("image", "import", "evil", str(disk), ok=(1,))
+    assert "device node outside dev/" in result.stderr
+    assert proc.run(["losetup", "--list", "--noheadings"], capture=True).stdout == loops_before
+    assert str(store.root) not in Path("/proc/self/mountinfo").read_text()
+    assert json.loads(store.veneer("image", "list", "--json").stdout) == []
+    assert not any((store.root / ".staging").glob("*"))

@@ -294,3 +294,13 @@ def test_repeated_layer_is_pulled_again_when_stored_once(
     assert third == second  # every layer shared, the repeated one too (one stored copy per occurrence)
     store.veneer("create", "m", "--from", "again", "--network", "none")
     assert store.veneer("run", "m", "--", "cat", "/f").stdout == "f\n"
+
+
+def test_concurrent_pulls_share_downloads_and_layers(
+    store: Store, open_registry: Registry, env: dict[str, str]
+) -> None:
+    ref = f"{open_registry.host}/test/layers:1"
+    pulls = [proc.spawn(store.argv("image", "pull", name, ref), env={**store.env(), **env}) for name in "ab"]
+    assert [p.wait(timeout=120) for p in pulls] == [0, 0]
+    assert image_layers(store, "a") == image_layers(store, "b")
+    assert len(list((store.root / "layers").iterdir())) == 5

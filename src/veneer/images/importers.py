@@ -163,14 +163,19 @@ def _import_unpacked(
         )
     count = len(layers)
     sources = [
-        LayerSource(key=diff_id, origin=f"{origin} layer {i + 1}/{count}", build=_builder(blob, diff_id))
+        LayerSource(
+            key=diff_id,
+            origin=f"{origin} layer {i + 1}/{count}",
+            build=_builder(blob, diff_id, f"{i + 1}/{count}"),
+        )
         for i, (blob, diff_id) in enumerate(layers)
     ]
     return create_image_from_layers(layout, name, origin=origin, layers=sources)
 
 
-def _builder(blob: Path, diff_id: str) -> Callable[[Path], None]:
+def _builder(blob: Path, diff_id: str, position: str) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
+        logger.info("Applying layer %s (%s)", position, diff_id)
         extract_layer(blob, tree, diff_id=diff_id)
 
     return build

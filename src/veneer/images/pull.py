@@ -173,12 +173,10 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
         LayerSource(
             key=diff_id,
             origin=f"pull {pinned} layer {index + 1}/{count}",
-            build=_layer_builder(cache, layer, diff_id),
+            build=_layer_builder(cache, layer, diff_id, f"{index + 1}/{count}"),
         )
         for index, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True))
     ]
-    if progress:
-        logger.info("Applying %d layer(s) of %s", count, ref)
     return create_image_from_layers(layout, name, origin=f"pull {ref} ({digest})", layers=sources)
 
 
@@ -231,8 +229,11 @@ def refuse_existing(layout: Layout, name: ImageName) -> None:
         )
 
 
-def _layer_builder(cache: BlobCache, layer: oci.Descriptor, diff_id: str) -> Callable[[Path], None]:
+def _layer_builder(
+    cache: BlobCache, layer: oci.Descriptor, diff_id: str, position: str
+) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
+        logger.info("Applying layer %s (%s)", position, diff_id)
         blob = cache.path(layer.digest)
         if not cache.has(layer):
             raise ImageError(
