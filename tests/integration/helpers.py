@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +31,12 @@ class Store:
         *args: str,
         ok: Sequence[int] = (0,),
         input: str | None = None,
-        env: Mapping[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> proc.Completed:
         """Run the CLI to completion; fail the test unless its exit status is in `ok`."""
-        environ = {**self.env(), **(env or {})}
-        result = proc.run(self.argv(*args), capture=True, check=False, input=input, env=environ)
+        result = proc.run(
+            self.argv(*args), capture=True, check=False, input=input, env={**self.env(), **(env or {})}
+        )
         assert result.returncode in ok, (
             f"veneer {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
         )

@@ -101,3 +101,15 @@ def write_layout(
     (path / "index.json").write_text(json.dumps(index))
     (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     return path
+
+
+def stack(store_root: Path, image: str) -> list[Path]:
+    """The layer trees of an image's current revision, bottom first (image records of version 1 list the
+    stack as their layers; version 2 names each revision's layers)."""
+    record = json.loads((store_root / "images" / image / "image.json").read_text())
+    if "revisions" in record:
+        current = next(r for r in record["revisions"] if r["number"] == record["current"])
+        ids = [str(layer_id) for layer_id in current["layers"]]
+    else:
+        ids = [str(layer["id"]) for layer in record["layers"]]
+    return [store_root / "layers" / layer_id / "tree" for layer_id in ids]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
-from tests.integration.layouts import Member, entry, layer_tar, sha, write_layout
+from tests.integration.layouts import Member, entry, layer_tar, sha, stack, write_layout
 from tests.integration.registries import run_registry
 
 pytestmark = [pytest.mark.root]
@@ -106,8 +106,7 @@ def test_setuid_file_keeps_its_owner(store: Store, tmp_path: Path) -> None:
         [layer_tar([entry("bin/", tarfile.DIRTYPE), entry("bin/su", data=b"#!", mode=0o4755, uid=1000)])],
     )
     store.veneer("image", "import", "suid", str(layout))
-    record = json.loads((store.root / "images" / "suid" / "image.json").read_text())
-    st = (store.root / "layers" / record["layers"][0]["id"] / "tree" / "bin" / "su").lstat()
+    st = (stack(store.root, "suid")[0] / "bin" / "su").lstat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (1000, 0o4755)  # setuid, but never as root
 
 
@@ -126,8 +125,7 @@ def test_symlink_in_one_layer_cannot_redirect_the_next(store: Store, tmp_path: P
     )
     store.veneer("image", "import", "stack", str(layout))
     assert host_state() == before
-    record = json.loads((store.root / "images" / "stack" / "image.json").read_text())
-    top = store.root / "layers" / record["layers"][2]["id"] / "tree"
+    top = stack(store.root, "stack")[2]
     assert (top / "etc").is_dir() and not (top / "etc").is_symlink()
     store.veneer("create", "m", "--from", "stack", "--network", "none")
     assert store.veneer("run", "m", "--", "cat", "/etc/passwd").stdout == "layer three\n"

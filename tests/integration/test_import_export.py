@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
+from tests.integration.layouts import stack
 from tests.integration.registries import BUSYBOX_APPLETS, BuiltImages, podman, remove_podman_storage
 from veneer.util import proc
 
@@ -22,8 +23,7 @@ pytestmark = [pytest.mark.root]
 
 
 def layer_ids(store: Store, image: str) -> list[str]:
-    record = json.loads((store.root / "images" / image / "image.json").read_text())
-    return [layer["id"] for layer in record["layers"]]
+    return [tree.parent.name for tree in stack(store.root, image)]
 
 
 def busybox_tree(path: Path, *, marker: str) -> Path:
@@ -189,8 +189,7 @@ def test_export_machine_writes_the_ids_the_guest_saw(store: Store, tmp_path: Pat
 def test_import_index_from_layout_by_platform(store: Store, built_images: BuiltImages) -> None:
     layout = str(built_images.layout)
     store.veneer("image", "import", "arm", layout, "--tag", "multi", "--platform", "linux/arm64")
-    record = json.loads((store.root / "images" / "arm" / "image.json").read_text())
-    assert (store.root / "layers" / record["layers"][-1]["id"] / "tree" / "arm64-only").exists()
+    assert (stack(store.root, "arm")[-1] / "arm64-only").exists()
     bad = store.veneer(
         "image", "import", "x", layout, "--tag", "multi", "--platform", "linux/ppc64le", ok=(1,)
     )

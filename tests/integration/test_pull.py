@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
-from tests.integration.layouts import entry, layer_tar, write_layout
+from tests.integration.layouts import entry, layer_tar, stack, write_layout
 from tests.integration.registries import (
     PASSWORD,
     USER,
@@ -53,8 +53,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def image_layers(store: Store, image: str) -> list[Path]:
-    record = json.loads((store.root / "images" / image / "image.json").read_text())
-    return [store.root / "layers" / layer["id"] / "tree" for layer in record["layers"]]
+    return stack(store.root, image)
 
 
 def test_pull_applies_layers_and_deletions_and_runs(
