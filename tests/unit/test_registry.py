@@ -67,4 +67,7 @@ def test_docker_config_credentials(tmp_path: Path) -> None:
 def test_docker_config_path_and_loopback() -> None:
     assert docker_config_path({"DOCKER_CONFIG": "/d"}) == Path("/d/config.json")
     assert docker_config_path({"HOME": "/h"}) == Path("/h/.docker/config.json")
-    assert is_loopback("127.0.0.1:5000") and is_loopback("localhost:1") and not is_loopback("r.io")
+    for host in ("127.0.0.1:5000", "localhost:1", "localhost", "[::1]:5000", "127.1.2.3"):
+        assert is_loopback(host), host
+    for host in ("r.io", "localhost.example.com:5000", "127.example.com", "[2001:db8::1]:5000"):
+        assert not is_loopback(host), host

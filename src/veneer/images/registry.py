@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 _TIMEOUT = 60.0
-_LOOPBACK = ("localhost", "127.", "[::1]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +99,16 @@ def load_docker_credentials(registry: str, config: Path) -> Credentials | None:
 
 
 def is_loopback(host: str) -> bool:
-    return host.startswith(_LOOPBACK)
+    """Whether `host` (with an optional :port) is this machine: localhost, 127.0.0.0/8 or [::1]."""
+    import ipaddress
+
+    name = host.split("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
