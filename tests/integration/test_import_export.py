@@ -208,3 +208,16 @@ def test_disk_image_with_a_device_node_outside_dev_is_refused(store: Store, tmp_
     assert str(store.root) not in Path("/proc/self/mountinfo").read_text()
     assert json.loads(store.veneer("image", "list", "--json").stdout) == []
     assert not any((store.root / ".staging").glob("*"))
+
+
+def test_export_of_a_running_machine_is_refused(busybox: Store, tmp_path: Path) -> None:
+    store = busybox
+    store.veneer("create", "m", "--from", "bb", "--network", "none")
+    store.veneer("start", "m", "--wait")
+    try:
+        result = store.veneer("export", "m", str(tmp_path / "m.tar"), ok=(1,))
+        assert "running" in result.stderr and "veneer stop m" in result.stderr
+        assert not (tmp_path / "m.tar").exists()
+    finally:
+        store.veneer("stop", "m")
+    store.veneer("export", "m", str(tmp_path / "m.tar"))

@@ -376,18 +376,19 @@ def export_image(
 def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
     """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball."""
     from veneer.images.store import load_image, lower_dirs
+    from veneer.machines.lifecycle import machine_lock
     from veneer.machines.state import load_machine
 
-    record = load_machine(layout, name)
-    if is_mounted(layout.machine_root(name)):
-        raise MachineBusy(
-            f"Machine '{name}' is mounted or running",
-            hint=f"Stop it first ('veneer stop {name}'), or unmount it ('veneer umount {name}').",
-        )
-    lowers = [
-        *lower_dirs(layout, load_image(layout, record.image), record.revision),
-        layout.machine_upper(name),
-    ]
-    with merged_view(layout, lowers, f"machine '{name}'") as root:
-        write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
+    # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
+    with machine_lock(layout, name):
+        record = load_machine(layout, name)
+        if is_mounted(layout.machine_root(name)):
+            raise MachineBusy(
+                f"Machine '{name}' is mounted or running",
+                hint=f"Stop it first ('veneer stop {name}'), or unmount it ('veneer umount {name}').",
+            )
+        image = load_image(layout, record.image)
+        lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
+        with merged_view(layout, lowers, f"machine '{name}'") as root:
+            write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
     logger.info("Exported machine '%s' to '%s'.", name, dest)
