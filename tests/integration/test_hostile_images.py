@@ -189,3 +189,18 @@ def test_hostile_layer_pulled_from_a_registry_is_refused(store: Store, tmp_path:
     assert json.loads(store.veneer("image", "list", "--json").stdout) == []
     assert not any((store.root / "layers").glob("*"))
     assert host_state() == before
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_rootfs_tarball_is_refused_and_host_untouched(
+    store: Store, tmp_path: Path, case: str
+) -> None:
+    members, message = HOSTILE[case]
+    before = host_state()
+    archive = tmp_path / "rootfs.tar.gz"
+    archive.write_bytes(gzip.compress(layer_tar([entry("bin/", tarfile.DIRTYPE), *members])))
+    result = store.veneer("image", "import", "evil", str(archive), ok=(1,))
+    assert message in result.stderr, result.stderr
+    assert_nothing_published(store)
+    assert host_state() == before
+    assert not os.path.lexists(ESCAPE_TARGET)

@@ -95,7 +95,7 @@ def detect_format(source: Path) -> SourceFormat:
         names = member_names(source, limit=_HEAD_MEMBERS)
     except ImageError as e:
         raise ImageError(
-            f"'{source}' is neither a tar archive nor a disk image",
+            f"'{source}' is neither a tar archive nor a disk image ({e.message})",
             hint="veneer imports tarballs (plain, gz, xz, zst), OCI layouts and archives, docker-archive "
             "files and raw disk images.",
         ) from e
