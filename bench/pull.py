@@ -104,7 +104,7 @@ def build_image(scratch: Path, host: str, size: int) -> tuple[str, Path]:
     lines.append("COPY rootfs/bin /bin")
     (ctx / "Containerfile").write_text("\n".join(lines) + "\n")
     storage = scratch / "buildah"
-    buildah = [
+    buildah: list[str | Path] = [
         "buildah",
         "--root",
         storage / "root",
@@ -163,14 +163,21 @@ def main() -> int:
             ref, rootfs = build_image(scratch, host, args.size_mb * 1_000_000)
             env = {"PYTHONPATH": str(REPO / "src"), "DOCKER_CONFIG": str(scratch)}
             store = scratch / "store"
-            veneer = [sys.executable, "-m", "veneer", "--root", store]
+            veneer: list[str | Path] = [sys.executable, "-m", "veneer", "--root", store]
 
             def veneer_pull() -> None:
                 run([*veneer, "image", "pull", "big", ref], capture=True, env=env)
 
             pstore = Path(tempfile.mkdtemp(prefix="vbp-"))  # podman refuses a run root over 50 chars
             global_flags, _ = podman_flags()
-            podman = ["podman", *global_flags, "--root", pstore / "root", "--runroot", pstore / "run"]
+            podman: list[str | Path] = [
+                "podman",
+                *global_flags,
+                "--root",
+                pstore / "root",
+                "--runroot",
+                pstore / "run",
+            ]
 
             def podman_pull() -> None:
                 run([*podman, "pull", "--quiet", "--tls-verify=false", f"docker://{ref}"], capture=True)
