@@ -303,3 +303,18 @@ def test_concurrent_pulls_share_downloads_and_layers(
     assert [p.wait(timeout=120) for p in pulls] == [0, 0]
     assert image_layers(store, "a") == image_layers(store, "b")
     assert len(list((store.root / "layers").iterdir())) == 5
+
+
+def test_pull_by_digest_checks_the_manifest(
+    store: Store, open_registry: Registry, env: dict[str, str]
+) -> None:
+    ref = f"{open_registry.host}/test/layers:1"
+    inspect = ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"]
+    digest = json.loads(proc.run(inspect, capture=True).stdout)["Digest"]
+    store.veneer("image", "pull", "pinned", f"{open_registry.host}/test/layers@{digest}", env=env)
+    # A digest the registry does not have: the pinned manifest is looked up by digest and refused.
+    other = "sha256:" + "0" * 64
+    missing = store.veneer(
+        "image", "pull", "bad", f"{open_registry.host}/test/layers@{other}", env=env, ok=(1,)
+    )
+    assert "has no manifest" in missing.stderr
