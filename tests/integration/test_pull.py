@@ -36,6 +36,10 @@ def open_registry(tmp_path_factory: pytest.TempPathFactory, built_images: BuiltI
         registry.push(built_images.source("layers"), "test/layers:1")
         registry.push(built_images.source("other"), "test/other:1")
         registry.push(built_images.source("multi"), "test/multi:1", all_platforms=True)
+        docker_list = ("--format", "v2s2")  # a Docker manifest list rather than an OCI index
+        registry.push(
+            built_images.source("multi"), "test/mdocker:1", all_platforms=True, options=docker_list
+        )
         registry.push(built_images.source("layers"), "test/docker:1", options=("--format", "v2s2"))
         # Through a dir: copy, since skopeo reuses the gzip blobs it knows the registry has when pushing.
         zstd_dir = tmp_path_factory.mktemp("zstd") / "dir"
@@ -94,10 +98,19 @@ def test_repull_and_shared_layers_download_no_blob_twice(
     assert len(refetched) == 1  # the config only
 
 
+@pytest.mark.parametrize(
+    ("repo", "media_type"),
+    [
+        ("test/multi:1", "application/vnd.oci.image.index.v1+json"),
+        ("test/mdocker:1", "application/vnd.docker.distribution.manifest.list.v2+json"),
+    ],
+)
 def test_pull_index_picks_host_or_requested_platform(
-    store: Store, open_registry: Registry, env: dict[str, str]
+    store: Store, open_registry: Registry, env: dict[str, str], repo: str, media_type: str
 ) -> None:
-    ref = f"{open_registry.host}/test/multi:1"
+    ref = f"{open_registry.host}/{repo}"
+    raw = proc.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], capture=True)
+    assert json.loads(raw.stdout)["mediaType"] == media_type
     store.veneer("image", "pull", "native", ref, env=env)
     assert (image_layers(store, "native")[1] / "etc" / "hello").exists()
     store.veneer("image", "pull", "arm", ref, "--platform", "linux/arm64", env=env)
