@@ -24,6 +24,18 @@ _EXPORTS = {
     "list_images": "veneer.images.store",
     "load_image": "veneer.images.store",
     "remove_image": "veneer.images.store",
+    "LayerSource": "veneer.images.store",
+    "create_image_from_layers": "veneer.images.store",
+    "PullSpec": "veneer.images.pull",
+    "pull_image": "veneer.images.pull",
+    "ImportSpec": "veneer.images.importers",
+    "import_image": "veneer.images.importers",
+    "ExportFormat": "veneer.images.export",
+    "export_image": "veneer.images.export",
+    "export_machine": "veneer.images.export",
+    "Credentials": "veneer.images.registry",
+    "parse_reference": "veneer.images.oci",
+    "parse_platform": "veneer.images.oci",
     "RunOptions": "veneer.machines.lifecycle",
     "create_machine": "veneer.machines.lifecycle",
     "clone_machine": "veneer.machines.lifecycle",
@@ -87,6 +99,18 @@ __all__ = [
     "umount_machine",
     "undo_rebase",
     "update_image",
+    "Credentials",
+    "ExportFormat",
+    "ImportSpec",
+    "LayerSource",
+    "PullSpec",
+    "create_image_from_layers",
+    "export_image",
+    "export_machine",
+    "import_image",
+    "parse_platform",
+    "parse_reference",
+    "pull_image",
 ]
 
 if TYPE_CHECKING:
@@ -94,7 +118,19 @@ if TYPE_CHECKING:
     from veneer.config.settings import Bind, NetworkMode, parse_image_name, parse_machine_name
     from veneer.errors import Error
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
-    from veneer.images.store import create_image, list_images, load_image, remove_image
+    from veneer.images.export import ExportFormat, export_image, export_machine
+    from veneer.images.importers import ImportSpec, import_image
+    from veneer.images.oci import parse_platform, parse_reference
+    from veneer.images.pull import PullSpec, pull_image
+    from veneer.images.registry import Credentials
+    from veneer.images.store import (
+        LayerSource,
+        create_image,
+        create_image_from_layers,
+        list_images,
+        load_image,
+        remove_image,
+    )
     from veneer.machines.boot import start_machine, stop_machine
     from veneer.machines.inspect import list_machines, machine_status
     from veneer.machines.lifecycle import (

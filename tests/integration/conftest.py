@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store, private_store
+from tests.integration.registries import BuiltImages, build_test_images
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
 
@@ -71,3 +72,11 @@ def busybox(store: Store) -> Store:
     """A store holding the image 'bb' made with --busybox."""
     store.veneer("image", "create", "bb", "--busybox")
     return store
+
+
+@pytest.fixture(scope="session")
+def built_images(tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
+    """Test images built by buildah into one OCI layout (see `registries.build_test_images`)."""
+    if os.geteuid() != 0:
+        pytest.skip("buildah needs root (uid 0)")
+    return build_test_images(tmp_path_factory.mktemp("oci-images"))

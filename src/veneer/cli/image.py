@@ -1,4 +1,4 @@
-"""`veneer image ...`: create, list, show, update, rollback, squash, prune, rm."""
+"""`veneer image ...`: create, pull, import, export, list, show, update, rollback, squash, prune, rm."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_bind, parse_image_name, parse_network
+from veneer.config.settings import parse_bind, parse_image_name, parse_machine_name, parse_network
 from veneer.errors import UsageError
 
 
@@ -19,7 +19,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def register(verbs: Any) -> None:
-    image = verbs.add_parser("image", help="base images: create, list, show, rm")
+    image = verbs.add_parser("image", help="base images: create, pull, import, export, list, show, rm")
     sub = image.add_subparsers(dest="image_verb", metavar="COMMAND", parser_class=type(image))
     sub.required = True
 
@@ -56,6 +56,37 @@ def register(verbs: Any) -> None:
     )
     create.set_defaults(handler=cmd_create)
 
+    pull = sub.add_parser("pull", help="pull an image from a registry (OCI distribution API)")
+    pull.add_argument("name", type=parse_image_name)
+    pull.add_argument("reference", metavar="REF", help="e.g. debian:bookworm or HOST:PORT/REPO:TAG[@DIGEST]")
+    pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
+    pull.add_argument("--creds", metavar="USER:PASSWORD", help="default: ~/.docker/config.json, if any")
+    pull.add_argument("--plain-http", action="store_true", help="speak HTTP, not HTTPS (loopback: always)")
+    pull.set_defaults(handler=cmd_pull)
+
+    imp = sub.add_parser(
+        "import", help="import a tarball, OCI layout or archive, docker-archive, or raw disk image"
+    )
+    imp.add_argument("name", type=parse_image_name)
+    imp.add_argument("source", metavar="SOURCE", type=Path, help="a file or an OCI layout directory")
+    imp.add_argument("--tag", help="which image of an archive or layout holding several")
+    imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
+    imp.set_defaults(handler=cmd_import)
+
+    exp = sub.add_parser("export", help="write an image as a tarball, OCI layout/archive or docker-archive")
+    exp.add_argument("name", type=parse_image_name)
+    exp.add_argument("dest", metavar="DEST", type=Path, help="a new file (a new directory for --format oci)")
+    exp.add_argument(
+        "--format",
+        dest="fmt",
+        default="tar",
+        choices=("tar", "oci", "oci-archive", "docker-archive"),
+        help="tar: the merged root filesystem (.gz/.xz/.zst by name); the others keep the layers",
+    )
+    exp.add_argument("--revision", type=int, help="default: the latest")
+    exp.add_argument("--tag", metavar="REF", help="the name the image gets (default localhost/NAME:latest)")
+    exp.set_defaults(handler=cmd_export)
+
     lst = sub.add_parser("list", help="list images")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(handler=cmd_list)
@@ -88,6 +119,13 @@ def register(verbs: Any) -> None:
         "names", nargs="*", type=parse_image_name, metavar="NAME", help="default: every image"
     )
     prune.set_defaults(handler=cmd_prune)
+
+    machine_export = verbs.add_parser("export", help="a stopped machine's root filesystem as a tarball")
+    machine_export.add_argument("machine", type=parse_machine_name)
+    machine_export.add_argument(
+        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress)"
+    )
+    machine_export.set_defaults(handler=cmd_export_machine)
 
     rm = sub.add_parser("rm", help="remove an image no machine uses")
     rm.add_argument("name", type=parse_image_name)
@@ -135,6 +173,55 @@ def cmd_create(args: argparse.Namespace) -> int:
         build=lambda tree: build_tree(spec, tree, progress=sys.stderr.isatty()),
     )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from veneer.images.oci import parse_platform
+    from veneer.images.pull import PullSpec, pull_image
+    from veneer.images.registry import parse_creds
+
+    spec = PullSpec(
+        reference=args.reference,
+        platform=parse_platform(args.platform) if args.platform else None,
+        creds=parse_creds(args.creds) if args.creds else None,
+        plain_http=args.plain_http,
+    )
+    record = pull_image(Layout.from_env(args.root), args.name, spec, progress=sys.stderr.isatty())
+    print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from veneer.images.importers import ImportSpec, import_image
+    from veneer.images.oci import parse_platform
+
+    spec = ImportSpec(
+        source=args.source,
+        tag=args.tag,
+        platform=parse_platform(args.platform) if args.platform else None,
+    )
+    record = import_image(Layout.from_env(args.root), args.name, spec)
+    print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from veneer.images.export import ExportFormat, export_image
+
+    fmt = ExportFormat(args.fmt)
+    export_image(
+        Layout.from_env(args.root), args.name, args.dest, fmt=fmt, revision=args.revision, tag=args.tag
+    )
+    print(f"Exported image '{args.name}' to '{args.dest}' ({fmt}).")
+    return 0
+
+
+def cmd_export_machine(args: argparse.Namespace) -> int:
+    from veneer.images.export import export_machine
+
+    export_machine(Layout.from_env(args.root), args.machine, args.dest)
+    print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 
 

@@ -4,6 +4,8 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     images/<name>/image.json      an image: its ordered layer ids, one per revision
     layers/<id>/tree/             a layer's files (revision 0: a whole root filesystem)
     layers/<id>/layer.json        how the layer was made
+    blobs/sha256/<hex>            downloaded image blobs, checked against their digest (a cache)
+    blobs/partial/<hex>           a blob being downloaded; an interrupted pull resumes it
     machines/<name>/machine.json  a machine's settings
     machines/<name>/{upper,work}  its overlay upper and work dirs
     machines/<name>/root/         where its overlay is mounted
@@ -68,6 +70,10 @@ class Layout:
     @property
     def machines(self) -> Path:
         return self.root / "machines"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
 
     def image_dir(self, name: str) -> Path:
         return self.images / name

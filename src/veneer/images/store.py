@@ -39,23 +39,31 @@ class LayerRecord:
     created: float
     origin: str
     size_bytes: int
+    # A content key (an OCI diff_id "sha256:..."): layers with the same key hold the same files and are
+    # shared between images. None for layers built locally.
+    key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "version": LAYER_RECORD_VERSION,
             "id": self.id,
             "created": self.created,
             "origin": self.origin,
             "size_bytes": self.size_bytes,
         }
+        if self.key is not None:
+            data["key"] = self.key
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LayerRecord:
+        key = data.get("key")
         return cls(
             id=str(data["id"]),
             created=float(data["created"]),
             origin=str(data["origin"]),
             size_bytes=int(data["size_bytes"]),
+            key=None if key is None else str(key),
         )
 
 
@@ -381,3 +389,100 @@ def remove_image(layout: Layout, name: str, *, users: Callable[[str], list[str]]
         _sweep_orphan_layers(layout)
     remove_tree(gone)
     logger.info("Removed image '%s'.", name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerSource:
+    """How to make one layer of a stack: its content key, where it comes from, and its builder."""
+
+    key: str | None  # content key, e.g. an OCI diff_id; a stored layer with the same key is reused
+    origin: str  # e.g. "pull docker.io/library/debian@sha256:... layer 2/5"
+    build: Callable[[Path], None]  # fills an empty tree dir in overlay upper-dir format
+
+
+def create_image_from_layers(
+    layout: Layout, name: ImageName, *, origin: str, layers: Sequence[LayerSource]
+) -> ImageRecord:
+    """Publish a new image whose revision 0 is the given stack (bottom first), atomically; layers with a
+    known key are shared.
+
+    Layers are built outside the store lock (that is the slow part); publishing takes the lock once and
+    re-checks which keys are stored by then, so two pulls sharing a layer never publish it twice.
+    """
+    prepare_store(layout)
+    if not layers:
+        raise ImageError(f"Image '{name}' would have no layers", hint="The source holds no layer.")
+    _refuse_existing_image(layout, name)
+
+    def stored_keys() -> dict[str, list[LayerRecord]]:
+        copies: dict[str, dict[str, LayerRecord]] = {}
+        for image in list_images(layout):
+            for layer in image.layers:
+                if layer.key is not None:
+                    copies.setdefault(layer.key, {})[layer.id] = layer
+        return {key: list(by_id.values()) for key, by_id in copies.items()}
+
+    def reused(known: dict[str, list[LayerRecord]]) -> dict[int, LayerRecord]:
+        # The n-th occurrence of a key in the stack takes the n-th stored layer with that key, or is built:
+        # overlayfs refuses the same lower directory twice in one mount, and empty layers often repeat.
+        result: dict[int, LayerRecord] = {}
+        taken: dict[str, int] = {}
+        for index, source in enumerate(layers):
+            if source.key is None:
+                continue
+            n = taken.get(source.key, 0)
+            if n < len(known.get(source.key, ())):
+                result[index] = known[source.key][n]
+            taken[source.key] = n + 1
+        return result
+
+    shared = reused(stored_keys())
+    with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
+        built: dict[int, tuple[LayerRecord, Path]] = {}
+        for index, source in enumerate(layers):
+            if index in shared:
+                logger.debug("Layer %s is stored already as %s", source.key, shared[index].id)
+                continue
+            layer_id = random_hex(8)
+            layer_dir = stage / f"layer-{index}"
+            tree = layer_dir / "tree"
+            tree.mkdir(parents=True)
+            tree.chmod(0o755)
+            source.build(tree)
+            record = LayerRecord(
+                id=layer_id,
+                created=time.time(),
+                origin=source.origin,
+                size_bytes=dir_size(tree),
+                key=source.key,
+            )
+            save_json(layer_dir / "layer.json", record.to_json())
+            built[index] = (record, layer_dir)
+        image_dir = stage / "image"
+        image_dir.mkdir()
+        with locked(layout.lock, what="The veneer store", wait=True):
+            _refuse_existing_image(layout, name)
+            # Re-checked under the lock: another command may have published or removed a shared layer.
+            shared_now = reused(stored_keys())
+            stack: list[LayerRecord] = []
+            for index in range(len(layers)):
+                if index in shared_now:
+                    stack.append(shared_now[index])
+                elif index in built:
+                    record, layer_dir = built[index]
+                    layer_dir.rename(layout.layer_dir(record.id))
+                    stack.append(record)
+                else:
+                    raise ImageError(
+                        f"A layer shared with another image was removed while '{name}' was made",
+                        hint="Run the command again.",
+                    )
+            created = time.time()
+            revision = Revision(number=0, created=created, command=origin, layers=tuple(x.id for x in stack))
+            image = ImageRecord(
+                name=name, created=created, layers=tuple(stack), revisions=(revision,), current=0
+            )
+            save_json(image_dir / "image.json", image.to_json())
+            image_dir.rename(layout.image_dir(name))
+    logger.info("Created image '%s' (%s).", name, origin)
+    return image

@@ -19,6 +19,7 @@ import contextlib
 import decimal
 import errno
 import gzip
+import hashlib
 import io
 import logging
 import lzma
@@ -55,6 +56,9 @@ _EXTENDED_TYPES = frozenset(
     }
 )
 _XATTR_PREFIX = "SCHILY.xattr."
+_OCI_WHITEOUT = ".wh."
+_OCI_OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
 _NS = 1_000_000_000
 
 
@@ -96,12 +100,21 @@ class _ArchiveReader:
         self._stream = stream
         self._archive = archive
         self._errors = errors
+        # The sha256 of the decompressed archive (an OCI layer's diff_id), as far as it was read.
+        self.sha256 = hashlib.sha256()
 
     def read(self, size: int, /) -> bytes:
         try:
-            return self._stream.read(size)
+            data = self._stream.read(size)
         except self._errors as e:
             raise ImageError(f"Cannot read '{self._archive}': {e}", hint=DAMAGED_HINT) from e
+        self.sha256.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end, so `sha256` covers the padding tarfile leaves unread after the last member."""
+        while self.read(_CHUNK):
+            pass
 
     def write(self, b: bytes, /) -> object:
         raise io.UnsupportedOperation("write")
@@ -178,10 +191,11 @@ def _copy_data(source: IO[bytes], fd: int, *, sparse: bool) -> None:
 class _Extractor:
     """Creates members below one directory fd, never following a symlink that an earlier member planted."""
 
-    def __init__(self, root_fd: int, *, archive: Path, allow_whiteouts: bool) -> None:
+    def __init__(self, root_fd: int, *, archive: Path, allow_whiteouts: bool, oci_whiteouts: bool) -> None:
         self.root_fd = root_fd
         self.archive = archive
         self.allow_whiteouts = allow_whiteouts
+        self.oci_whiteouts = oci_whiteouts
         self.privileged = os.geteuid() == 0
         # Paths of regular files extracted so far: the only valid hard link targets.
         self.regular: set[tuple[str, ...]] = set()
@@ -250,7 +264,9 @@ class _Extractor:
         """Extract one member."""
         path, mtime_ns = self.check(member)
         try:
-            if member.isdir():
+            if self.oci_whiteouts and path and path[-1].startswith(_OCI_WHITEOUT):
+                self.add_oci_whiteout(member, path)
+            elif member.isdir():
                 self.add_directory(member, path, mtime_ns)
             elif member.islnk():
                 self.add_hardlink(member, path)
@@ -271,6 +287,26 @@ class _Extractor:
                 hint="Check that the destination file system has space and supports the file types. "
                 "Nothing was imported.",
             ) from e
+
+    def add_oci_whiteout(self, member: tarfile.TarInfo, path: tuple[str, ...]) -> None:
+        """Turn an OCI whiteout into its overlayfs form: `.wh.NAME` becomes a 0/0 character device NAME,
+        `.wh..wh..opq` makes its directory opaque (https://github.com/opencontainers/image-spec/blob/main/
+        layer.md#whiteouts). A whiteout hides lower layers only, so an entry of this layer stays."""
+        if path[-1] != _OCI_OPAQUE and path[-1].startswith(_OCI_WHITEOUT + _OCI_WHITEOUT):
+            logger.debug("Skipping the AUFS metadata entry '%s' of '%s'.", member.name, self.archive)
+            return
+        parent = self.open_parent(member, path)
+        try:
+            if path[-1] == _OCI_OPAQUE:
+                os.setxattr(parent, OPAQUE_XATTR, b"y")
+                return
+            name = path[-1].removeprefix(_OCI_WHITEOUT)
+            try:
+                os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
+        finally:
+            os.close(parent)
 
     def open_parent(self, member: tarfile.TarInfo, path: tuple[str, ...], *, create: bool = True) -> int:
         """Open the directory that holds `path[-1]`, creating missing ones; never via a symlink."""
@@ -474,6 +510,39 @@ def _empty_directory(fd: int, dest: Path) -> None:
             logger.debug("Cannot remove '%s' from '%s': %s, ignoring.", name, dest, e)
 
 
+def member_names(archive: Path, *, limit: int) -> list[str]:
+    """The names of the first `limit` members of a (possibly compressed) tar archive; nothing is written.
+
+    Raises `ImageError` if `archive` is not a tar archive.
+    """
+    names: list[str] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            raw = stack.enter_context(open(archive, "rb"))
+        except OSError as e:
+            raise ImageError(f"Cannot open '{archive}': {e.strerror}", hint="Check the path.") from e
+        reader = _open_decompressed(raw, archive, stack)
+        try:
+            tf = stack.enter_context(
+                tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")
+            )
+            while len(names) < limit and (member := tf.next()) is not None:
+                names.append(member.name)
+        except (tarfile.TarError, _HeaderRefused, ValueError, EOFError) as e:
+            raise ImageError(f"'{archive}' is not a valid tar archive: {e}", hint=DAMAGED_HINT) from e
+    return names
+
+
+def extract_layer(blob: Path, dest: Path, *, diff_id: str | None) -> None:
+    """Apply an OCI/Docker image layer (a tar, plain, gzip or zstd) to the empty directory `dest`, in
+    overlayfs upper-dir form: OCI whiteouts become 0/0 character devices and opaque directories.
+
+    The layer is as hostile as any archive (see `extract_tar`); `diff_id`, the sha256 of the uncompressed
+    tar from the image config, is checked once everything is read, and `dest` is emptied on a mismatch.
+    """
+    _extract_into(blob, dest, allow_whiteouts=False, oci_whiteouts=True, diff_id=diff_id)
+
+
 def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> None:
     """Extract a root filesystem tarball (plain, gzip, xz, bzip2 or zstd) into the empty directory `dest`.
 
@@ -484,6 +553,12 @@ def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> 
         allow_whiteouts: accept overlay whiteouts (character devices 0/0) anywhere and restore
             `trusted.overlay.*` attributes, as image layers need.
     """
+    _extract_into(archive, dest, allow_whiteouts=allow_whiteouts, oci_whiteouts=False, diff_id=None)
+
+
+def _extract_into(
+    archive: Path, dest: Path, *, allow_whiteouts: bool, oci_whiteouts: bool, diff_id: str | None
+) -> None:
     try:
         root_fd = os.open(dest, _DIR_FLAGS)
     except OSError as e:
@@ -497,7 +572,13 @@ def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> 
             )
         logger.debug("Extracting '%s' into '%s'", archive, dest)
         try:
-            _extract(archive, root_fd, allow_whiteouts=allow_whiteouts)
+            _extract(
+                archive,
+                root_fd,
+                allow_whiteouts=allow_whiteouts,
+                oci_whiteouts=oci_whiteouts,
+                diff_id=diff_id,
+            )
         except BaseException:
             _empty_directory(root_fd, dest)
             raise
@@ -505,8 +586,12 @@ def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> 
         os.close(root_fd)
 
 
-def _extract(archive: Path, root_fd: int, *, allow_whiteouts: bool) -> None:
-    extractor = _Extractor(root_fd, archive=archive, allow_whiteouts=allow_whiteouts)
+def _extract(
+    archive: Path, root_fd: int, *, allow_whiteouts: bool, oci_whiteouts: bool, diff_id: str | None
+) -> None:
+    extractor = _Extractor(
+        root_fd, archive=archive, allow_whiteouts=allow_whiteouts, oci_whiteouts=oci_whiteouts
+    )
     with contextlib.ExitStack() as stack:
         try:
             raw = stack.enter_context(open(archive, "rb"))
@@ -526,6 +611,14 @@ def _extract(archive: Path, root_fd: int, *, allow_whiteouts: bool) -> None:
         except (tarfile.TarError, _HeaderRefused, ValueError, EOFError) as e:
             # ValueError and EOFError come from tarfile's own parsing of GNU sparse maps and headers.
             raise ImageError(f"'{archive}' is not a valid tar archive: {e}", hint=DAMAGED_HINT) from e
+        if diff_id is not None:
+            reader.drain()
+            actual = f"sha256:{reader.sha256.hexdigest()}"
+            if actual != diff_id:
+                raise ImageError(
+                    f"Layer '{archive}' does not match its diff_id: expected {diff_id}, got {actual}",
+                    hint="The image is damaged or was tampered with; nothing was imported.",
+                )
         extractor.finish()
 
 
