@@ -11,6 +11,7 @@ def test_boot_script_joins_cgroups_then_becomes_nspawn_and_records_status() -> N
         private_state=False,
         env={"NOTIFY_SOCKET": "/run/veneer/machines/m.notify"},
         status_file=Path("/run/veneer/machines/m.status"),
+        reap="veneer _reap m",
     )
     lines = script.splitlines()
     assert lines[0] == "#!/bin/sh"
@@ -19,12 +20,13 @@ def test_boot_script_joins_cgroups_then_becomes_nspawn_and_records_status() -> N
     inner = next(line for line in lines if line.startswith("sh -c"))
     assert "echo $$ > /sys/fs/cgroup/unified/veneer/m/cgroup.procs" in inner
     assert "exec systemd-nspawn --boot --directory=/m/root" in inner
-    assert lines[-1] == "echo $? > /run/veneer/machines/m.status"
+    assert lines[-2] == "echo $? > /run/veneer/machines/m.status"
+    assert lines[-1] == "exec veneer _reap m >/dev/null 2>&1"
 
 
 def test_boot_script_gives_nspawn_a_private_state_dir_when_run_is_on_disk() -> None:
     script = boot_script(
-        ["systemd-nspawn"], cgroup_dirs=[], private_state=True, env={}, status_file=Path("/s")
+        ["systemd-nspawn"], cgroup_dirs=[], private_state=True, env={}, status_file=Path("/s"), reap="r"
     )
     assert "unshare --mount --propagation slave" in script
     assert "mount -t tmpfs" in script

@@ -57,9 +57,13 @@ def boot_script(
     private_state: bool,
     env: Mapping[str, str],
     status_file: Path,
+    reap: str,
 ) -> str:
     """The shell script the console keeper runs: nspawn in the machine's cgroups, then its exit status
-    into `status_file` (the shell itself stays outside the machine's cgroups, so it outlives them)."""
+    into `status_file` (the shell itself stays outside the machine's cgroups, so it outlives them), then
+    `reap` (`veneer _reap NAME`). The keeper's pane-died hook reaps too, for when this shell is killed;
+    whichever comes second finds the lock taken or the work done. The hook alone was not enough: under
+    load, now and then a keeper ran no hook for a pane that died."""
     # veneer locks its machines itself; nspawn's own lock files would land next to the machine's root.
     env = {"SYSTEMD_NSPAWN_LOCK": "0", **env}
     steps = [f"echo $$ > {shlex.quote(os.fspath(d / 'cgroup.procs'))}" for d in cgroup_dirs]
@@ -76,6 +80,7 @@ def boot_script(
         *(f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())),
         shlex.join(["sh", "-c", " && ".join(steps)]),
         f"echo $? > {shlex.quote(os.fspath(status_file))}",
+        f"exec {reap} >/dev/null 2>&1",
     ]
     return "\n".join(lines) + "\n"
 
@@ -123,6 +128,7 @@ def start_machine(
                     private_state=private_state,
                     env=env,
                     status_file=layout.boot_status(name),
+                    reap=f"{console.reap_command(layout.root, layout.run)} {shlex.quote(name)}",
                 )
             )
             console.write_config(layout.console_config, reap=console.reap_command(layout.root, layout.run))
