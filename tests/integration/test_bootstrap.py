@@ -4,6 +4,7 @@ Arch (pacstrap from a local repository with a package made here by makepkg)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -90,17 +91,29 @@ def test_busybox_tree_boots_and_powers_off(work: Path) -> None:
 
 
 def test_busybox_init_powers_off_on_sigusr2(work: Path) -> None:
+    from veneer.machines.guest import find_leader
+
     tree = new_tree(work)
     build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree)
-    # As `veneer stop` will: nspawn, sent SIGTERM by timeout, passes SIGUSR2 to busybox init, which powers
-    # off; nspawn then exits 0 (the default SIGRTMIN+3 would be ignored and timeout would kill it).
-    # 5 s: a signal that comes before busybox init has set up its handlers (a loaded host) is lost.
-    result = proc.run(
-        ["timeout", "--preserve-status", "--kill-after=10", "5", *BOOT, f"--directory={tree}",
-         "--kill-signal=SIGUSR2"],
-        capture=True,
-    )  # fmt: skip
-    assert result.returncode == 0
+    # As `veneer stop` does: nspawn, sent SIGTERM, passes SIGUSR2 to busybox init, which powers off;
+    # nspawn then exits 0 (the default SIGRTMIN+3 would be ignored and nspawn would have to be killed).
+    nspawn = proc.spawn([*BOOT, f"--directory={tree}", "--kill-signal=SIGUSR2"])
+    try:
+        # A signal that comes before busybox init has its handlers is lost; it sets them up before it
+        # starts its first child (the console shell), which is what `start --wait` waits for too.
+        def init_started_a_child() -> bool:
+            leader = find_leader(nspawn.pid)
+            return leader is not None and bool(
+                Path(f"/proc/{leader}/task/{leader}/children").read_text().split()
+            )
+
+        assert proc.wait_until(init_started_a_child, timeout=30, interval=0.05), "busybox init never started"
+        nspawn.send_signal(signal.SIGTERM)
+        assert nspawn.wait(timeout=30) == 0
+    finally:
+        if nspawn.poll() is None:
+            nspawn.kill()
+            nspawn.wait()
 
 
 def test_debian_tree_has_no_build_host_identity(debian_tree: Path) -> None:
