@@ -230,6 +230,7 @@ def resume_rebase(layout: Layout, name: MachineName) -> None:
 
 
 def machines_on(layout: Layout, image: str | None) -> list[MachineName]:
-    """The machines a `rebase --all` moves: every machine, or those of one image."""
-    names = list_machine_names(layout)
-    return [n for n in names if image is None or load_machine(layout, n).image == image]
+    """The machines a `rebase --all` moves: every machine, or those of one image; not the throwaway
+    machines of a `run --ephemeral` or an `image update` in progress."""
+    records = [load_machine(layout, n) for n in list_machine_names(layout)]
+    return [r.name for r in records if r.owner is None and (image is None or r.image == image)]
