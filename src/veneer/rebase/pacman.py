@@ -38,6 +38,8 @@ def pacman_actions(
     db = upper / LOCAL_DB
     if not db.is_dir() or db.is_symlink():
         return actions
+    if any(a.operation is Operation.REMOVE and f"{LOCAL_DB}/".startswith(f"{a.path}/") for a in actions):
+        return actions  # the whole database goes (the base's kept): nothing to correct inside it
     new_entries = {n: p for n, p in list_union(new, LOCAL_DB).items() if p.is_dir()}
     child_view = {n: p for n, p in list_union([*old, upper], LOCAL_DB).items() if p.is_dir()}
     old_entries = [n for n, p in list_union(old, LOCAL_DB).items() if p.is_dir()]
