@@ -45,6 +45,7 @@ if str(REPO / "src") not in sys.path:
 
 # Shared with the other benchmarks (bench/ is on sys.path when a script in it runs).
 from run import (  # noqa: E402
+    Scratch,
     descendants,
     first_line,
     loadavg,
@@ -84,71 +85,16 @@ DEFAULT_REPEAT = {"throughput": 10, "latency": 10, "start": 10}
 
 
 @dataclass(kw_only=True)
-class Bench:
-    """Settings and scratch space of one run; `cleanups` undo, in reverse, what the run made."""
+class Bench(Scratch):
+    """This script's run: a tag for the names it makes, and what it found and left."""
 
-    scratch: Path
     tag: str
-    cleanups: contextlib.ExitStack
-    setup_seconds: dict[str, float] = field(default_factory=dict)
-    cleanup_failures: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def store(self) -> Path:
-        return self.scratch / "store"
-
-    @property
-    def runtime(self) -> Path:
-        return self.scratch / "run"
-
-    @property
     def layout(self) -> Layout:
         return Layout(root=self.store, run=self.runtime)
-
-    def veneer_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "veneer", *args]
-
-    def veneer_env(self) -> dict[str, str]:
-        """The checkout's veneer, against the run's own store."""
-        return {
-            "PYTHONPATH": os.fspath(REPO / "src"),
-            "VENEER_ROOT": os.fspath(self.store),
-            "VENEER_RUN": os.fspath(self.runtime),
-        }
-
-    def veneer(self, *args: str, check: bool = True) -> Completed:
-        """Run the checkout's veneer CLI against the run's own store."""
-        return run(self.veneer_argv(*args), capture=True, env=self.veneer_env(), check=check)
-
-    def log_file(self, name: str) -> Path:
-        logs = self.scratch / "logs"
-        logs.mkdir(exist_ok=True)
-        return logs / f"{name}.log"
-
-    def defer(self, step: Callable[[], object], what: str) -> None:
-        """Run `step` at the end of the run; a failure is reported, and the other cleanups still run."""
-
-        def guarded() -> None:
-            try:
-                step()
-            except CommandFailed as e:
-                log(f"cleanup failed: {what}: {e.message}")
-                self.cleanup_failures.append(what)
-            except OSError as e:
-                log(f"cleanup failed: {what}: {e}")
-                self.cleanup_failures.append(what)
-
-        self.cleanups.callback(guarded)
-
-    def timed_setup(self, what: str, step: Callable[[], None]) -> None:
-        """Run an untimed setup step, but note how long it took (reported in the JSON and on stderr)."""
-        log(f"setup: {what} ...")
-        start = time.perf_counter()
-        step()
-        self.setup_seconds[what] = time.perf_counter() - start
-        log(f"setup: {what}: {self.setup_seconds[what]:.1f} s")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -65,16 +65,14 @@ def log(message: str) -> None:
 
 
 @dataclass(kw_only=True)
-class Bench:
-    """Settings and scratch space of one run; `cleanups` undo, in reverse, what the run made."""
+class Scratch:
+    """Scratch space of one run, with its own veneer store; `cleanups` undo, in reverse, what the run
+    made. Each benchmark script's `Bench` adds its own settings."""
 
     scratch: Path
-    quick: bool
     cleanups: contextlib.ExitStack
     setup_seconds: dict[str, float] = field(default_factory=dict)
-    base_info: dict[str, dict[str, int]] = field(default_factory=dict)
     cleanup_failures: list[str] = field(default_factory=list)
-    _podman_flags: tuple[list[str], list[str]] | None = None
 
     @property
     def store(self) -> Path:
@@ -105,6 +103,38 @@ class Bench:
         logs.mkdir(exist_ok=True)
         return logs / f"{name}.log"
 
+    def defer(self, step: Callable[[], object], what: str) -> None:
+        """Run `step` at the end of the run; a failure is reported, and the other cleanups still run."""
+
+        def guarded() -> None:
+            try:
+                step()
+            except CommandFailed as e:
+                log(f"cleanup failed: {what}: {e.message}: {e.stderr.strip()[-500:]}")
+                self.cleanup_failures.append(what)
+            except OSError as e:
+                log(f"cleanup failed: {what}: {e}")
+                self.cleanup_failures.append(what)
+
+        self.cleanups.callback(guarded)
+
+    def timed_setup(self, what: str, step: Callable[[], None]) -> None:
+        """Run an untimed setup step, but note how long it took (reported in the JSON and on stderr)."""
+        log(f"setup: {what} ...")
+        start = time.perf_counter()
+        step()
+        self.setup_seconds[what] = time.perf_counter() - start
+        log(f"setup: {what}: {self.setup_seconds[what]:.1f} s")
+
+
+@dataclass(kw_only=True)
+class Bench(Scratch):
+    """The settings of this script's run, and podman as its peer."""
+
+    quick: bool
+    base_info: dict[str, dict[str, int]] = field(default_factory=dict)
+    _podman_flags: tuple[list[str], list[str]] | None = None
+
     def podman_flags(self) -> tuple[list[str], list[str]]:
         """Podman's global flags and `run` flags that work on this host (see README, "Podman flags")."""
         if self._podman_flags is None:
@@ -115,18 +145,6 @@ class Bench:
         global_flags, _ = self.podman_flags()
         return run(["podman", *global_flags, *args], capture=True, check=check)
 
-    def defer(self, step: Callable[[], object], what: str) -> None:
-        """Run `step` at the end of the run; a failure is reported, and the other cleanups still run."""
-
-        def guarded() -> None:
-            try:
-                step()
-            except CommandFailed as e:
-                log(f"cleanup failed: {what}: {e.message}: {e.stderr.strip()[-500:]}")
-                self.cleanup_failures.append(what)
-
-        self.cleanups.callback(guarded)
-
     def podman_import(self, tree: Path, image: str) -> None:
         """Import a tree as a podman image (tar, then `podman import`); removed at the end of the run."""
         tarball = self.scratch / f"{image}.tar"
@@ -134,14 +152,6 @@ class Bench:
         self.defer(lambda: self.podman("rmi", "--force", image), f"podman rmi {image}")
         self.podman("import", os.fspath(tarball), image)
         tarball.unlink()
-
-    def timed_setup(self, what: str, step: Callable[[], None]) -> None:
-        """Run an untimed setup step, but note how long it took (reported in the JSON and on stderr)."""
-        log(f"setup: {what} ...")
-        start = time.perf_counter()
-        step()
-        self.setup_seconds[what] = time.perf_counter() - start
-        log(f"setup: {what}: {self.setup_seconds[what]:.1f} s")
 
 
 def has_capability(bit: int) -> bool:
