@@ -127,12 +127,12 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
 
 
 def _last_rebase(machine_dir: Path) -> dict[str, Any] | None:
-    if not (machine_dir / "rebase" / "plan.json").exists():
+    if not (machine_dir / "rebase" / "head.json").exists():
         return None
     from veneer.rebase import journal
 
     with contextlib.suppress(StateCorrupt, KeyError):
-        report = journal.load_report(machine_dir)
+        report = journal.load_report(machine_dir, head=True)
         return {key: report[key] for key in ("from", "to", "summary", "created")}
     return None
 

@@ -172,7 +172,7 @@ def _finish_undo(layout: Layout, name: MachineName) -> Target:
 
 def _move_record(layout: Layout, name: MachineName, end: str) -> Target:
     """Point the machine record at the journal's source or target revision."""
-    where = Target.from_json(journal.load_report(layout.machine_dir(name))[end])
+    where = Target.from_json(journal.load_report(layout.machine_dir(name), head=True)[end])
     record = replace(load_machine(layout, name), image=where.image, revision=where.revision)
     save_machine(layout.machine_record(name), record)
     return where

@@ -3,6 +3,7 @@
 Everything lives in the machine's `rebase/` directory, on the upper dir's filesystem:
 
     plan.json    the plan (the report) with what undo needs: where the machine was, what each path was
+    head.json    where it came from and went to and the summary, for `status` and `image prune`
     state        "applying", "applied" or "undoing"
     staged/N     new contents for action N, written before anything in the upper dir changes
     saved/N      the upper dir's entry of action N, moved there (a rename: bytes, owner, mode, xattrs,
@@ -64,11 +65,13 @@ def _set_state(machine_dir: Path, value: str) -> None:
     atomic_write(journal_dir(machine_dir) / "state", value + "\n")
 
 
-def load_report(machine_dir: Path) -> dict[str, Any]:
+def load_report(machine_dir: Path, *, head: bool = False) -> dict[str, Any]:
+    """The journal's plan.json; with `head` only where the rebase came from and went to, and its summary."""
+    path = journal_dir(machine_dir) / ("head.json" if head else "plan.json")
     try:
-        data: dict[str, Any] = json.loads((journal_dir(machine_dir) / "plan.json").read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise StateCorrupt(f"The rebase record in '{journal_dir(machine_dir)}' is unreadable: {e}") from e
+        raise StateCorrupt(f"The rebase record '{path}' is unreadable: {e}") from e
     return data
 
 
@@ -77,7 +80,7 @@ def pinned_revisions(machine_dir: Path) -> set[tuple[str, int]]:
     if state(machine_dir) is None:
         return set()
     with contextlib.suppress(StateCorrupt, KeyError, ValueError):
-        report = load_report(machine_dir)
+        report = load_report(machine_dir, head=True)
         return {(t.image, t.revision) for t in map(Target.from_json, (report["from"], report["to"]))}
     return set()
 
@@ -118,17 +121,18 @@ def prepare(
             pst = os.lstat(upper / parent)
             parents[parent] = (pst.st_atime_ns, pst.st_mtime_ns)
         actions.append(entry)
-    report = {
+    head = {
         "from": source.to_json(),
         "to": target.to_json(),
         "prefer": prefer,
         "created": time.time(),
         "examined": plan.examined,
         "summary": plan.summary(),
-        "actions": actions,
-        "parents": {k: list(v) for k, v in parents.items()},
     }
-    save_json(new / "plan.json", report)
+    save_json(
+        new / "plan.json", {**head, "actions": actions, "parents": {k: list(v) for k, v in parents.items()}}
+    )
+    save_json(new / "head.json", head)  # what status and prune read, without the (long) list of actions
     atomic_write(new / "state", APPLYING + "\n")
     checkpoint("rebase-prepared")
     old = journal_dir(machine_dir)
