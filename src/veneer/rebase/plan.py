@@ -151,7 +151,7 @@ class _Planner:
     ) -> Action | None:
         if new is None or old is None:
             reason = "deleted in the new base too" if new is None else "the old base did not have it"
-            return Action(path=rel, verdict=Verdict.DROP, operation=Operation.REMOVE, reason=reason)
+            return _drop(rel, reason)
         return self._conflict(rel, "the child deleted it, the base changed it")
 
     def _decide_directory(
@@ -170,12 +170,7 @@ class _Planner:
                 and self._same(path, st, new)
                 and same_tree(path, self.uid_base, self.new, rel)
             ):
-                return Action(
-                    path=rel,
-                    verdict=Verdict.DROP,
-                    operation=Operation.REMOVE,
-                    reason="the child's replacement equals the new base",
-                ), False
+                return _drop(rel, "the child's replacement equals the new base"), False
             return self._conflict(rel, "the child replaced the directory, the base changed it"), False
         if new is None or not new_is_dir:
             what = "removed" if new is None else "replaced"
@@ -205,16 +200,9 @@ class _Planner:
         new: tuple[Path, os.stat_result] | None,
     ) -> Action | None:
         if self._same(path, st, new):
-            return Action(
-                path=rel, verdict=Verdict.DROP, operation=Operation.REMOVE, reason="equal to the new base"
-            )
+            return _drop(rel, "equal to the new base")
         if self._same(path, st, old):
-            return Action(
-                path=rel,
-                verdict=Verdict.DROP,
-                operation=Operation.REMOVE,
-                reason="the child did not change it",
-            )
+            return _drop(rel, "the child did not change it")
         if old is None and new is None:
             return None  # added and removed again by the base's layers: the child's own file
         if (
@@ -264,6 +252,11 @@ class _Planner:
             content=merged.content,
             conflicts=conflicts,
         )
+
+
+def _drop(rel: str, reason: str) -> Action:
+    """The child's entry goes (saved first), so the new base's shows."""
+    return Action(path=rel, verdict=Verdict.DROP, operation=Operation.REMOVE, reason=reason)
 
 
 def _regular_or_none(found: tuple[Path, os.stat_result] | None) -> bool:
