@@ -40,13 +40,11 @@ from veneer.machines.lifecycle import (
     run_machine,
 )
 from veneer.machines.state import list_machine_names, load_machine, process_start_time
-from veneer.overlay.layers import OPAQUE_XATTR
+from veneer.overlay.layers import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX
 from veneer.overlay.mount import mount_overlay, unmount
 from veneer.util.fs import random_hex, remove_tree
 
 logger = logging.getLogger(__name__)
-
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
 
 
 def layer_from_upper(upper: Path, tree: Path, *, uid_base: int | None) -> None:
@@ -62,7 +60,7 @@ def layer_from_upper(upper: Path, tree: Path, *, uid_base: int | None) -> None:
                 continue
             with contextlib.suppress(OSError):
                 for attr in os.listxattr(path, follow_symlinks=False):
-                    if attr.startswith(_OVERLAY_XATTR_PREFIX) and attr != OPAQUE_XATTR:
+                    if attr.startswith(OVERLAY_XATTR_PREFIX) and attr != OPAQUE_XATTR:
                         os.removexattr(path, attr, follow_symlinks=False)
         dirnames[:] = [d for d in dirnames if Path(dirpath, d).is_dir()]
 

@@ -13,7 +13,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."  # overlayfs' own attributes on its upper and lower dirs
+OPAQUE_XATTR = OVERLAY_XATTR_PREFIX + "opaque"
 
 
 def is_whiteout(st: os.stat_result) -> bool:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE
 from veneer.machines.idshift import CAPABILITY_XATTR
-from veneer.overlay.layers import is_whiteout, list_union
+from veneer.overlay.layers import OVERLAY_XATTR_PREFIX, is_whiteout, list_union
 
 _CHUNK = 1 << 20
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
 
 
 def to_image_id(value: int, uid_base: int | None) -> int:
@@ -32,7 +31,7 @@ def _xattrs(path: Path) -> dict[str, bytes]:
     values: dict[str, bytes] = {}
     with contextlib.suppress(OSError):
         for name in os.listxattr(path, follow_symlinks=False):
-            if name.startswith(_OVERLAY_XATTR_PREFIX):
+            if name.startswith(OVERLAY_XATTR_PREFIX):
                 continue
             value = os.getxattr(path, name, follow_symlinks=False)
             if name == CAPABILITY_XATTR:

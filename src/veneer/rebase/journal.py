@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from veneer.errors import StateCorrupt
+from veneer.overlay.layers import OVERLAY_XATTR_PREFIX
 from veneer.rebase.actions import Operation, Plan
 from veneer.util.fault import checkpoint
 from veneer.util.fs import atomic_write, remove_tree, save_json
 
 APPLYING, APPLIED, UNDOING = "applying", "applied", "undoing"
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +153,7 @@ def _stage_file(path: Path, content: bytes, *, like: Path, st: os.stat_result) -
         os.close(fd)
     with contextlib.suppress(OSError):
         for name in os.listxattr(like, follow_symlinks=False):
-            if not name.startswith(_OVERLAY_XATTR_PREFIX):
+            if not name.startswith(OVERLAY_XATTR_PREFIX):
                 os.setxattr(path, name, os.getxattr(like, name, follow_symlinks=False))
 
 
