@@ -75,22 +75,27 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     Plain tarfile stops reading silently at a header with a bad checksum after the first member, which
     would import a truncated tree; raising here (tarfile re-raises non-HeaderError exceptions) stops that.
-    The two header errors caught exist since Python 3.2, but typeshed leaves them out.
+    The hooks are the two that every CPython since 3.2 goes through for every header: `fromtarfile()` for
+    each member and `_proc_member()` (an override point tarfile documents in its source) for extended
+    headers too. `frombuf()` is not one: Debian's python3.11 (3.11.2-6+deb12u9) and CPython 3.12+ call a
+    private `_frombuf()` instead. The two header errors caught exist since Python 3.2; typeshed omits them.
     """
 
     __slots__ = ()
 
     @classmethod
-    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
         try:
-            info = super().frombuf(buf, encoding, errors)
+            return super().fromtarfile(archive)
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:  # type: ignore[attr-defined]
             raise _HeaderRefused(f"garbled header block ({e})") from None
-        if info.type in _EXTENDED_TYPES and info.size > _MAX_EXTENDED_HEADER:
+
+    def _proc_member(self, archive: tarfile.TarFile) -> Self:
+        if self.type in _EXTENDED_TYPES and self.size > _MAX_EXTENDED_HEADER:
             raise _HeaderRefused(
-                f"extended header of {info.size} bytes (at most {_MAX_EXTENDED_HEADER} are accepted)",
+                f"extended header of {self.size} bytes (at most {_MAX_EXTENDED_HEADER} are accepted)",
             )
-        return info
+        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
 
 
 class _ArchiveReader:
