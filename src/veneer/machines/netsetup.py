@@ -148,10 +148,11 @@ def _refuse_clashing_pool(config: NetworkConfig) -> None:
         )
 
 
-def _refuse_foreign_listen(record: MachineRecord) -> None:
+def _refuse_foreign_listen(record: MachineRecord, config: NetworkConfig) -> None:
     """A forward on an address the host does not have would never answer."""
     wanted = {p.host_ip for p in record.ports if p.host_ip is not None}
-    missing = wanted - set(host_addresses()) if wanted else set()
+    # The gateway's address counts, though the bridge may not carry it yet.
+    missing = wanted - {config.pool.gateway, *host_addresses()} if wanted else set()
     if missing:
         shown = ", ".join(sorted(map(str, missing)))
         raise NetworkError(
@@ -171,7 +172,7 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
         assert config is not None and record.address, "nat machines get an address at create"
         if not links.link_exists(config.bridge):
             _refuse_clashing_pool(config)
-        _refuse_foreign_listen(record)
+        _refuse_foreign_listen(record, config)
         if links.setup_bridge(config.bridge, config.pool):
             logger.info("Turned on IPv4 forwarding host-wide (net.ipv4.ip_forward=1) for the nat network.")
             links.save_forwarding_record(layout.network_run)
