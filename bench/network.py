@@ -760,11 +760,12 @@ class VeneerStart(Contender):
         if self.keeper:
             self.bench.veneer("stop", self.keeper)
         if self.network == "nat":
-            # The last nat machine of the store takes the bridge, the nftables table and dnsmasq along.
+            # The last nat machine of the store takes the bridge, the nftables tables and dnsmasq along.
             layout = self.bench.layout
-            table = run(["nft", "list", "table", "ip", layout.nat_table], capture=True, check=False)
             left = [f"bridge {layout.nat_bridge}"] if link_exists(layout.nat_bridge) else []
-            left += [f"nft table {layout.nat_table}"] if table.returncode == 0 else []
+            for family in ("ip", "bridge"):
+                table = run(["nft", "list", "table", family, layout.nat_table], capture=True, check=False)
+                left += [f"nft table {family} {layout.nat_table}"] if table.returncode == 0 else []
             if left:
                 self.left_after_stop.append(f"repetition {i}: {', '.join(left)}")
 
@@ -1082,9 +1083,11 @@ def remove_leftovers(bench: Bench) -> None:
     if link_exists(layout.nat_bridge):
         bench.leftovers.append(f"bridge {layout.nat_bridge}")
         remove_link(layout.nat_bridge)
-    if run(["nft", "list", "table", "ip", layout.nat_table], capture=True, check=False).returncode == 0:
-        bench.leftovers.append(f"nft table ip {layout.nat_table}")
-        run(["nft", "delete", "table", "ip", layout.nat_table], capture=True, check=False)
+    for family in ("ip", "bridge"):
+        listed = run(["nft", "list", "table", family, layout.nat_table], capture=True, check=False)
+        if listed.returncode == 0:
+            bench.leftovers.append(f"nft table {family} {layout.nat_table}")
+            run(["nft", "delete", "table", family, layout.nat_table], capture=True, check=False)
     group = Path(layout.cgroup("m")).parent
     for hierarchy in {*Path("/sys/fs/cgroup").glob("*"), Path("/sys/fs/cgroup")}:
         if (hierarchy / group).is_dir():

@@ -137,6 +137,33 @@ def test_port_forwards_answer_on_localhost_and_from_outside(natted: Store, outsi
     assert fetch(f"http://{UPLINK}:18080/", netns=outside.netns) == "hello-from-web"
 
 
+def test_port_forwards_on_one_host_address(natted: Store, outside: Outside) -> None:
+    store = natted
+    ports = ("--port", "127.0.0.1:18094:8080", "--port", f"{UPLINK}:18095:8080")
+    store.veneer("create", "web", "--from", "bb", *ports)
+    store.veneer("start", "web", "--wait")
+    store.veneer("exec", "web", "--", "sh", "-c", WEB)
+    assert fetch("http://127.0.0.1:18094/") == "hello-from-web"
+    assert fetch(f"http://{UPLINK}:18095/", netns=outside.netns) == "hello-from-web"
+    for url, netns in ((f"http://{UPLINK}:18094/", outside.netns), ("http://127.0.0.1:18095/", None)):
+        code = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"
+        argv = ["python3", "-c", code]
+        blocked = proc.run(
+            ["ip", "netns", "exec", netns, *argv] if netns else argv, check=False, capture=True
+        )
+        assert blocked.returncode != 0, url
+    nets = json.loads(store.veneer("network", "ls", "--json").stdout)
+    nat = next(n for n in nets if n["name"] == "nat")
+    assert nat["machines"][0]["ports"] == ["127.0.0.1:18094:8080/tcp", f"{UPLINK}:18095:8080/tcp"]
+    # An address the host does not have is refused at start, saying which.
+    store.veneer("create", "far", "--from", "bb", "--port", "192.0.2.99:18096:80")
+    refused = store.veneer("start", "far", ok=(1,)).stderr
+    assert "192.0.2.99" in refused and "no address of this host" in refused
+    assert status_of(store, "far") == "stopped"
+    bad = store.veneer("create", "bad", "--from", "bb", "--port", "[::1]:80:80", ok=(2,)).stderr
+    assert "IPv4 only" in bad
+
+
 def test_machines_reach_each_other_by_name(natted: Store) -> None:
     store = natted
     for name in ("a", "b"):

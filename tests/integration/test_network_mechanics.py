@@ -183,10 +183,21 @@ class World:
         return [
             nat.Forward(host_port=18080, guest_port=8080, protocol="tcp", address=b),
             nat.Forward(host_port=18081, guest_port=8081, protocol="udp", address=b),
+            # On one host address only: the uplink's, and 127.0.0.1.
+            nat.Forward(host_port=18082, guest_port=8080, address=b, listen=UPLINK_HOST.ip),
+            nat.Forward(host_port=18083, guest_port=8080, address=b, listen=IPv4Address("127.0.0.1")),
+        ]
+
+    def guests(self) -> list[nat.Guest]:
+        return [
+            nat.Guest(port=nm.host_interface(machine), mac=links.mac_for(machine), address=address)
+            for machine, address in self.addresses.items()
         ]
 
     def ruleset(self) -> str:
-        return nat.ruleset(table=TABLE, bridge=BRIDGE, pool=self.pool, forwards=self.forwards())
+        return nat.ruleset(
+            table=TABLE, bridge=BRIDGE, pool=self.pool, forwards=self.forwards(), guests=self.guests()
+        )
 
     def setup_dns(self, upstream: list[str]) -> None:
         hosts = {name: self.addresses[name] for name in (MACHINE_A, MACHINE_B)}
@@ -320,6 +331,35 @@ def test_port_forward_from_the_host(world: World, address: str) -> None:
     assert ask(None, address, 18081, proto="udp") == expected
 
 
+def test_port_forward_listens_on_its_host_address_only(world: World) -> None:
+    assert ask(OUTSIDE_NS, UPLINK_HOST.ip, 18082) == str(OUTSIDE)
+    assert ask(None, UPLINK_HOST.ip, 18082) == str(UPLINK_HOST.ip)
+    assert ask(None, "127.0.0.1", 18082, timeout=1).startswith("failed")
+    assert ask(None, "127.0.0.1", 18083) == str(world.pool.gateway)
+    assert ask(None, UPLINK_HOST.ip, 18083, timeout=1).startswith("failed")
+    assert ask(OUTSIDE_NS, UPLINK_HOST.ip, 18083, timeout=1).startswith("failed")
+
+
+def test_machine_cannot_use_a_loopback_forward(world: World) -> None:
+    """Routing 127.0.0.1 through the gateway does not reach a forward meant for the host alone."""
+    a = nm.netns_name(MACHINE_A)
+    hack = (
+        "echo 1 > /proc/sys/net/ipv4/conf/host0/route_localnet && "
+        "echo 1 > /proc/sys/net/ipv4/conf/host0/accept_local && "
+        "ip route del local 127.0.0.0/8 dev lo table local && "
+        "ip route del local 127.0.0.1 dev lo table local && "
+        f"ip route add 127.0.0.1/32 via {world.pool.gateway} dev host0 src {world.addresses[MACHINE_A]}"
+    )
+    proc.run(["ip", "netns", "exec", a, "sh", "-c", hack])
+    try:
+        assert ask(a, "127.0.0.1", 18083, timeout=1).startswith("failed")
+    finally:
+        ip("-n", a, "route", "del", "127.0.0.1/32")
+        ip("-n", a, "route", "add", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
+        for name in ("route_localnet", "accept_local"):
+            proc.run(["ip", "netns", "exec", a, "sysctl", "-qw", f"net.ipv4.conf.host0.{name}=0"])
+
+
 def test_port_forward_from_outside(world: World) -> None:
     assert ask(OUTSIDE_NS, UPLINK_HOST.ip, 18080) == str(OUTSIDE)
     assert ask(OUTSIDE_NS, UPLINK_HOST.ip, 18081, proto="udp") == str(OUTSIDE)
@@ -391,7 +431,7 @@ def test_setup_is_idempotent_and_repairs_crash_leftovers(world: World) -> None:
     nat.apply_ruleset(world.ruleset())
     nat.apply_ruleset(world.ruleset())
     rules = proc.run(["nft", "-s", "list", "table", "ip", TABLE], capture=True).stdout
-    assert rules.count("dnat to") == 2
+    assert rules.count("dnat to") == 4
     c = allocate_address(world.pool, set(world.addresses.values()))
     netns = nm.netns_name(MACHINE_C)
     try:

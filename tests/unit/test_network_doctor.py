@@ -109,6 +109,20 @@ def test_ip_forward_off_before_the_network_exists_is_fine() -> None:
     assert "sysctl" in (finding.fix or "")
 
 
+def test_ip_forward_says_when_veneer_turned_it_on_host_wide() -> None:
+    def message(facts: HostFacts) -> str:
+        [finding] = by_check(diagnose(CONFIG, facts=facts))["ip-forward"]
+        assert finding.ok
+        return finding.message
+
+    assert "veneer turned it on (2026-12-06 06:00 UTC)" in message(
+        replace(HEALTHY, forwarding_enabled_at=1796536800.0)
+    )
+    assert "host-wide" in message(replace(HEALTHY, forwarding_enabled_at=1796536800.0))
+    assert "veneer" not in message(HEALTHY)
+    assert "host-wide" in message(replace(HEALTHY, ip_forward="0", bridge_exists=False))
+
+
 def test_nft_missing_or_broken() -> None:
     missing = problems(replace(HEALTHY, nft=None, nft_ruleset=None))
     assert "nftables" in (missing["nft"][0].fix or "")

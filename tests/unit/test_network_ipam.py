@@ -14,6 +14,7 @@ from veneer.network.ipam import (
     allocate_address,
     choose_pool,
     load_network_config,
+    parse_addr_addresses,
     parse_addr_networks,
     parse_route_networks,
     save_network_config,
@@ -29,6 +30,11 @@ def test_pool_from_subnet() -> None:
     assert pool.prefixlen == 24
     assert str(pool.gateway_interface) == "10.87.0.1/24"
     assert str(pool.interface(A("10.87.0.9"))) == "10.87.0.9/24"
+
+
+def test_addr_addresses_are_every_address() -> None:
+    assert parse_addr_addresses(ADDRS) == [A("127.0.0.1"), A("192.0.2.2"), A("10.87.0.1"), A("10.99.1.7")]
+    assert parse_addr_addresses("") == []
 
 
 @pytest.mark.parametrize("gateway", ["10.87.0.0", "10.87.0.255", "10.88.0.1"])

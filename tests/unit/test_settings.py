@@ -1,3 +1,5 @@
+from ipaddress import IPv4Address
+
 import pytest
 
 from veneer.config.settings import (
@@ -95,13 +97,38 @@ def test_parse_network_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "port"),
-    [("8080:80", Port(host=8080, guest=80)), ("53:5353/udp", Port(host=53, guest=5353, protocol="udp"))],
+    [
+        ("8080:80", Port(host=8080, guest=80)),
+        ("53:5353/udp", Port(host=53, guest=5353, protocol="udp")),
+        ("127.0.0.1:8080:80", Port(host=8080, guest=80, host_ip=IPv4Address("127.0.0.1"))),
+        ("192.0.2.7:53:53/udp", Port(host=53, guest=53, protocol="udp", host_ip=IPv4Address("192.0.2.7"))),
+        ("0.0.0.0:8080:80", Port(host=8080, guest=80)),
+    ],
 )
 def test_parse_port(text: str, port: Port) -> None:
     assert parse_port(text) == port
+    assert parse_port(str(port)) == port
 
 
-@pytest.mark.parametrize("text", ["80", "0:80", "80:70000", "a:b", "80:80/sctp", ":80"])
-def test_parse_port_rejects(text: str) -> None:
-    with pytest.raises(UsageError, match="Invalid port forward"):
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("80", ""),
+        ("0:80", "'0' is no port number"),
+        ("80:70000", "'70000' is no port number"),
+        ("a:b", "'a' is no port number"),
+        ("80:80/sctp", ""),
+        (":80", "'' is no port number"),
+        ("localhost:80:80", "'localhost' is no IPv4 address"),
+        ("127.0.0.1::80", "'' is no port number"),
+        ("224.0.0.1:80:80", "224.0.0.1 is no unicast address"),
+        ("::1:80:80", "IPv4 only"),
+        ("[::1]:80:80", "IPv4 only"),
+        ("1.2.3.4:80", "'1.2.3.4' is no port number"),
+    ],
+)
+def test_parse_port_rejects(text: str, why: str) -> None:
+    with pytest.raises(UsageError, match="Invalid port forward") as raised:
         parse_port(text)
+    assert why in raised.value.message
+    assert raised.value.hint

@@ -110,7 +110,8 @@ def _network_options(parser: argparse.ArgumentParser, *, default: str | None = "
     )
     parser.add_argument(
         "--port", "-p", action="append", type=parse_port, default=None, dest="ports",
-        metavar="HOST:GUEST[/udp]", help="forward a host port (repeatable; nat only)",
+        metavar="[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]",
+        help="forward a host port, on HOST_IP only if given (repeatable; nat only)",
     )  # fmt: skip
 
 

@@ -115,7 +115,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from veneer.network.ipam import load_network_config
 
     layout = Layout.from_env(args.root)
-    findings = diagnose(load_network_config(layout.network_config), table=layout.nat_table)
+    config = load_network_config(layout.network_config)
+    findings = diagnose(config, table=layout.nat_table, run_dir=layout.network_run)
     if args.json:
         print_json([{"ok": f.ok, "check": f.check, "message": f.message, "fix": f.fix} for f in findings])
     else:

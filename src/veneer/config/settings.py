@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import NewType
 
 from veneer.errors import UsageError
@@ -91,26 +92,63 @@ def parse_network(text: str) -> Network:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Port:
-    """A port forward: HOST port on the host's addresses to GUEST port in the machine."""
+    """A port forward: HOST port on the host's addresses (on `host_ip` alone, if given) to GUEST port in
+    the machine."""
 
     host: int
     guest: int
     protocol: str = "tcp"
+    host_ip: IPv4Address | None = None
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.guest}/{self.protocol}"
+        listen = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{listen}{self.host}:{self.guest}/{self.protocol}"
+
+
+_PORT_HINT = (
+    "Use --port [HOST_IP:]HOST_PORT:GUEST_PORT[/udp], e.g. 8080:80, 127.0.0.1:8080:80 or 5353:53/udp."
+)
 
 
 def parse_port(text: str) -> Port:
-    """Parse `--port HOST:GUEST[/tcp|/udp]`."""
-    ports, _, protocol = text.partition("/")
-    host, _, guest = ports.partition(":")
-    numbers = [int(p) if p.isdigit() else 0 for p in (host, guest)]
-    if not all(1 <= n <= 65535 for n in numbers) or (protocol or "tcp") not in ("tcp", "udp"):
+    """Parse `--port [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`."""
+    spec, _, protocol = text.partition("/")
+    fields = spec.split(":")
+    if len(fields) > 3 or "[" in spec:
         raise UsageError(
-            f"Invalid port forward '{text}'", hint="Use --port HOST:GUEST, e.g. 8080:80 or 5353:53/udp."
+            f"Invalid port forward '{text}': port forwards are IPv4 only",
+            hint="Give one of the host's IPv4 addresses, or none to listen on all of them.",
         )
-    return Port(host=numbers[0], guest=numbers[1], protocol=protocol or "tcp")
+    if len(fields) < 2 or (protocol or "tcp") not in ("tcp", "udp"):
+        raise UsageError(f"Invalid port forward '{text}'", hint=_PORT_HINT)
+    address, host, guest = ["", *fields] if len(fields) == 2 else fields
+    for number in (host, guest):
+        if not (number.isascii() and number.isdigit() and 1 <= int(number) <= 65535):
+            raise UsageError(
+                f"Invalid port forward '{text}': '{number}' is no port number (1-65535)", hint=_PORT_HINT
+            )
+    host_ip = _parse_host_ip(text, address)
+    return Port(host=int(host), guest=int(guest), protocol=protocol or "tcp", host_ip=host_ip)
+
+
+def _parse_host_ip(text: str, address: str) -> IPv4Address | None:
+    """The address a forward listens on; None (every address of the host) for none or 0.0.0.0."""
+    if not address:
+        return None
+    try:
+        ip = IPv4Address(address)
+    except ValueError:
+        raise UsageError(
+            f"Invalid port forward '{text}': '{address}' is no IPv4 address",
+            hint="Port forwards are IPv4 only: give one of the host's IPv4 addresses, or leave it out "
+            "to listen on all of them.",
+        ) from None
+    if ip.is_multicast or ip == IPv4Address("255.255.255.255"):
+        raise UsageError(
+            f"Invalid port forward '{text}': {ip} is no unicast address",
+            hint="Give one of the host's own IPv4 addresses, or leave it out to listen on all of them.",
+        )
+    return None if ip.is_unspecified else ip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,13 +11,14 @@ nothing that the next start or stop does not repair.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName, NetworkMode
+from veneer.config.settings import MachineName, NetworkMode, Port
 from veneer.errors import NetworkError
 from veneer.images.identity import HOST0_NETWORK_UNIT
 from veneer.machines.state import MachineRecord, is_alive, list_machine_names, load_machine, load_runtime
@@ -26,12 +27,15 @@ from veneer.network.ipam import (
     NetworkConfig,
     allocate_address,
     choose_pool,
+    host_addresses,
     host_networks,
     load_network_config,
     save_network_config,
 )
 from veneer.util.fs import atomic_write, locked
 from veneer.util.proc import run
+
+logger = logging.getLogger(__name__)
 
 # networkd in a Debian guest must leave the interface veneer configured alone rather than fight it (it
 # could not change it anyway: the namespace belongs to the host).
@@ -88,27 +92,46 @@ def _running_nat(layout: Layout, *, extra: MachineRecord | None, without: str | 
     return records
 
 
-def _refresh(layout: Layout, config: NetworkConfig, machines: Sequence[MachineRecord]) -> None:
-    """Rules and names for exactly the machines that run now."""
-    taken: dict[tuple[int, str], str] = {}
+def _refuse_clashing_ports(machines: Sequence[MachineRecord]) -> None:
+    """Two forwards of one port and protocol clash unless they listen on two different host addresses."""
+    taken: list[tuple[Port, str]] = []
     for machine in machines:
         for port in machine.ports:
-            other = taken.setdefault((port.host, port.protocol), machine.name)
-            if other != machine.name:
-                raise NetworkError(
-                    f"Port {port.host}/{port.protocol} is forwarded to '{other}' already",
-                    hint=f"Stop '{other}', or change the port with 'veneer set {machine.name} --port ...'.",
-                )
+            for other, owner in taken:
+                same_address = None in (port.host_ip, other.host_ip) or port.host_ip == other.host_ip
+                if (other.host, other.protocol) == (port.host, port.protocol) and same_address:
+                    raise NetworkError(
+                        f"Port {port} of '{machine.name}' clashes with {other} of '{owner}'",
+                        hint=f"Stop '{owner}', or change the port with "
+                        f"'veneer set {machine.name} --port ...'.",
+                    )
+            taken.append((port, machine.name))
+
+
+def _refresh(layout: Layout, config: NetworkConfig, machines: Sequence[MachineRecord]) -> None:
+    """Rules and names for exactly the machines that run now."""
+    _refuse_clashing_ports(machines)
     forwards = [
         nat.Forward(
-            host_port=p.host, guest_port=p.guest, protocol=p.protocol, address=IPv4Address(m.address)
+            host_port=p.host,
+            guest_port=p.guest,
+            protocol=p.protocol,
+            address=IPv4Address(m.address),
+            listen=p.host_ip,
         )
         for m in machines
         if m.address
         for p in m.ports
     ]
+    guests = [
+        nat.Guest(port=links.machine_port(m.name), mac=links.mac_for(m.name), address=IPv4Address(m.address))
+        for m in machines
+        if m.address
+    ]
     nat.apply_ruleset(
-        nat.ruleset(table=layout.nat_table, bridge=config.bridge, pool=config.pool, forwards=forwards)
+        nat.ruleset(
+            table=layout.nat_table, bridge=config.bridge, pool=config.pool, forwards=forwards, guests=guests
+        )
     )
     hosts = {str(m.name): IPv4Address(m.address) for m in machines if m.address}
     upstream = list(config.dns) or dns.upstream_servers()
@@ -125,6 +148,20 @@ def _refuse_clashing_pool(config: NetworkConfig) -> None:
         )
 
 
+def _refuse_foreign_listen(record: MachineRecord, config: NetworkConfig) -> None:
+    """A forward on an address the host does not have would never answer."""
+    wanted = {p.host_ip for p in record.ports if p.host_ip is not None}
+    # The gateway's address counts, though the bridge may not carry it yet.
+    missing = wanted - {config.pool.gateway, *host_addresses()} if wanted else set()
+    if missing:
+        shown = ", ".join(sorted(map(str, missing)))
+        raise NetworkError(
+            f"Port forwards of '{record.name}' listen on {shown}, which is no address of this host",
+            hint=f"Use one of the host's addresses ('ip -4 addr'), or leave the address out: "
+            f"'veneer set {record.name} --port HOST_PORT:GUEST_PORT'.",
+        )
+
+
 def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachment:
     """Put a machine that is about to start on its network."""
     if record.network.mode is not NetworkMode.NAT:
@@ -135,7 +172,10 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
         assert config is not None and record.address, "nat machines get an address at create"
         if not links.link_exists(config.bridge):
             _refuse_clashing_pool(config)
-        links.setup_bridge(config.bridge, config.pool)
+        _refuse_foreign_listen(record, config)
+        if links.setup_bridge(config.bridge, config.pool):
+            logger.info("Turned on IPv4 forwarding host-wide (net.ipv4.ip_forward=1) for the nat network.")
+            links.save_forwarding_record(layout.network_run)
         _refresh(layout, config, _running_nat(layout, extra=record, without=None))
         resolv = layout.network_run / "resolv.conf"
         atomic_write(resolv, dns.resolv_conf_text(config.pool))
@@ -154,6 +194,9 @@ def configure_address(layout: Layout, record: MachineRecord, pid: int) -> None:
         return
     enter = ["nsenter", f"--target={pid}", "--net", "ip"]
     prefix = config.pool.subnet.prefixlen
+    # The one MAC the bridge lets this machine send from (nat.ruleset), instead of nspawn's (which derives
+    # from the host's machine-id as well).
+    run([*enter, "link", "set", "host0", "address", links.mac_for(record.name)])
     run([*enter, "addr", "replace", f"{record.address}/{prefix}", "dev", "host0"])
     run([*enter, "link", "set", "host0", "up"])
     run([*enter, "route", "replace", "default", "via", str(config.pool.gateway), "dev", "host0"])
@@ -166,8 +209,8 @@ def detach_machine(layout: Layout, name: MachineName) -> None:
     layout.network_run.mkdir(parents=True, exist_ok=True)
     with locked(layout.network_run / "lock", what="The nat network", wait=True):
         # nspawn's veth goes with the container's namespace; a killed nspawn may leave its host side.
-        if links.link_exists(f"vb-{name}"):
-            run(["ip", "link", "del", f"vb-{name}"], check=False, capture=True)
+        if links.link_exists(links.machine_port(name)):
+            run(["ip", "link", "del", links.machine_port(name)], check=False, capture=True)
         config = load_network_config(layout.network_config)
         if config is None:
             return

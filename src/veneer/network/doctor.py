@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
@@ -17,6 +18,7 @@ from typing import Any
 
 from veneer.errors import NetworkError
 from veneer.network.ipam import DEFAULT_BRIDGE, NetworkConfig, choose_pool, host_networks
+from veneer.network.links import load_forwarding_record
 from veneer.network.nat import DEFAULT_TABLE
 from veneer.util.proc import run, which
 
@@ -39,6 +41,7 @@ class HostFacts:
     """What the checks look at, as read from the host by `gather_facts()`."""
 
     ip_forward: str | None  # /proc/sys/net/ipv4/ip_forward
+    forwarding_enabled_at: float | None = None  # when veneer turned it on, if it did
     bridge_exists: bool
     nft: str | None  # the nft executable, None if missing
     nft_ruleset: str | None  # `nft -j list ruleset`, None if it failed
@@ -151,13 +154,23 @@ def _blocker_fix(b: Blocker, bridge: str) -> str:
 
 
 def check_forwarding(facts: HostFacts) -> Finding:
+    if facts.ip_forward == "1" and facts.forwarding_enabled_at is not None:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(facts.forwarding_enabled_at))
+        return Finding(
+            ok=True,
+            check="ip-forward",
+            message=f"IPv4 forwarding is on host-wide: veneer turned it on ({when}) for the nat network "
+            "and leaves it on. The host routes between all its interfaces, as far as its firewall lets it "
+            "('sysctl -w net.ipv4.ip_forward=0' turns it off when no nat machine runs).",
+        )
     if facts.ip_forward == "1":
-        return Finding(ok=True, check="ip-forward", message="IPv4 forwarding is on.")
+        return Finding(ok=True, check="ip-forward", message="IPv4 forwarding is on (host-wide).")
     if not facts.bridge_exists:
         return Finding(
             ok=True,
             check="ip-forward",
-            message="IPv4 forwarding is off now; veneer turns it on when the first nat machine starts.",
+            message="IPv4 forwarding is off now; veneer turns it on host-wide (net.ipv4.ip_forward=1) when "
+            "the first nat machine starts, and leaves it on.",
         )
     return Finding(
         ok=False,
@@ -369,12 +382,17 @@ def check_managers(facts: HostFacts, bridge: str) -> list[Finding]:
 
 
 def diagnose(
-    config: NetworkConfig | None, *, facts: HostFacts | None = None, table: str = DEFAULT_TABLE
+    config: NetworkConfig | None,
+    *,
+    facts: HostFacts | None = None,
+    table: str = DEFAULT_TABLE,
+    run_dir: Path | None = None,
 ) -> list[Finding]:
-    """Every check's finding for the nat network of `config` (None: not made yet) on this host."""
+    """Every check's finding for the nat network of `config` (None: not made yet) on this host; `run_dir`
+    is the network's runtime directory."""
     bridge = config.bridge if config else DEFAULT_BRIDGE
     if facts is None:
-        facts = gather_facts(bridge)
+        facts = gather_facts(bridge, run_dir=run_dir)
     return [
         check_forwarding(facts),
         *check_tools(facts),
@@ -435,7 +453,7 @@ def _legacy_policies() -> tuple[tuple[str, str], ...]:
     return tuple(policies)
 
 
-def gather_facts(bridge: str = DEFAULT_BRIDGE) -> HostFacts:
+def gather_facts(bridge: str = DEFAULT_BRIDGE, *, run_dir: Path | None = None) -> HostFacts:
     """Read what the checks need from this host."""
     nft = which("nft")
     ruleset, nft_error = None, ""
@@ -454,6 +472,7 @@ def gather_facts(bridge: str = DEFAULT_BRIDGE) -> HostFacts:
     nm = _process_running("NetworkManager")
     return HostFacts(
         ip_forward=_read("/proc/sys/net/ipv4/ip_forward"),
+        forwarding_enabled_at=load_forwarding_record(run_dir) if run_dir else None,
         bridge_exists=bridge in links,
         nft=nft,
         nft_ruleset=ruleset,

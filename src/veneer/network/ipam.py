@@ -114,6 +114,26 @@ def parse_addr_networks(text: str, *, exclude_dev: str) -> list[IPv4Network]:
     return networks
 
 
+def parse_addr_addresses(text: str) -> list[IPv4Address]:
+    """The IPv4 addresses in `ip -4 -j addr` output."""
+    return [
+        IPv4Address(info["local"])
+        for link in json.loads(text or "[]")
+        for info in link.get("addr_info", [])
+        if info.get("family", "inet") == "inet" and "local" in info
+    ]
+
+
+def host_addresses() -> list[IPv4Address]:
+    """The host's own IPv4 addresses, on every interface."""
+    try:
+        return parse_addr_addresses(run(["ip", "-4", "-j", "addr", "show"], capture=True).stdout)
+    except CommandFailed as e:
+        raise NetworkError(
+            f"Failed to read the host's addresses: {e.message}", hint="Check that iproute2 ('ip') works."
+        ) from e
+
+
 def host_networks(*, bridge: str = DEFAULT_BRIDGE) -> list[IPv4Network]:
     """The networks of the host's IPv4 routes (all tables) and addresses, but those of veneer's `bridge`."""
     try:

@@ -12,16 +12,20 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Interface
+from pathlib import Path
 
 from veneer.errors import CommandFailed, NetworkError
 from veneer.network.ipam import Pool
+from veneer.util.fs import save_json
 from veneer.util.proc import StrPath, run
 
 logger = logging.getLogger(__name__)
 
 _HINT = "See 'veneer doctor' for what stops networking on this host."
+FORWARDING_RECORD = "ip_forward.json"
 
 
 # A fixed key, so a bridge keeps its MAC across restarts and hosts, and other tools' hashes differ.
@@ -34,6 +38,11 @@ def mac_for(name: str) -> str:
     # Clear the multicast bit, set the locally administered bit (IEEE 802), as nspawn generate_mac().
     octets[0] = (octets[0] & 0xFE) | 0x02
     return ":".join(f"{b:02x}" for b in octets)
+
+
+def machine_port(machine: str) -> str:
+    """The host side of a nat machine's veth, as systemd-nspawn's `--network-bridge` names it."""
+    return f"vb-{machine}"
 
 
 def link_exists(name: str) -> bool:
@@ -57,13 +66,15 @@ def _failing(what: str) -> Iterator[None]:
         raise NetworkError(f"Failed to {what}: {e}", hint=_HINT) from e
 
 
-def _write_sysctl(path: StrPath, value: str) -> None:
+def _write_sysctl(path: StrPath, value: str) -> bool:
+    """Set a sysctl; whether it had another value."""
     with open(path) as f:
         if f.read().strip() == value:
-            return
+            return False
     logger.debug("%s = %s", path, value)
     with open(path, "w") as f:
         f.write(value)
+    return True
 
 
 def _replace_addresses(device: str, address: IPv4Interface, *, netns: str | None = None) -> None:
@@ -78,8 +89,9 @@ def _replace_addresses(device: str, address: IPv4Interface, *, netns: str | None
     _ip("addr", "replace", str(address), "dev", device, netns=netns)
 
 
-def setup_bridge(name: str, pool: Pool) -> None:
-    """Make the bridge `name` with the pool's gateway address, up, and the sysctls the network needs."""
+def setup_bridge(name: str, pool: Pool) -> bool:
+    """Make the bridge `name` with the pool's gateway address, up, and the sysctls the network needs;
+    whether this turned on IPv4 forwarding, host-wide."""
     with _failing(f"set up the bridge '{name}'"):
         if link_exists(name) and not os.path.isdir(f"/sys/class/net/{name}/bridge"):
             raise NetworkError(
@@ -94,12 +106,29 @@ def setup_bridge(name: str, pool: Pool) -> None:
         # Port forwards from 127.0.0.1 are DNATed to a machine and leave through the bridge with a loopback
         # source (masqueraded only afterwards, in postrouting); the kernel drops such packets as martians
         # unless route_localnet is set on the interface (ip_route_output_key_hash(), ip_route_input_slow()).
+        # It would let the machines reach the host's loopback as well: nat.ruleset's input chain drops that.
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
         # Without forwarding the host routes nothing between the bridge and its uplinks. Setting it is
-        # host-wide, and the kernel then also stops accepting ICMP redirects (it acts as a router); it is
-        # left on at removal, since other tools may rely on it by then.
-        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        # host-wide: the host then routes between all its interfaces, as far as its firewall lets it, and
+        # stops accepting ICMP redirects (it acts as a router). It is left on at removal, since other tools
+        # may rely on it by then; the caller records that veneer turned it on, and `doctor` says so.
+        forwarding = _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
         _ip("link", "set", "dev", name, "up")
+    return forwarding
+
+
+def save_forwarding_record(run_dir: Path) -> None:
+    """Note in the network's run dir that veneer turned on IPv4 forwarding (for `doctor`)."""
+    save_json(run_dir / FORWARDING_RECORD, {"version": 1, "enabled_at": time.time()})
+
+
+def load_forwarding_record(run_dir: Path) -> float | None:
+    """When veneer turned on IPv4 forwarding for this network, if it did (as seconds since the epoch)."""
+    try:
+        data = json.loads((run_dir / FORWARDING_RECORD).read_text())
+        return float(data["enabled_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def remove_bridge(name: str) -> None:
