@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -322,3 +324,35 @@ def test_clone_keeps_file_capabilities(busybox: Store) -> None:
     os.setxattr(tool, "security.capability", v2_cap_net_raw)
     store.veneer("clone", "m1", "m2")
     assert os.getxattr(store.upper("m2") / "root/tool", "security.capability") == v2_cap_net_raw
+
+
+@pytest.fixture
+def nspawn_settings() -> Iterator[tuple[str, Path]]:
+    """A unique machine name and the path of a host .nspawn file for that name (removed afterwards)."""
+    directory = Path("/etc/systemd/nspawn")
+    made = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"ns{os.urandom(4).hex()}"
+    path = directory / f"{name}.nspawn"
+    try:
+        yield name, path
+    finally:
+        path.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def test_host_nspawn_settings_do_not_apply(
+    busybox: Store, tmp_path: Path, nspawn_settings: tuple[str, Path]
+) -> None:
+    store = busybox
+    name, settings = nspawn_settings
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "marker").write_text("host file\n")
+    # A settings file meant for some other container of the same name: a host bind, an extra variable.
+    settings.write_text(f"[Exec]\nEnvironment=LEAKED=yes\n[Files]\nBind={secret}:/mnt/leak\n")
+    store.veneer("create", name, "--from", "bb", "--network", "none")
+    out = store.veneer("run", name, "--", "sh", "-c", "cat /mnt/leak/marker; echo leaked=$LEAKED").stdout
+    assert "host file" not in out and out.endswith("leaked=\n"), out

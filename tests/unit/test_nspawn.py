@@ -81,3 +81,8 @@ def test_run_options() -> None:
     ]:
         assert expected in argv
     assert "--console=pipe" in nspawn_argv(SPEC)
+
+
+def test_host_settings_files_are_ignored() -> None:
+    for spec in (SPEC, replace(SPEC, boot=True, command=())):
+        assert "--settings=no" in nspawn_argv(spec)

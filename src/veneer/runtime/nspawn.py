@@ -71,6 +71,8 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         f"--directory={spec.root}",
         f"--machine={spec.name}",
         f"--uuid={spec.machine_id}",
+        # A /etc/systemd/nspawn/NAME.nspawn is another container's business: the machine is what veneer says.
+        "--settings=no",
         # The guest sees a resolver (the host's, or veneer's for nat) and the host's time zone through
         # read-only binds onto the image's empty placeholders, so nothing is copied into its upper dir.
         "--resolv-conf=off" if spec.resolv_conf else "--resolv-conf=bind-host",
