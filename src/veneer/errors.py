@@ -61,6 +61,10 @@ class RebaseError(MachineError):
     """A machine cannot be moved to another revision, or a rebase cannot be undone."""
 
 
+class TreeTooLarge(MachineError):
+    """A tree a machine wrote is nested deeper or holds more entries than veneer reads on the host."""
+
+
 class StateCorrupt(Error):
     """A record on disk cannot be parsed or has an unknown version."""
 

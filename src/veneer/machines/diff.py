@@ -11,6 +11,7 @@ from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE
 from veneer.overlay.layers import is_opaque, is_whiteout, lookup
+from veneer.util.walk import TreeBudget, walk_tree
 
 
 class ChangeKind(enum.StrEnum):
@@ -34,23 +35,23 @@ def _to_base_id(value: int, uid_base: int | None) -> int:
     return value
 
 
-def diff_upper(upper: Path, lowers: Sequence[Path], *, uid_base: int | None) -> list[Change]:
+def diff_upper(
+    upper: Path, lowers: Sequence[Path], *, uid_base: int | None, budget: TreeBudget | None = None
+) -> list[Change]:
     """Compare a machine's upper dir with its base layers (bottom first); timestamps are ignored.
 
     A directory that exists in the base is reported only when the machine changed its mode or owner, or
     replaced it (opaque); a directory that only exists because a file below it was written is not.
+    `upper` should be a view that follows no symlinks (`overlay.view`): the machine may be running.
     """
     changes: list[Change] = []
     hidden: list[str] = []  # opaque directories: what lies below them is not the base's
-    for dirpath, dirnames, filenames in os.walk(upper):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, upper)
-        for name in sorted(dirnames + filenames):
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            st = os.lstat(os.path.join(dirpath, name))
+    for rel_dir, entries in walk_tree(upper, budget or TreeBudget(f"'{upper}'")):
+        for name, st in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
             below = None if any(rel.startswith(h + "/") for h in hidden) else lookup(lowers, rel)
-            kind = _classify(st, below, Path(dirpath, name), uid_base)
-            if stat.S_ISDIR(st.st_mode) and is_opaque(Path(dirpath, name)):
+            kind = _classify(st, below, upper / rel, uid_base)
+            if stat.S_ISDIR(st.st_mode) and is_opaque(upper / rel):
                 hidden.append(rel)
             if kind is not None:
                 changes.append(Change(kind=kind, path="/" + rel))

@@ -18,6 +18,7 @@ from veneer.config.settings import MachineName
 from veneer.errors import MachineError, UsageError
 from veneer.machines.guest import find_leader, lookup_user
 from veneer.machines.state import RuntimeRecord, is_alive, load_machine, load_runtime
+from veneer.overlay.view import nofollow_view
 from veneer.runtime import console
 from veneer.runtime.cgroups import Hierarchies
 from veneer.util import proc
@@ -160,15 +161,8 @@ def follow_logs(layout: Layout, name: MachineName, *, lines: int | None = None) 
         time.sleep(0.2)
 
 
-def journal_argv(layout: Layout, name: MachineName, args: Sequence[str]) -> list[str]:
-    """journalctl over the machine's persistent journal in its upper dir (a stopped machine)."""
-    record = load_machine(layout, name)
-    journal = layout.machine_upper(name) / "var/log/journal" / record.machine_id
-    if not journal.is_dir():
-        raise MachineError(
-            f"Machine '{name}' has no persistent journal",
-            hint="Only systemd guests with /var/log/journal keep one; start it and use 'veneer journal'.",
-        )
+def journal_argv(journal: Path, args: Sequence[str]) -> list[str]:
+    """journalctl over a machine's persistent journal directory; pure."""
     return ["journalctl", f"--directory={journal}", "--no-pager", *args]
 
 
@@ -177,4 +171,14 @@ def show_journal(layout: Layout, name: MachineName, args: Sequence[str]) -> int:
     runtime = load_runtime(layout, name)
     if runtime is not None and is_alive(runtime) and runtime.mode == "boot":
         return exec_in_machine(layout, name, ["journalctl", "--no-pager", *args])
-    return proc.wait_forwarding(proc.spawn(journal_argv(layout, name, args)))
+    record = load_machine(layout, name)
+    # journalctl (as host root) resolves the path and opens the files the machine left there: through a
+    # view that follows none of the machine's symlinks, so they cannot point it at the host's journal.
+    with nofollow_view(layout.machine_upper(name)) as upper:
+        journal = upper / "var/log/journal" / record.machine_id
+        if not journal.is_dir():
+            raise MachineError(
+                f"Machine '{name}' has no persistent journal",
+                hint="Only systemd guests with /var/log/journal keep one; start it, then 'veneer journal'.",
+            )
+        return proc.wait_forwarding(proc.spawn(journal_argv(journal, args)))

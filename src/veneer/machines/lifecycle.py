@@ -52,6 +52,7 @@ from veneer.machines.state import (
     save_runtime,
 )
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
+from veneer.overlay.view import nofollow_view
 from veneer.runtime import cgroups
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import (
@@ -64,6 +65,7 @@ from veneer.runtime.nspawn import (
 from veneer.util.fs import locked, random_hex, remove_tree
 from veneer.util.proc import spawn, wait_forwarding
 from veneer.util.staging import staging_dir, trash
+from veneer.util.walk import TreeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -492,4 +494,6 @@ def diff_machine(layout: Layout, name: MachineName) -> list[Change]:
     """What the machine added, changed and deleted relative to its base revision."""
     record = load_machine(layout, name)
     lowers = lower_dirs(layout, load_image(layout, record.image), record.revision)
-    return diff_upper(layout.machine_upper(name), lowers, uid_base=record.uid_base)
+    with nofollow_view(layout.machine_upper(name)) as upper:
+        budget = TreeBudget(f"Machine '{name}'")
+        return diff_upper(upper, lowers, uid_base=record.uid_base, budget=budget)

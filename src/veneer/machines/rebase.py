@@ -20,6 +20,7 @@ from veneer.images.store import load_image, lower_dirs
 from veneer.machines.lifecycle import machine_lock, refuse_if_running
 from veneer.machines.state import is_alive, list_machine_names, load_machine, load_runtime, save_machine
 from veneer.overlay.mount import is_mounted, unmount
+from veneer.overlay.view import nofollow_view
 from veneer.rebase import journal
 from veneer.rebase.actions import Plan
 from veneer.rebase.journal import Target
@@ -27,6 +28,7 @@ from veneer.rebase.merge import Prefer
 from veneer.rebase.plan import make_plan
 from veneer.util.fault import checkpoint
 from veneer.util.staging import trash
+from veneer.util.walk import TreeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +91,15 @@ def _plan(
 ) -> RebaseResult:
     source, target = _ends(layout, name, image=image, to=to)
     record = load_machine(layout, name)
-    plan = make_plan(
-        layout.machine_upper(name),
-        lower_dirs(layout, load_image(layout, source.image), source.revision),
-        lower_dirs(layout, load_image(layout, target.image), target.revision),
-        uid_base=record.uid_base,
-        prefer=prefer,
-    )
+    with nofollow_view(layout.machine_upper(name)) as upper:  # it may be running (--dry-run)
+        plan = make_plan(
+            upper,
+            lower_dirs(layout, load_image(layout, source.image), source.revision),
+            lower_dirs(layout, load_image(layout, target.image), target.revision),
+            uid_base=record.uid_base,
+            prefer=prefer,
+            budget=TreeBudget(f"Machine '{name}'"),
+        )
     return RebaseResult(
         machine=name, source=source, target=target, plan=plan, applied=False, restarted=False
     )

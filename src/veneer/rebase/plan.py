@@ -26,6 +26,10 @@ from veneer.rebase.actions import Action, Operation, Plan, Verdict
 from veneer.rebase.compare import same_entry, same_tree, same_union, to_machine_id
 from veneer.rebase.merge import Prefer, merge_file, merger_for
 from veneer.rebase.pacman import pacman_actions
+from veneer.util.walk import TreeBudget
+
+# Account databases, dpkg's status, debconf's database: a few MiB on the largest real systems.
+MAX_MERGE_BYTES = 64 << 20
 
 
 class _Touched:
@@ -73,12 +77,26 @@ def shared_prefix(old: Sequence[Path], new: Sequence[Path]) -> int:
 
 
 def make_plan(
-    upper: Path, old: Sequence[Path], new: Sequence[Path], *, uid_base: int | None, prefer: Prefer
+    upper: Path,
+    old: Sequence[Path],
+    new: Sequence[Path],
+    *,
+    uid_base: int | None,
+    prefer: Prefer,
+    budget: TreeBudget | None = None,
 ) -> Plan:
     """Plan moving the upper dir of a machine (owners in the range at `uid_base`) from the layer stack
-    `old` to `new` (both bottom first)."""
+    `old` to `new` (both bottom first). `upper` should be a view that follows no symlinks (`overlay.view`),
+    and `budget` bounds how much of it is read."""
     shared = shared_prefix(old, new)
-    planner = _Planner(upper, list(old), list(new), uid_base=uid_base, prefer=prefer)
+    planner = _Planner(
+        upper,
+        list(old),
+        list(new),
+        uid_base=uid_base,
+        prefer=prefer,
+        budget=budget or TreeBudget(f"'{upper}'"),
+    )
     touched = _Touched([*old[shared:], *new[shared:]])
     actions = pacman_actions(upper, old, new, list(planner.walk("", touched)), prefer=prefer)
     return Plan(actions=tuple(actions), examined=planner.examined)
@@ -86,19 +104,27 @@ def make_plan(
 
 class _Planner:
     def __init__(
-        self, upper: Path, old: list[Path], new: list[Path], *, uid_base: int | None, prefer: Prefer
+        self,
+        upper: Path,
+        old: list[Path],
+        new: list[Path],
+        *,
+        uid_base: int | None,
+        prefer: Prefer,
+        budget: TreeBudget,
     ) -> None:
         self.upper, self.old, self.new = upper, old, new
         self.uid_base = uid_base
         self.prefer = prefer
+        self.budget = budget
         self.examined = 0
 
     def walk(self, rel_dir: str, touched: _Touched) -> Iterator[Action]:
+        # Only directories the layers hold are looked into, so the recursion is as deep as the image's tree.
         directory = self.upper / rel_dir if rel_dir else self.upper
-        for name in sorted(os.listdir(directory)):
+        for name, st in self.budget.list_dir(self.upper, rel_dir):
             rel = f"{rel_dir}/{name}" if rel_dir else name
             self.examined += 1
-            st = os.lstat(directory / name)
             descend = stat.S_ISDIR(st.st_mode)
             if touched.touches(rel):
                 action, descend = self.decide(rel, directory / name, st)
@@ -211,7 +237,10 @@ class _Planner:
             and _regular_or_none(old)
             and _regular_or_none(new)
         ):
-            return self._merge(rel, path, old, new)
+            child = _read_bounded(path, MAX_MERGE_BYTES)
+            if child is None:
+                return self._conflict(rel, f"too large to merge (over {MAX_MERGE_BYTES} bytes)")
+            return self._merge(rel, child, old, new)
         if new is None:
             return self._conflict(rel, "the base deleted it, the child changed it")
         if old is None:
@@ -221,7 +250,7 @@ class _Planner:
     def _merge(
         self,
         rel: str,
-        path: Path,
+        child: bytes,
         old: tuple[Path, os.stat_result] | None,
         new: tuple[Path, os.stat_result] | None,
     ) -> Action:
@@ -229,7 +258,7 @@ class _Planner:
         merged = merge_file(
             rel,
             old=None if old is None else old[0].read_bytes(),
-            child=path.read_bytes(),
+            child=child,
             new=new_bytes,
             prefer=self.prefer,
         )
@@ -252,6 +281,13 @@ class _Planner:
             content=merged.content,
             conflicts=conflicts,
         )
+
+
+def _read_bounded(path: Path, limit: int) -> bytes | None:
+    """A child's file, or None if it is larger than `limit` (merges hold three versions in memory)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 def _drop(rel: str, reason: str) -> Action:
