@@ -19,9 +19,15 @@ class Store:
 
     root: Path
     run: Path
+    uids: Path  # the registry of uid ranges: host-wide by default, the test's own here
 
     def env(self) -> dict[str, str]:
-        return {"VENEER_ROOT": str(self.root), "VENEER_RUN": str(self.run), "PYTHONPATH": str(SRC)}
+        return {
+            "VENEER_ROOT": str(self.root),
+            "VENEER_RUN": str(self.run),
+            "VENEER_UIDS": str(self.uids),
+            "PYTHONPATH": str(SRC),
+        }
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "veneer", *args]
@@ -75,13 +81,13 @@ def mounts_under(*paths: Path) -> list[str]:
 @contextlib.contextmanager
 def private_store(tmp: Path) -> Iterator[Store]:
     """A store under `tmp`; on the way out its mounts are detached and its files removed."""
-    store = Store(root=tmp / "state", run=tmp / "run")
+    store = Store(root=tmp / "state", run=tmp / "run", uids=tmp / "uids")
     try:
         yield store
     finally:
         for point in mounts_under(store.root, store.run):
             proc.run(["umount", "--lazy", point], check=False)
-        for path in (store.root, store.run):
+        for path in (store.root, store.run, store.uids):
             proc.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 

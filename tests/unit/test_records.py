@@ -6,14 +6,12 @@ from pathlib import Path
 import pytest
 
 from veneer.config.layout import Layout
-from veneer.config.settings import UID_RANGE_SIZE, Bind, ImageName, MachineName, Network, NetworkMode, Port
+from veneer.config.settings import Bind, ImageName, MachineName, Network, NetworkMode, Port
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.images.store import ImageRecord, LayerRecord, Revision, load_image
 from veneer.machines.state import (
-    UID_RANGE_FIRST,
     MachineRecord,
     RuntimeRecord,
-    allocate_uid_base,
     is_alive,
     load_machine,
     process_start_time,
@@ -131,12 +129,6 @@ def test_version_1_image_records_read_as_linear_revisions() -> None:
     image = ImageRecord.from_json(old)
     assert image.current == 1
     assert [r.layers for r in image.revisions] == [("abcd",), ("abcd", "ef01")]
-
-
-def test_allocate_uid_base_takes_lowest_free() -> None:
-    assert allocate_uid_base(set()) == UID_RANGE_FIRST
-    used = {UID_RANGE_FIRST, UID_RANGE_FIRST + 2 * UID_RANGE_SIZE}
-    assert allocate_uid_base(used) == UID_RANGE_FIRST + UID_RANGE_SIZE
 
 
 def test_liveness_needs_same_start_time() -> None:

@@ -14,6 +14,8 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     network.json                  the nat network: bridge, address pool, upstream DNS (made on first use)
     .staging/                     half-built objects; anything here is removed by the next command
     .lock                         store-wide lock for publishing and removing objects
+Host-wide, shared by every store (`VENEER_UIDS`, default /var/lib/veneer-uids):
+    ranges.json                   the uid range of every machine of every store, and the retired ones
 cgroups: `veneer/<name>` (another store: `veneer-<hash of its root>/<name>`) in each hierarchy.
 Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.json          a running machine's pids
@@ -35,6 +37,8 @@ from pathlib import Path
 
 DEFAULT_ROOT = Path("/var/lib/veneer")
 DEFAULT_RUN = Path("/run/veneer")
+# Outside every store root: two stores on one host must never hand out the same uids.
+DEFAULT_UIDS = Path("/var/lib/veneer-uids")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,13 +47,20 @@ class Layout:
 
     root: Path
     run: Path
+    uids: Path = DEFAULT_UIDS  # the host-wide registry of uid ranges
 
     @classmethod
     def from_env(cls, root: Path | None = None) -> Layout:
-        """`root` if given, else $VENEER_ROOT, else /var/lib/veneer; $VENEER_RUN or /run/veneer."""
+        """`root` if given, else $VENEER_ROOT, else /var/lib/veneer; $VENEER_RUN or /run/veneer;
+        $VENEER_UIDS or /var/lib/veneer-uids, whatever the root."""
         state = root or Path(os.environ.get("VENEER_ROOT") or DEFAULT_ROOT)
         run = Path(os.environ.get("VENEER_RUN") or DEFAULT_RUN)
-        return cls(root=state.absolute(), run=run.absolute())
+        uids = Path(os.environ.get("VENEER_UIDS") or DEFAULT_UIDS)
+        return cls(root=state.absolute(), run=run.absolute(), uids=uids.absolute())
+
+    @property
+    def uid_registry(self) -> Path:
+        return self.uids / "ranges.json"
 
     @property
     def lock(self) -> Path:

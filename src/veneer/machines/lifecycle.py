@@ -39,9 +39,9 @@ from veneer.machines.netsetup import (
     detach_machine,
 )
 from veneer.machines.state import (
+    UID_RANGE_FIRST,
     MachineRecord,
     RuntimeRecord,
-    allocate_uid_base,
     is_alive,
     list_machine_names,
     load_machine,
@@ -51,6 +51,7 @@ from veneer.machines.state import (
     save_machine,
     save_runtime,
 )
+from veneer.machines.uids import allocate_uid_range, release_uid_range, rename_uid_range
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import cgroups
@@ -117,15 +118,6 @@ def rebase_interrupted(machine_dir: Path) -> bool:
         return (machine_dir / "rebase.new").exists()
 
 
-def _used_uid_bases(layout: Layout) -> set[int]:
-    bases = set()
-    for other in list_machine_names(layout):
-        base = load_machine(layout, other).uid_base
-        if base is not None:
-            bases.add(base)
-    return bases
-
-
 def _refuse_existing(layout: Layout, name: MachineName) -> None:
     if layout.machine_dir(name).exists():
         raise MachineExists(
@@ -142,7 +134,7 @@ def _publish_machine(layout: Layout, stage: Path, record: MachineRecord) -> Mach
         if record.network.mode is NetworkMode.NAT and record.address is None:
             record = replace(record, address=allocate_machine_address(layout))
         if record.uid_base is not None:
-            base = allocate_uid_base(_used_uid_bases(layout))
+            base = allocate_uid_range(layout, record.name)
             if base != record.uid_base:
                 shift_ownership(stage / "upper", record.uid_base, base)
             record = replace(record, uid_base=base)
@@ -173,7 +165,7 @@ def create_machine(
     image.layers_of(rev)
     with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
         # A provisional range: the real one is allocated under the store lock when publishing.
-        uid_base = None if privileged else allocate_uid_base(set())
+        uid_base = None if privileged else UID_RANGE_FIRST
         _make_machine_dirs(stage, uid_base)
         record = MachineRecord(
             name=name,
@@ -240,6 +232,9 @@ def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
             _refuse_existing(layout, new)
             # One rename: the record takes its name from the directory (see load_machine).
             os.rename(layout.machine_dir(old), layout.machine_dir(new))
+            base = load_machine(layout, new).uid_base
+            if base is not None:
+                rename_uid_range(layout, old, new, base)
     logger.info("Renamed machine '%s' to '%s'.", old, new)
 
 
@@ -273,15 +268,19 @@ def change_machine(
     return record
 
 
-def remove_machine(layout: Layout, name: MachineName) -> None:
-    """Delete a stopped machine and everything it wrote."""
+def remove_machine(layout: Layout, name: MachineName, *, retire_range: bool = True) -> None:
+    """Delete a stopped machine and everything it wrote. Its uid range is retired (see `machines.uids`)
+    unless `retire_range` is False: a throwaway machine that had no binds left no file anywhere else."""
     prepare_store(layout)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
+        base = load_machine(layout, name).uid_base
         if is_mounted(layout.machine_root(name)):
             unmount(layout.machine_root(name))
         with locked(layout.lock, what="The veneer store", wait=True):
             gone = trash(layout.machine_dir(name), layout.staging)
+            if base is not None:
+                release_uid_range(layout, name, base, retire=retire_range)
         remove_runtime(layout, name)
         remove_tree(gone)
     logger.info("Removed machine '%s'.", name)
@@ -464,7 +463,7 @@ def run_ephemeral(
         return run_machine(layout, name, command, options)
     finally:
         with contextlib.suppress(MachineNotFound):
-            remove_machine(layout, name)
+            remove_machine(layout, name, retire_range=bool(options.binds))
 
 
 def sweep_ephemeral(layout: Layout) -> None:

@@ -104,7 +104,7 @@ def update_image(
         )
     finally:
         with contextlib.suppress(MachineNotFound):
-            remove_machine(layout, temp)
+            remove_machine(layout, temp, retire_range=bool(options and options.binds))
 
 
 def commit_machine(

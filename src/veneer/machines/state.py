@@ -16,7 +16,6 @@ from typing import Any
 from veneer.config.layout import Layout
 from veneer.config.settings import (
     DEFAULT_NETWORK,
-    UID_RANGE_SIZE,
     Bind,
     Limits,
     MachineName,
@@ -208,17 +207,6 @@ def remove_runtime(layout: Layout, name: MachineName) -> None:
 def is_alive(record: RuntimeRecord) -> bool:
     """Whether the recorded process still runs (same pid and same start time)."""
     return process_start_time(record.pid) == record.start_time
-
-
-def allocate_uid_base(used: set[int]) -> int:
-    """The lowest free 65536-aligned host uid range; the caller holds the store lock."""
-    for base in range(UID_RANGE_FIRST, UID_RANGE_LAST + 1, UID_RANGE_SIZE):
-        if base not in used:
-            return base
-    raise StateCorrupt(
-        "No free uid range is left for a new machine",
-        hint="Remove machines you no longer need ('veneer rm NAME').",
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
