@@ -108,6 +108,11 @@ def test_a_planted_deep_tree_gets_a_clear_error_not_a_crash(busybox: Store) -> N
     listed = store.veneer("list", "--json")
     (machine,) = json.loads(listed.stdout)
     assert machine["name"] == "m1" and "deeper than" in listed.stderr
+    # The commands that copy or re-own all of it with tools of their own refuse it the same way.
+    for command in (["commit", "m1", "img2"], ["export", "m1", "/dev/null"], ["clone", "m1", "m2"]):
+        failed = store.veneer(*command, ok=(1,))
+        assert "deeper than" in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+    store.veneer("rm", "m1")
 
 
 def test_rebase_never_reads_or_moves_host_files_behind_a_link(busybox: Store, tmp_path: Path) -> None:

@@ -50,3 +50,10 @@ def test_a_directory_gone_or_replaced_by_a_link_is_skipped(tmp_path: Path) -> No
     assert budget.list_dir(tmp_path, "missing") == []
     (tmp_path / "file").write_text("")
     assert budget.list_dir(tmp_path, "file") == []
+
+
+def test_too_many_levels(tmp_path: Path) -> None:
+    (tmp_path / "a/b/c").mkdir(parents=True)
+    assert len(listing(tmp_path, TreeBudget("t", TreeLimits(depth=3)))) == 4
+    with pytest.raises(TreeTooLarge, match="nested deeper than 2 levels, in '/a/b/c/...'"):
+        listing(tmp_path, TreeBudget("t", TreeLimits(depth=2)))

@@ -378,6 +378,7 @@ def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
     from veneer.images.store import load_image, lower_dirs
     from veneer.machines.lifecycle import machine_lock
     from veneer.machines.state import load_machine
+    from veneer.machines.upper import check_upper
 
     # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
     with machine_lock(layout, name):
@@ -387,6 +388,7 @@ def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
                 f"Machine '{name}' is mounted or running",
                 hint=f"Stop it first ('veneer stop {name}'), or unmount it ('veneer umount {name}').",
             )
+        check_upper(layout, name)  # tar walks it all
         image = load_image(layout, record.image)
         lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
         with merged_view(layout, lowers, f"machine '{name}'") as root:

@@ -52,6 +52,7 @@ from veneer.machines.state import (
     save_runtime,
 )
 from veneer.machines.uids import allocate_uid_range, release_uid_range, rename_uid_range
+from veneer.machines.upper import check_upper
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import cgroups
@@ -205,6 +206,7 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
     with machine_lock(layout, source):
         original = load_machine(layout, source)
         refuse_if_running(layout, source)
+        check_upper(layout, source)
         with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
             _make_machine_dirs(stage, original.uid_base)
             copy_tree(layout.machine_upper(source), stage / "upper", allow_whiteouts=True)

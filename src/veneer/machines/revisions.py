@@ -40,6 +40,7 @@ from veneer.machines.lifecycle import (
     run_machine,
 )
 from veneer.machines.state import list_machine_names, load_machine, process_start_time
+from veneer.machines.upper import check_upper
 from veneer.overlay.layers import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX
 from veneer.overlay.mount import mount_overlay, unmount
 from veneer.util.fs import random_hex, remove_tree
@@ -93,6 +94,7 @@ def update_image(
                 hint=f"Nothing changed: the image is still at revision {image.current}. Fix it and retry.",
             )
         record = load_machine(layout, temp)
+        check_upper(layout, temp)
         return add_revision(
             layout,
             name,
@@ -114,6 +116,7 @@ def commit_machine(
     `as_revision`) into the next revision of its own image. The machine itself is left as it is."""
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
+        check_upper(layout, name)
         record = load_machine(layout, name)
         command = f"commit of machine '{name}'"
 

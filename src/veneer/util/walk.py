@@ -19,6 +19,9 @@ from veneer.errors import TreeTooLarge
 
 # Relative paths stay below the kernel's PATH_MAX (4096) with a view's "/proc/<pid>/fd/<n>/" in front.
 MAX_PATH_BYTES = 4000
+# Real trees are a few dozen levels deep; os.walk (recursive before Python 3.12) and the commands that copy
+# or re-own a whole upper dir must not meet a tree deeper than Python's recursion limit (1000).
+MAX_DEPTH = 256
 # A large distribution machine holds a few hundred thousand files; reading more is a planted tree.
 MAX_ENTRIES = 2_000_000
 
@@ -31,6 +34,7 @@ Entry = tuple[str, os.stat_result]  # a name and its lstat
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TreeLimits:
     path_bytes: int = MAX_PATH_BYTES
+    depth: int = MAX_DEPTH
     entries: int = MAX_ENTRIES
 
 
@@ -46,6 +50,12 @@ class TreeBudget:
         """The entries of the directory `rel_dir` below `top`, sorted by name, with their lstat; empty if
         it is gone or is no directory any more."""
         prefix = f"{rel_dir}/" if rel_dir else ""
+        if prefix.count("/") > self.limits.depth:
+            raise TreeTooLarge(
+                f"{self.what} holds directories nested deeper than {self.limits.depth} levels, "
+                f"in '/{prefix[:60]}...'",
+                hint="veneer does not read such trees; remove it inside the machine.",
+            )
         entries = []
         try:
             with os.scandir(top / rel_dir if rel_dir else top) as scan:
