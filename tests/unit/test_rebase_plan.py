@@ -39,3 +39,17 @@ def test_file_in_place_of_a_directory_the_base_left_alone_stays(tmp_path: Path) 
     upper = layer(tmp_path / "upper", {"root": "the child's file where /root was\n"})
     for prefer in Prefer:
         assert make_plan(upper, [bottom], [bottom, update], uid_base=None, prefer=prefer).actions == ()
+
+
+def test_a_file_too_large_to_merge_is_a_conflict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veneer.rebase import plan
+
+    bottom = layer(tmp_path / "0", {"etc/group": "root:x:0:\n"})
+    update = layer(tmp_path / "1", {"etc/group": "root:x:0:\nstaff:x:50:\n"})
+    upper = layer(tmp_path / "upper", {"etc/group": "root:x:0:\nmine:x:1000:\n"})
+    merged = make_plan(upper, [bottom], [bottom, update], uid_base=None, prefer=Prefer.CHILD)
+    assert [a.verdict for a in merged.actions] == [Verdict.MERGE]
+    monkeypatch.setattr(plan, "MAX_MERGE_BYTES", 16)
+    (action,) = make_plan(upper, [bottom], [bottom, update], uid_base=None, prefer=Prefer.CHILD).actions
+    assert (action.verdict, action.operation) == (Verdict.CONFLICT, Operation.NONE)
+    assert "too large to merge" in action.reason

@@ -10,7 +10,6 @@ whiteout of the child's that hides the chosen entry is removed.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from veneer.overlay.layers import is_whiteout, list_union
 from veneer.rebase.actions import Action, Operation, Verdict
 from veneer.rebase.merge import Prefer, merge_pacman_entries
+from veneer.util.walk import TreeBudget
 
 LOCAL_DB = "var/lib/pacman/local"
 
@@ -32,9 +32,16 @@ def _by_package(entries: Sequence[str]) -> dict[str, str]:
 
 
 def pacman_actions(
-    upper: Path, old: Sequence[Path], new: Sequence[Path], actions: list[Action], *, prefer: Prefer
+    upper: Path,
+    old: Sequence[Path],
+    new: Sequence[Path],
+    actions: list[Action],
+    *,
+    prefer: Prefer,
+    budget: TreeBudget | None = None,
 ) -> list[Action]:
-    """`actions` corrected so that the machine's pacman database registers one entry per package."""
+    """`actions` corrected so that the machine's pacman database registers one entry per package; the
+    machine's database is listed within `budget`."""
     db = upper / LOCAL_DB
     if not db.is_dir() or db.is_symlink():
         return actions
@@ -53,10 +60,9 @@ def pacman_actions(
     by_path = {a.path: a for a in actions}
     removed = {a.path for a in actions if a.operation is Operation.REMOVE}
     mine = {}
-    for name in os.listdir(db):
-        path = f"{LOCAL_DB}/{name}"
-        if path not in removed:
-            mine[name] = os.lstat(db / name)
+    for name, st in (budget or TreeBudget(f"'{upper}'")).list_dir(upper, LOCAL_DB):
+        if f"{LOCAL_DB}/{name}" not in removed:
+            mine[name] = st
     conflicted = {c.record.removeprefix("package ") for c in conflicts}
 
     def correct(name: str, operation: Operation) -> None:

@@ -98,7 +98,9 @@ def make_plan(
         budget=budget or TreeBudget(f"'{upper}'"),
     )
     touched = _Touched([*old[shared:], *new[shared:]])
-    actions = pacman_actions(upper, old, new, list(planner.walk("", touched)), prefer=prefer)
+    actions = pacman_actions(
+        upper, old, new, list(planner.walk("", touched)), prefer=prefer, budget=planner.budget
+    )
     return Plan(actions=tuple(actions), examined=planner.examined)
 
 
