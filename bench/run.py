@@ -91,6 +91,8 @@ class Scratch:
             "PYTHONPATH": os.fspath(REPO / "src"),
             "VENEER_ROOT": os.fspath(self.store),
             "VENEER_RUN": os.fspath(self.runtime),
+            # Its own registry of uid ranges too: the scratch store goes away with all its machines.
+            "VENEER_UIDS": os.fspath(self.scratch / "uids"),
         }
 
     def veneer(self, *args: str, check: bool = True) -> Completed:
