@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import logging
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +12,13 @@ from typing import Any
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import MachineBusy, StateCorrupt, TreeTooLarge
+from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
 from veneer.machines.lifecycle import machine_lock, rebase_interrupted, recover_machine, sweep_ephemeral
 from veneer.machines.state import is_alive, list_machine_names, load_exit, load_machine, load_runtime
+from veneer.machines.upper import upper_disk_bytes
 from veneer.overlay.mount import is_mounted
-from veneer.overlay.view import nofollow_view
-from veneer.util.walk import TreeBudget, walk_tree
-
-logger = logging.getLogger(__name__)
 
 
 class MachineState(enum.StrEnum):
@@ -124,32 +119,11 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         uid_base=record.uid_base,
         mounted=is_mounted(layout.machine_root(name)),
         upper=str(upper),
-        disk_bytes=_disk_bytes(upper, name),
+        disk_bytes=upper_disk_bytes(layout, name),
         created=record.created,
         limits=record.limits.to_json(),
         last_rebase=_last_rebase(layout.machine_dir(name)),
     )
-
-
-def _disk_bytes(upper: Path, name: str) -> int:
-    """Bytes the machine's files use (allocated blocks, hard links once), read through a view that follows
-    none of its symlinks; a planted tree past the limits is counted up to them."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    try:
-        with nofollow_view(upper) as view:
-            for _rel_dir, entries in walk_tree(view, TreeBudget(f"Machine '{name}'")):
-                for _name, st in entries:
-                    if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                        if (st.st_dev, st.st_ino) in seen:
-                            continue
-                        seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-    except FileNotFoundError:
-        pass  # removed meanwhile
-    except TreeTooLarge as e:
-        logger.warning("%s; its disk_bytes counts what was read before, ignoring.", e.message)
-    return total
 
 
 def _last_rebase(machine_dir: Path) -> dict[str, Any] | None:
