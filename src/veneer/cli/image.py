@@ -166,11 +166,12 @@ def cmd_create(args: argparse.Namespace) -> int:
         spec = BuildSpec(source=SourceKind.TAR, path=args.from_tar, provisioning=provisioning)
     else:
         spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
+    layout = Layout.from_env(args.root)
     record = create_image(
-        Layout.from_env(args.root),
+        layout,
         name,
         origin=spec.describe(),
-        build=lambda tree: build_tree(spec, tree, progress=sys.stderr.isatty()),
+        build=lambda tree: build_tree(spec, tree, layout=layout, progress=sys.stderr.isatty()),
     )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
     return 0

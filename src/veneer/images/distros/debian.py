@@ -2,7 +2,8 @@
 
 `debootstrap` makes the tree; packages asked for at creation go into its `--include` list, so a new
 image needs no second package manager run. Later installs (into imported trees) run apt-get inside
-the tree. No mirror is named here: without one, debootstrap uses its own default.
+the tree, in the build's throwaway machine. No mirror is named here: without one, debootstrap uses its
+own default.
 
 Imports `veneer.images.distros` for the base class; must not import `veneer.images.bootstrap`.
 """
@@ -18,10 +19,10 @@ from typing import ClassVar
 from veneer.errors import CommandFailed, ImageError, UsageError
 from veneer.images.distros import (
     BUILTIN_LOCALES,
+    CommandRunner,
     DistributionInstaller,
     generate_locale,
     has_command,
-    run_in_tree,
     write_tree_text,
 )
 from veneer.util.proc import run
@@ -51,17 +52,19 @@ class DebianInstaller(DistributionInstaller):
         return () if locale in BUILTIN_LOCALES else ("locales",)
 
     @classmethod
-    def install_packages(cls, tree: Path, packages: Sequence[str], *, progress: bool = False) -> None:
+    def install_packages(
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+    ) -> None:
         logger.info("Installing %s", ", ".join(packages))
         for argv in install_argvs(packages):
-            run_in_tree(tree, argv, setenv=APT_ENV, progress=progress)
+            runner(argv, setenv=APT_ENV, network=True, progress=progress)
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, progress: bool = False) -> None:
+    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
         missing = cls.locale_packages(locale)
         if missing and not has_command(tree, "locale-gen"):
-            cls.install_packages(tree, missing, progress=progress)
-        generate_locale(tree, locale)
+            cls.install_packages(tree, missing, runner=runner, progress=progress)
+        generate_locale(tree, locale, runner=runner)
         # Debian's systemd and pam_env read /etc/default/locale rather than /etc/locale.conf.
         write_tree_text(tree, "etc/default/locale", f"LANG={locale}\n")
 
