@@ -5,6 +5,7 @@ credentials can be given without putting them on the command line."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import json
 import tarfile
@@ -131,6 +132,41 @@ def test_gzip_bomb_layer_is_refused_with_the_limit(
         assert "16 MiB" in refused.stderr and "--max-layer-size" in refused.stderr
         assert_nothing_stored(store)
         store.veneer("image", "pull", "x", ref, "--max-layer-size", "64M", env=env)
+    finally:
+        registry.close()
+
+
+def with_config_of(layout: Path, size: int) -> Path:
+    """Give the layout's image a valid config padded to `size` bytes."""
+    blobs = layout / "blobs" / "sha256"
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    index = json.loads((layout / "index.json").read_text())
+    entry = index["manifests"][0]
+    manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
+    config["padding"] = ""
+    config["padding"] = "x" * (size - len(json.dumps(config)))
+    manifest["config"].update(put(json.dumps(config).encode()))
+    entry.update(put(json.dumps(manifest).encode()))
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def test_oversized_config_is_refused_before_its_download(
+    store: Store, tmp_path: Path, env: dict[str, str]
+) -> None:
+    layer = layer_tar([entry("hello", data=b"hello\n")])
+    registry = LayoutRegistry(with_config_of(write_layout(tmp_path / "big", [layer]), 5 << 20))
+    try:
+        refused = store.veneer("image", "pull", "x", f"{registry.host}/big:latest", env=env, ok=(1,))
+        assert "over the limit of 4 MiB" in refused.stderr
+        assert_nothing_stored(store)
+        assert not list((store.root / "blobs").glob("*/*")), "the config was downloaded"
     finally:
         registry.close()
 

@@ -33,7 +33,7 @@ from types import TracebackType
 
 from veneer.config.layout import Layout
 from veneer.config.settings import UID_RANGE_SIZE, Network, NetworkMode
-from veneer.errors import ImageError, MachineNotFound, StateCorrupt
+from veneer.errors import CommandFailed, ImageError, MachineNotFound, StateCorrupt
 from veneer.images.distros import tree_path
 from veneer.machines.state import UID_RANGE_FIRST, UID_RANGE_LAST, list_machine_names, load_machine
 from veneer.overlay import idmap
@@ -148,6 +148,11 @@ def reserve_uid_range(layout: Layout) -> Iterator[int]:
     )
 
 
+def _remove_empty_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 class BuildBox:
     """Runs commands inside one tree under construction (see the module doc). Use it as a context
     manager: the uid range is reserved at the first command and released on exit."""
@@ -169,8 +174,16 @@ class BuildBox:
     def _reserve(self) -> int:
         if self._uid_base is None:
             self._uid_base = self._stack.enter_context(reserve_uid_range(self.layout))
+            mount_point = self._mount_point()
+            mount_point.mkdir(mode=0o700, exist_ok=True)
+            # Empty on the host: the tree is attached there only in nspawn's own mount namespace.
+            self._stack.callback(_remove_empty_dir, mount_point)
             make_base_filesystem(self.tree)
         return self._uid_base
+
+    def _mount_point(self) -> Path:
+        assert self._uid_base is not None
+        return self.layout.run / "builds" / f"{self._uid_base:x}"
 
     def __call__(
         self,
@@ -186,8 +199,7 @@ class BuildBox:
         """
         uid_base = self._reserve()
         logger.debug("In '%s' (uids %#x+): %s", self.tree, uid_base, shlex.join(command))
-        mount_point = self.layout.run / "builds" / f"{uid_base:x}"
-        mount_point.mkdir(mode=0o700, exist_ok=True)
+        mount_point = self._mount_point()
         spec = build_spec(mount_point, uid_base, command, setenv=setenv, network=network)
         tree_fd = self._open_idmapped_tree(uid_base)
         try:
@@ -208,6 +220,13 @@ class BuildBox:
             # veneer locks the build itself; nspawn's lock file would land next to the mount point.
             env = {"SYSTEMD_NSPAWN_LOCK": "0"}
             result = run(nspawn_argv(spec), capture=not progress, env=env, before_exec=before_exec)
+        except CommandFailed as e:
+            # nspawn passes the command's exit status on; its own failures are in the stderr tail.
+            tail = "".join(f"\n  {line}" for line in e.stderr.strip().splitlines()[-5:])
+            raise ImageError(
+                f"Command failed in the image (exit status {e.returncode}): {shlex.join(command)}{tail}",
+                hint="Nothing was published. Fix the command or the image, then create it again.",
+            ) from e
         finally:
             os.close(tree_fd)
         if not progress and result.stdout:
