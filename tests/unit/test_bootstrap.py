@@ -163,7 +163,7 @@ def test_source_kinds() -> None:
     [
         (
             {"suite": "bookworm", "mirror": None, "variant": None, "include": ()},
-            ["debootstrap", "--variant=minbase", "bookworm", "/stage/tree"],
+            ["debootstrap", "--foreign", "--variant=minbase", "bookworm", "/stage/tree"],
         ),
         (
             {
@@ -172,11 +172,11 @@ def test_source_kinds() -> None:
                 "variant": "standard",
                 "include": ("systemd", "dbus"),
             },
-            ["debootstrap", "--include=systemd,dbus", "bookworm", "/stage/tree", "file:///m"],
+            ["debootstrap", "--foreign", "--include=systemd,dbus", "bookworm", "/stage/tree", "file:///m"],
         ),
         (
             {"suite": "trixie", "mirror": None, "variant": "buildd", "include": ("a",)},
-            ["debootstrap", "--variant=buildd", "--include=a", "trixie", "/stage/tree"],
+            ["debootstrap", "--foreign", "--variant=buildd", "--include=a", "trixie", "/stage/tree"],
         ),
     ],
 )
@@ -240,6 +240,7 @@ def test_build_box_argv_is_user_namespaced() -> None:
     assert "--directory=/stage/tree" in options
     assert [o for o in options if o.startswith("--setenv")] == ["--setenv=A=1", "--setenv=B=2"]
     assert "--private-network" in options
+    assert "--timezone=off" in options  # tzdata's postinst replaces /etc/localtime
     # Package installs get the host's network (see veneer.images.buildbox), still user-namespaced.
     host = nspawn_argv(build_spec(TREE, 0x7FFD0000, ["true"], network=True))
     assert not any(o.startswith(("--private-network", "--network")) for o in host)

@@ -9,8 +9,9 @@ are validated when they are made, so the CLI reports a bad value before any work
 The image's own programs (useradd, package managers, `--run` commands) run in a throwaway machine with
 a private user namespace (`veneer.images.buildbox`), never as host root: a tarball, directory or
 registry image is untrusted input. Nothing is mounted on the host, so a failed or killed build leaves
-nothing behind but the staging directory. The bootstrap tools themselves (debootstrap, pacstrap) run as
-host root with the packages of a trusted mirror: see the README's "Security model".
+nothing behind but the staging directory. debootstrap's second stage (the packages' maintainer scripts)
+runs in that machine too; pacstrap runs its packages' install scripts as host root, with packages from
+the repositories the host's pacman.conf trusts: see the README's "Security model".
 """
 
 from __future__ import annotations
@@ -267,21 +268,22 @@ def build_tree(spec: BuildSpec, tree: Path, *, layout: Layout, progress: bool = 
     if not tree.is_dir() or any(tree.iterdir()):
         raise ImageError(f"Cannot build an image in '{tree}': not an empty directory")
     provisioning = spec.provisioning
-    bootstrap_tree(spec, tree, progress=progress)
-    if spec.source.installs_packages():
-        provisioning = dataclasses.replace(provisioning, packages=())
-    distribution = spec.source.distribution() or Distribution.detect(tree)
-    logger.debug("Provisioning '%s' as %s", tree, distribution or "an unknown distribution")
     with BuildBox(layout, tree) as box:
+        bootstrap_tree(spec, tree, runner=box, progress=progress)
+        if spec.source.installs_packages():
+            provisioning = dataclasses.replace(provisioning, packages=())
+        distribution = spec.source.distribution() or Distribution.detect(tree)
+        logger.debug("Provisioning '%s' as %s", tree, distribution or "an unknown distribution")
         provision_tree(tree, provisioning, distribution=distribution, runner=box, progress=progress)
     scrub_identity(tree)
 
 
-def bootstrap_tree(spec: BuildSpec, tree: Path, *, progress: bool = False) -> None:
+def bootstrap_tree(spec: BuildSpec, tree: Path, *, runner: CommandRunner, progress: bool = False) -> None:
     """Make the bare root filesystem of `spec` in the empty directory `tree`.
 
     Debootstrap and pacstrap also install the packages the provisioning asks for, and those its locale
-    needs, so that no second package manager run is needed.
+    needs, so that no second package manager run is needed. debootstrap's second stage, which runs the
+    packages' maintainer scripts, runs through `runner`.
     """
     prov = spec.provisioning
     extra = [*prov.packages]
@@ -298,6 +300,7 @@ def bootstrap_tree(spec: BuildSpec, tree: Path, *, progress: bool = False) -> No
                 mirror=spec.mirror,
                 variant=spec.variant,
                 packages=extra,
+                runner=runner,
                 progress=progress,
             )
         case SourceKind.PACSTRAP:

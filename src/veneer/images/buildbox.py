@@ -114,6 +114,8 @@ def build_spec(
         command=tuple(command),
         network=Network(mode=NetworkMode.HOST if network else NetworkMode.NONE),
         env=tuple(sorted((setenv or {}).items())),
+        # Packages (tzdata) replace /etc/localtime, which a bind mount would keep busy.
+        bind_timezone=False,
     )
 
 

@@ -23,6 +23,8 @@ from veneer.images.distros import (
     DistributionInstaller,
     generate_locale,
     has_command,
+    read_tree_text,
+    tree_path,
     write_tree_text,
 )
 from veneer.util.proc import run
@@ -38,6 +40,7 @@ VARIANTS = ("minbase", "buildd", "standard")
 BOOT_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+SECOND_STAGE_ENV = {"container": "lxc"}
 
 
 class DebianInstaller(DistributionInstaller):
@@ -92,7 +95,9 @@ def debootstrap_argv(
     """The debootstrap command line that makes a Debian tree of `suite` in `tree`."""
     variant = variant or DEFAULT_VARIANT
     check_variant(variant)
-    argv = ["debootstrap"]
+    # The first stage only: download, check and unpack; the second, which runs the packages' maintainer
+    # scripts, runs inside the tree in the build's throwaway machine (see `bootstrap`).
+    argv = ["debootstrap", "--foreign"]
     if variant != "standard":
         argv.append(f"--variant={variant}")
     if include:
@@ -110,9 +115,15 @@ def bootstrap(
     mirror: str | None,
     variant: str | None,
     packages: Sequence[str],
+    runner: CommandRunner,
     progress: bool = False,
 ) -> None:
     """Fill the empty directory `tree` with Debian `suite`, plus the boot packages and `packages`.
+
+    debootstrap's first stage runs on the host as root: it downloads the packages from the mirror, checks
+    them against the suite's signed Release file and unpacks them, running none of their code. The second
+    stage configures them, maintainer scripts and all, so it runs inside the tree through `runner` (a
+    user-namespaced machine, no network: everything it needs was downloaded).
 
     With `progress` debootstrap's messages (on stderr) are shown; else they are kept for the error.
     """
@@ -121,10 +132,21 @@ def bootstrap(
     logger.info("Bootstrapping Debian %s into '%s'", suite, tree)
     try:
         run(argv, capture=not progress, passthrough=progress)
-    except CommandFailed as e:
+        proc = tree_path(tree, "proc")
+        if proc.is_symlink():
+            # The first stage links proc to the host's /proc; nspawn needs a directory to mount on (the
+            # second stage would make the same one).
+            proc.unlink()
+            proc.mkdir(mode=0o555)
+        logger.info("Configuring the packages of Debian %s in '%s'", suite, tree)
+        # debootstrap checks the target with a test mknod, which no user namespace allows; in lxc mode it
+        # skips that check and uses the devices it finds, which nspawn's /dev has.
+        runner(["/debootstrap/debootstrap", "--second-stage"], setenv=SECOND_STAGE_ENV, progress=progress)
+    except (CommandFailed, ImageError) as e:
         # The caller removes the staging tree, and debootstrap's log with it: keep its last lines.
-        log = tree / "debootstrap/debootstrap.log"
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+        # Read without following symlinks: the second stage ran the packages' code in the tree.
+        log = read_tree_text(tree, "debootstrap/debootstrap.log") or ""
+        tail = log.strip().splitlines()[-5:]
         raise ImageError(
             f"debootstrap of '{suite}' failed: {e.message}" + "".join(f"\n  {line}" for line in tail),
             hint="Check the suite name, the mirror and the network.",
