@@ -109,7 +109,7 @@ def load_docker_credentials(registry: str, config: Path) -> Credentials | None:
         return None
     except (OSError, ValueError) as e:
         raise ImageError(
-            f"Cannot read the Docker credentials in '{config}': {e}",
+            f"Cannot read the credentials in '{config}': {e}",
             hint="Fix or remove that file, or pass --username USER --password-stdin.",
         ) from e
     auths = data.get("auths") if isinstance(data, dict) else None
