@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.helpers import Store, private_store
 from tests.integration.registries import BuiltImages, build_test_images
+from veneer.config.layout import Layout
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
 
@@ -52,7 +53,7 @@ def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         provisioning=Provisioning(users=(f"{DEBIAN_USER}:users,audio",)),
     )
     try:
-        build_tree(spec, tree)
+        build_tree(spec, tree, layout=Layout(root=base / "state", run=base / "run"))
         yield tree
     finally:
         remove_tree(base)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
+import ipaddress
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -76,7 +78,33 @@ class TokenServer:
         self.anonymous_pull = anonymous_pull
         self.requests: list[tuple[str | None, str]] = []  # (user, scope)
         self.port = free_port()
-        self.realm = f"http://127.0.0.1:{self.port}/token"
+        # Over https, as veneer sends credentials to no plain-http realm but the registry's own: clients
+        # trust `tls_bundle` (SSL_CERT_FILE for veneer, no verification for skopeo's pushes).
+        self.realm = f"https://127.0.0.1:{self.port}/token"
+        self.tls_bundle = directory / "token-tls.pem"
+        tls_key = directory / "token-tls.key"
+        tls_cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime.fromtimestamp(now - 3600, datetime.UTC))
+            .not_valid_after(datetime.datetime.fromtimestamp(now + 86400, datetime.UTC))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.tls_bundle.write_bytes(tls_cert.public_bytes(serialization.Encoding.PEM))
+        tls_key.write_bytes(
+            self.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -87,6 +115,9 @@ class TokenServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(self.tls_bundle, tls_key)
+        self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.conftest import DEBIAN_USER, remove_tree
 from tests.integration.helpers import mounts_under
+from veneer.config.layout import Layout
 from veneer.images.bootstrap import PLACEHOLDERS, BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
 
@@ -44,6 +45,11 @@ def work(tmp_path: Path) -> Iterator[Path]:
     assert not leftover, f"left mounted: {leftover}"
 
 
+def layout_in(work: Path) -> Layout:
+    """The store whose runtime dir holds the uid range reservations of the test's builds."""
+    return Layout(root=work / "state", run=work / "run")
+
+
 def new_tree(work: Path, name: str = "tree") -> Path:
     tree = work / name
     tree.mkdir()
@@ -64,7 +70,7 @@ def assert_no_build_identity(tree: Path) -> None:
 def test_busybox_tree_runs_commands(work: Path) -> None:
     tree = new_tree(work)
     provisioning = Provisioning(users=("alice:wheel,audio", "bob"), run=("echo ran > /root/ran",))
-    build_tree(BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning), tree)
+    build_tree(BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning), tree, layout=layout_in(work))
     assert_no_build_identity(tree)
     assert (tree / "sbin/init").resolve() == (tree / "bin/busybox").resolve()
     assert (tree / "tmp").stat().st_mode & 0o7777 == 0o1777
@@ -79,7 +85,7 @@ def test_busybox_tree_runs_commands(work: Path) -> None:
 
 def test_busybox_tree_boots_and_powers_off(work: Path) -> None:
     tree = new_tree(work)
-    build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree)
+    build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree, layout=layout_in(work))
     # The console shell that inittab respawns reads these lines; busybox `poweroff` signals init (SIGUSR2).
     result = proc.run(
         ["timeout", "--kill-after=5", "30", *BOOT, f"--directory={tree}", "--console=pipe"],
@@ -94,7 +100,7 @@ def test_busybox_init_powers_off_on_sigusr2(work: Path) -> None:
     from veneer.machines.guest import find_leader
 
     tree = new_tree(work)
-    build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree)
+    build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree, layout=layout_in(work))
     # As `veneer stop` does: nspawn, sent SIGTERM, passes SIGUSR2 to busybox init, which powers off;
     # nspawn then exits 0 (the default SIGRTMIN+3 would be ignored and nspawn would have to be killed).
     nspawn = proc.spawn([*BOOT, f"--directory={tree}", "--kill-signal=SIGUSR2"])
@@ -144,7 +150,11 @@ def test_from_dir_provisions_a_debian_tree(debian_tree: Path, work: Path) -> Non
         packages=("less",),
         run=("echo ran > /root/ran",),
     )
-    build_tree(BuildSpec(source=SourceKind.DIR, path=debian_tree, provisioning=provisioning), tree)
+    build_tree(
+        BuildSpec(source=SourceKind.DIR, path=debian_tree, provisioning=provisioning),
+        tree,
+        layout=layout_in(work),
+    )
     assert_no_build_identity(tree)
     assert os.readlink(tree / "etc/localtime") == "../usr/share/zoneinfo/Europe/Berlin"
     assert (tree / "etc/default/locale").read_text() == "LANG=de_DE.UTF-8\n"
@@ -214,7 +224,7 @@ def pacman_repo(work: Path) -> Iterator[Path]:
 def test_pacstrap_installs_from_a_local_repository(work: Path, pacman_repo: Path) -> None:
     tree = new_tree(work)
     spec = BuildSpec(source=SourceKind.PACSTRAP, packages=("veneer-hello",), pacman_conf=pacman_repo)
-    build_tree(spec, tree)
+    build_tree(spec, tree, layout=layout_in(work))
     assert (tree / "usr/share/veneer-hello/hello").read_text() == "hello\n"
     assert (tree / "var/lib/pacman/local/veneer-hello-1.0-1/desc").is_file()
     # Downloaded packages went to the configured cache, not into the image; no sync database kept.

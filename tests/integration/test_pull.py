@@ -170,7 +170,7 @@ def test_pull_with_basic_auth(
     with run_registry(tmp_path / "registry", auth="htpasswd") as registry:
         ref = registry.push(built_images.source("other"), "private/other:1")
         denied = store.veneer("image", "pull", "x", ref, env=env, ok=(1,))
-        assert "needs credentials" in denied.stderr and "--creds" in denied.stderr
+        assert "needs credentials" in denied.stderr and "--password-stdin" in denied.stderr
         wrong = store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:nope", env=env, ok=(1,))
         assert "refused" in wrong.stderr
         store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:{PASSWORD}", env=env)
@@ -186,10 +186,12 @@ def test_pull_with_token_auth_as_docker_hub_does(
 ) -> None:
     with run_registry(tmp_path / "registry", auth="token") as registry:
         assert registry.token is not None
+        env = {**env, "SSL_CERT_FILE": str(registry.token.tls_bundle)}
         ref = registry.push(built_images.source("layers"), "team/app:1")
         denied = store.veneer("image", "pull", "x", ref, env=env, ok=(1,))
         assert "refused access" in denied.stderr
-        store.veneer("image", "pull", "x", ref, "--creds", f"{USER}:{PASSWORD}", env=env)
+        argv = ["image", "pull", "x", ref, "--username", USER, "--password-stdin"]
+        store.veneer(*argv, input=f"{PASSWORD}\n", env=env)
         assert (USER, "repository:team/app:pull") in registry.token.requests
         store.veneer("create", "m", "--from", "x", "--network", "none")
         assert store.veneer("run", "m", "--", "cat", "/etc/hello").stdout == "hello from a layer\n"

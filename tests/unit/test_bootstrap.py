@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from veneer.config.layout import Layout
 from veneer.errors import ImageError, UsageError
 from veneer.images import bootstrap
 from veneer.images.bootstrap import (
@@ -32,7 +34,6 @@ from veneer.images.distros import (
     missing_groups,
     parse_os_release,
     read_os_release,
-    tree_argv,
     tree_path,
     useradd_argv,
     write_tree_text,
@@ -40,6 +41,7 @@ from veneer.images.distros import (
 from veneer.images.distros.busybox import AccountFiles, add_account, applet_links, is_static_elf
 
 TREE = Path("/stage/tree")
+LAYOUT = Layout(root=Path("/nonexistent/state"), run=Path("/nonexistent/run"))
 
 
 @pytest.mark.parametrize(
@@ -161,7 +163,7 @@ def test_source_kinds() -> None:
     [
         (
             {"suite": "bookworm", "mirror": None, "variant": None, "include": ()},
-            ["debootstrap", "--variant=minbase", "bookworm", "/stage/tree"],
+            ["debootstrap", "--foreign", "--variant=minbase", "bookworm", "/stage/tree"],
         ),
         (
             {
@@ -170,11 +172,11 @@ def test_source_kinds() -> None:
                 "variant": "standard",
                 "include": ("systemd", "dbus"),
             },
-            ["debootstrap", "--include=systemd,dbus", "bookworm", "/stage/tree", "file:///m"],
+            ["debootstrap", "--foreign", "--include=systemd,dbus", "bookworm", "/stage/tree", "file:///m"],
         ),
         (
             {"suite": "trixie", "mirror": None, "variant": "buildd", "include": ("a",)},
-            ["debootstrap", "--variant=buildd", "--include=a", "trixie", "/stage/tree"],
+            ["debootstrap", "--foreign", "--variant=buildd", "--include=a", "trixie", "/stage/tree"],
         ),
     ],
 )
@@ -226,17 +228,79 @@ def test_pacman_install_argv() -> None:
     ]
 
 
-def test_tree_argv() -> None:
-    argv = tree_argv(TREE, ["apt-get", "update"], setenv={"B": "2", "A": "1"})
-    assert argv[0] == "systemd-nspawn"
+def test_build_box_argv_is_user_namespaced() -> None:
+    from veneer.images.buildbox import build_spec
+    from veneer.runtime.nspawn import nspawn_argv
+
+    argv = nspawn_argv(build_spec(TREE, 0x7FFD0000, ["apt-get", "update"], setenv={"B": "2", "A": "1"}))
     assert argv[-3:] == ["--", "apt-get", "update"]
     options = argv[1 : argv.index("--")]
-    for needed in ("--register=no", "--keep-unit", "--as-pid2", "--resolv-conf=bind-host", "--timezone=off"):
+    for needed in ("--private-users=2147287040:65536", "--private-users-ownership=off", "--register=no"):
         assert needed in options
-    assert options[options.index("--directory") + 1] == "/stage/tree"
+    assert "--directory=/stage/tree" in options
     assert [o for o in options if o.startswith("--setenv")] == ["--setenv=A=1", "--setenv=B=2"]
-    # The build uses the host's network: no private network, no veth.
-    assert not any(o.startswith(("--private-network", "--network")) for o in options)
+    assert "--private-network" in options
+    assert "--timezone=off" in options  # tzdata's postinst replaces /etc/localtime
+    # Package installs get the host's network (see veneer.images.buildbox), still user-namespaced.
+    host = nspawn_argv(build_spec(TREE, 0x7FFD0000, ["true"], network=True))
+    assert not any(o.startswith(("--private-network", "--network")) for o in host)
+    assert "--private-users=2147287040:65536" in host
+
+
+def test_base_filesystem_is_made_without_following_symlinks(tmp_path: Path) -> None:
+    from veneer.images.buildbox import make_base_filesystem
+
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/lib").symlink_to("/usr/lib")  # hostile: the host's, not the tree's
+    (tmp_path / "etc").symlink_to("/etc")
+    with pytest.raises(ImageError, match="symlink"):
+        make_base_filesystem(tmp_path)
+    (tmp_path / "etc").unlink()
+    make_base_filesystem(tmp_path)
+    assert os.readlink(tmp_path / "sbin") == "usr/sbin"
+    assert not os.path.lexists(tmp_path / "bin")  # no usr/bin to point at
+    assert not os.path.lexists(tmp_path / "lib")  # usr/lib is a symlink
+    assert (tmp_path / "tmp").stat().st_mode & 0o7777 == 0o1777
+    assert (tmp_path / "etc/resolv.conf").read_text() == ""
+
+
+class FakeRunner:
+    """Records the commands a provisioning step runs in the tree."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, str], bool]] = []
+
+    def __call__(
+        self,
+        command: Sequence[str],
+        *,
+        setenv: Mapping[str, str] | None = None,
+        network: bool = False,
+        progress: bool = False,
+    ) -> None:
+        self.calls.append((list(command), dict(setenv or {}), network))
+
+
+def test_installers_run_through_the_runner(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    Distribution.DEBIAN.installer().install_packages(tmp_path, ["vim"], runner=runner)
+    assert [c[0][:2] for c in runner.calls] == [
+        ["apt-get", "update"],
+        ["apt-get", "install"],
+        ["apt-get", "clean"],
+    ]
+    assert all(network and env == debian.APT_ENV for _, env, network in runner.calls)
+    runner = FakeRunner()
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/sbin/useradd").write_text("")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/group").write_text("root:x:0:\n")
+    installer_for(None).add_user(tmp_path, name="kang", group="wheel", groups=(), runner=runner)
+    # Adding users needs no network.
+    assert runner.calls == [
+        (["groupadd", "wheel"], {}, False),
+        (useradd_argv(name="kang", group="wheel", groups=()), {}, False),
+    ]
 
 
 def test_systemctl_and_useradd_argv() -> None:
@@ -353,11 +417,11 @@ def test_add_account_refuses_duplicates() -> None:
 def test_busybox_installer_refuses(tmp_path: Path) -> None:
     installer = Distribution.BUSYBOX.installer()
     with pytest.raises(UsageError):
-        installer.install_packages(tmp_path, ["vim"])
+        installer.install_packages(tmp_path, ["vim"], runner=FakeRunner())
     with pytest.raises(UsageError):
-        installer.setup_locale(tmp_path, "en_US.UTF-8")
+        installer.setup_locale(tmp_path, "en_US.UTF-8", runner=FakeRunner())
     with pytest.raises(ImageError):
-        installer_for(None).install_packages(tmp_path, ["vim"])
+        installer_for(None).install_packages(tmp_path, ["vim"], runner=FakeRunner())
 
 
 def test_busybox_add_user_edits_files(tmp_path: Path) -> None:
@@ -366,7 +430,9 @@ def test_busybox_add_user_edits_files(tmp_path: Path) -> None:
     )
     if os.geteuid() != 0:
         pytest.skip("chown of the home directory needs root")
-    Distribution.BUSYBOX.installer().add_user(tmp_path, name="kang", group="wheel", groups=())
+    Distribution.BUSYBOX.installer().add_user(
+        tmp_path, name="kang", group="wheel", groups=(), runner=FakeRunner()
+    )
     assert "kang:x:1000:1000:" in (tmp_path / "etc/passwd").read_text()
     assert (tmp_path / "etc/shadow").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "home/kang").stat().st_uid == 1000
@@ -585,6 +651,6 @@ def test_scrub_identity_makes_etc(tmp_path: Path) -> None:
 def test_build_tree_needs_an_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("")
     with pytest.raises(ImageError):
-        bootstrap.build_tree(BuildSpec(source=SourceKind.BUSYBOX), tmp_path)
+        bootstrap.build_tree(BuildSpec(source=SourceKind.BUSYBOX), tmp_path, layout=LAYOUT)
     with pytest.raises(ImageError):
-        bootstrap.build_tree(BuildSpec(source=SourceKind.BUSYBOX), tmp_path / "missing")
+        bootstrap.build_tree(BuildSpec(source=SourceKind.BUSYBOX), tmp_path / "missing", layout=LAYOUT)

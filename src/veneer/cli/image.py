@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_bind, parse_image_name, parse_machine_name, parse_network
+from veneer.config.settings import (
+    parse_bind,
+    parse_image_name,
+    parse_machine_name,
+    parse_memory,
+    parse_network,
+)
 from veneer.errors import UsageError
+
+if TYPE_CHECKING:
+    from veneer.images.registry import Credentials
+
+logger = logging.getLogger(__name__)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -60,8 +72,21 @@ def register(verbs: Any) -> None:
     pull.add_argument("name", type=parse_image_name)
     pull.add_argument("reference", metavar="REF", help="e.g. debian:bookworm or HOST:PORT/REPO:TAG[@DIGEST]")
     pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
-    pull.add_argument("--creds", metavar="USER:PASSWORD", help="default: ~/.docker/config.json, if any")
+    pull.add_argument("--username", metavar="USER", help="with --password-stdin")
+    pull.add_argument(
+        "--password-stdin", action="store_true", help="read the password of --username from stdin"
+    )
+    pull.add_argument(
+        "--authfile",
+        metavar="FILE",
+        type=Path,
+        help="auth.json of podman login (default: containers' auth.json, then ~/.docker/config.json)",
+    )
+    pull.add_argument(
+        "--creds", metavar="USER:PASSWORD", help="deprecated: shows the password in the process list"
+    )
     pull.add_argument("--plain-http", action="store_true", help="speak HTTP, not HTTPS (loopback: always)")
+    _max_layer_size_option(pull)
     pull.set_defaults(handler=cmd_pull)
 
     imp = sub.add_parser(
@@ -71,6 +96,7 @@ def register(verbs: Any) -> None:
     imp.add_argument("source", metavar="SOURCE", type=Path, help="a file or an OCI layout directory")
     imp.add_argument("--tag", help="which image of an archive or layout holding several")
     imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
+    _max_layer_size_option(imp)
     imp.set_defaults(handler=cmd_import)
 
     exp = sub.add_parser("export", help="write an image as a tarball, OCI layout/archive or docker-archive")
@@ -132,6 +158,41 @@ def register(verbs: Any) -> None:
     rm.set_defaults(handler=cmd_rm)
 
 
+def _parse_layer_size(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except UsageError:
+        raise UsageError(f"Invalid layer size '{text}'", hint="Use a size such as 64G or 512M.") from None
+
+
+def _max_layer_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-layer-size",
+        metavar="SIZE",
+        type=_parse_layer_size,
+        help="refuse a layer larger than this once decompressed (default 32G: a gzip bomb must not fill "
+        "the disk)",
+    )
+
+
+def _pull_credentials(args: argparse.Namespace) -> Credentials | None:
+    from veneer.images.registry import parse_creds, parse_password
+
+    if args.password_stdin:
+        if args.creds:
+            raise UsageError("--password-stdin and --creds exclude each other", hint="Use --password-stdin.")
+        return parse_password(args.username or "", sys.stdin.readline())
+    if args.username:
+        raise UsageError("--username needs --password-stdin", hint="Pass the password on stdin.")
+    if args.creds:
+        logger.warning(
+            "--creds shows the password in the process list: prefer --username USER --password-stdin "
+            "or --authfile FILE."
+        )
+        return parse_creds(args.creds)
+    return None
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
     from veneer.images.store import create_image
@@ -166,11 +227,12 @@ def cmd_create(args: argparse.Namespace) -> int:
         spec = BuildSpec(source=SourceKind.TAR, path=args.from_tar, provisioning=provisioning)
     else:
         spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
+    layout = Layout.from_env(args.root)
     record = create_image(
-        Layout.from_env(args.root),
+        layout,
         name,
         origin=spec.describe(),
-        build=lambda tree: build_tree(spec, tree, progress=sys.stderr.isatty()),
+        build=lambda tree: build_tree(spec, tree, layout=layout, progress=sys.stderr.isatty()),
     )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
     return 0
@@ -179,13 +241,14 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     from veneer.images.oci import parse_platform
     from veneer.images.pull import PullSpec, pull_image
-    from veneer.images.registry import parse_creds
 
     spec = PullSpec(
         reference=args.reference,
         platform=parse_platform(args.platform) if args.platform else None,
-        creds=parse_creds(args.creds) if args.creds else None,
+        creds=_pull_credentials(args),
         plain_http=args.plain_http,
+        authfile=args.authfile,
+        max_layer_bytes=args.max_layer_size,
     )
     record = pull_image(Layout.from_env(args.root), args.name, spec, progress=sys.stderr.isatty())
     print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
@@ -200,6 +263,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         source=args.source,
         tag=args.tag,
         platform=parse_platform(args.platform) if args.platform else None,
+        max_layer_bytes=args.max_layer_size,
     )
     record = import_image(Layout.from_env(args.root), args.name, spec)
     print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")

@@ -6,8 +6,12 @@ module never touches the store, its locks or layers. What differs between distri
 image goes through, in order, and the settings that ask for them (`BuildSpec`, `Provisioning`), which
 are validated when they are made, so the CLI reports a bad value before any work starts.
 
-Commands inside the tree run under systemd-nspawn (see `veneer.images.distros.tree_argv`): nothing is
-mounted on the host, so a failed or killed build leaves nothing behind but the staging directory.
+The image's own programs (useradd, package managers, `--run` commands) run in a throwaway machine with
+a private user namespace (`veneer.images.buildbox`), never as host root: a tarball, directory or
+registry image is untrusted input. Nothing is mounted on the host, so a failed or killed build leaves
+nothing behind but the staging directory. debootstrap's second stage (the packages' maintainer scripts)
+runs in that machine too; pacstrap runs its packages' install scripts as host root, with packages from
+the repositories the host's pacman.conf trusts: see the README's "Security model".
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from veneer.config.layout import Layout
 from veneer.errors import ImageError, UsageError
 from veneer.images import transfer
+from veneer.images.buildbox import BuildBox
 from veneer.images.distros import (
+    CommandRunner,
     Distribution,
     arch,
     busybox,
     debian,
     has_systemd,
     installer_for,
-    run_in_tree,
     tree_path,
     write_tree_text,
 )
@@ -248,33 +254,36 @@ class BuildSpec:
         return f"{text} + {provisioning}" if provisioning else text
 
 
-def build_tree(spec: BuildSpec, tree: Path, *, progress: bool = False) -> None:
+def build_tree(spec: BuildSpec, tree: Path, *, layout: Layout, progress: bool = False) -> None:
     """Fill the empty directory `tree` with the root filesystem `spec` describes.
 
     Bootstrap, provision, then scrub the build host's identity. On failure `tree` is left as it is:
     the caller removes its staging directory.
 
     Args:
+        layout: the store whose runtime dir holds the build's uid range reservation.
         progress: show the output of the package managers and of the commands run in the tree (for a
             terminal); without it, output is logged at debug level and kept for error messages.
     """
     if not tree.is_dir() or any(tree.iterdir()):
         raise ImageError(f"Cannot build an image in '{tree}': not an empty directory")
     provisioning = spec.provisioning
-    bootstrap_tree(spec, tree, progress=progress)
-    if spec.source.installs_packages():
-        provisioning = dataclasses.replace(provisioning, packages=())
-    distribution = spec.source.distribution() or Distribution.detect(tree)
-    logger.debug("Provisioning '%s' as %s", tree, distribution or "an unknown distribution")
-    provision_tree(tree, provisioning, distribution=distribution, progress=progress)
+    with BuildBox(layout, tree) as box:
+        bootstrap_tree(spec, tree, runner=box, progress=progress)
+        if spec.source.installs_packages():
+            provisioning = dataclasses.replace(provisioning, packages=())
+        distribution = spec.source.distribution() or Distribution.detect(tree)
+        logger.debug("Provisioning '%s' as %s", tree, distribution or "an unknown distribution")
+        provision_tree(tree, provisioning, distribution=distribution, runner=box, progress=progress)
     scrub_identity(tree)
 
 
-def bootstrap_tree(spec: BuildSpec, tree: Path, *, progress: bool = False) -> None:
+def bootstrap_tree(spec: BuildSpec, tree: Path, *, runner: CommandRunner, progress: bool = False) -> None:
     """Make the bare root filesystem of `spec` in the empty directory `tree`.
 
     Debootstrap and pacstrap also install the packages the provisioning asks for, and those its locale
-    needs, so that no second package manager run is needed.
+    needs, so that no second package manager run is needed. debootstrap's second stage, which runs the
+    packages' maintainer scripts, runs through `runner`.
     """
     prov = spec.provisioning
     extra = [*prov.packages]
@@ -291,6 +300,7 @@ def bootstrap_tree(spec: BuildSpec, tree: Path, *, progress: bool = False) -> No
                 mirror=spec.mirror,
                 variant=spec.variant,
                 packages=extra,
+                runner=runner,
                 progress=progress,
             )
         case SourceKind.PACSTRAP:
@@ -305,25 +315,32 @@ def bootstrap_tree(spec: BuildSpec, tree: Path, *, progress: bool = False) -> No
 
 
 def provision_tree(
-    tree: Path, provisioning: Provisioning, *, distribution: Distribution | None, progress: bool = False
+    tree: Path,
+    provisioning: Provisioning,
+    *,
+    distribution: Distribution | None,
+    runner: CommandRunner,
+    progress: bool = False,
 ) -> None:
-    """Apply `provisioning` to the tree of `distribution` (None: unknown, only generic steps work)."""
+    """Apply `provisioning` to the tree of `distribution` (None: unknown, only generic steps work); the
+    tree's own programs run through `runner`."""
     installer = installer_for(distribution)
     if provisioning.packages:
-        installer.install_packages(tree, provisioning.packages, progress=progress)
+        installer.install_packages(tree, provisioning.packages, runner=runner, progress=progress)
     if provisioning.locale:
-        installer.setup_locale(tree, provisioning.locale, progress=progress)
+        installer.setup_locale(tree, provisioning.locale, runner=runner, progress=progress)
     if provisioning.timezone:
         set_timezone(tree, provisioning.timezone)
     for text in provisioning.users:
         user = parse_user(text)
         logger.info("Adding user '%s'", user.name)
-        installer.add_user(tree, name=user.name, group=user.group, groups=user.groups)
+        installer.add_user(tree, name=user.name, group=user.group, groups=user.groups, runner=runner)
     if provisioning.enable:
         enable_units(tree, provisioning.enable)
     for command in provisioning.run:
         logger.info("Running '%s' in the image", command)
-        run_in_tree(tree, ["/bin/sh", "-c", command], progress=progress)
+        # The host's network: commands like these install packages (see veneer.images.buildbox).
+        runner(["/bin/sh", "-c", command], network=True, progress=progress)
 
 
 def set_timezone(tree: Path, timezone: str) -> None:

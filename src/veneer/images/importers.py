@@ -29,7 +29,15 @@ from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
 from veneer.images.blobs import file_digest
 from veneer.images.store import ImageRecord, LayerSource, create_image, create_image_from_layers
-from veneer.images.transfer import copy_tree, extract_layer, extract_tar, member_names
+from veneer.images.transfer import (
+    DEFAULT_MAX_LAYER_BYTES,
+    LayerTooLarge,
+    copy_tree,
+    extract_layer,
+    extract_tar,
+    format_size,
+    member_names,
+)
 from veneer.util.proc import run
 from veneer.util.staging import staging_dir
 
@@ -115,6 +123,7 @@ class ImportSpec:
     source: Path
     tag: str | None = None  # which image of a multi-image archive or layout
     platform: oci.Platform | None = None
+    max_layer_bytes: int | None = None  # how long a layer's tar may be, decompressed (None: the default)
 
 
 def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageRecord:
@@ -166,17 +175,26 @@ def _import_unpacked(
         LayerSource(
             key=diff_id,
             origin=f"{origin} layer {i + 1}/{count}",
-            build=_builder(blob, diff_id, f"{i + 1}/{count}"),
+            build=_builder(
+                blob, diff_id, f"{i + 1}/{count}", spec.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES
+            ),
         )
         for i, (blob, diff_id) in enumerate(layers)
     ]
     return create_image_from_layers(layout, name, origin=origin, layers=sources)
 
 
-def _builder(blob: Path, diff_id: str, position: str) -> Callable[[Path], None]:
+def _builder(blob: Path, diff_id: str, position: str, max_bytes: int) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
         logger.info("Applying layer %s (%s)", position, diff_id)
-        extract_layer(blob, tree, diff_id=diff_id)
+        try:
+            extract_layer(blob, tree, diff_id=diff_id, max_bytes=max_bytes)
+        except LayerTooLarge as e:
+            raise ImageError(
+                f"Layer {position} ({diff_id}) decompresses to more than {format_size(max_bytes)}, the "
+                "limit; nothing was imported",
+                hint=e.hint,
+            ) from e
 
     return build
 

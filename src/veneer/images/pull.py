@@ -25,7 +25,7 @@ from veneer.images import oci
 from veneer.images.blobs import BlobCache, Opener, Progress
 from veneer.images.registry import Credentials, RegistryClient, Response, client_for
 from veneer.images.store import ImageRecord, LayerSource, create_image_from_layers, list_images
-from veneer.images.transfer import extract_layer
+from veneer.images.transfer import DEFAULT_MAX_LAYER_BYTES, LayerTooLarge, extract_layer, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class PullSpec:
     platform: oci.Platform | None = None
     creds: Credentials | None = None
     plain_http: bool = False
+    authfile: Path | None = None  # where the credentials are, if not in `creds` or the usual auth files
+    max_layer_bytes: int | None = None  # how long a layer's tar may be, decompressed (None: the default)
 
 
 class ProgressLine:
@@ -132,9 +134,18 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
         registry_name=ref.registry,
         creds=spec.creds,
         plain_http=spec.plain_http,
+        authfile=spec.authfile,
     )
     manifest, digest = resolve_manifest(client, ref, platform)
     cache = BlobCache(layout.blobs)
+    if manifest.config.size > oci.MAX_JSON:
+        # Refused before the download: a config is read whole, and genuine ones are a few KiB.
+        raise ImageError(
+            f"The config of '{ref}' is {manifest.config.size} bytes, over the limit of "
+            f"{format_size(oci.MAX_JSON)}",
+            hint="Genuine image configs are a few KiB, and the limit cannot be raised: the image or the "
+            "registry is damaged or hostile.",
+        )
     config_path = cache.fetch(manifest.config, _opener(client, manifest.config))
     config = oci.parse_config(config_path.read_bytes(), f"The config of '{ref}'")
     oci.check_layers(manifest, config, f"Image '{ref}'")
@@ -173,7 +184,13 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
         LayerSource(
             key=diff_id,
             origin=f"pull {pinned} layer {index + 1}/{count}",
-            build=_layer_builder(cache, layer, diff_id, f"{index + 1}/{count}"),
+            build=_layer_builder(
+                cache,
+                layer,
+                diff_id,
+                f"{index + 1}/{count}",
+                spec.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
+            ),
         )
         for index, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True))
     ]
@@ -230,7 +247,7 @@ def refuse_existing(layout: Layout, name: ImageName) -> None:
 
 
 def _layer_builder(
-    cache: BlobCache, layer: oci.Descriptor, diff_id: str, position: str
+    cache: BlobCache, layer: oci.Descriptor, diff_id: str, position: str, max_bytes: int
 ) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
         logger.info("Applying layer %s (%s)", position, diff_id)
@@ -239,6 +256,13 @@ def _layer_builder(
             raise ImageError(
                 f"Blob {layer.digest} left the cache during the pull", hint="Run the pull again."
             )
-        extract_layer(blob, tree, diff_id=diff_id)
+        try:
+            extract_layer(blob, tree, diff_id=diff_id, max_bytes=max_bytes)
+        except LayerTooLarge as e:
+            raise ImageError(
+                f"Layer {position} ({diff_id}) decompresses to more than {format_size(max_bytes)}, the "
+                "limit; nothing was published",
+                hint=e.hint,
+            ) from e
 
     return build

@@ -3,9 +3,16 @@ and blobs over HTTP(S), with the authentication registries use.
 
 Authentication follows the challenge in a 401 answer: `Bearer realm=...,service=...,scope=...` (Docker
 Hub's token flow: ask the realm for a token, with the credentials if there are any) or `Basic`. Tokens are
-kept per scope for the client's life. Credentials come from `--creds USER:PASSWORD` or the `auths` of
-`~/.docker/config.json` (`$DOCKER_CONFIG`); they are sent only to the registry and its token realm, never
-across a redirect (blob downloads are often redirected to a storage service).
+kept per scope for the client's life. Credentials come from the caller (`--username` with
+`--password-stdin`, or `--creds`), else from the first auth file that has the registry
+(containers-auth.json(5): `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+`~/.config/containers/auth.json`, then Docker's `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+
+A 401 names where to authenticate, so a hostile registry could ask for the password anywhere. Credentials
+therefore go only to the registry itself and to https token realms (`may_send_credentials`): over
+https, or over plain http only to the registry's own loopback address (a test registry; another port of
+127.0.0.1 may be anyone's). Never across a redirect (blob downloads are often redirected to a storage
+service), and never to a realm that is not http(s) (urllib would read `file://` realms from disk).
 
 Registries on a loopback address are spoken to over plain HTTP, as Docker does; others over HTTPS unless
 the caller asks for plain HTTP. Only stdlib: `urllib.request` is imported when a client is made.
@@ -61,16 +68,49 @@ def docker_config_path(env: Mapping[str, str]) -> Path:
     return Path(env.get("HOME") or Path.home()) / ".docker" / "config.json"
 
 
+def auth_file_paths(env: Mapping[str, str]) -> list[Path]:
+    """The auth files to look in, in order (containers-auth.json(5), then Docker's config)."""
+    home = Path(env.get("HOME") or Path.home())
+    paths = []
+    if env.get("REGISTRY_AUTH_FILE"):
+        paths.append(Path(env["REGISTRY_AUTH_FILE"]))
+    if env.get("XDG_RUNTIME_DIR"):
+        paths.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    paths.append(Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "containers" / "auth.json")
+    paths.append(docker_config_path(env))
+    return paths
+
+
+def load_default_credentials(registry: str, env: Mapping[str, str]) -> Credentials | None:
+    """The credentials `podman login` or `docker login` stored for `registry`, if any."""
+    for path in auth_file_paths(env):
+        creds = load_docker_credentials(registry, path)
+        if creds is not None:
+            logger.debug("Credentials for '%s' from '%s'", registry, path)
+            return creds
+    return None
+
+
+def parse_password(username: str, text: str) -> Credentials:
+    """`--username USER` with the password read from stdin (its first line)."""
+    password = text.splitlines()[0] if text else ""
+    if not username or not password:
+        raise UsageError(
+            "No user name or no password given", hint="Pass --username USER and the password on stdin."
+        )
+    return Credentials(username=username, password=password)
+
+
 def load_docker_credentials(registry: str, config: Path) -> Credentials | None:
-    """The credentials `docker login` stored for `registry` in `config`, if any."""
+    """The credentials stored for `registry` in the auth file `config` (Docker's or containers'), if any."""
     try:
         data = json.loads(config.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
         raise ImageError(
-            f"Cannot read the Docker credentials in '{config}': {e}",
-            hint="Fix or remove that file, or pass --creds USER:PASSWORD.",
+            f"Cannot read the credentials in '{config}': {e}",
+            hint="Fix or remove that file, or pass --username USER --password-stdin.",
         ) from e
     auths = data.get("auths") if isinstance(data, dict) else None
     if not isinstance(auths, dict):
@@ -88,7 +128,7 @@ def load_docker_credentials(registry: str, config: Path) -> Credentials | None:
             except (ValueError, UnicodeDecodeError) as e:
                 raise ImageError(
                     f"The credentials for '{registry}' in '{config}' are garbled: {e}",
-                    hint="Log in again (docker login / podman login --authfile), or pass --creds.",
+                    hint="Log in again (podman login / docker login), or pass --password-stdin.",
                 ) from e
             return Credentials(username=username, password=password)
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
@@ -109,6 +149,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def may_send_credentials(url: str, registry_host: str) -> bool:
+    """Whether credentials for the registry at `registry_host` may go to `url` (see the module doc)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and parts.netloc == registry_host and is_loopback(registry_host)
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -203,13 +253,14 @@ class RegistryClient:
         if response.status == 401:
             return ImageError(
                 f"Registry '{self.name}' refused access to {what}",
-                hint="Pass --creds USER:PASSWORD, or log in (docker login / podman login) and try again.",
+                hint="Pass --username USER --password-stdin, or log in (podman login / docker login) and "
+                "try again.",
             )
         if response.status in (403, 404):
             return ImageError(
                 f"Registry '{self.name}' has no {what} (HTTP {response.status})",
                 hint="Check the repository and tag; a private repository also answers this way without "
-                "credentials (--creds USER:PASSWORD).",
+                "credentials (--username USER --password-stdin).",
             )
         return ImageError(
             f"Registry '{self.name}' failed to serve {what}: HTTP {response.status}",
@@ -223,7 +274,14 @@ class RegistryClient:
             if self.creds is None:
                 raise ImageError(
                     f"Registry '{self.name}' needs credentials",
-                    hint="Pass --creds USER:PASSWORD, or log in with docker login / podman login.",
+                    hint="Pass --username USER --password-stdin, or log in with podman login / docker "
+                    "login.",
+                )
+            if not may_send_credentials(self.base, self.host):
+                raise ImageError(
+                    f"Not sending the credentials for '{self.name}' over plain HTTP",
+                    hint="Leave out --plain-http: credentials go over HTTPS only (or to a loopback "
+                    "registry).",
                 )
             auth = self.creds.basic()
         elif scheme == "bearer" and params.get("realm"):
@@ -236,7 +294,7 @@ class RegistryClient:
         if auth == failed:
             raise ImageError(
                 f"Registry '{self.name}' refused the credentials",
-                hint="Check the user name and password (--creds or ~/.docker/config.json).",
+                hint="Check the user name and password (--password-stdin, --creds or the auth file).",
             )
         with self._lock:
             self._auth = auth
@@ -246,11 +304,26 @@ class RegistryClient:
         import urllib.parse
 
         realm = params["realm"]
+        if urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
+            raise ImageError(
+                f"Registry '{self.name}' names a token service that is not a web address: '{realm}'",
+                hint="The registry is misconfigured or hostile; nothing was pulled.",
+            )
         query = {"service": params.get("service", ""), "scope": params.get("scope", "")}
         if not query["scope"]:
             query["scope"] = f"repository:{self.repository}:pull"
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        auth = self.creds.basic() if self.creds is not None else None
+        auth = None
+        if self.creds is not None:
+            if may_send_credentials(realm, self.host):
+                auth = self.creds.basic()
+            else:
+                logger.warning(
+                    "Not sending the credentials for '%s' to its token service %s: credentials go to "
+                    "https token services only; asking without them.",
+                    self.name,
+                    realm,
+                )
         logger.debug("Asking %s for a token", realm)
         response = self._open(url, {}, auth)
         try:
@@ -258,7 +331,7 @@ class RegistryClient:
                 if response.status in (401, 403):
                     raise ImageError(
                         f"Token service of '{self.name}' refused access (HTTP {response.status})",
-                        hint="Check the credentials (--creds USER:PASSWORD or ~/.docker/config.json) and "
+                        hint="Check the credentials (--password-stdin or the auth file) and "
                         "the repository name.",
                     )
                 raise ImageError(
@@ -288,11 +361,15 @@ def client_for(
     registry_name: str,
     creds: Credentials | None,
     plain_http: bool,
+    authfile: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> RegistryClient:
-    """A client with the given credentials, or those `docker login` stored for the registry."""
-    if creds is None:
-        creds = load_docker_credentials(
-            registry_name, docker_config_path(env if env is not None else os.environ)
-        )
+    """A client with the given credentials, else those stored in `authfile`, else those `podman login`
+    or `docker login` stored."""
+    if creds is None and authfile is not None:
+        if not authfile.is_file():
+            raise UsageError(f"No auth file at '{authfile}'", hint="Pass the auth.json of podman login.")
+        creds = load_docker_credentials(registry_name, authfile)
+    elif creds is None:
+        creds = load_default_credentials(registry_name, env if env is not None else os.environ)
     return RegistryClient(host, repository, registry_name=registry_name, creds=creds, plain_http=plain_http)

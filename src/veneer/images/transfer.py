@@ -46,6 +46,9 @@ _SPARSE_BLOCK = 64 << 10
 # Extended headers (pax, GNU long names) are read into memory whole, so cap them. This also bounds the
 # quadratic pax record parsing of CPython < 3.11.10 (CVE-2024-6232) to well under a second per header.
 _MAX_EXTENDED_HEADER = 1 << 20
+# How long an image layer's tar stream may be once decompressed: a few KiB of gzip can decompress to
+# terabytes. Genuine layers stay well below (the largest common base images are a few GiB).
+DEFAULT_MAX_LAYER_BYTES = 32 << 30
 _EXTENDED_TYPES = frozenset(
     {
         tarfile.XHDTYPE,
@@ -98,6 +101,25 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
 
 
+def format_size(n: int) -> str:
+    """A size as the user would write it back (16 MiB, 32 GiB), exact."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+class LayerTooLarge(ImageError):
+    """A layer decompresses to more than the limit (a gzip bomb would fill the disk)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"Layer decompresses to more than {format_size(limit)}, the limit",
+            hint=f"If the image is genuine, raise the limit, e.g. --max-layer-size {(2 * limit) >> 20}M.",
+        )
+        self.limit = limit
+
+
 class _ArchiveReader:
     """The decompressed archive as tarfile reads it (forward only); decoder errors become `ImageError`."""
 
@@ -107,6 +129,8 @@ class _ArchiveReader:
         self._errors = errors
         # The sha256 of the decompressed archive (an OCI layer's diff_id), as far as it was read.
         self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.limit: int | None = None
 
     def read(self, size: int, /) -> bytes:
         try:
@@ -114,6 +138,9 @@ class _ArchiveReader:
         except self._errors as e:
             raise ImageError(f"Cannot read '{self._archive}': {e}", hint=DAMAGED_HINT) from e
         self.sha256.update(data)
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise LayerTooLarge(self.limit)
         return data
 
     def drain(self) -> None:
@@ -538,14 +565,19 @@ def member_names(archive: Path, *, limit: int) -> list[str]:
     return names
 
 
-def extract_layer(blob: Path, dest: Path, *, diff_id: str | None) -> None:
+def extract_layer(
+    blob: Path, dest: Path, *, diff_id: str | None, max_bytes: int = DEFAULT_MAX_LAYER_BYTES
+) -> None:
     """Apply an OCI/Docker image layer (a tar, plain, gzip or zstd) to the empty directory `dest`, in
     overlayfs upper-dir form: OCI whiteouts become 0/0 character devices and opaque directories.
 
     The layer is as hostile as any archive (see `extract_tar`); `diff_id`, the sha256 of the uncompressed
     tar from the image config, is checked once everything is read, and `dest` is emptied on a mismatch.
+    A layer whose tar stream is longer than `max_bytes` raises `LayerTooLarge` and leaves `dest` empty.
     """
-    _extract_into(blob, dest, allow_whiteouts=False, oci_whiteouts=True, diff_id=diff_id)
+    _extract_into(
+        blob, dest, allow_whiteouts=False, oci_whiteouts=True, diff_id=diff_id, max_bytes=max_bytes
+    )
 
 
 def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> None:
@@ -558,11 +590,19 @@ def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> 
         allow_whiteouts: accept overlay whiteouts (character devices 0/0) anywhere and restore
             `trusted.overlay.*` attributes, as image layers need.
     """
-    _extract_into(archive, dest, allow_whiteouts=allow_whiteouts, oci_whiteouts=False, diff_id=None)
+    _extract_into(
+        archive, dest, allow_whiteouts=allow_whiteouts, oci_whiteouts=False, diff_id=None, max_bytes=None
+    )
 
 
 def _extract_into(
-    archive: Path, dest: Path, *, allow_whiteouts: bool, oci_whiteouts: bool, diff_id: str | None
+    archive: Path,
+    dest: Path,
+    *,
+    allow_whiteouts: bool,
+    oci_whiteouts: bool,
+    diff_id: str | None,
+    max_bytes: int | None,
 ) -> None:
     try:
         root_fd = os.open(dest, _DIR_FLAGS)
@@ -583,6 +623,7 @@ def _extract_into(
                 allow_whiteouts=allow_whiteouts,
                 oci_whiteouts=oci_whiteouts,
                 diff_id=diff_id,
+                max_bytes=max_bytes,
             )
         except BaseException:
             _empty_directory(root_fd, dest)
@@ -592,7 +633,13 @@ def _extract_into(
 
 
 def _extract(
-    archive: Path, root_fd: int, *, allow_whiteouts: bool, oci_whiteouts: bool, diff_id: str | None
+    archive: Path,
+    root_fd: int,
+    *,
+    allow_whiteouts: bool,
+    oci_whiteouts: bool,
+    diff_id: str | None,
+    max_bytes: int | None,
 ) -> None:
     extractor = _Extractor(
         root_fd, archive=archive, allow_whiteouts=allow_whiteouts, oci_whiteouts=oci_whiteouts
@@ -605,6 +652,7 @@ def _extract(
                 f"Cannot open '{archive}': {e.strerror}", hint="Check the path of the archive."
             ) from e
         reader = _open_decompressed(raw, archive, stack)
+        reader.limit = max_bytes
         try:
             tf = stack.enter_context(
                 tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")

@@ -20,6 +20,7 @@ class RunSpec:
     network: Network = DEFAULT_NETWORK
     nat_bridge: str | None = None  # nat: veneer's bridge; the address is set from the host after start
     resolv_conf: Path | None = None  # bound onto /etc/resolv.conf instead of the host's
+    bind_timezone: bool = True  # the host's /etc/localtime bound over the guest's (False: the guest's own)
     binds_ro: tuple[tuple[Path, str], ...] = ()  # (host file, path in the machine), read-only
     interactive: bool = False  # stdin and stdout are a terminal
     user: str | None = None

@@ -76,7 +76,7 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         # The guest sees a resolver (the host's, or veneer's for nat) and the host's time zone through
         # read-only binds onto the image's empty placeholders, so nothing is copied into its upper dir.
         "--resolv-conf=off" if spec.resolv_conf else "--resolv-conf=bind-host",
-        "--timezone=bind",
+        "--timezone=bind" if spec.bind_timezone else "--timezone=off",
         "--link-journal=no",
     ]  # fmt: skip
     if spec.systemd_host:

@@ -67,14 +67,23 @@ def run(
     cwd: StrPath | None = None,
     ok_returncodes: Sequence[int] = (0,),
     passthrough: bool = False,
+    before_exec: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv to completion; raise `CommandFailed` unless its status is in `ok_returncodes`.
 
     Args:
         capture: collect stdout and stderr (else stdout is inherited and stderr is kept for errors).
         passthrough: inherit stdin, stdout and stderr (interactive commands such as nspawn runs).
+        before_exec: runs in the child between fork and exec (stdlib and syscall wrappers only).
     """
     args = [os.fspath(a) for a in argv]
+    die_with_parent = _die_with_parent()
+
+    def prepare_child() -> None:
+        die_with_parent()
+        if before_exec is not None:
+            before_exec()
+
     logger.debug("+ %s", shlex.join(args))
     stdin: int | None
     if passthrough:
@@ -94,7 +103,7 @@ def run(
             cwd=cwd,
             text=True,
             check=False,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=prepare_child,
         )
     except FileNotFoundError as e:
         raise _not_found(args) from e

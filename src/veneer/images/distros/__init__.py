@@ -5,9 +5,10 @@ directory and how to provision it (packages, locale, users); `Distribution.insta
 registry to those modules and imports them lazily, as mkosi's `mkosi/distribution/__init__.py` does,
 so they can import this package's base class without an import cycle.
 
-Shared here: running a command inside a tree under construction (`tree_argv`), reading a tree's
-os-release, and reaching files inside a tree without following a symlink out of it (an image may hold
-`etc/ssh -> /etc/ssh`, which on the build host would be the host's own directory).
+Shared here: what runs a command inside a tree under construction (`CommandRunner`, in practice the
+throwaway machine of `veneer.images.buildbox`: the tree's programs never run as host root), reading a
+tree's os-release, and reaching files inside a tree without following a symlink out of it (an image may
+hold `etc/ssh -> /etc/ssh`, which on the build host would be the host's own directory).
 
 This package must not import `veneer.images.bootstrap` (which imports it) or the image store.
 """
@@ -21,10 +22,9 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from veneer.errors import ImageError, UsageError
-from veneer.util.proc import run
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,19 @@ class Distribution(enum.StrEnum):
         return None
 
 
+class CommandRunner(Protocol):
+    """Runs a command as root inside the tree under construction (`veneer.images.buildbox.BuildBox`)."""
+
+    def __call__(
+        self,
+        command: Sequence[str],
+        *,
+        setenv: Mapping[str, str] | None = None,
+        network: bool = False,
+        progress: bool = False,
+    ) -> None: ...
+
+
 def installer_for(distribution: Distribution | None) -> type[DistributionInstaller]:
     """The installer of `distribution`, or the generic one for trees of an unknown distribution."""
     return distribution.installer() if distribution else DistributionInstaller
@@ -95,7 +108,9 @@ class DistributionInstaller:
         return ()
 
     @classmethod
-    def install_packages(cls, tree: Path, packages: Sequence[str], *, progress: bool = False) -> None:
+    def install_packages(
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+    ) -> None:
         """Install `packages` into the tree with its own package manager (`progress`: show its output)."""
         raise ImageError(
             f"Cannot install packages into an image of {cls.pretty_name()}",
@@ -103,7 +118,7 @@ class DistributionInstaller:
         )
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, progress: bool = False) -> None:
+    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
         """Generate `locale` in the tree and make it the default."""
         raise ImageError(
             f"Cannot set the locale of an image of {cls.pretty_name()}",
@@ -111,7 +126,9 @@ class DistributionInstaller:
         )
 
     @classmethod
-    def add_user(cls, tree: Path, *, name: str, group: str | None, groups: Sequence[str]) -> None:
+    def add_user(
+        cls, tree: Path, *, name: str, group: str | None, groups: Sequence[str], runner: CommandRunner
+    ) -> None:
         """Add user `name` with primary `group` (else a group of its own) and supplementary `groups`.
 
         Groups the tree lacks are created first, so `--user kang:wheel` works on distributions without
@@ -125,50 +142,8 @@ class DistributionInstaller:
         existing = group_names(read_tree_text(tree, "etc/group") or "")
         for missing in missing_groups(existing, group=group, groups=groups):
             logger.debug("Creating group '%s' in '%s'", missing, tree)
-            run_in_tree(tree, ["groupadd", missing])
-        run_in_tree(tree, useradd_argv(name=name, group=group, groups=groups))
-
-
-def tree_argv(tree: Path, command: Sequence[str], *, setenv: Mapping[str, str] | None = None) -> list[str]:
-    """The argv that runs `command` as root inside `tree` while an image is built.
-
-    systemd-nspawn rather than chroot: it mounts /proc, /sys, /dev, /run and /tmp in its own mount
-    namespace, so nothing stays mounted when a step fails or is killed, and it needs no cleanup.
-    """
-    argv = [
-        "systemd-nspawn",
-        "--quiet",
-        # No machined and no systemd as PID 1 needed: stay in the caller's cgroup, register nowhere.
-        "--register=no", "--keep-unit",
-        "--settings=no",
-        "--directory", os.fspath(tree),
-        "--machine=veneer-build",
-        # nspawn's stub init reaps what package scripts leave behind; the command is not PID 1.
-        "--as-pid2",
-        "--console=pipe",
-        # The host's network (the default) and its DNS bind-mounted, not copied into the tree.
-        "--resolv-conf=bind-host",
-        "--timezone=off",
-        "--link-journal=no",
-    ]  # fmt: skip
-    for key, value in sorted((setenv or {}).items()):
-        argv.append(f"--setenv={key}={value}")
-    argv += ["--", *command]
-    return argv
-
-
-def run_in_tree(
-    tree: Path,
-    command: Sequence[str],
-    *,
-    setenv: Mapping[str, str] | None = None,
-    progress: bool = False,
-) -> None:
-    """Run `command` inside `tree` (see `tree_argv`); its output is shown only with `progress`."""
-    logger.debug("In '%s': %s", tree, shlex.join(command))
-    result = run(tree_argv(tree, command, setenv=setenv), capture=not progress)
-    if not progress and result.stdout:
-        logger.debug("%s", result.stdout.rstrip())
+            runner(["groupadd", missing])
+        runner(useradd_argv(name=name, group=group, groups=groups))
 
 
 def has_command(tree: Path, name: str) -> bool:
@@ -319,11 +294,11 @@ def enable_locale_gen(text: str, line: str) -> str:
     return "".join(f"{entry}\n" for entry in [*lines, line])
 
 
-def generate_locale(tree: Path, locale: str) -> None:
+def generate_locale(tree: Path, locale: str, *, runner: CommandRunner) -> None:
     """Enable `locale` in the tree's /etc/locale.gen and run its glibc `locale-gen` (Debian and Arch)."""
     if locale in BUILTIN_LOCALES:
         return
     line = locale_gen_line(read_tree_text(tree, "usr/share/i18n/SUPPORTED"), locale)
     current = read_tree_text(tree, "etc/locale.gen") or ""
     write_tree_text(tree, "etc/locale.gen", enable_locale_gen(current, line))
-    run_in_tree(tree, ["locale-gen"])
+    runner(["locale-gen"])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from veneer.errors import CommandFailed, ImageError
-from veneer.images.distros import DistributionInstaller, generate_locale, run_in_tree, write_tree_text
+from veneer.images.distros import CommandRunner, DistributionInstaller, generate_locale, write_tree_text
 from veneer.util.proc import run
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,15 @@ class ArchInstaller(DistributionInstaller):
         return "Arch Linux"
 
     @classmethod
-    def install_packages(cls, tree: Path, packages: Sequence[str], *, progress: bool = False) -> None:
+    def install_packages(
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+    ) -> None:
         logger.info("Installing %s", ", ".join(packages))
-        run_in_tree(tree, install_argv(packages), progress=progress)
+        runner(install_argv(packages), network=True, progress=progress)
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, progress: bool = False) -> None:
-        generate_locale(tree, locale)
+    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
+        generate_locale(tree, locale, runner=runner)
         write_tree_text(tree, "etc/locale.conf", f"LANG={locale}\n")
 
 

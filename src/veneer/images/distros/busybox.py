@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from veneer.errors import ImageError, UsageError
 from veneer.images.distros import (
+    CommandRunner,
     DistributionInstaller,
     missing_groups,
     read_tree_text,
@@ -135,21 +136,25 @@ class BusyboxInstaller(DistributionInstaller):
         return "BusyBox"
 
     @classmethod
-    def install_packages(cls, tree: Path, packages: Sequence[str], *, progress: bool = False) -> None:
+    def install_packages(
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+    ) -> None:
         raise UsageError(
             "Busybox images have no package manager",
             hint="Build the image with --debootstrap or --pacstrap to install packages.",
         )
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, progress: bool = False) -> None:
+    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
         raise UsageError(
             "Busybox images have no locale support",
             hint="Leave out --locale, or build the image with --debootstrap or --pacstrap.",
         )
 
     @classmethod
-    def add_user(cls, tree: Path, *, name: str, group: str | None, groups: Sequence[str]) -> None:
+    def add_user(
+        cls, tree: Path, *, name: str, group: str | None, groups: Sequence[str], runner: CommandRunner
+    ) -> None:
         files = AccountFiles(
             passwd=read_tree_text(tree, "etc/passwd") or "",
             group=read_tree_text(tree, "etc/group") or "",

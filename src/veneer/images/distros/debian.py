@@ -2,7 +2,8 @@
 
 `debootstrap` makes the tree; packages asked for at creation go into its `--include` list, so a new
 image needs no second package manager run. Later installs (into imported trees) run apt-get inside
-the tree. No mirror is named here: without one, debootstrap uses its own default.
+the tree, in the build's throwaway machine. No mirror is named here: without one, debootstrap uses its
+own default.
 
 Imports `veneer.images.distros` for the base class; must not import `veneer.images.bootstrap`.
 """
@@ -18,10 +19,12 @@ from typing import ClassVar
 from veneer.errors import CommandFailed, ImageError, UsageError
 from veneer.images.distros import (
     BUILTIN_LOCALES,
+    CommandRunner,
     DistributionInstaller,
     generate_locale,
     has_command,
-    run_in_tree,
+    read_tree_text,
+    tree_path,
     write_tree_text,
 )
 from veneer.util.proc import run
@@ -37,6 +40,7 @@ VARIANTS = ("minbase", "buildd", "standard")
 BOOT_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+SECOND_STAGE_ENV = {"container": "lxc"}
 
 
 class DebianInstaller(DistributionInstaller):
@@ -51,17 +55,19 @@ class DebianInstaller(DistributionInstaller):
         return () if locale in BUILTIN_LOCALES else ("locales",)
 
     @classmethod
-    def install_packages(cls, tree: Path, packages: Sequence[str], *, progress: bool = False) -> None:
+    def install_packages(
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+    ) -> None:
         logger.info("Installing %s", ", ".join(packages))
         for argv in install_argvs(packages):
-            run_in_tree(tree, argv, setenv=APT_ENV, progress=progress)
+            runner(argv, setenv=APT_ENV, network=True, progress=progress)
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, progress: bool = False) -> None:
+    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
         missing = cls.locale_packages(locale)
         if missing and not has_command(tree, "locale-gen"):
-            cls.install_packages(tree, missing, progress=progress)
-        generate_locale(tree, locale)
+            cls.install_packages(tree, missing, runner=runner, progress=progress)
+        generate_locale(tree, locale, runner=runner)
         # Debian's systemd and pam_env read /etc/default/locale rather than /etc/locale.conf.
         write_tree_text(tree, "etc/default/locale", f"LANG={locale}\n")
 
@@ -89,7 +95,9 @@ def debootstrap_argv(
     """The debootstrap command line that makes a Debian tree of `suite` in `tree`."""
     variant = variant or DEFAULT_VARIANT
     check_variant(variant)
-    argv = ["debootstrap"]
+    # The first stage only: download, check and unpack; the second, which runs the packages' maintainer
+    # scripts, runs inside the tree in the build's throwaway machine (see `bootstrap`).
+    argv = ["debootstrap", "--foreign"]
     if variant != "standard":
         argv.append(f"--variant={variant}")
     if include:
@@ -107,9 +115,15 @@ def bootstrap(
     mirror: str | None,
     variant: str | None,
     packages: Sequence[str],
+    runner: CommandRunner,
     progress: bool = False,
 ) -> None:
     """Fill the empty directory `tree` with Debian `suite`, plus the boot packages and `packages`.
+
+    debootstrap's first stage runs on the host as root: it downloads the packages from the mirror, checks
+    them against the suite's signed Release file and unpacks them, running none of their code. The second
+    stage configures them, maintainer scripts and all, so it runs inside the tree through `runner` (a
+    user-namespaced machine, no network: everything it needs was downloaded).
 
     With `progress` debootstrap's messages (on stderr) are shown; else they are kept for the error.
     """
@@ -118,10 +132,21 @@ def bootstrap(
     logger.info("Bootstrapping Debian %s into '%s'", suite, tree)
     try:
         run(argv, capture=not progress, passthrough=progress)
-    except CommandFailed as e:
+        proc = tree_path(tree, "proc")
+        if proc.is_symlink():
+            # The first stage links proc to the host's /proc; nspawn needs a directory to mount on (the
+            # second stage would make the same one).
+            proc.unlink()
+            proc.mkdir(mode=0o555)
+        logger.info("Configuring the packages of Debian %s in '%s'", suite, tree)
+        # debootstrap checks the target with a test mknod, which no user namespace allows; in lxc mode it
+        # skips that check and uses the devices it finds, which nspawn's /dev has.
+        runner(["/debootstrap/debootstrap", "--second-stage"], setenv=SECOND_STAGE_ENV, progress=progress)
+    except (CommandFailed, ImageError) as e:
         # The caller removes the staging tree, and debootstrap's log with it: keep its last lines.
-        log = tree / "debootstrap/debootstrap.log"
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+        # Read without following symlinks: the second stage ran the packages' code in the tree.
+        log = read_tree_text(tree, "debootstrap/debootstrap.log") or ""
+        tail = log.strip().splitlines()[-5:]
         raise ImageError(
             f"debootstrap of '{suite}' failed: {e.message}" + "".join(f"\n  {line}" for line in tail),
             hint="Check the suite name, the mirror and the network.",

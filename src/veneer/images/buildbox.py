@@ -1,0 +1,249 @@
+"""A throwaway user-namespaced machine over an image tree under construction, where provisioning runs the
+image's own programs (`useradd`, `apt-get`, `locale-gen`, `--run` commands).
+
+An image from a tarball, a directory or a registry is untrusted input, and so are its programs: like the
+command of `image update`, they run under systemd-nspawn in a private user namespace, never as host root.
+Container root is a host uid range reserved for this build alone (`reserve_uid_range`), so its processes
+share ids with no machine and no other build. The tree is neither copied nor chowned: nspawn sees it
+through a writable idmapped mount (ids 0..65535 on disk shown as the range), so what the programs write
+lands in the tree with real ids 0..65535, as every layer holds them. That mount is attached only in a
+mount namespace of nspawn's own, made between fork and exec, so it goes when nspawn goes, killed or not.
+
+Network: steps that only change files (users, locales) run with a private network of their own (loopback
+only). Package installs and `--run` commands get the host's network: the package manager needs the
+mirror, and veneer's nat network is made for machines (an address of the pool, the bridge, dnsmasq, all
+recorded per machine), which a tree under construction is not yet. Root in a private user namespace
+cannot reconfigure the host's network, but it can reach services listening on the host's loopback; the
+README's "Security model" says so and points untrusted commands to `image update` (nat by default).
+
+The nspawn command line is the machines' own (`veneer.runtime.nspawn.nspawn_argv`). This module does not
+touch the image store; it imports the machine records only to keep clear of their uid ranges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from veneer.config.layout import Layout
+from veneer.config.settings import UID_RANGE_SIZE, Network, NetworkMode
+from veneer.errors import CommandFailed, ImageError, MachineNotFound, StateCorrupt
+from veneer.images.distros import tree_path
+from veneer.machines.state import UID_RANGE_FIRST, UID_RANGE_LAST, list_machine_names, load_machine
+from veneer.overlay import idmap
+from veneer.runtime.base import RunSpec
+from veneer.runtime.nspawn import (
+    CLONE_NEWNS,
+    MS_REC,
+    MS_SLAVE,
+    NSPAWN_STATE_DIR,
+    enter_private_state_dir,
+    needs_private_state_dir,
+    nspawn_argv,
+)
+from veneer.util.fs import random_hex
+from veneer.util.proc import run
+
+logger = logging.getLogger(__name__)
+
+# nspawn makes the base directories, the /usr-merge symlinks, its mount points and bind-mount targets as
+# host root, before it enters the user namespace; host root owns nothing in the idmapped tree (EOVERFLOW),
+# so they are made here first, as real root. The list follows systemd's src/shared/base-filesystem.c.
+BASE_DIRS = (("usr", 0o755), ("var", 0o755), ("etc", 0o755), ("root", 0o700), ("proc", 0o555),
+             ("sys", 0o555), ("dev", 0o755), ("run", 0o755), ("tmp", 0o1777))  # fmt: skip
+# (link, candidate targets, a file the target must hold): made only where a target exists.
+BASE_LINKS = (
+    ("bin", ("usr/bin",), None),
+    ("lib", ("usr/lib",), None),
+    ("sbin", ("usr/sbin",), None),
+    ("lib64", ("usr/lib/x86_64-linux-gnu", "usr/lib64"), "ld-linux-x86-64.so.2"),
+)
+BASE_FILES = ("etc/resolv.conf", "etc/localtime", "etc/machine-id")
+
+
+def make_base_filesystem(tree: Path) -> None:
+    """Make what nspawn would otherwise make in the tree (see BASE_DIRS), never through a symlink."""
+    for relative, mode in BASE_DIRS:
+        path = tree_path(tree, relative)
+        if not os.path.lexists(path):
+            path.mkdir()
+            path.chmod(mode)
+    for link, targets, check in BASE_LINKS:
+        path = tree_path(tree, link)
+        if os.path.lexists(path):
+            continue
+        for target in targets:
+            try:
+                found = tree_path(tree, target)
+            except ImageError:
+                continue  # a parent is missing or a symlink: not this one
+            if (
+                found.is_dir()
+                and not found.is_symlink()
+                and (check is None or os.path.lexists(found / check))
+            ):
+                path.symlink_to(target)
+                break
+    for relative in BASE_FILES:
+        path = tree_path(tree, relative)
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+
+
+def build_spec(
+    root: Path,
+    uid_base: int,
+    command: Sequence[str],
+    *,
+    setenv: Mapping[str, str] | None = None,
+    network: bool = False,
+) -> RunSpec:
+    """What nspawn runs for one command of a build: container root is host uid `uid_base`, the network
+    the host's (`network`) or loopback only."""
+    return RunSpec(
+        name=f"build-{uid_base:x}",
+        root=root,
+        machine_id=random_hex(16),
+        uid_base=uid_base,
+        command=tuple(command),
+        network=Network(mode=NetworkMode.HOST if network else NetworkMode.NONE),
+        env=tuple(sorted((setenv or {}).items())),
+        # Packages (tzdata) replace /etc/localtime, which a bind mount would keep busy.
+        bind_timezone=False,
+    )
+
+
+@contextlib.contextmanager
+def reserve_uid_range(layout: Layout) -> Iterator[int]:
+    """A host uid range for one build: no machine has it and no other build holds it (a lock file in the
+    runtime dir, released when the build ends or dies). Ranges are taken from the top of veneer's space,
+    where machines, which get the lowest free range, come last."""
+    directory = layout.run / "builds"
+    directory.mkdir(parents=True, exist_ok=True)
+    taken = set()
+    for name in list_machine_names(layout):
+        with contextlib.suppress(MachineNotFound, StateCorrupt):
+            taken.add(load_machine(layout, name).uid_base)
+    for base in range(UID_RANGE_LAST, UID_RANGE_FIRST - 1, -UID_RANGE_SIZE):
+        if base in taken:
+            continue
+        fd = os.open(directory / f"{base:x}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield base
+        finally:
+            os.close(fd)
+        return
+    raise ImageError(
+        "No free uid range is left to provision the image in",
+        hint="Remove machines you no longer need ('veneer rm NAME'), or wait for other builds to end.",
+    )
+
+
+def _remove_empty_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+class BuildBox:
+    """Runs commands inside one tree under construction (see the module doc). Use it as a context
+    manager: the uid range is reserved at the first command and released on exit."""
+
+    def __init__(self, layout: Layout, tree: Path) -> None:
+        self.layout = layout
+        self.tree = tree
+        self._stack = contextlib.ExitStack()
+        self._uid_base: int | None = None
+
+    def __enter__(self) -> BuildBox:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    def _reserve(self) -> int:
+        if self._uid_base is None:
+            self._uid_base = self._stack.enter_context(reserve_uid_range(self.layout))
+            mount_point = self._mount_point()
+            mount_point.mkdir(mode=0o700, exist_ok=True)
+            # Empty on the host: the tree is attached there only in nspawn's own mount namespace.
+            self._stack.callback(_remove_empty_dir, mount_point)
+            make_base_filesystem(self.tree)
+        return self._uid_base
+
+    def _mount_point(self) -> Path:
+        assert self._uid_base is not None
+        return self.layout.run / "builds" / f"{self._uid_base:x}"
+
+    def __call__(
+        self,
+        command: Sequence[str],
+        *,
+        setenv: Mapping[str, str] | None = None,
+        network: bool = False,
+        progress: bool = False,
+    ) -> None:
+        """Run `command` as root of the box; `network`: the host's network, else loopback only.
+
+        Output is shown only with `progress`; else it is logged at debug level and kept for errors.
+        """
+        uid_base = self._reserve()
+        logger.debug("In '%s' (uids %#x+): %s", self.tree, uid_base, shlex.join(command))
+        mount_point = self._mount_point()
+        spec = build_spec(mount_point, uid_base, command, setenv=setenv, network=network)
+        tree_fd = self._open_idmapped_tree(uid_base)
+        try:
+            private_state = needs_private_state_dir()
+            if private_state:
+                NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
+
+            def before_exec() -> None:
+                # In nspawn's child, in this order: a mount namespace of its own (a slave of the host's),
+                # then the tree attached there, where it lives exactly as long as nspawn.
+                if private_state:
+                    enter_private_state_dir()
+                else:
+                    idmap.unshare(CLONE_NEWNS)
+                    idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
+                idmap.move_mount(tree_fd, mount_point)
+
+            # veneer locks the build itself; nspawn's lock file would land next to the mount point.
+            env = {"SYSTEMD_NSPAWN_LOCK": "0"}
+            result = run(nspawn_argv(spec), capture=not progress, env=env, before_exec=before_exec)
+        except CommandFailed as e:
+            # nspawn passes the command's exit status on; its own failures are in the stderr tail.
+            tail = "".join(f"\n  {line}" for line in e.stderr.strip().splitlines()[-5:])
+            raise ImageError(
+                f"Command failed in the image (exit status {e.returncode}): {shlex.join(command)}{tail}",
+                hint="Nothing was published. Fix the command or the image, then create it again.",
+            ) from e
+        finally:
+            os.close(tree_fd)
+        if not progress and result.stdout:
+            logger.debug("%s", result.stdout.rstrip())
+
+    def _open_idmapped_tree(self, uid_base: int) -> int:
+        """A detached, writable, idmapped clone of the tree's mount, as an fd."""
+        try:
+            userns = idmap.open_userns(uid_base=uid_base)
+            try:
+                return idmap.open_idmapped_tree(self.tree, userns_fd=userns, readonly=False)
+            finally:
+                os.close(userns)
+        except OSError as e:
+            raise ImageError(
+                f"Cannot map '{self.tree}' into a user namespace: {e.strerror or e}",
+                hint="Provisioning needs idmapped mounts (Linux 5.12+, on ext4, xfs, btrfs or tmpfs).",
+            ) from e
