@@ -121,11 +121,12 @@ def run_in_root(root: Path, argv: Sequence[str], *, check: bool = True) -> proc.
     """Run `argv` as root in `root`, in /veneer, with /proc, /sys, /dev and /run in a mount namespace of its
     own; the venv that tools/setup makes there (Debian's python3) comes first on PATH."""
     mounts = (
-        # nspawn changes the propagation of /, which must be a mount point (a chroot's / is not).
         'mount --bind "$R" "$R" && mount -t proc proc "$R/proc" && mount --rbind /sys "$R/sys" && '
         'mount --rbind /dev "$R/dev" && mount -t tmpfs tmpfs "$R/run" && '
-        'cp /etc/resolv.conf "$R/etc/resolv.conf" && '
-        'exec chroot "$R" sh -c \'cd "$0" && exec "$@"\' "$D" "$@"'
+        'cp /etc/resolv.conf "$R/etc/resolv.conf" && mkdir -p "$R/.host" && cd "$R" && '
+        # pivot_root, not just chroot: the kernel refuses new user namespaces to a chrooted process, and
+        # nspawn needs / to be a mount point.
+        'pivot_root . .host && exec chroot . sh -c \'umount -l /.host && cd "$0" && exec "$@"\' "$D" "$@"'
     )
     env = {k: v for k, v in os.environ.items() if _PASSED_ENV.fullmatch(k)}
     env |= {"R": os.fspath(root), "D": os.fspath(INSIDE), "HOME": "/root", "TERM": "dumb"}
