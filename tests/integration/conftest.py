@@ -53,7 +53,7 @@ def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         provisioning=Provisioning(users=(f"{DEBIAN_USER}:users,audio",)),
     )
     try:
-        build_tree(spec, tree, layout=Layout(root=base / "state", run=base / "run"))
+        build_tree(spec, tree, layout=Layout(root=base / "state", run=base / "run", uids=base / "uids"))
         yield tree
     finally:
         remove_tree(base)

@@ -47,7 +47,7 @@ def work(tmp_path: Path) -> Iterator[Path]:
 
 def layout_in(work: Path) -> Layout:
     """The store whose runtime dir holds the uid range reservations of the test's builds."""
-    return Layout(root=work / "state", run=work / "run")
+    return Layout(root=work / "state", run=work / "run", uids=work / "uids")
 
 
 def new_tree(work: Path, name: str = "tree") -> Path:

@@ -3,11 +3,12 @@ image's own programs (`useradd`, `apt-get`, `locale-gen`, `--run` commands).
 
 An image from a tarball, a directory or a registry is untrusted input, and so are its programs: like the
 command of `image update`, they run under systemd-nspawn in a private user namespace, never as host root.
-Container root is a host uid range reserved for this build alone (`reserve_uid_range`), so its processes
-share ids with no machine and no other build. The tree is neither copied nor chowned: nspawn sees it
-through a writable idmapped mount (ids 0..65535 on disk shown as the range), so what the programs write
-lands in the tree with real ids 0..65535, as every layer holds them. That mount is attached only in a
-mount namespace of nspawn's own, made between fork and exec, so it goes when nspawn goes, killed or not.
+Container root is a host uid range reserved for this build alone in the host-wide registry
+(`reserve_uid_range`), so its processes share ids with no machine and no other build of any store. The
+tree is neither copied nor chowned: nspawn sees it through a writable idmapped mount (ids 0..65535 on disk
+shown as the range), so what the programs write lands in the tree with real ids 0..65535, as every layer
+holds them. That mount is attached only in a mount namespace of nspawn's own, made between fork and exec,
+so it goes when nspawn goes, killed or not.
 
 Network: steps that only change files (users, locales) run with a private network of their own (loopback
 only). Package installs and `--run` commands get the host's network: the package manager needs the
@@ -17,13 +18,12 @@ cannot reconfigure the host's network, but it can reach services listening on th
 README's "Security model" says so and points untrusted commands to `image update` (nat by default).
 
 The nspawn command line is the machines' own (`veneer.runtime.nspawn.nspawn_argv`). This module does not
-touch the image store; it imports the machine records only to keep clear of their uid ranges.
+touch the image store; it takes its uid range where machines take theirs (`veneer.machines.uids`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shlex
@@ -32,10 +32,10 @@ from pathlib import Path
 from types import TracebackType
 
 from veneer.config.layout import Layout
-from veneer.config.settings import UID_RANGE_SIZE, Network, NetworkMode
-from veneer.errors import CommandFailed, ImageError, MachineNotFound, StateCorrupt
+from veneer.config.settings import MachineName, Network, NetworkMode
+from veneer.errors import CommandFailed, ImageError
 from veneer.images.distros import tree_path
-from veneer.machines.state import UID_RANGE_FIRST, UID_RANGE_LAST, list_machine_names, load_machine
+from veneer.machines.uids import allocate_uid_range, release_uid_range
 from veneer.overlay import idmap
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import (
@@ -121,33 +121,15 @@ def build_spec(
 
 @contextlib.contextmanager
 def reserve_uid_range(layout: Layout) -> Iterator[int]:
-    """A host uid range for one build: no machine has it and no other build holds it (a lock file in the
-    runtime dir, released when the build ends or dies). Ranges are taken from the top of veneer's space,
-    where machines, which get the lowest free range, come last."""
-    directory = layout.run / "builds"
-    directory.mkdir(parents=True, exist_ok=True)
-    taken = set()
-    for name in list_machine_names(layout):
-        with contextlib.suppress(MachineNotFound, StateCorrupt):
-            taken.add(load_machine(layout, name).uid_base)
-    for base in range(UID_RANGE_LAST, UID_RANGE_FIRST - 1, -UID_RANGE_SIZE):
-        if base in taken:
-            continue
-        fd = os.open(directory / f"{base:x}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            yield base
-        finally:
-            os.close(fd)
-        return
-    raise ImageError(
-        "No free uid range is left to provision the image in",
-        hint="Remove machines you no longer need ('veneer rm NAME'), or wait for other builds to end.",
-    )
+    """A host uid range for one build, from the host-wide registry that machines of every store take
+    theirs from; freed when the build ends. A build killed on the way leaves its range retired: it is
+    handed out again only when every other range is taken."""
+    name = MachineName(f".build-{random_hex(8)}")  # a dot: never a machine's name
+    base = allocate_uid_range(layout, name)
+    try:
+        yield base
+    finally:
+        release_uid_range(layout, name, base, retire=False)
 
 
 def _remove_empty_dir(path: Path) -> None:
@@ -177,7 +159,7 @@ class BuildBox:
         if self._uid_base is None:
             self._uid_base = self._stack.enter_context(reserve_uid_range(self.layout))
             mount_point = self._mount_point()
-            mount_point.mkdir(mode=0o700, exist_ok=True)
+            mount_point.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Empty on the host: the tree is attached there only in nspawn's own mount namespace.
             self._stack.callback(_remove_empty_dir, mount_point)
             make_base_filesystem(self.tree)
