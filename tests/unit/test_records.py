@@ -1,6 +1,7 @@
 """Golden JSON round-trips of every on-disk record."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ from veneer.config.layout import Layout
 from veneer.config.settings import Bind, ImageName, MachineName, Network, NetworkMode, Port
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.images.store import ImageRecord, LayerRecord, Revision, load_image
+from veneer.machines.guest import InitKind
 from veneer.machines.state import (
     MachineRecord,
+    RuntimeMode,
     RuntimeRecord,
     is_alive,
     load_machine,
@@ -57,7 +60,7 @@ IMAGE_JSON = {
     "revisions": [{"number": 0, "created": 1.0, "command": "busybox", "layers": ["abcd"]}],
 }
 RUNTIME = RuntimeRecord(
-    name=MachineName("web1"), pid=42, start_time=7, mode="run", started=2.0, owns_mount=True
+    name=MachineName("web1"), pid=42, start_time=7, mode=RuntimeMode.RUN, started=2.0, owns_mount=True
 )
 RUNTIME_JSON = {
     "version": 1,
@@ -85,6 +88,13 @@ def test_image_record_golden() -> None:
 def test_runtime_record_golden() -> None:
     assert RUNTIME.to_json() == RUNTIME_JSON
     assert RuntimeRecord.from_json(RUNTIME_JSON) == RUNTIME
+
+
+def test_booted_runtime_record_golden() -> None:
+    booted = replace(RUNTIME, mode=RuntimeMode.BOOT, init=InitKind.BUSYBOX, stopping=True)
+    data = {**RUNTIME_JSON, "mode": "boot", "init": "busybox", "stopping": True}
+    assert json.loads(json.dumps(booted.to_json())) == data
+    assert RuntimeRecord.from_json(data) == booted
 
 
 def test_machine_save_load(tmp_path: Path) -> None:
@@ -138,10 +148,15 @@ def test_liveness_needs_same_start_time() -> None:
     start = process_start_time(me)
     assert start is not None
     alive = RuntimeRecord(
-        name=MachineName("m"), pid=me, start_time=start, mode="run", started=0, owns_mount=False
+        name=MachineName("m"), pid=me, start_time=start, mode=RuntimeMode.RUN, started=0, owns_mount=False
     )
     assert is_alive(alive)
     recycled = RuntimeRecord(
-        name=MachineName("m"), pid=me, start_time=start + 1, mode="run", started=0, owns_mount=False
+        name=MachineName("m"),
+        pid=me,
+        start_time=start + 1,
+        mode=RuntimeMode.RUN,
+        started=0,
+        owns_mount=False,
     )
     assert not is_alive(recycled)

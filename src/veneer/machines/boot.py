@@ -29,6 +29,7 @@ from veneer.machines.lifecycle import machine_lock, mount_overlay_of, recover_ma
 from veneer.machines.netsetup import attach_machine, configure_address, detach_machine
 from veneer.machines.state import (
     ExitRecord,
+    RuntimeMode,
     RuntimeRecord,
     is_alive,
     load_machine,
@@ -95,8 +96,8 @@ def start_machine(
         root = layout.machine_root(name)
         owns_mount = not is_mounted(root)
         placeholder = RuntimeRecord(
-            name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0, mode="boot",
-            started=time.time(), owns_mount=owns_mount,
+            name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0,
+            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=owns_mount,
         )  # fmt: skip
         # Recorded before anything is set up, so a crash from here on is cleaned up by the next command.
         save_runtime(layout, placeholder)
@@ -139,7 +140,7 @@ def start_machine(
                 log=layout.console_log(name),
             )  # fmt: skip
             pid = _wait_for_nspawn(layout, name, timeout=timeout)
-            runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init.value)
+            runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init)
             save_runtime(layout, runtime)
             leader = _wait_for_leader(layout, name, pid, timeout=timeout)
             configure_address(layout, record, leader)
@@ -261,7 +262,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
             return False
         runtime = replace(runtime, stopping=True)
         save_runtime(layout, runtime)
-        init = InitKind(runtime.init or InitKind.OTHER)
+        init = runtime.init or InitKind.OTHER
         command = init.stop_command()
         if command is not None:
             from veneer.machines.inside import exec_in_machine
@@ -285,7 +286,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
 def kill_machine(layout: Layout, name: MachineName, *, signal_number: int = signal.SIGTERM) -> None:
     """Send a signal to every process of the running machine (as `machinectl kill` does)."""
     runtime = load_runtime(layout, name)
-    if runtime is None or not is_alive(runtime) or runtime.mode != "boot":
+    if runtime is None or not is_alive(runtime) or runtime.mode is not RuntimeMode.BOOT:
         raise MachineError(f"Machine '{name}' is not running", hint=f"Start it with 'veneer start {name}'.")
     nspawn_pids = {runtime.pid}
     for pid in cgroups.cgroup_pids(layout.cgroup(name)) - nspawn_pids:
@@ -296,7 +297,7 @@ def kill_machine(layout: Layout, name: MachineName, *, signal_number: int = sign
 def _running_boot(layout: Layout, name: MachineName) -> RuntimeRecord | None:
     recover_machine(layout, name)
     runtime = load_runtime(layout, name)
-    if runtime is not None and runtime.mode != "boot":
+    if runtime is not None and runtime.mode is not RuntimeMode.BOOT:
         raise MachineBusy(
             f"Machine '{name}' runs a command ('veneer run'), it was not started",
             hint="Wait for the command to finish.",
@@ -327,7 +328,7 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     root = layout.machine_root(name)
     if (runtime is None or runtime.owns_mount) and is_mounted(root):
         unmount(root)
-    if runtime is not None and runtime.mode == "boot" and runtime.pid != os.getpid():
+    if runtime is not None and runtime.mode is RuntimeMode.BOOT and runtime.pid != os.getpid():
         asked = requested or runtime.stopping
         # No status: nspawn or the console keeper was killed; that is a failure unless veneer did it.
         save_exit(layout, name, ExitRecord(status=255 if status is None else status, requested=asked,
@@ -365,7 +366,7 @@ def reap_machine(layout: Layout, name: MachineName) -> None:
     try:
         with machine_lock(layout, name):
             runtime = load_runtime(layout, name)
-            if runtime is not None and runtime.mode == "boot" and not is_alive(runtime):
+            if runtime is not None and runtime.mode is RuntimeMode.BOOT and not is_alive(runtime):
                 end_boot(layout, name, requested=False)
     except MachineBusy:
         pass

@@ -17,7 +17,7 @@ from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import MachineError, UsageError
 from veneer.machines.guest import find_leader, lookup_user
-from veneer.machines.state import RuntimeRecord, is_alive, load_machine, load_runtime
+from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import console
 from veneer.runtime.cgroups import Hierarchies
@@ -169,7 +169,7 @@ def journal_argv(journal: Path, args: Sequence[str]) -> list[str]:
 def show_journal(layout: Layout, name: MachineName, args: Sequence[str]) -> int:
     """The machine's own journal: read inside while it runs, from its upper dir when it is stopped."""
     runtime = load_runtime(layout, name)
-    if runtime is not None and is_alive(runtime) and runtime.mode == "boot":
+    if runtime is not None and is_alive(runtime) and runtime.mode is RuntimeMode.BOOT:
         return exec_in_machine(layout, name, ["journalctl", "--no-pager", *args])
     record = load_machine(layout, name)
     # journalctl (as host root) resolves the path and opens the files the machine left there: through a

@@ -16,7 +16,14 @@ from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
 from veneer.machines.lifecycle import machine_lock, rebase_interrupted, recover_machine, sweep_ephemeral
-from veneer.machines.state import is_alive, list_machine_names, load_exit, load_machine, load_runtime
+from veneer.machines.state import (
+    RuntimeMode,
+    is_alive,
+    list_machine_names,
+    load_exit,
+    load_machine,
+    load_runtime,
+)
 from veneer.machines.upper import upper_disk_bytes
 from veneer.overlay.mount import is_mounted
 
@@ -95,13 +102,13 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         state = MachineState.RUNNING
     elif runtime is None and last is not None and last.failed:
         state = MachineState.FAILED
-    elif runtime is not None and runtime.mode == "boot" and not runtime.stopping:
+    elif runtime is not None and runtime.mode is RuntimeMode.BOOT and not runtime.stopping:
         state = MachineState.FAILED  # died without anyone cleaning up yet (kill -9)
     else:
         state = MachineState.STOPPED
     leader = None
     if running and runtime is not None:
-        leader = find_leader(runtime.pid) if runtime.mode == "boot" else runtime.pid
+        leader = find_leader(runtime.pid) if runtime.mode is RuntimeMode.BOOT else runtime.pid
     upper = layout.machine_upper(name)
     return MachineStatus(
         name=name,

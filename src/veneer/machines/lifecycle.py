@@ -41,6 +41,7 @@ from veneer.machines.netsetup import (
 from veneer.machines.state import (
     UID_RANGE_FIRST,
     MachineRecord,
+    RuntimeMode,
     RuntimeRecord,
     is_alive,
     list_machine_names,
@@ -311,7 +312,7 @@ def recover_machine(layout: Layout, name: MachineName) -> None:
     runtime = load_runtime(layout, name)
     if runtime is None or is_alive(runtime):
         return
-    if runtime.mode == "boot":
+    if runtime.mode is RuntimeMode.BOOT:
         from veneer.machines.boot import end_boot  # boot builds on this module
 
         logger.info("Machine '%s' ended without being cleaned up; cleaning up.", name)
@@ -444,7 +445,12 @@ def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool)
     save_runtime(
         layout,
         RuntimeRecord(
-            name=name, pid=pid, start_time=start_time, mode="run", started=time.time(), owns_mount=owns_mount
+            name=name,
+            pid=pid,
+            start_time=start_time,
+            mode=RuntimeMode.RUN,
+            started=time.time(),
+            owns_mount=owns_mount,
         ),
     )
 

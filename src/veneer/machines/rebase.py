@@ -18,7 +18,14 @@ from veneer.config.settings import MachineName
 from veneer.errors import RebaseError
 from veneer.images.store import load_image, lower_dirs
 from veneer.machines.lifecycle import machine_lock, refuse_if_running
-from veneer.machines.state import is_alive, list_machine_names, load_machine, load_runtime, save_machine
+from veneer.machines.state import (
+    RuntimeMode,
+    is_alive,
+    list_machine_names,
+    load_machine,
+    load_runtime,
+    save_machine,
+)
 from veneer.overlay.mount import is_mounted, unmount
 from veneer.overlay.view import nofollow_view
 from veneer.rebase import journal
@@ -61,7 +68,7 @@ def _trasher(layout: Layout) -> Callable[[Path], Path]:
 
 def _is_booted(layout: Layout, name: MachineName) -> bool:
     runtime = load_runtime(layout, name)
-    return runtime is not None and runtime.mode == "boot" and is_alive(runtime)
+    return runtime is not None and runtime.mode is RuntimeMode.BOOT and is_alive(runtime)
 
 
 def plan_rebase(

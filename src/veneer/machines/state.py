@@ -7,6 +7,7 @@ Records are JSON with `"version": 1`, written atomically. A machine runs only if
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from veneer.config.settings import (
     parse_port,
 )
 from veneer.errors import MachineNotFound, StateCorrupt
+from veneer.machines.guest import InitKind
 from veneer.util.fs import atomic_write, save_json
 
 RECORD_VERSION = 1
@@ -93,6 +95,13 @@ class MachineRecord:
         )
 
 
+class RuntimeMode(enum.StrEnum):
+    """What runs for a machine; the values are those of the runtime record on disk."""
+
+    RUN = "run"  # a foreground command (`veneer run`)
+    BOOT = "boot"  # the machine's init, in the background (`veneer start`)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RuntimeRecord:
     """What is running for a machine: the nspawn process and whether veneer mounted the overlay for it."""
@@ -100,10 +109,10 @@ class RuntimeRecord:
     name: MachineName
     pid: int
     start_time: int
-    mode: str  # "run" (a foreground command) or "boot" (the machine's init, in the background)
+    mode: RuntimeMode
     started: float
     owns_mount: bool  # veneer mounted the overlay for this run and unmounts it afterwards
-    init: str | None = None  # boot: the InitKind it boots
+    init: InitKind | None = None  # boot: the init it boots
     stopping: bool = False  # boot: veneer asked it to stop, so its exit is no failure
 
     def to_json(self) -> dict[str, Any]:
@@ -112,10 +121,10 @@ class RuntimeRecord:
             "name": self.name,
             "pid": self.pid,
             "start_time": self.start_time,
-            "mode": self.mode,
+            "mode": self.mode.value,
             "started": self.started,
             "owns_mount": self.owns_mount,
-            "init": self.init,
+            "init": None if self.init is None else self.init.value,
             "stopping": self.stopping,
         }
 
@@ -125,10 +134,10 @@ class RuntimeRecord:
             name=MachineName(data["name"]),
             pid=int(data["pid"]),
             start_time=int(data["start_time"]),
-            mode=str(data["mode"]),
+            mode=RuntimeMode(data["mode"]),
             started=float(data["started"]),
             owns_mount=bool(data["owns_mount"]),
-            init=data.get("init"),
+            init=None if data.get("init") is None else InitKind(data["init"]),
             stopping=bool(data.get("stopping", False)),
         )
 
