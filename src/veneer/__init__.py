@@ -32,7 +32,7 @@ _EXPORTS = {
     "import_image": "veneer.images.importers",
     "ExportFormat": "veneer.images.export",
     "export_image": "veneer.images.export",
-    "export_machine": "veneer.images.export",
+    "export_machine": "veneer.machines.export",
     "Credentials": "veneer.images.registry",
     "parse_reference": "veneer.images.oci",
     "parse_platform": "veneer.images.oci",
@@ -118,7 +118,7 @@ if TYPE_CHECKING:
     from veneer.config.settings import Bind, NetworkMode, parse_image_name, parse_machine_name
     from veneer.errors import Error
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
-    from veneer.images.export import ExportFormat, export_image, export_machine
+    from veneer.images.export import ExportFormat, export_image
     from veneer.images.importers import ImportSpec, import_image
     from veneer.images.oci import parse_platform, parse_reference
     from veneer.images.pull import PullSpec, pull_image
@@ -132,6 +132,7 @@ if TYPE_CHECKING:
         remove_image,
     )
     from veneer.machines.boot import start_machine, stop_machine
+    from veneer.machines.export import export_machine
     from veneer.machines.inspect import list_machines, machine_status
     from veneer.machines.lifecycle import (
         RunOptions,

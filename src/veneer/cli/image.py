@@ -282,7 +282,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_machine(args: argparse.Namespace) -> int:
-    from veneer.images.export import export_machine
+    from veneer.machines.export import export_machine
 
     export_machine(Layout.from_env(args.root), args.machine, args.dest)
     print(f"Exported machine '{args.machine}' to '{args.dest}'.")

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName
-from veneer.errors import CommandFailed, ImageError, MachineBusy
+from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
+from veneer.images.store import load_image
 from veneer.overlay.layers import OPAQUE_XATTR, is_whiteout
-from veneer.overlay.mount import is_mounted, overlay_options
+from veneer.overlay.mount import overlay_options
 from veneer.util.fs import random_hex, remove_tree
 from veneer.util.proc import run
 from veneer.util.staging import staging_dir
@@ -352,8 +352,6 @@ def export_image(
     tag: str | None = None,
 ) -> None:
     """Export an image revision (default: the latest) to `dest` in `fmt`."""
-    from veneer.images.store import load_image
-
     image = load_image(layout, name)
     layers = image.layers_of(image.latest if revision is None else revision)
     trees = [layout.layer_tree(layer.id) for layer in layers]
@@ -371,26 +369,3 @@ def export_image(
     else:
         write_docker_archive(trees, history, dest, repo_tag=reference)
     logger.info("Exported image '%s' to '%s' (%s).", name, dest, fmt)
-
-
-def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
-    """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball."""
-    from veneer.images.store import load_image, lower_dirs
-    from veneer.machines.lifecycle import machine_lock
-    from veneer.machines.state import load_machine
-    from veneer.machines.upper import check_upper
-
-    # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
-    with machine_lock(layout, name):
-        record = load_machine(layout, name)
-        if is_mounted(layout.machine_root(name)):
-            raise MachineBusy(
-                f"Machine '{name}' is mounted or running",
-                hint=f"Stop it first ('veneer stop {name}'), or unmount it ('veneer umount {name}').",
-            )
-        check_upper(layout, name)  # tar walks it all
-        image = load_image(layout, record.image)
-        lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
-        with merged_view(layout, lowers, f"machine '{name}'") as root:
-            write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
-    logger.info("Exported machine '%s' to '%s'.", name, dest)

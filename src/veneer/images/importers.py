@@ -28,7 +28,13 @@ from veneer.config.settings import ImageName
 from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
 from veneer.images.blobs import file_digest
-from veneer.images.store import ImageRecord, LayerSource, create_image, create_image_from_layers
+from veneer.images.store import (
+    ImageRecord,
+    LayerSource,
+    create_image,
+    create_image_from_layers,
+    refuse_existing_image,
+)
 from veneer.images.transfer import (
     DEFAULT_MAX_LAYER_BYTES,
     LayerTooLarge,
@@ -128,9 +134,7 @@ class ImportSpec:
 
 def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageRecord:
     """Import `spec.source` as the image `name`."""
-    from veneer.images.pull import refuse_existing
-
-    refuse_existing(layout, name)
+    refuse_existing_image(layout, name)
     source = spec.source.absolute()
     kind = detect_format(source)
     logger.debug("'%s' is %s", source, kind)

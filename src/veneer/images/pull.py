@@ -24,7 +24,13 @@ from veneer.errors import ImageError
 from veneer.images import oci
 from veneer.images.blobs import BlobCache, Opener, Progress
 from veneer.images.registry import Credentials, RegistryClient, Response, client_for
-from veneer.images.store import ImageRecord, LayerSource, create_image_from_layers, list_images
+from veneer.images.store import (
+    ImageRecord,
+    LayerSource,
+    create_image_from_layers,
+    list_images,
+    refuse_existing_image,
+)
 from veneer.images.transfer import DEFAULT_MAX_LAYER_BYTES, LayerTooLarge, extract_layer, format_size
 
 logger = logging.getLogger(__name__)
@@ -126,7 +132,7 @@ def _opener(client: RegistryClient, descriptor: oci.Descriptor) -> Opener:
 def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: bool = False) -> ImageRecord:
     """Pull `spec.reference` from its registry and publish it as the image `name`."""
     ref = oci.parse_reference(spec.reference)
-    refuse_existing(layout, name)
+    refuse_existing_image(layout, name)
     platform = spec.platform or oci.host_platform_of()
     client = client_for(
         ref.api_host,
@@ -235,15 +241,6 @@ def download_all(
     if errors:
         # The first real failure, not the "cancelled" of the downloads it stopped.
         raise errors[0]
-
-
-def refuse_existing(layout: Layout, name: ImageName) -> None:
-    """Fail before any download if the name is taken (publishing checks again, under the lock)."""
-    if layout.image_record(name).exists():
-        raise ImageError(
-            f"Image '{name}' exists already",
-            hint=f"Pick another name, or remove it first with 'veneer image rm {name}'.",
-        )
 
 
 def _layer_builder(

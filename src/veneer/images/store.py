@@ -241,7 +241,7 @@ def create_image(
 ) -> ImageRecord:
     """Build revision 0 of a new image with `build(tree)` and publish it atomically."""
     prepare_store(layout)
-    _refuse_existing_image(layout, name)
+    refuse_existing_image(layout, name)
     with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
         layer_dir, layer = _build_layer(stage, origin=origin, build=lambda tree, _scratch: build(tree))
         record = _publish_image(layout, stage, name, layer_dir, layer, base=())
@@ -255,7 +255,7 @@ def _publish_image(
     """Publish a staged layer and a new image whose revision 0 stacks it on the layers `base`, which must
     still exist (checked under the store lock)."""
     with locked(layout.lock, what="The veneer store", wait=True):
-        _refuse_existing_image(layout, name)
+        refuse_existing_image(layout, name)
         stored = {x.id: x for image in list_images(layout) for x in image.layers}
         missing = [layer_id for layer_id in base if layer_id not in stored]
         if missing:
@@ -328,7 +328,7 @@ def add_image_from_revision(
     """Publish a new image whose revision 0 is a revision of `source` plus one new layer (the source's layers
     are shared, not copied)."""
     prepare_store(layout)
-    _refuse_existing_image(layout, name)
+    refuse_existing_image(layout, name)
     base = load_image(layout, source).revision(parent)
     with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
         layer_dir, layer = _build_layer(stage, origin=command, build=build)
@@ -337,7 +337,8 @@ def add_image_from_revision(
     return record
 
 
-def _refuse_existing_image(layout: Layout, name: str) -> None:
+def refuse_existing_image(layout: Layout, name: str) -> None:
+    """Fail if the name is taken: early, before long work (publishing checks again, under the lock)."""
     if layout.image_record(name).exists():
         raise ImageError(
             f"Image '{name}' exists already",
@@ -412,7 +413,7 @@ def create_image_from_layers(
     prepare_store(layout)
     if not layers:
         raise ImageError(f"Image '{name}' would have no layers", hint="The source holds no layer.")
-    _refuse_existing_image(layout, name)
+    refuse_existing_image(layout, name)
 
     def stored_keys() -> dict[str, list[LayerRecord]]:
         copies: dict[str, dict[str, LayerRecord]] = {}
@@ -461,7 +462,7 @@ def create_image_from_layers(
         image_dir = stage / "image"
         image_dir.mkdir()
         with locked(layout.lock, what="The veneer store", wait=True):
-            _refuse_existing_image(layout, name)
+            refuse_existing_image(layout, name)
             # Re-checked under the lock: another command may have published or removed a shared layer.
             shared_now = reused(stored_keys())
             stack: list[LayerRecord] = []

@@ -1,11 +1,9 @@
-"""Booting machines in the background: start, stop, kill, and cleaning up after a machine that ended.
+"""Booting machines in the background: start, stop, kill, and reaping a machine that ended.
 
 A booted machine is nspawn running the machine's init in a pane of the console keeper (tmux, see
-`runtime.console`); no veneer process stays behind. Whatever ends the machine (its own poweroff, `stop`,
-`kill`, or a kill -9 of nspawn or tmux), `end_boot` undoes the start: it kills what is left in the machine's
-cgroups, removes them, unmounts the overlay and records the exit status. It runs from the console
-keeper's pane-died hook (`veneer _reap`), from `stop`, and from the next command that finds the machine
-dead (`recover_machine`).
+`runtime.console`); no veneer process stays behind. Whatever ends the machine, `recovery.end_boot` undoes
+the start: from the console keeper's pane-died hook (`veneer _reap`, `reap_machine`), from `stop`, and from
+the next command that finds the machine dead.
 """
 
 from __future__ import annotations
@@ -23,23 +21,27 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import Error, MachineBusy, MachineError
+from veneer.errors import MachineBusy, MachineError
 from veneer.machines.guest import InitKind, detect_init, find_leader
-from veneer.machines.lifecycle import machine_lock, mount_overlay_of, recover_machine, refuse_if_running
-from veneer.machines.netsetup import attach_machine, configure_address, detach_machine
+from veneer.machines.inside import exec_in_machine
+from veneer.machines.netsetup import attach_machine, configure_address
+from veneer.machines.recovery import (
+    end_boot,
+    machine_lock,
+    mount_overlay_of,
+    recover_machine,
+    refuse_if_running,
+)
 from veneer.machines.state import (
-    ExitRecord,
     RuntimeMode,
     RuntimeRecord,
     is_alive,
     load_machine,
     load_runtime,
     process_start_time,
-    remove_runtime,
-    save_exit,
     save_runtime,
 )
-from veneer.overlay.mount import is_mounted, unmount
+from veneer.overlay.mount import is_mounted
 from veneer.runtime import cgroups, console
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import NSPAWN_STATE_DIR, is_systemd_host, needs_private_state_dir, nspawn_argv
@@ -265,8 +267,6 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
         init = runtime.init or InitKind.OTHER
         command = init.stop_command()
         if command is not None:
-            from veneer.machines.inside import exec_in_machine
-
             with contextlib.suppress(MachineError):
                 exec_in_machine(layout, name, command, quiet=True)
         else:
@@ -307,57 +307,6 @@ def _running_boot(layout: Layout, name: MachineName) -> RuntimeRecord | None:
 
 def _wait_gone(runtime: RuntimeRecord, timeout: float) -> bool:
     return wait_until(lambda: not is_alive(runtime), timeout=timeout, interval=0.05)
-
-
-def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
-    """Undo a start: processes, cgroups, console session, overlay, runtime record; record the exit."""
-    runtime = load_runtime(layout, name)
-    if runtime is not None and is_alive(runtime) and runtime.pid != os.getpid():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(runtime.pid, signal.SIGKILL)
-    status = _exit_status(layout, name)
-    cgroups.kill_cgroups(layout.cgroup(name))
-    with contextlib.suppress(OSError):
-        cgroups.remove_cgroups(layout.cgroup(name))
-    failure: Error | None = None
-    try:
-        detach_machine(layout, name)
-    except Error as e:  # the network of the others; the machine itself must still be cleaned up
-        logger.warning("Failed to take '%s' off its network: %s", name, e.message)
-        failure = e
-    root = layout.machine_root(name)
-    if (runtime is None or runtime.owns_mount) and is_mounted(root):
-        unmount(root)
-    if runtime is not None and runtime.mode is RuntimeMode.BOOT and runtime.pid != os.getpid():
-        asked = requested or runtime.stopping
-        # No status: nspawn or the console keeper was killed; that is a failure unless veneer did it.
-        save_exit(layout, name, ExitRecord(status=255 if status is None else status, requested=asked,
-                                           ended=time.time()))  # fmt: skip
-    remove_runtime(layout, name)
-    # Last: the console keeper exits with its session, and takes `veneer _reap` (its child) with it.
-    console.kill_session(layout.console_socket(name), name)
-    for path in (
-        layout.boot_script(name),
-        layout.notify_socket(name),
-        layout.boot_status(name),
-        layout.console_socket(name),
-    ):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    if failure is not None:
-        raise failure
-
-
-def _exit_status(layout: Layout, name: MachineName, *, patience: float = 2.0) -> int | None:
-    """nspawn's exit status, written by the boot script's shell right after nspawn exits."""
-    deadline = time.monotonic() + patience
-    while True:
-        with contextlib.suppress(OSError, ValueError):
-            return int(layout.boot_status(name).read_text())
-        shell = console.pane_pid(layout.console_socket(name), name)
-        if shell is None or time.monotonic() > deadline:
-            return None  # the shell is gone too: the console keeper was killed
-        time.sleep(0.02)
 
 
 def reap_machine(layout: Layout, name: MachineName) -> None:

@@ -15,7 +15,8 @@ from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
-from veneer.machines.lifecycle import machine_lock, rebase_interrupted, recover_machine, sweep_ephemeral
+from veneer.machines.lifecycle import sweep_ephemeral
+from veneer.machines.recovery import machine_lock, rebase_interrupted, recover_machine
 from veneer.machines.state import (
     RuntimeMode,
     is_alive,
@@ -26,6 +27,7 @@ from veneer.machines.state import (
 )
 from veneer.machines.upper import upper_disk_bytes
 from veneer.overlay.mount import is_mounted
+from veneer.rebase import journal
 
 
 class MachineState(enum.StrEnum):
@@ -136,8 +138,6 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
 def _last_rebase(machine_dir: Path) -> dict[str, Any] | None:
     if not (machine_dir / "rebase" / "head.json").exists():
         return None
-    from veneer.rebase import journal
-
     with contextlib.suppress(StateCorrupt, KeyError):
         report = journal.load_report(machine_dir, head=True)
         return {key: report[key] for key in ("from", "to", "summary", "created")}

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,12 +31,21 @@ from veneer.config.settings import (
 from veneer.errors import CommandFailed, MachineBusy, MachineExists, MachineNotFound, StateCorrupt
 from veneer.images.store import load_image, lower_dirs, prepare_store
 from veneer.machines.diff import Change, diff_upper
+from veneer.machines.guest import find_leader
 from veneer.machines.idshift import shift_ownership
 from veneer.machines.netsetup import (
     allocate_machine_address,
     attach_machine,
     configure_address,
-    detach_machine,
+)
+from veneer.machines.recovery import (
+    discard_machine,
+    end_run,
+    machine_lock,
+    mount_overlay_of,
+    recover_machine,
+    refuse_if_mounted,
+    refuse_if_running,
 )
 from veneer.machines.state import (
     UID_RANGE_FIRST,
@@ -48,13 +57,12 @@ from veneer.machines.state import (
     load_machine,
     load_runtime,
     process_start_time,
-    remove_runtime,
     save_machine,
     save_runtime,
 )
-from veneer.machines.uids import allocate_uid_range, release_uid_range, rename_uid_range
+from veneer.machines.uids import allocate_uid_range, rename_uid_range
 from veneer.machines.upper import check_upper
-from veneer.overlay.mount import is_mounted, mount_overlay, unmount
+from veneer.overlay.mount import is_mounted, unmount
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import cgroups
 from veneer.runtime.base import RunSpec
@@ -65,9 +73,9 @@ from veneer.runtime.nspawn import (
     needs_private_state_dir,
     nspawn_argv,
 )
-from veneer.util.fs import locked, random_hex, remove_tree
+from veneer.util.fs import locked, random_hex
 from veneer.util.proc import spawn, wait_forwarding
-from veneer.util.staging import staging_dir, trash
+from veneer.util.staging import staging_dir
 from veneer.util.walk import TreeBudget
 
 logger = logging.getLogger(__name__)
@@ -81,43 +89,6 @@ class RunOptions:
     workdir: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     binds: tuple[Bind, ...] = field(default_factory=tuple)
-
-
-@contextlib.contextmanager
-def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
-    """Hold the machine's lock; if it is taken, say whether the machine is running or just busy."""
-    load_machine(layout, name)
-    try:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(
-                    locked(layout.machine_dir(name), what=f"Machine '{name}'", directory=True)
-                )
-            except FileNotFoundError:
-                load_machine(layout, name)  # removed meanwhile: raises MachineNotFound
-                raise
-            load_machine(layout, name)  # still there now that it is ours
-            if rebase_interrupted(layout.machine_dir(name)):
-                from veneer.machines.rebase import resume_rebase  # rare: keep the rebase code off start-up
-
-                resume_rebase(layout, name)
-            yield
-    except MachineBusy:
-        runtime = load_runtime(layout, name)
-        if runtime is not None and is_alive(runtime):
-            raise MachineBusy(
-                f"Machine '{name}' is running (pid {runtime.pid})",
-                hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
-            ) from None
-        raise
-
-
-def rebase_interrupted(machine_dir: Path) -> bool:
-    """Whether a rebase or its undo was cut short (a cheap check: two stats in the usual case)."""
-    try:
-        return (machine_dir / "rebase" / "state").read_text().strip() != "applied"
-    except FileNotFoundError:
-        return (machine_dir / "rebase.new").exists()
 
 
 def _refuse_existing(layout: Layout, name: MachineName) -> None:
@@ -230,7 +201,7 @@ def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
     """Rename a stopped, unmounted machine; its uid range and writes stay."""
     with machine_lock(layout, old):
         refuse_if_running(layout, old)
-        _refuse_if_mounted(layout, old)
+        refuse_if_mounted(layout, old)
         with locked(layout.lock, what="The veneer store", wait=True):
             _refuse_existing(layout, new)
             # One rename: the record takes its name from the directory (see load_machine).
@@ -277,61 +248,8 @@ def remove_machine(layout: Layout, name: MachineName, *, retire_range: bool = Tr
     prepare_store(layout)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
-        base = load_machine(layout, name).uid_base
-        if is_mounted(layout.machine_root(name)):
-            unmount(layout.machine_root(name))
-        with locked(layout.lock, what="The veneer store", wait=True):
-            gone = trash(layout.machine_dir(name), layout.staging)
-            if base is not None:
-                release_uid_range(layout, name, base, retire=retire_range)
-        remove_runtime(layout, name)
-        remove_tree(gone)
+        discard_machine(layout, name, retire_range=retire_range)
     logger.info("Removed machine '%s'.", name)
-
-
-def refuse_if_running(layout: Layout, name: MachineName) -> None:
-    recover_machine(layout, name)
-    runtime = load_runtime(layout, name)
-    if runtime is not None:
-        raise MachineBusy(
-            f"Machine '{name}' is running (pid {runtime.pid})",
-            hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
-        )
-
-
-def _refuse_if_mounted(layout: Layout, name: MachineName) -> None:
-    if is_mounted(layout.machine_root(name)):
-        raise MachineBusy(
-            f"Machine '{name}' is mounted at {layout.machine_root(name)}",
-            hint=f"Unmount it first: 'veneer umount {name}'.",
-        )
-
-
-def recover_machine(layout: Layout, name: MachineName) -> None:
-    """Clean up after a run whose processes died without cleaning up (kill -9): record and mount."""
-    runtime = load_runtime(layout, name)
-    if runtime is None or is_alive(runtime):
-        return
-    if runtime.mode is RuntimeMode.BOOT:
-        from veneer.machines.boot import end_boot  # boot builds on this module
-
-        logger.info("Machine '%s' ended without being cleaned up; cleaning up.", name)
-        end_boot(layout, name, requested=False)
-        return
-    logger.info("Machine '%s' was left behind by a run that died; cleaning up.", name)
-    _end_run(layout, name, owns_mount=runtime.owns_mount)
-
-
-def _end_run(layout: Layout, name: MachineName, *, owns_mount: bool) -> None:
-    """After a run: what nspawn left in the machine's cgroups (all of it, if nspawn was killed), the
-    cgroups, the overlay if the run mounted it, the runtime record."""
-    cgroups.kill_cgroups(layout.cgroup(name))
-    with contextlib.suppress(OSError):
-        cgroups.remove_cgroups(layout.cgroup(name))
-    detach_machine(layout, name)
-    if owns_mount and is_mounted(layout.machine_root(name)):
-        unmount(layout.machine_root(name))
-    remove_runtime(layout, name)
 
 
 def mount_machine(layout: Layout, name: MachineName) -> Path:
@@ -349,18 +267,6 @@ def umount_machine(layout: Layout, name: MachineName) -> None:
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         unmount(layout.machine_root(name))
-
-
-def mount_overlay_of(layout: Layout, record: MachineRecord) -> None:
-    image = load_image(layout, record.image)
-    mount_overlay(
-        lower_dirs(layout, image, record.revision),
-        layout.machine_root(record.name),
-        upper=layout.machine_upper(record.name),
-        work=layout.machine_work(record.name),
-        uid_base=record.uid_base,
-        scratch=layout.idmap_dir(record.name),
-    )
 
 
 def run_machine(
@@ -421,13 +327,11 @@ def run_machine(
                 _configure_when_ready(layout, record, process.pid)
             return wait_forwarding(process)
         finally:
-            _end_run(layout, name, owns_mount=owns_mount)
+            end_run(layout, name, owns_mount=owns_mount)
 
 
 def _configure_when_ready(layout: Layout, record: MachineRecord, nspawn_pid: int) -> None:
     """Set the address of a run's nat network once nspawn has made the container (its command waits)."""
-    from veneer.machines.guest import find_leader
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and process_start_time(nspawn_pid) is not None:
         leader = find_leader(nspawn_pid)

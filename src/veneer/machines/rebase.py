@@ -1,4 +1,4 @@
-"""Moving machines to another image revision: rebase, its undo, and finishing either after a crash.
+"""Moving machines to another image revision: rebase and its undo (`recovery` finishes either after a crash).
 
 The machine must be unmounted while its upper dir changes (overlayfs allows offline changes only), so a
 running machine is stopped first and started again afterwards. The plan and the journal live in
@@ -8,23 +8,21 @@ running machine is stopped first and started again afterwards. The plan and the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import RebaseError
 from veneer.images.store import load_image, lower_dirs
-from veneer.machines.lifecycle import machine_lock, refuse_if_running
+from veneer.machines.boot import start_machine, stop_machine
+from veneer.machines.recovery import finish_rebase, finish_undo, machine_lock, refuse_if_running, trasher
 from veneer.machines.state import (
     RuntimeMode,
     is_alive,
     list_machine_names,
     load_machine,
     load_runtime,
-    save_machine,
 )
 from veneer.overlay.mount import is_mounted, unmount
 from veneer.overlay.view import nofollow_view
@@ -33,8 +31,6 @@ from veneer.rebase.actions import Plan
 from veneer.rebase.journal import Target
 from veneer.rebase.merge import Prefer
 from veneer.rebase.plan import make_plan
-from veneer.util.fault import checkpoint
-from veneer.util.staging import trash
 from veneer.util.walk import TreeBudget
 
 logger = logging.getLogger(__name__)
@@ -60,10 +56,6 @@ class RebaseResult:
             "summary": self.plan.summary(),
             "actions": [action.to_json() for action in self.plan.actions],
         }
-
-
-def _trasher(layout: Layout) -> Callable[[Path], Path]:
-    return lambda path: trash(path, layout.staging)
 
 
 def _is_booted(layout: Layout, name: MachineName) -> bool:
@@ -123,8 +115,6 @@ def rebase_machine(
 ) -> RebaseResult:
     """Move a machine onto another revision (its image's current one by default), keeping what it wrote.
     A machine that is there already is left alone, and so is the backup of its last rebase."""
-    from veneer.machines.boot import start_machine, stop_machine
-
     source, target = _ends(layout, name, image=image, to=to)
     if source == target:
         logger.info(
@@ -155,44 +145,16 @@ def rebase_machine(
             source=result.source,
             target=result.target,
             prefer=prefer.value,
-            trash=_trasher(layout),
+            trash=trasher(layout),
         )
-        _finish_rebase(layout, name)
+        finish_rebase(layout, name)
     if was_running:
         start_machine(layout, name)
     return replace(result, applied=True, restarted=was_running)
 
 
-def _finish_rebase(layout: Layout, name: MachineName) -> None:
-    machine_dir = layout.machine_dir(name)
-    journal.apply(machine_dir, layout.machine_upper(name))
-    target = _move_record(layout, name, "to")
-    checkpoint("rebase-recorded")
-    journal.finish(machine_dir)
-    logger.info("Machine '%s' is on image '%s' revision %d.", name, target.image, target.revision)
-
-
-def _finish_undo(layout: Layout, name: MachineName) -> Target:
-    machine_dir = layout.machine_dir(name)
-    journal.undo(machine_dir, layout.machine_upper(name), trash=_trasher(layout))
-    source = _move_record(layout, name, "from")
-    checkpoint("undo-recorded")
-    journal.discard(machine_dir, trash=_trasher(layout))
-    return source
-
-
-def _move_record(layout: Layout, name: MachineName, end: str) -> Target:
-    """Point the machine record at the journal's source or target revision."""
-    where = Target.from_json(journal.load_report(layout.machine_dir(name), head=True)[end])
-    record = replace(load_machine(layout, name), image=where.image, revision=where.revision)
-    save_machine(layout.machine_record(name), record)
-    return where
-
-
 def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> Target:
     """Put the machine's upper dir and revision back as they were before its last rebase."""
-    from veneer.machines.boot import start_machine, stop_machine
-
     if journal.state(layout.machine_dir(name)) is None:
         raise RebaseError(
             f"Machine '{name}' has no rebase to undo", hint="Only the last rebase can be undone."
@@ -212,32 +174,10 @@ def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> T
             root = layout.machine_root(name)
             if is_mounted(root):
                 unmount(root)
-            source = _finish_undo(layout, name)
+            source = finish_undo(layout, name)
     if was_running:
         start_machine(layout, name)
     return source
-
-
-def resume_rebase(layout: Layout, name: MachineName) -> None:
-    """Finish what a killed rebase or undo started; the caller holds the machine's lock."""
-    machine_dir = layout.machine_dir(name)
-    current = journal.state(machine_dir)
-    try:
-        if current is None:
-            logger.info("Discarding a rebase of '%s' that was interrupted before it began.", name)
-            journal.discard(machine_dir, trash=_trasher(layout))  # only rebase.new is there
-        elif current == journal.APPLYING:
-            logger.info("Finishing the interrupted rebase of '%s'.", name)
-            _finish_rebase(layout, name)
-        elif current == journal.UNDOING:
-            logger.info("Finishing the interrupted undo of the rebase of '%s'.", name)
-            _finish_undo(layout, name)
-    except OSError as e:
-        raise RebaseError(
-            f"Failed to finish the interrupted rebase of '{name}': {e}",
-            hint=f"Nothing is lost: '{journal.journal_dir(machine_dir)}' holds all it moved. Fix the "
-            "cause (disk space, permissions) and run any veneer command on the machine again.",
-        ) from e
 
 
 def machines_on(layout: Layout, image: str | None) -> list[MachineName]:

@@ -31,18 +31,13 @@ from veneer.images.store import (
 )
 from veneer.images.transfer import copy_tree
 from veneer.machines.idshift import shift_ownership
-from veneer.machines.lifecycle import (
-    RunOptions,
-    create_machine,
-    machine_lock,
-    refuse_if_running,
-    remove_machine,
-    run_machine,
-)
+from veneer.machines.lifecycle import RunOptions, create_machine, remove_machine, run_machine
+from veneer.machines.recovery import machine_lock, refuse_if_running
 from veneer.machines.state import list_machine_names, load_machine, process_start_time
 from veneer.machines.upper import check_upper
 from veneer.overlay.layers import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX
 from veneer.overlay.mount import mount_overlay, unmount
+from veneer.rebase.journal import pinned_revisions
 from veneer.util.fs import random_hex, remove_tree
 
 logger = logging.getLogger(__name__)
@@ -175,8 +170,6 @@ def rollback_image(layout: Layout, name: str, to: int | None = None) -> ImageRec
 
 def revisions_in_use(layout: Layout) -> set[tuple[str, int]]:
     """(image, revision) pairs a machine stands on, or that a machine's last rebase may go back to."""
-    from veneer.rebase.journal import pinned_revisions
-
     used: set[tuple[str, int]] = set()
     for machine in list_machine_names(layout):
         with contextlib.suppress(MachineNotFound):

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE, NetworkMode
+from veneer.overlay import idmap
+from veneer.overlay.mount import load_mountinfo
 from veneer.runtime.base import RunSpec
 from veneer.util.proc import which
 
@@ -23,8 +25,6 @@ def needs_private_state_dir() -> bool:
     """Whether nspawn's state dir is on a disk rather than a tmpfs (hosts whose /run is a plain directory,
     as in some containers and CI machines). nspawn then refuses to clean up its per-machine directory
     there and ends every run with "Attempted to remove disk file system"."""
-    from veneer.overlay.mount import load_mountinfo
-
     here = os.path.realpath(NSPAWN_STATE_DIR.parent if not NSPAWN_STATE_DIR.exists() else NSPAWN_STATE_DIR)
     covering = [
         m
@@ -41,8 +41,6 @@ def enter_private_state_dir() -> None:
     The namespace is a slave of the host's, so the machine's overlay (mounted before) is visible, and the
     tmpfs never shows on the host. The caller has created the directory beforehand.
     """
-    from veneer.overlay import idmap
-
     idmap.unshare(CLONE_NEWNS)
     # Before mounting anything: stop mounts made here from propagating back to the host.
     idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)

@@ -1,0 +1,39 @@
+"""Exporting a stopped machine's merged tree (its image revision plus its own writes) as a rootfs tarball.
+
+The tar and overlay mechanics are `images.export`'s; this module adds the machine's lock and uid range.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from veneer.config.layout import Layout
+from veneer.config.settings import MachineName
+from veneer.errors import MachineBusy
+from veneer.images.export import merged_view, write_rootfs_tar
+from veneer.images.store import load_image, lower_dirs
+from veneer.machines.recovery import machine_lock
+from veneer.machines.state import load_machine
+from veneer.machines.upper import check_upper
+from veneer.overlay.mount import is_mounted
+
+logger = logging.getLogger(__name__)
+
+
+def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
+    """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball."""
+    # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
+    with machine_lock(layout, name):
+        record = load_machine(layout, name)
+        if is_mounted(layout.machine_root(name)):
+            raise MachineBusy(
+                f"Machine '{name}' is mounted or running",
+                hint=f"Stop it first ('veneer stop {name}'), or unmount it ('veneer umount {name}').",
+            )
+        check_upper(layout, name)  # tar walks it all
+        image = load_image(layout, record.image)
+        lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
+        with merged_view(layout, lowers, f"machine '{name}'") as root:
+            write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
+    logger.info("Exported machine '%s' to '%s'.", name, dest)

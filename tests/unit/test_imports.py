@@ -1,0 +1,154 @@
+"""The import graph of src/veneer: no cycle, and no import hidden inside a function to dodge one."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import veneer
+
+SOURCE = Path(veneer.__file__).parent
+
+# Imports inside functions, allowed only to keep start-up cheap: a module is loaded when the one call that
+# needs it runs. (importer, imported); "*" for any module. Nothing else may import inside a function.
+LAZY_IMPORTS = {
+    # The CLI loads the library modules of a command when that command runs, not for every command.
+    ("veneer.cli", "*"),
+    ("veneer.cli.image", "*"),
+    ("veneer.cli.machine", "*"),
+    ("veneer.cli.network", "*"),
+    ("veneer.cli.rebase", "*"),
+    ("veneer.cli.running", "*"),
+    # Each distribution's module is loaded when a tree of that distribution is built (mkosi's registry).
+    ("veneer.images.distros", "veneer.images.distros.busybox"),
+    ("veneer.images.distros", "veneer.images.distros.debian"),
+    ("veneer.images.distros", "veneer.images.distros.arch"),
+    # Tar and the compressors: only `clone` of all the lifecycle verbs copies a tree.
+    ("veneer.machines.lifecycle", "veneer.images.transfer"),
+}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in SOURCE.rglob("*.py"):
+        parts = ["veneer", *path.relative_to(SOURCE).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+MODULES = _modules()
+
+
+def _imported(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The veneer modules an import statement loads (`from pkg import mod` loads pkg.mod)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif node.module is None or node.level:
+        names = []
+    else:
+        names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    found = set()
+    for name in names:
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        if name.startswith("veneer"):
+            found.add(name)
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(
+    tree: ast.AST, *, in_function: bool = False
+) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement with whether it sits in a function; `if TYPE_CHECKING:` blocks left out."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node, in_function
+        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        yield from _imports(node, in_function=inner)
+
+
+def _graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
+    """Module-level import edges, and the (module, line, imported) of imports inside functions."""
+    edges: dict[str, set[str]] = {}
+    in_functions = []
+    for module, path in MODULES.items():
+        edges[module] = set()
+        for node, in_function in _imports(ast.parse(path.read_text(), path)):
+            for imported in _imported(node) - {module}:
+                if in_function:
+                    in_functions.append((module, node.lineno, imported))
+                else:
+                    edges[module].add(imported)
+    return edges, in_functions
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the modules along it, or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(edges.get(module, ())):
+            found = visit(imported)
+            if found:
+                return found
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(edges):
+        found = visit(module)
+        if found:
+            return found
+    return None
+
+
+def test_the_walker_sees_a_cycle_and_imports_in_functions(tmp_path: Path) -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    source = (
+        "import veneer.errors\ndef f():\n    from veneer.util import fs\nif TYPE_CHECKING:\n    import os\n"
+    )
+    found = [(sorted(_imported(node)), inner) for node, inner in _imports(ast.parse(source))]
+    assert found == [(["veneer.errors"], False), (["veneer.util", "veneer.util.fs"], True)]
+
+
+def test_the_graph_covers_the_modules_that_matter() -> None:
+    edges, _ = _graph()
+    assert {"veneer.machines.recovery", "veneer.machines.boot", "veneer.cli"} <= edges.keys()
+    assert "veneer.machines.recovery" in edges["veneer.machines.boot"]
+
+
+def test_no_import_cycle() -> None:
+    edges, _ = _graph()
+    assert _cycle(edges) is None
+
+
+def test_no_import_inside_a_function_but_the_lazy_ones() -> None:
+    _, in_functions = _graph()
+    unexpected = [
+        f"{module}:{line} imports {imported}"
+        for module, line, imported in in_functions
+        if (module, imported) not in LAZY_IMPORTS and (module, "*") not in LAZY_IMPORTS
+    ]
+    assert unexpected == []
+
+
+def test_recovery_never_imports_the_verbs() -> None:
+    edges, _ = _graph()
+    verbs = {f"veneer.machines.{name}" for name in ("lifecycle", "run", "boot", "rebase", "sweep")}
+    assert edges["veneer.machines.recovery"] & verbs == set()
