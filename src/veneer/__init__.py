@@ -36,14 +36,14 @@ _EXPORTS = {
     "Credentials": "veneer.images.registry",
     "parse_reference": "veneer.images.oci",
     "parse_platform": "veneer.images.oci",
-    "RunOptions": "veneer.machines.lifecycle",
+    "RunOptions": "veneer.machines.run",
     "create_machine": "veneer.machines.lifecycle",
     "clone_machine": "veneer.machines.lifecycle",
     "rename_machine": "veneer.machines.lifecycle",
     "remove_machine": "veneer.machines.lifecycle",
     "mount_machine": "veneer.machines.lifecycle",
     "umount_machine": "veneer.machines.lifecycle",
-    "run_machine": "veneer.machines.lifecycle",
+    "run_machine": "veneer.machines.run",
     "run_ephemeral": "veneer.machines.lifecycle",
     "diff_machine": "veneer.machines.lifecycle",
     "machine_status": "veneer.machines.inspect",
@@ -135,7 +135,6 @@ if TYPE_CHECKING:
     from veneer.machines.export import export_machine
     from veneer.machines.inspect import list_machines, machine_status
     from veneer.machines.lifecycle import (
-        RunOptions,
         clone_machine,
         create_machine,
         diff_machine,
@@ -143,7 +142,6 @@ if TYPE_CHECKING:
         remove_machine,
         rename_machine,
         run_ephemeral,
-        run_machine,
         umount_machine,
     )
     from veneer.machines.rebase import plan_rebase, rebase_machine, undo_rebase
@@ -154,6 +152,7 @@ if TYPE_CHECKING:
         squash_image,
         update_image,
     )
+    from veneer.machines.run import RunOptions, run_machine
     from veneer.rebase.merge import Prefer
 
 

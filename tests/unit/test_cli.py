@@ -81,7 +81,7 @@ def test_image_update_passes_binds_to_the_command(
 
     from veneer.config.settings import Bind
     from veneer.machines import revisions
-    from veneer.machines.lifecycle import RunOptions
+    from veneer.machines.run import RunOptions
 
     calls: list[tuple[str, list[str], RunOptions | None]] = []
 

@@ -3,7 +3,9 @@ from pathlib import Path
 
 from veneer.config.settings import Bind, Network, NetworkMode
 from veneer.runtime.base import RunSpec
-from veneer.runtime.nspawn import nspawn_argv
+from veneer.runtime.cgroups import join_argv
+from veneer.runtime.nspawn import NSPAWN_STATE_DIR, launch_argv, nspawn_argv
+from veneer.util.proc import run
 
 SPEC = RunSpec(
     name="web1",
@@ -86,3 +88,38 @@ def test_run_options() -> None:
 def test_host_settings_files_are_ignored() -> None:
     for spec in (SPEC, replace(SPEC, boot=True, command=())):
         assert "--settings=no" in nspawn_argv(spec)
+
+
+def test_launch_joins_cgroups_first_then_execs_nspawn() -> None:
+    dirs = [Path("/sys/fs/cgroup/veneer/web1"), Path("/sys/fs/cgroup/pids/veneer/web1")]
+    argv = launch_argv(["systemd-nspawn", "--quiet"], cgroup_dirs=dirs, private_state=False)
+    assert argv[:2] == ["sh", "-c"]
+    assert argv[2] == (
+        "echo $$ > /sys/fs/cgroup/veneer/web1/cgroup.procs"
+        ' && echo $$ > /sys/fs/cgroup/pids/veneer/web1/cgroup.procs && exec "$@"'
+    )
+    assert argv[3:] == ["sh", "systemd-nspawn", "--quiet"]
+
+
+def test_launch_gives_nspawn_a_private_state_dir_inside_the_cgroups() -> None:
+    argv = launch_argv(["systemd-nspawn"], cgroup_dirs=[Path("/cg")], private_state=True)
+    inner = argv[4:]
+    assert inner[:5] == ["unshare", "--mount", "--propagation", "slave", "sh"]
+    assert f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {NSPAWN_STATE_DIR}" in inner[6]
+    assert inner[-1] == "systemd-nspawn"
+
+
+def test_join_argv_runs_the_command_in_the_cgroups(tmp_path: Path) -> None:
+    # Plain files stand in for cgroup.procs: the shell writes its own pid, which the command keeps.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    argv = join_argv([tmp_path / "a", tmp_path / "b"], ["sh", "-c", "echo $$"])
+    pid = run(argv, capture=True).stdout.strip()
+    assert (tmp_path / "a/cgroup.procs").read_text().strip() == pid
+    assert (tmp_path / "b/cgroup.procs").read_text().strip() == pid
+
+
+def test_join_argv_stops_unless_best_effort(tmp_path: Path) -> None:
+    missing = [tmp_path / "gone"]
+    assert run(join_argv(missing, ["true"]), check=False, capture=True).returncode != 0
+    assert run(join_argv(missing, ["true"], required=False), check=False, capture=True).returncode == 0

@@ -373,9 +373,9 @@ def _update_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_update(args: argparse.Namespace) -> int:
     from veneer.cli.rebase import rebase_all
-    from veneer.machines.lifecycle import RunOptions
     from veneer.machines.rebase import machines_on
     from veneer.machines.revisions import update_image
+    from veneer.machines.run import RunOptions
 
     words = list(args.words)
     if words and words[0] == "--":

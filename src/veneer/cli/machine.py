@@ -309,7 +309,8 @@ def _split_run_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from veneer.machines.lifecycle import RunOptions, run_ephemeral, run_machine
+    from veneer.machines.lifecycle import run_ephemeral
+    from veneer.machines.run import RunOptions, run_machine
 
     name, command = _split_run_words(args)
     options = RunOptions(user=args.user, workdir=args.workdir, env=tuple(args.env), binds=tuple(args.bind))

@@ -42,10 +42,11 @@ from veneer.runtime.nspawn import (
     CLONE_NEWNS,
     MS_REC,
     MS_SLAVE,
+    NSPAWN_ENV,
     NSPAWN_STATE_DIR,
-    enter_private_state_dir,
     needs_private_state_dir,
     nspawn_argv,
+    state_dir_argv,
 )
 from veneer.util.fs import random_hex
 from veneer.util.proc import run
@@ -194,16 +195,13 @@ class BuildBox:
             def before_exec() -> None:
                 # In nspawn's child, in this order: a mount namespace of its own (a slave of the host's),
                 # then the tree attached there, where it lives exactly as long as nspawn.
-                if private_state:
-                    enter_private_state_dir()
-                else:
-                    idmap.unshare(CLONE_NEWNS)
-                    idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
+                idmap.unshare(CLONE_NEWNS)
+                idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
                 idmap.move_mount(tree_fd, mount_point)
 
-            # veneer locks the build itself; nspawn's lock file would land next to the mount point.
-            env = {"SYSTEMD_NSPAWN_LOCK": "0"}
-            result = run(nspawn_argv(spec), capture=not progress, env=env, before_exec=before_exec)
+            # In that namespace: nspawn's private state dir, where it needs one (see runtime.nspawn).
+            argv = state_dir_argv(nspawn_argv(spec)) if private_state else nspawn_argv(spec)
+            result = run(argv, capture=not progress, env=NSPAWN_ENV, before_exec=before_exec)
         except CommandFailed as e:
             # nspawn passes the command's exit status on; its own failures are in the stderr tail.
             tail = "".join(f"\n  {line}" for line in e.stderr.strip().splitlines()[-5:])

@@ -1,2 +1,4 @@
-"""Machines: records (state.py), create/clone/rename/rm/run (lifecycle.py), booting (boot.py), being inside
-(inside.py), views (inspect.py, diff.py) and boot-time units (units.py)."""
+"""Machines: records (state.py), the lock and crash recovery (recovery.py), create/clone/rename/rm
+(lifecycle.py), a foreground command (run.py), booting (boot.py), what run and boot share (launch.py), the
+ephemeral sweep (sweep.py), rebase (rebase.py), being inside (inside.py), views (inspect.py, diff.py),
+export (export.py) and boot-time units (units.py)."""

@@ -24,7 +24,8 @@ from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy, MachineError
 from veneer.machines.guest import InitKind, detect_init, find_leader
 from veneer.machines.inside import exec_in_machine
-from veneer.machines.netsetup import attach_machine, configure_address
+from veneer.machines.launch import prepare_launch
+from veneer.machines.netsetup import configure_address
 from veneer.machines.recovery import (
     end_boot,
     machine_lock,
@@ -43,8 +44,7 @@ from veneer.machines.state import (
 )
 from veneer.overlay.mount import is_mounted
 from veneer.runtime import cgroups, console
-from veneer.runtime.base import RunSpec
-from veneer.runtime.nspawn import NSPAWN_STATE_DIR, is_systemd_host, needs_private_state_dir, nspawn_argv
+from veneer.runtime.nspawn import NSPAWN_ENV
 from veneer.util.proc import wait_until
 
 logger = logging.getLogger(__name__)
@@ -53,35 +53,18 @@ STOP_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
 
 
-def boot_script(
-    nspawn: Sequence[str],
-    *,
-    cgroup_dirs: Sequence[Path],
-    private_state: bool,
-    env: Mapping[str, str],
-    status_file: Path,
-    reap: str,
-) -> str:
-    """The shell script the console keeper runs: nspawn in the machine's cgroups, then its exit status
-    into `status_file` (the shell itself stays outside the machine's cgroups, so it outlives them), then
-    `reap` (`veneer _reap NAME`). The keeper's pane-died hook reaps too, for when this shell is killed;
-    whichever comes second finds the lock taken or the work done. The hook alone was not enough: under
-    load, now and then a keeper ran no hook for a pane that died."""
-    # veneer locks its machines itself; nspawn's own lock files would land next to the machine's root.
-    env = {"SYSTEMD_NSPAWN_LOCK": "0", **env}
-    steps = [f"echo $$ > {shlex.quote(os.fspath(d / 'cgroup.procs'))}" for d in cgroup_dirs]
-    command = shlex.join(nspawn)
-    if private_state:
-        # nspawn refuses to clean its state dir unless it is a tmpfs (see runtime.nspawn): give it one
-        # in a mount namespace of its own, a slave of the host's so the machine's overlay is visible.
-        inner = f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {NSPAWN_STATE_DIR} && exec {command}"
-        command = shlex.join(["unshare", "--mount", "--propagation", "slave", "sh", "-c", inner])
-    steps.append(f"exec {command}")
+def boot_script(launch: Sequence[str], *, env: Mapping[str, str], status_file: Path, reap: str) -> str:
+    """The shell script the console keeper runs: `launch` (nspawn in the machine's cgroups, see
+    `runtime.nspawn.launch_argv`), then its exit status into `status_file` (the shell itself stays outside
+    the machine's cgroups, so it outlives them), then `reap` (`veneer _reap NAME`). The keeper's pane-died
+    hook reaps too, for when this shell is killed; whichever comes second finds the lock taken or the work
+    done. The hook alone was not enough: under load, now and then a keeper ran no hook for a pane that
+    died."""
     lines = [
         "#!/bin/sh",
         "# Made by veneer start: boots one machine in a pane of the console keeper.",
-        *(f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())),
-        shlex.join(["sh", "-c", " && ".join(steps)]),
+        *(f"export {key}={shlex.quote(value)}" for key, value in sorted({**NSPAWN_ENV, **env}.items())),
+        shlex.join(launch),
         f"echo $? > {shlex.quote(os.fspath(status_file))}",
         f"exec {reap} >/dev/null 2>&1",
     ]
@@ -108,17 +91,7 @@ def start_machine(
             if owns_mount:
                 mount_overlay_of(layout, record)
             init = detect_init(root)
-            dirs = cgroups.setup_cgroups(layout.cgroup(name), record.limits)
-            net = attach_machine(layout, record, root)
-            spec = RunSpec(
-                name=name, root=root, machine_id=record.machine_id, uid_base=record.uid_base, command=(),
-                network=record.network, nat_bridge=net.bridge, resolv_conf=net.resolv_conf,
-                binds_ro=net.binds_ro, interactive=True, binds=record.binds, systemd_host=is_systemd_host(),
-                boot=True, kill_signal=init.kill_signal(), notify_ready=init.notifies(),
-            )  # fmt: skip
-            private_state = needs_private_state_dir()
-            if private_state:
-                NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
+            launch = prepare_launch(layout, record, init=init, interactive=True)
             env = {}
             if wait and init.notifies():
                 notify = _bind_notify_socket(layout.notify_socket(name))
@@ -126,9 +99,7 @@ def start_machine(
             script = layout.boot_script(name)
             script.write_text(
                 boot_script(
-                    nspawn_argv(spec),
-                    cgroup_dirs=dirs,
-                    private_state=private_state,
+                    launch.argv,
                     env=env,
                     status_file=layout.boot_status(name),
                     reap=f"{console.reap_command(layout.root, layout.run)} {shlex.quote(name)}",

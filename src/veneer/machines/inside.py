@@ -20,7 +20,7 @@ from veneer.machines.guest import find_leader, lookup_user
 from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import console
-from veneer.runtime.cgroups import Hierarchies
+from veneer.runtime.cgroups import Hierarchies, join_argv
 from veneer.util import proc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -65,8 +65,8 @@ def exec_argv(
     return argv
 
 
-def _join_cgroups_of(leader: int) -> Iterator[Path]:
-    """The cgroup.procs files of the leader's own cgroups, in every hierarchy veneer knows."""
+def _cgroups_of(leader: int) -> Iterator[Path]:
+    """The leader's own cgroups, in every hierarchy veneer knows."""
     hierarchies = Hierarchies.detect()
     for line in Path(f"/proc/{leader}/cgroup").read_text().splitlines():
         number, controllers, path = line.split(":", 2)
@@ -75,7 +75,7 @@ def _join_cgroups_of(leader: int) -> Iterator[Path]:
         else:
             mount = next((hierarchies.v1[c] for c in controllers.split(",") if c in hierarchies.v1), None)
         if mount is not None:
-            yield mount / path.lstrip("/") / "cgroup.procs"
+            yield mount / path.lstrip("/")
 
 
 def exec_in_machine(
@@ -99,19 +99,11 @@ def exec_in_machine(
     if "TERM" in os.environ:
         variables["TERM"] = os.environ["TERM"]
     variables.update(dict(env))
-    procs = list(_join_cgroups_of(leader))
-
-    def join() -> None:
-        # Between fork and exec: into the machine's cgroups, so its limits cover the command too.
-        for path in procs:
-            with contextlib.suppress(OSError):
-                with open(path, "w") as f:
-                    f.write("0")
-
     argv = exec_argv(leader, command, env=variables, uid=uid, gid=gid, workdir=workdir)
     if quiet:
         return proc.run(argv, check=False, capture=True).returncode
-    return proc.wait_forwarding(proc.spawn(argv, before_exec=join))
+    # Into the machine's cgroups first, so its limits cover the command too.
+    return proc.wait_forwarding(proc.spawn(join_argv(list(_cgroups_of(leader)), argv, required=False)))
 
 
 def shell_in_machine(layout: Layout, name: MachineName, *, user: str | None = None) -> int:

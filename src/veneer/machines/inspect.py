@@ -15,7 +15,6 @@ from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
-from veneer.machines.lifecycle import sweep_ephemeral
 from veneer.machines.recovery import machine_lock, rebase_interrupted, recover_machine
 from veneer.machines.state import (
     RuntimeMode,
@@ -25,6 +24,7 @@ from veneer.machines.state import (
     load_machine,
     load_runtime,
 )
+from veneer.machines.sweep import sweep_ephemeral
 from veneer.machines.upper import upper_disk_bytes
 from veneer.overlay.mount import is_mounted
 from veneer.rebase import journal

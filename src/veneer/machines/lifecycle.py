@@ -1,7 +1,9 @@
-"""Machines: create, clone, rename, remove, mount, and run a command in one.
+"""Machines: create, clone, rename, change, remove, mount, diff; and a throwaway machine for one command.
 
-This module orchestrates; the mechanics live elsewhere (overlay mounts in `overlay.mount`, the nspawn
-command line in `runtime.nspawn`, records in `machines.state`). Lock order: machine, then store.
+This module orchestrates; the mechanics live elsewhere (overlay mounts in `overlay.mount`, records in
+`machines.state`, the lock and crash cleanup in `machines.recovery`, the foreground run in `machines.run`).
+Lock order: machine, then store. `RunOptions` and `run_machine` are importable from here too, as image
+update has always done.
 """
 
 from __future__ import annotations
@@ -9,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from veneer.config.layout import Layout
@@ -28,67 +28,43 @@ from veneer.config.settings import (
     Port,
     parse_machine_name,
 )
-from veneer.errors import CommandFailed, MachineBusy, MachineExists, MachineNotFound, StateCorrupt
+from veneer.errors import MachineExists, MachineNotFound
 from veneer.images.store import load_image, lower_dirs, prepare_store
 from veneer.machines.diff import Change, diff_upper
-from veneer.machines.guest import find_leader
 from veneer.machines.idshift import shift_ownership
 from veneer.machines.netsetup import (
     allocate_machine_address,
-    attach_machine,
-    configure_address,
 )
 from veneer.machines.recovery import (
     discard_machine,
-    end_run,
     machine_lock,
     mount_overlay_of,
     recover_machine,
     refuse_if_mounted,
     refuse_if_running,
 )
+
+# Re-exported: image update and other callers import these two from here.
+from veneer.machines.run import RunOptions as RunOptions
+from veneer.machines.run import run_machine as run_machine
 from veneer.machines.state import (
     UID_RANGE_FIRST,
     MachineRecord,
-    RuntimeMode,
-    RuntimeRecord,
-    is_alive,
     list_machine_names,
     load_machine,
-    load_runtime,
     process_start_time,
     save_machine,
-    save_runtime,
 )
+from veneer.machines.sweep import sweep_ephemeral
 from veneer.machines.uids import allocate_uid_range, rename_uid_range
 from veneer.machines.upper import check_upper
 from veneer.overlay.mount import is_mounted, unmount
 from veneer.overlay.view import nofollow_view
-from veneer.runtime import cgroups
-from veneer.runtime.base import RunSpec
-from veneer.runtime.nspawn import (
-    NSPAWN_STATE_DIR,
-    enter_private_state_dir,
-    is_systemd_host,
-    needs_private_state_dir,
-    nspawn_argv,
-)
 from veneer.util.fs import locked, random_hex
-from veneer.util.proc import spawn, wait_forwarding
 from veneer.util.staging import staging_dir
 from veneer.util.walk import TreeBudget
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunOptions:
-    """How `run` executes its command, beyond the machine's own settings."""
-
-    user: str | None = None
-    workdir: str | None = None
-    env: tuple[tuple[str, str], ...] = ()
-    binds: tuple[Bind, ...] = field(default_factory=tuple)
 
 
 def _refuse_existing(layout: Layout, name: MachineName) -> None:
@@ -269,96 +245,6 @@ def umount_machine(layout: Layout, name: MachineName) -> None:
         unmount(layout.machine_root(name))
 
 
-def run_machine(
-    layout: Layout,
-    name: MachineName,
-    command: Sequence[str],
-    options: RunOptions = RunOptions(),
-) -> int:
-    """Run a command in the machine in the foreground; return its exit status."""
-    with machine_lock(layout, name):
-        refuse_if_running(layout, name)
-        record = load_machine(layout, name)
-        if record.privileged:
-            logger.warning("Machine '%s' runs privileged: container root is host root.", name)
-        root = layout.machine_root(name)
-        owns_mount = not is_mounted(root)
-        # Record before mounting, so a crash from here on is found and cleaned up by the next command.
-        _save_runtime(layout, name, os.getpid(), owns_mount)
-        try:
-            if owns_mount:
-                mount_overlay_of(layout, record)
-            net = attach_machine(layout, record, root)
-            spec = RunSpec(
-                name=name,
-                root=root,
-                nat_bridge=net.bridge,
-                resolv_conf=net.resolv_conf,
-                binds_ro=net.binds_ro,
-                machine_id=record.machine_id,
-                uid_base=record.uid_base,
-                command=tuple(command),
-                network=record.network,
-                interactive=sys.stdin.isatty() and sys.stdout.isatty(),
-                user=options.user,
-                workdir=options.workdir,
-                env=options.env,
-                binds=record.binds + options.binds,
-                systemd_host=is_systemd_host(),
-            )
-            # veneer locks its machines itself; nspawn's lock files would land next to the machine's root.
-            env = {"SYSTEMD_NSPAWN_LOCK": "0"}
-            if "TERM" in os.environ:
-                env["TERM"] = os.environ["TERM"]
-            private_state = needs_private_state_dir()
-            if private_state:
-                NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
-            dirs = cgroups.setup_cgroups(layout.cgroup(name), record.limits)
-
-            def before_exec() -> None:
-                # In the child, in this order: cgroups first, so nspawn and all below it are counted.
-                cgroups.join_cgroups(dirs)
-                if private_state:
-                    enter_private_state_dir()
-
-            process = spawn(nspawn_argv(spec), env=env, before_exec=before_exec)
-            _save_runtime(layout, name, process.pid, owns_mount)
-            if net.bridge is not None:
-                _configure_when_ready(layout, record, process.pid)
-            return wait_forwarding(process)
-        finally:
-            end_run(layout, name, owns_mount=owns_mount)
-
-
-def _configure_when_ready(layout: Layout, record: MachineRecord, nspawn_pid: int) -> None:
-    """Set the address of a run's nat network once nspawn has made the container (its command waits)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and process_start_time(nspawn_pid) is not None:
-        leader = find_leader(nspawn_pid)
-        if leader is not None:
-            with contextlib.suppress(CommandFailed):  # host0 may not be there yet: try again
-                configure_address(layout, record, leader)
-                return
-        time.sleep(0.005)
-
-
-def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:
-    start_time = process_start_time(pid)
-    if start_time is None:
-        return  # it has ended already; the record of the caller (kept until cleanup) says enough
-    save_runtime(
-        layout,
-        RuntimeRecord(
-            name=name,
-            pid=pid,
-            start_time=start_time,
-            mode=RuntimeMode.RUN,
-            started=time.time(),
-            owns_mount=owns_mount,
-        ),
-    )
-
-
 def run_ephemeral(
     layout: Layout,
     image_name: ImageName,
@@ -376,24 +262,6 @@ def run_ephemeral(
     finally:
         with contextlib.suppress(MachineNotFound):
             remove_machine(layout, name, retire_range=bool(options.binds))
-
-
-def sweep_ephemeral(layout: Layout) -> None:
-    """Remove throwaway machines whose `run --ephemeral` or `image update` died without removing them
-    (kill -9). Their command is stopped too: nobody waits for it any more."""
-    for name in list_machine_names(layout):
-        with contextlib.suppress(MachineNotFound, MachineBusy, StateCorrupt):
-            owner = load_machine(layout, name).owner
-            if owner is not None and process_start_time(owner[0]) != owner[1]:
-                logger.info(
-                    "Removing '%s', left by a 'veneer run --ephemeral' or 'image update' that died.", name
-                )
-                runtime = load_runtime(layout, name)
-                if runtime is not None and is_alive(runtime):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(runtime.pid, signal.SIGKILL)
-                    cgroups.kill_cgroups(layout.cgroup(name))
-                remove_machine(layout, name)
 
 
 def machines_using(layout: Layout, image: str) -> list[str]:

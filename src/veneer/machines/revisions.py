@@ -31,8 +31,9 @@ from veneer.images.store import (
 )
 from veneer.images.transfer import copy_tree
 from veneer.machines.idshift import shift_ownership
-from veneer.machines.lifecycle import RunOptions, create_machine, remove_machine, run_machine
+from veneer.machines.lifecycle import create_machine, remove_machine
 from veneer.machines.recovery import machine_lock, refuse_if_running
+from veneer.machines.run import RunOptions, run_machine
 from veneer.machines.state import list_machine_names, load_machine, process_start_time
 from veneer.machines.upper import check_upper
 from veneer.overlay.layers import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX

@@ -4,8 +4,8 @@ Each machine gets a cgroup (`veneer/<name>` for the default store, see `Layout.c
 hierarchy, where nspawn sets up the container's own
 cgroup tree, and, on v1 and hybrid hosts, in the v1 memory, cpu and pids hierarchies where the limits are
 enforced. When the v2 hierarchy holds those controllers (a pure v2 host), the limits are set there.
-`join_argv`-style helpers do not exist here: the joining happens between fork and exec of nspawn
-(`join_cgroups`), so nspawn and everything below it start inside the machine's cgroups.
+A command joins them through `join_argv`: a shell moves itself in and execs the command, so nspawn (or
+`exec`'s nsenter) and everything below it start inside the machine's cgroups.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.config.settings import Limits
 from veneer.errors import ConfigError
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
 
 
@@ -110,11 +111,15 @@ def setup_cgroups(cgroup: str, limits: Limits) -> list[Path]:
     return dirs
 
 
-def join_cgroups(dirs: list[Path]) -> None:
-    """Between fork and exec: move the calling process into `dirs` (its children follow)."""
-    for path in dirs:
-        with open(path / "cgroup.procs", "w") as f:
-            f.write("0")
+def join_argv(dirs: Sequence[Path], argv: Sequence[str], *, required: bool = True) -> list[str]:
+    """`argv`, run by a shell that first moves itself into `dirs` and then execs it; pure. The one way
+    veneer puts a process into a machine's cgroups: the command starts there, and so does all it starts.
+
+    `required=False`: a cgroup that cannot be joined is skipped (it may be gone, or not writable)."""
+    quiet = "" if required else " 2>/dev/null"
+    writes = [f"echo $$ > {shlex.quote(os.fspath(d / 'cgroup.procs'))}{quiet}" for d in dirs]
+    script = (" && " if required else "; ").join([*writes, 'exec "$@"'])
+    return ["sh", "-c", script, "sh", *argv]
 
 
 def cgroup_pids(cgroup: str) -> set[int]:

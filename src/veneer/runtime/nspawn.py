@@ -8,17 +8,22 @@ or copying anything.
 from __future__ import annotations
 
 import os
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE, NetworkMode
-from veneer.overlay import idmap
 from veneer.overlay.mount import load_mountinfo
 from veneer.runtime.base import RunSpec
+from veneer.runtime.cgroups import join_argv
 from veneer.util.proc import which
 
 NSPAWN_STATE_DIR = Path("/run/systemd/nspawn")
+# For callers that make nspawn's mount namespace themselves, between fork and exec (images.buildbox).
 CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 0x2, 0x4, 0x4000, 0x80000
+MS_REC, MS_SLAVE = 0x4000, 0x80000
+# veneer locks its machines itself; nspawn's own lock files would land next to the machine's root.
+NSPAWN_ENV = {"SYSTEMD_NSPAWN_LOCK": "0"}
 
 
 def needs_private_state_dir() -> bool:
@@ -35,16 +40,27 @@ def needs_private_state_dir() -> bool:
     return fstype not in ("tmpfs", "ramfs")
 
 
-def enter_private_state_dir() -> None:
-    """Between fork and exec of nspawn: give it a mount namespace of its own with a tmpfs at its state dir.
+def state_dir_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` (nspawn) with a tmpfs at nspawn's state dir; pure. The one place veneer mounts it: the
+    caller runs this in a mount namespace of nspawn's own, so the tmpfs never shows on the host, and has
+    created the directory beforehand."""
+    mount = f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {shlex.quote(os.fspath(NSPAWN_STATE_DIR))}"
+    return ["sh", "-c", f'{mount} && exec "$@"', "sh", *argv]
 
-    The namespace is a slave of the host's, so the machine's overlay (mounted before) is visible, and the
-    tmpfs never shows on the host. The caller has created the directory beforehand.
+
+def private_state_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` (nspawn) in a mount namespace of its own with a tmpfs at nspawn's state dir; pure.
+
+    The namespace is a slave of the host's, so the machine's overlay (mounted before) is visible.
     """
-    idmap.unshare(CLONE_NEWNS)
-    # Before mounting anything: stop mounts made here from propagating back to the host.
-    idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
-    idmap.mount("tmpfs", NSPAWN_STATE_DIR, "tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=0755")
+    return ["unshare", "--mount", "--propagation", "slave", *state_dir_argv(argv)]
+
+
+def launch_argv(nspawn: Sequence[str], *, cgroup_dirs: Sequence[Path], private_state: bool) -> list[str]:
+    """How run and start both launch nspawn: in the machine's cgroups (so nspawn and all below it are
+    counted), with a private state dir where `needs_private_state_dir()`; pure. Each wrapper execs the
+    next, so the process that runs is nspawn itself."""
+    return join_argv(cgroup_dirs, private_state_argv(nspawn) if private_state else nspawn)
 
 
 HOST_BUSYBOX = "/bin/busybox"

@@ -1,0 +1,116 @@
+"""Running one command in a machine in the foreground (`veneer run`): stdio and exit status passed through.
+
+The machine's overlay is mounted for the run if it was not mounted, and everything the run set up is
+undone when it ends (`recovery.end_run`), also after a kill -9 of veneer (by the next command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from veneer.config.layout import Layout
+from veneer.config.settings import Bind, MachineName
+from veneer.errors import CommandFailed
+from veneer.machines.guest import find_leader
+from veneer.machines.launch import prepare_launch
+from veneer.machines.netsetup import configure_address
+from veneer.machines.recovery import end_run, machine_lock, mount_overlay_of, refuse_if_running
+from veneer.machines.state import (
+    MachineRecord,
+    RuntimeMode,
+    RuntimeRecord,
+    load_machine,
+    process_start_time,
+    save_runtime,
+)
+from veneer.overlay.mount import is_mounted
+from veneer.runtime.nspawn import NSPAWN_ENV
+from veneer.util.proc import spawn, wait_forwarding
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How `run` executes its command, beyond the machine's own settings."""
+
+    user: str | None = None
+    workdir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    binds: tuple[Bind, ...] = field(default_factory=tuple)
+
+
+def run_machine(
+    layout: Layout,
+    name: MachineName,
+    command: Sequence[str],
+    options: RunOptions = RunOptions(),
+) -> int:
+    """Run a command in the machine in the foreground; return its exit status."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        record = load_machine(layout, name)
+        if record.privileged:
+            logger.warning("Machine '%s' runs privileged: container root is host root.", name)
+        root = layout.machine_root(name)
+        owns_mount = not is_mounted(root)
+        # Record before mounting, so a crash from here on is found and cleaned up by the next command.
+        _save_runtime(layout, name, os.getpid(), owns_mount)
+        try:
+            if owns_mount:
+                mount_overlay_of(layout, record)
+            launch = prepare_launch(
+                layout,
+                record,
+                command=command,
+                interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+                user=options.user,
+                workdir=options.workdir,
+                env=options.env,
+                binds=options.binds,
+            )
+            env = dict(NSPAWN_ENV)
+            if "TERM" in os.environ:
+                env["TERM"] = os.environ["TERM"]
+            process = spawn(launch.argv, env=env)
+            _save_runtime(layout, name, process.pid, owns_mount)
+            if launch.nat:
+                _configure_when_ready(layout, record, process.pid)
+            return wait_forwarding(process)
+        finally:
+            end_run(layout, name, owns_mount=owns_mount)
+
+
+def _configure_when_ready(layout: Layout, record: MachineRecord, nspawn_pid: int) -> None:
+    """Set the address of a run's nat network once nspawn has made the container (its command waits)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process_start_time(nspawn_pid) is not None:
+        leader = find_leader(nspawn_pid)
+        if leader is not None:
+            with contextlib.suppress(CommandFailed):  # host0 may not be there yet: try again
+                configure_address(layout, record, leader)
+                return
+        time.sleep(0.005)
+
+
+def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:
+    start_time = process_start_time(pid)
+    if start_time is None:
+        return  # it has ended already; the record of the caller (kept until cleanup) says enough
+    save_runtime(
+        layout,
+        RuntimeRecord(
+            name=name,
+            pid=pid,
+            start_time=start_time,
+            mode=RuntimeMode.RUN,
+            started=time.time(),
+            owns_mount=owns_mount,
+        ),
+    )
