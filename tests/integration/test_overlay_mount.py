@@ -16,11 +16,11 @@ from veneer.overlay.layers import is_opaque, is_whiteout
 from veneer.overlay.mount import (
     _mount_legacy,
     is_mounted,
-    load_mountinfo,
     mount_overlay,
     overlay_options,
     unmount,
 )
+from veneer.util.mountinfo import load_mountinfo
 from veneer.util.proc import run, which
 
 pytestmark = [

@@ -3,8 +3,9 @@ from pathlib import Path
 
 from veneer.config.settings import Bind, Network, NetworkMode
 from veneer.runtime.base import RunSpec
-from veneer.runtime.cgroups import join_argv
+from veneer.runtime.cgroups import Hierarchies, join_argv
 from veneer.runtime.nspawn import NSPAWN_STATE_DIR, launch_argv, nspawn_argv
+from veneer.util.mountinfo import parse_mountinfo
 from veneer.util.proc import run
 
 SPEC = RunSpec(
@@ -123,3 +124,24 @@ def test_join_argv_stops_unless_best_effort(tmp_path: Path) -> None:
     missing = [tmp_path / "gone"]
     assert run(join_argv(missing, ["true"]), check=False, capture=True).returncode != 0
     assert run(join_argv(missing, ["true"], required=False), check=False, capture=True).returncode == 0
+
+
+HYBRID = (
+    "30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    "31 25 0:27 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd\n"
+    "34 25 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n"
+    "35 25 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
+    "36 25 0:32 / /srv/my\\040cgroups/pids rw,nosuid - cgroup cgroup rw,pids\n"
+)
+
+
+def test_cgroup_hierarchies_of_a_hybrid_host_with_escaped_mount_points() -> None:
+    hierarchies = Hierarchies.detect(parse_mountinfo(HYBRID))
+    assert hierarchies.unified == Path("/sys/fs/cgroup/unified")
+    assert hierarchies.v1 == {
+        "name=systemd": Path("/sys/fs/cgroup/systemd"),
+        "memory": Path("/sys/fs/cgroup/memory"),
+        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"),
+        "pids": Path("/srv/my cgroups/pids"),
+    }
+    assert hierarchies.machine_dirs("veneer/m")[0] == Path("/sys/fs/cgroup/unified/veneer/m")

@@ -8,17 +8,14 @@ from veneer.errors import MountError
 from veneer.overlay.layers import is_opaque, is_whiteout
 from veneer.overlay.mount import (
     FSCONFIG_VALUE_MAX,
-    MountInfo,
     escape_option_path,
     overlay_fsconfig,
     overlay_options,
     overlay_using,
     parse_kernel_release,
-    parse_mountinfo,
-    parse_super_options,
     supports_lowerdir_add,
-    unescape_mountinfo,
 )
+from veneer.util.mountinfo import MountInfo, parse_mountinfo, parse_super_options, unescape_mountinfo
 
 FEATURES = "index=off,metacopy=off,redirect_dir=off,xino=off"
 LOWERS = [Path("/l/base"), Path("/l/mid"), Path("/l/top")]

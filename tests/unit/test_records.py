@@ -17,6 +17,7 @@ from veneer.machines.state import (
     RuntimeRecord,
     is_alive,
     load_machine,
+    machines_on,
     process_start_time,
     save_machine,
 )
@@ -102,6 +103,19 @@ def test_machine_save_load(tmp_path: Path) -> None:
     layout.machine_dir("web1").mkdir(parents=True)
     save_machine(layout.machine_record("web1"), MACHINE)
     assert load_machine(layout, MachineName("web1")) == MACHINE
+
+
+def test_machines_on_an_image(tmp_path: Path) -> None:
+    layout = Layout(root=tmp_path, run=tmp_path / "run")
+    machines = {"web1": "debian", "web2": "debian", "db": "arch", "eph-1234": "debian"}
+    for name, image in machines.items():
+        layout.machine_dir(name).mkdir(parents=True)
+        owner = (1, 2) if name.startswith("eph-") else None
+        save_machine(layout.machine_record(name), replace(MACHINE, image=image, owner=owner))
+    assert machines_on(layout, "debian") == ["web1", "web2"]
+    assert machines_on(layout, None) == ["db", "web1", "web2"]
+    assert machines_on(layout, "debian", throwaway=True) == ["eph-1234", "web1", "web2"]
+    assert machines_on(layout, "fedora", throwaway=True) == []
 
 
 def test_missing_and_corrupt_records(tmp_path: Path) -> None:

@@ -373,9 +373,9 @@ def _update_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_update(args: argparse.Namespace) -> int:
     from veneer.cli.rebase import rebase_all
-    from veneer.machines.rebase import machines_on
     from veneer.machines.revisions import update_image
     from veneer.machines.run import RunOptions
+    from veneer.machines.state import machines_on
 
     words = list(args.words)
     if words and words[0] == "--":
@@ -440,9 +440,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from veneer.images.store import remove_image
-    from veneer.machines.lifecycle import machines_using
+    from veneer.machines.state import machines_on
 
     layout = Layout.from_env(args.root)
-    remove_image(layout, args.name, users=lambda image: machines_using(layout, image))
+    remove_image(layout, args.name, users=lambda image: machines_on(layout, image, throwaway=True))
     print(f"Removed image '{args.name}'.")
     return 0

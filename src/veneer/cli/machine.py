@@ -19,6 +19,7 @@ from veneer.config.settings import (
     parse_pids,
     parse_port,
 )
+from veneer.config.uidrange import last_id
 from veneer.errors import UsageError
 
 
@@ -194,7 +195,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     uids = (
         "privileged (host root)"
         if status.uid_base is None
-        else f"{status.uid_base}-{status.uid_base + 65535} (user namespace)"
+        else f"{status.uid_base}-{last_id(status.uid_base)} (user namespace)"
     )
     print(f"Machine:   {status.name}")
     print(f"Image:     {status.image} revision {status.revision}")

@@ -110,7 +110,8 @@ def _print_result(result: RebaseResult) -> None:
 
 
 def cmd_rebase(args: argparse.Namespace) -> int:
-    from veneer.machines.rebase import machines_on, undo_rebase
+    from veneer.machines.rebase import undo_rebase
+    from veneer.machines.state import machines_on
 
     layout = Layout.from_env(args.root)
     if args.undo:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from veneer.config.layout import Layout
+from veneer.config.uidrange import to_image_id
 from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
 from veneer.images.store import load_image
@@ -42,7 +43,6 @@ from veneer.util.staging import staging_dir
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_UID_RANGE = 65536
 _KEPT_XATTRS = ("security.capability", "user.")
 _DEFAULT_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -79,12 +79,6 @@ class _HashingWriter(io.RawIOBase):
         return f"sha256:{self.sha256.hexdigest()}"
 
 
-def _owner(value: int, uid_base: int | None) -> int:
-    if uid_base is not None and uid_base <= value < uid_base + _UID_RANGE:
-        return value - uid_base
-    return value
-
-
 def add_tree(tf: tarfile.TarFile, root: Path, *, layer: bool, uid_base: int | None = None) -> None:
     """Add everything below `root` (not `root` itself) to `tf`, in sorted order.
 
@@ -110,7 +104,7 @@ def add_tree(tf: tarfile.TarFile, root: Path, *, layer: bool, uid_base: int | No
                 logger.debug("Not exporting the socket '%s', ignoring.", path)
                 continue
             info = tf.gettarinfo(path, prefix + name)
-            info.uid, info.gid = _owner(st.st_uid, uid_base), _owner(st.st_gid, uid_base)
+            info.uid, info.gid = to_image_id(st.st_uid, uid_base), to_image_id(st.st_gid, uid_base)
             info.uname = info.gname = ""
             info.pax_headers = _xattrs(path, st)
             if info.isreg():

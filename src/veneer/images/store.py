@@ -375,7 +375,7 @@ def prune_revisions(layout: Layout, name: str, *, in_use: Callable[[], set[tuple
     return sorted(dropped)
 
 
-def remove_image(layout: Layout, name: str, *, users: Callable[[str], list[str]]) -> None:
+def remove_image(layout: Layout, name: str, *, users: Callable[[str], Sequence[str]]) -> None:
     """Remove an image and the layers no other image uses; refused while machines use it."""
     prepare_store(layout)
     load_image(layout, name)

@@ -45,7 +45,7 @@ from veneer.machines.state import (
 from veneer.overlay.mount import is_mounted
 from veneer.runtime import cgroups, console
 from veneer.runtime.nspawn import NSPAWN_ENV
-from veneer.util.proc import wait_until
+from veneer.util.proc import child_pids, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _wait_for_nspawn(layout: Layout, name: MachineName, *, timeout: float) -> in
     while time.monotonic() < deadline:
         shell = console.pane_pid(layout.console_socket(name), name)
         if shell is not None:
-            for pid in _children(shell):
+            for pid in child_pids(shell):
                 with contextlib.suppress(OSError):
                     if os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn"):
                         return pid
@@ -168,12 +168,6 @@ def _wait_for_nspawn(layout: Layout, name: MachineName, *, timeout: float) -> in
             raise _failure(layout, name, "failed to start")
         time.sleep(0.02)
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
-
-
-def _children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
 
 
 def _pane_dead(layout: Layout, name: MachineName) -> bool:
@@ -217,14 +211,10 @@ def _wait_until_ready(
                     return
         else:
             leader = find_leader(runtime.pid)
-            if leader is not None and _has_children(leader):
+            if leader is not None and child_pids(leader):
                 return
             time.sleep(0.05)
     raise _failure(layout, name, f"did not report ready within {timeout:.0f} s")
-
-
-def _has_children(pid: int) -> bool:
-    return bool(_children(pid))
 
 
 def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIMEOUT) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from veneer.config.settings import UID_RANGE_SIZE
+from veneer.config.uidrange import to_image_id
 from veneer.overlay.layers import is_opaque, is_whiteout, lookup
 from veneer.util.walk import TreeBudget, walk_tree
 
@@ -26,13 +26,6 @@ class ChangeKind(enum.StrEnum):
 class Change:
     kind: ChangeKind
     path: str
-
-
-def _to_base_id(value: int, uid_base: int | None) -> int:
-    """A machine's on-disk owner as the image would record it (its uid range mapped back to 0...)."""
-    if uid_base is not None and uid_base <= value < uid_base + UID_RANGE_SIZE:
-        return value - uid_base
-    return value
 
 
 def diff_upper(
@@ -68,8 +61,8 @@ def _classify(
     if stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(below.st_mode):
         same = (
             stat.S_IMODE(st.st_mode) == stat.S_IMODE(below.st_mode)
-            and _to_base_id(st.st_uid, uid_base) == below.st_uid
-            and _to_base_id(st.st_gid, uid_base) == below.st_gid
+            and to_image_id(st.st_uid, uid_base) == below.st_uid
+            and to_image_id(st.st_gid, uid_base) == below.st_gid
         )
         return None if same and not is_opaque(path) else ChangeKind.CHANGED
     return ChangeKind.CHANGED

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from veneer.errors import MachineError
+from veneer.util.proc import child_pids
 
 
 class InitKind(enum.StrEnum):
@@ -72,11 +73,7 @@ def detect_init(root: Path) -> InitKind:
 
 def find_leader(nspawn_pid: int) -> int | None:
     """The container's PID 1 (seen from the host): the child of nspawn that is PID 1 in its namespace."""
-    try:
-        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
-    except OSError:
-        return None
-    for child in children:
+    for child in child_pids(nspawn_pid):
         try:
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:

@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from veneer.config.settings import UID_RANGE_SIZE
+from veneer.config.uidrange import shifted
 
 CAPABILITY_XATTR = "security.capability"
 CAP_V3_SIZE = 24  # struct vfs_ns_cap_data: magic, two 8-byte sets, rootid
@@ -19,11 +19,6 @@ def _capability(path: Path, st: os.stat_result) -> bytes | None:
         return os.getxattr(path, CAPABILITY_XATTR)
     except OSError:
         return None
-
-
-def shifted(value: int, source: int, target: int) -> int:
-    """`value` moved from the range at `source` to the range at `target`; ids outside stay as they are."""
-    return value - source + target if source <= value < source + UID_RANGE_SIZE else value
 
 
 def shift_ownership(tree: Path, source: int, target: int) -> None:

@@ -50,7 +50,6 @@ from veneer.machines.run import run_machine as run_machine
 from veneer.machines.state import (
     UID_RANGE_FIRST,
     MachineRecord,
-    list_machine_names,
     load_machine,
     process_start_time,
     save_machine,
@@ -262,11 +261,6 @@ def run_ephemeral(
     finally:
         with contextlib.suppress(MachineNotFound):
             remove_machine(layout, name, retire_range=bool(options.binds))
-
-
-def machines_using(layout: Layout, image: str) -> list[str]:
-    """Names of the machines whose base is `image`."""
-    return [n for n in list_machine_names(layout) if load_machine(layout, n).image == image]
 
 
 def diff_machine(layout: Layout, name: MachineName) -> list[Change]:

@@ -20,7 +20,6 @@ from veneer.machines.recovery import finish_rebase, finish_undo, machine_lock, r
 from veneer.machines.state import (
     RuntimeMode,
     is_alive,
-    list_machine_names,
     load_machine,
     load_runtime,
 )
@@ -178,10 +177,3 @@ def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> T
     if was_running:
         start_machine(layout, name)
     return source
-
-
-def machines_on(layout: Layout, image: str | None) -> list[MachineName]:
-    """The machines a `rebase --all` moves: every machine, or those of one image; not the throwaway
-    machines of a `run --ephemeral` or an `image update` in progress."""
-    records = [load_machine(layout, n) for n in list_machine_names(layout)]
-    return [r.name for r in records if r.owner is None and (image is None or r.image == image)]

@@ -179,6 +179,16 @@ def list_machine_names(layout: Layout) -> list[MachineName]:
     return sorted(MachineName(p.name) for p in layout.machines.iterdir() if (p / "machine.json").exists())
 
 
+def machines_on(layout: Layout, image: str | None, *, throwaway: bool = False) -> list[MachineName]:
+    """The machines on `image` (on any image with None), sorted. The throwaway machines of a
+    `run --ephemeral` or an `image update` in progress only with `throwaway`: a rebase leaves them be,
+    but they keep their image from being removed."""
+    records = [load_machine(layout, name) for name in list_machine_names(layout)]
+    return [
+        r.name for r in records if (throwaway or r.owner is None) and (image is None or r.image == image)
+    ]
+
+
 def process_start_time(pid: int) -> int | None:
     """The start time (clock ticks after boot) of a process, or None if it does not exist (or is dead)."""
     try:

@@ -8,23 +8,11 @@ import os
 import stat
 from pathlib import Path
 
-from veneer.config.settings import UID_RANGE_SIZE
+from veneer.config.uidrange import to_image_id
 from veneer.machines.idshift import CAPABILITY_XATTR
 from veneer.overlay.layers import OVERLAY_XATTR_PREFIX, is_whiteout, list_union
 
 _CHUNK = 1 << 20
-
-
-def to_image_id(value: int, uid_base: int | None) -> int:
-    """An owner as the image would record it: a machine's uid range mapped back to 0..65535."""
-    if uid_base is not None and uid_base <= value < uid_base + UID_RANGE_SIZE:
-        return value - uid_base
-    return value
-
-
-def to_machine_id(value: int, uid_base: int | None) -> int:
-    """An image's owner as the machine's upper dir holds it."""
-    return value if uid_base is None or value >= UID_RANGE_SIZE else value + uid_base
 
 
 def _xattrs(path: Path) -> dict[str, bytes]:

@@ -20,10 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from veneer.config.uidrange import to_machine_id
 from veneer.images.identity import belongs_to_machine
 from veneer.overlay.layers import is_opaque, is_whiteout, locate
 from veneer.rebase.actions import Action, Operation, Plan, Verdict
-from veneer.rebase.compare import same_entry, same_tree, same_union, to_machine_id
+from veneer.rebase.compare import same_entry, same_tree, same_union
 from veneer.rebase.merge import Prefer, merge_file, merger_for
 from veneer.rebase.pacman import pacman_actions
 from veneer.util.walk import TreeBudget

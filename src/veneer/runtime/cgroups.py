@@ -22,6 +22,7 @@ from pathlib import Path
 
 from veneer.config.settings import Limits
 from veneer.errors import ConfigError
+from veneer.util.mountinfo import MountInfo, load_mountinfo
 
 CPU_PERIOD_US = 100_000
 
@@ -34,14 +35,11 @@ class Hierarchies:
     v1: dict[str, Path]  # v1 hierarchy by controller: memory, cpu, pids, and name=systemd
 
     @classmethod
-    def detect(cls, mountinfo: str | None = None) -> Hierarchies:
-        text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    def detect(cls, mounts: Sequence[MountInfo] | None = None) -> Hierarchies:
         unified: Path | None = None
         v1: dict[str, Path] = {}
-        for line in text.splitlines():
-            fields = line.split()
-            sep = fields.index("-")
-            point, fstype, options = fields[4], fields[sep + 1], fields[sep + 3].split(",")
+        for mount in load_mountinfo() if mounts is None else mounts:
+            point, fstype, options = mount.mount_point, mount.fstype, mount.super_options.split(",")
             if fstype == "cgroup2":
                 unified = Path(point)
             elif fstype == "cgroup":

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE, NetworkMode
-from veneer.overlay.mount import load_mountinfo
 from veneer.runtime.base import RunSpec
 from veneer.runtime.cgroups import join_argv
+from veneer.util.mountinfo import load_mountinfo
 from veneer.util.proc import which
 
 NSPAWN_STATE_DIR = Path("/run/systemd/nspawn")

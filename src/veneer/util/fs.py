@@ -10,13 +10,13 @@ import errno
 import fcntl
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from veneer.errors import MachineBusy
+from veneer.util.mountinfo import load_mountinfo
 from veneer.util.proc import run
 
 
@@ -100,13 +100,9 @@ def try_lock(path: Path) -> int | None:
 def mount_points_under(path: Path) -> list[str]:
     """Mount points at or below `path` in this mount namespace, deepest first."""
     top = os.path.realpath(path)
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-            if point == top or point.startswith(top.rstrip("/") + "/"):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
+    points = [m.mount_point for m in load_mountinfo()]
+    inside = [p for p in points if p == top or p.startswith(top.rstrip("/") + "/")]
+    return sorted(inside, key=len, reverse=True)
 
 
 def remove_tree(path: Path) -> None:
