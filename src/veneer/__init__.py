@@ -48,8 +48,10 @@ _EXPORTS = {
     "diff_machine": "veneer.machines.lifecycle",
     "machine_status": "veneer.machines.inspect",
     "list_machines": "veneer.machines.inspect",
+    "machines_on": "veneer.machines.state",
     "start_machine": "veneer.machines.boot",
     "stop_machine": "veneer.machines.boot",
+    "restart_machine": "veneer.machines.boot",
     "update_image": "veneer.machines.revisions",
     "commit_machine": "veneer.machines.revisions",
     "squash_image": "veneer.machines.revisions",
@@ -58,6 +60,8 @@ _EXPORTS = {
     "plan_rebase": "veneer.machines.rebase",
     "rebase_machine": "veneer.machines.rebase",
     "undo_rebase": "veneer.machines.rebase",
+    "rebase_all": "veneer.machines.rebase",
+    "RebaseFailure": "veneer.machines.rebase",
     "Prefer": "veneer.rebase.merge",
 }
 
@@ -81,15 +85,19 @@ __all__ = [
     "list_machines",
     "load_image",
     "machine_status",
+    "machines_on",
     "mount_machine",
     "parse_image_name",
     "parse_machine_name",
     "plan_rebase",
     "prune_image",
+    "rebase_all",
     "rebase_machine",
+    "RebaseFailure",
     "remove_image",
     "remove_machine",
     "rename_machine",
+    "restart_machine",
     "rollback_image",
     "run_ephemeral",
     "run_machine",
@@ -131,7 +139,7 @@ if TYPE_CHECKING:
         load_image,
         remove_image,
     )
-    from veneer.machines.boot import start_machine, stop_machine
+    from veneer.machines.boot import restart_machine, start_machine, stop_machine
     from veneer.machines.export import export_machine
     from veneer.machines.inspect import list_machines, machine_status
     from veneer.machines.lifecycle import (
@@ -144,7 +152,7 @@ if TYPE_CHECKING:
         run_ephemeral,
         umount_machine,
     )
-    from veneer.machines.rebase import plan_rebase, rebase_machine, undo_rebase
+    from veneer.machines.rebase import RebaseFailure, plan_rebase, rebase_all, rebase_machine, undo_rebase
     from veneer.machines.revisions import (
         commit_machine,
         prune_image,
@@ -153,6 +161,7 @@ if TYPE_CHECKING:
         update_image,
     )
     from veneer.machines.run import RunOptions, run_machine
+    from veneer.machines.state import machines_on
     from veneer.rebase.merge import Prefer
 
 

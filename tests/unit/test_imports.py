@@ -152,3 +152,18 @@ def test_recovery_never_imports_the_verbs() -> None:
     edges, _ = _graph()
     verbs = {f"veneer.machines.{name}" for name in ("lifecycle", "run", "boot", "rebase", "sweep")}
     assert edges["veneer.machines.recovery"] & verbs == set()
+
+
+def test_images_never_import_the_machine_verbs() -> None:
+    # Images build on the uid registry machines use too (`machines.uids`), never on what machines do.
+    edges, in_functions = _graph()
+    imports = [(m, i) for m, targets in edges.items() for i in targets] + [
+        (m, i) for m, _, i in in_functions
+    ]
+    allowed = {"veneer.machines", "veneer.machines.uids", "veneer.machines.state"}
+    upward = [
+        (m, i)
+        for m, i in imports
+        if m.startswith("veneer.images") and i.startswith("veneer.machines") and i not in allowed
+    ]
+    assert upward == []

@@ -3,9 +3,12 @@
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from veneer.config.layout import Layout
 from veneer.config.settings import parse_machine_name
-from veneer.machines.rebase import undo_rebase
+from veneer.errors import MachineNotFound, RebaseError
+from veneer.machines.rebase import RebaseFailure, RebaseResult, rebase_all, undo_rebase
 from veneer.machines.state import MachineRecord, load_machine, save_machine
 from veneer.rebase import journal
 from veneer.rebase.actions import Action, Operation, Plan, Verdict
@@ -46,3 +49,15 @@ def test_undo_asked_again_after_a_killed_undo_finishes_it(tmp_path: Path) -> Non
     assert load_machine(layout, name).revision == 1
     assert (upper / "etc/motd").read_text() == "the child's\n"
     assert journal.state(machine_dir) is None
+
+
+def test_rebase_all_tries_every_machine_then_names_those_that_failed(tmp_path: Path) -> None:
+    layout = Layout(root=tmp_path / "state", run=tmp_path / "run")
+    heard: list[RebaseResult | RebaseFailure] = []
+    with pytest.raises(RebaseError, match="Rebase failed for gone1, gone2"):
+        rebase_all(layout, ["gone1", "gone2"], dry_run=True, report=heard.append)
+    assert [(h.machine, type(h.error)) for h in heard if isinstance(h, RebaseFailure)] == [
+        ("gone1", MachineNotFound),
+        ("gone2", MachineNotFound),
+    ]
+    assert rebase_all(layout, [], report=heard.append) == []

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.cli.output import ProgressLine, human_size, print_json, print_table, when
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
 from veneer.config.settings import (
@@ -250,7 +250,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
         authfile=args.authfile,
         max_layer_bytes=args.max_layer_size,
     )
-    record = pull_image(Layout.from_env(args.root), args.name, spec, progress=sys.stderr.isatty())
+    line = ProgressLine() if sys.stderr.isatty() else None
+    try:
+        record = pull_image(Layout.from_env(args.root), args.name, spec, progress=line)
+    finally:
+        if line is not None:
+            line.end()
     print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -372,7 +377,7 @@ def _update_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from veneer.cli.rebase import rebase_all
+    from veneer.cli.rebase import rebase_and_print
     from veneer.machines.revisions import update_image
     from veneer.machines.run import RunOptions
     from veneer.machines.state import machines_on
@@ -402,7 +407,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     record = update_image(layout, name, command, network=args.network, options=options)
     print(f"Image '{name}' is at revision {record.current}.")
     if args.rebase:
-        rebase_all(layout, list(machines_on(layout, name)), args, dry_run=False)
+        rebase_and_print(layout, list(machines_on(layout, name)), args, dry_run=False)
     return 0
 
 

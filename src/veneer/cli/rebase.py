@@ -56,38 +56,27 @@ def add_rebase_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def rebase_all(
+def rebase_and_print(
     layout: Layout, names: list[str], args: argparse.Namespace, *, dry_run: bool
 ) -> list[RebaseResult]:
-    """Rebase (or plan) each machine in turn; one failing does not stop the others. Prints as it goes."""
-    from veneer.errors import Error, RebaseError
-    from veneer.machines.rebase import plan_rebase, rebase_machine
+    """Rebase (or plan) each machine in turn (`machines.rebase.rebase_all`), printing as it goes."""
+    from veneer.machines.rebase import RebaseFailure, rebase_all
     from veneer.rebase.merge import Prefer
 
-    prefer = Prefer(args.prefer)
-    results = []
-    failed = []
-    for name in names:
-        machine = parse_machine_name(name)
-        try:
-            if dry_run:
-                result = plan_rebase(layout, machine, image=args.image, to=args.to, prefer=prefer)
-            else:
-                result = rebase_machine(
-                    layout, machine, image=args.image, to=args.to, prefer=prefer, restart=args.restart
-                )
-        except Error as e:
-            print(f"{name}: failed: {e.message}" + (f" ({e.hint})" if e.hint else ""), file=sys.stderr)
-            failed.append(name)
-            continue
-        results.append(result)
-        if not args.json:
-            _print_result(result)
-    if failed:
-        raise RebaseError(
-            f"Rebase failed for {', '.join(failed)}", hint="See the messages above; the others were done."
-        )
-    return results
+    def report(outcome: RebaseResult | RebaseFailure) -> None:
+        if isinstance(outcome, RebaseFailure):
+            e = outcome.error
+            print(
+                f"{outcome.machine}: failed: {e.message}" + (f" ({e.hint})" if e.hint else ""),
+                file=sys.stderr,
+            )
+        elif not args.json:
+            _print_result(outcome)
+
+    return rebase_all(
+        layout, names, image=args.image, to=args.to, prefer=Prefer(args.prefer), restart=args.restart,
+        dry_run=dry_run, report=report,
+    )  # fmt: skip
 
 
 def _print_result(result: RebaseResult) -> None:
@@ -123,7 +112,7 @@ def cmd_rebase(args: argparse.Namespace) -> int:
     if args.all == bool(args.names):
         raise UsageError("Name the machines to rebase, or pass --all", hint="veneer rebase NAME... | --all")
     names = list(machines_on(layout, args.image)) if args.all else args.names
-    results = rebase_all(layout, names, args, dry_run=args.dry_run)
+    results = rebase_and_print(layout, names, args, dry_run=args.dry_run)
     if args.json:
         print_json([r.to_json() for r in results])
     return 0

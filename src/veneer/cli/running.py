@@ -111,11 +111,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    from veneer.machines.boot import start_machine, stop_machine
+    from veneer.machines.boot import restart_machine
 
     for name in args.names:
-        stop_machine(_layout(args), name)
-        start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        restart_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
         print(f"Restarted machine '{name}'.")
     return 0
 

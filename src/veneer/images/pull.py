@@ -9,11 +9,10 @@ nothing is visible; a failure leaves only verified blobs in the cache and partia
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,24 +49,8 @@ class PullSpec:
     max_layer_bytes: int | None = None  # how long a layer's tar may be, decompressed (None: the default)
 
 
-class ProgressLine:
-    """One line on a terminal, rewritten at most a few times a second."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last < 0.2 and done < total:
-            return
-        self._last = now
-        print(
-            f"\r{self.label}: {done / 1e6:.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True
-        )
-
-    def end(self) -> None:
-        print(file=sys.stderr)
+# (what, bytes done, bytes in all): how a pull reports its downloads; the CLI draws it.
+PullProgress = Callable[[str, int, int], None]
 
 
 def _manifest(client: RegistryClient, reference: str, what: str) -> tuple[dict[str, object], str, str]:
@@ -129,7 +112,9 @@ def _opener(client: RegistryClient, descriptor: oci.Descriptor) -> Opener:
     return open_blob
 
 
-def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: bool = False) -> ImageRecord:
+def pull_image(
+    layout: Layout, name: ImageName, spec: PullSpec, *, progress: PullProgress | None = None
+) -> ImageRecord:
     """Pull `spec.reference` from its registry and publish it as the image `name`."""
     ref = oci.parse_reference(spec.reference)
     refuse_existing_image(layout, name)
@@ -175,14 +160,10 @@ def pull_image(layout: Layout, name: ImageName, spec: PullSpec, *, progress: boo
 
     if wanted:
         total = sum(layer.size for layer in wanted.values())
-        line = ProgressLine(f"Pulling {len(wanted)} layer(s) of {ref}") if progress else None
-        counter = Progress(total, line)
+        what = f"Pulling {len(wanted)} layer(s) of {ref}"
+        report = None if progress is None else functools.partial(progress, what)
         logger.debug("Downloading %d blobs, %d bytes", len(wanted), total)
-        try:
-            download_all(cache, client, list(wanted.values()), counter)
-        finally:
-            if line is not None:
-                line.end()
+        download_all(cache, client, list(wanted.values()), Progress(total, report))
 
     count = len(manifest.layers)
     pinned = f"{ref.registry}/{ref.repository}@{digest}"

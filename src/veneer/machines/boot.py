@@ -244,6 +244,14 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
     return True
 
 
+def restart_machine(
+    layout: Layout, name: MachineName, *, wait: bool = False, timeout: float = START_TIMEOUT
+) -> RuntimeRecord:
+    """Stop the machine if it runs (within `STOP_TIMEOUT`), then start it as `start_machine` does."""
+    stop_machine(layout, name)
+    return start_machine(layout, name, wait=wait, timeout=timeout)
+
+
 def kill_machine(layout: Layout, name: MachineName, *, signal_number: int = signal.SIGTERM) -> None:
     """Send a signal to every process of the running machine (as `machinectl kill` does)."""
     runtime = load_runtime(layout, name)

@@ -8,12 +8,13 @@ running machine is stopped first and started again afterwards. The plan and the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName
-from veneer.errors import RebaseError
+from veneer.config.settings import MachineName, parse_machine_name
+from veneer.errors import Error, RebaseError
 from veneer.images.store import load_image, lower_dirs
 from veneer.machines.boot import start_machine, stop_machine
 from veneer.machines.recovery import finish_rebase, finish_undo, machine_lock, refuse_if_running, trasher
@@ -177,3 +178,48 @@ def undo_rebase(layout: Layout, name: MachineName, *, restart: bool = True) -> T
     if was_running:
         start_machine(layout, name)
     return source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebaseFailure:
+    """A machine that `rebase_all` could not rebase, and why."""
+
+    machine: str
+    error: Error
+
+
+def rebase_all(
+    layout: Layout,
+    names: Sequence[str],
+    *,
+    image: str | None = None,
+    to: int | None = None,
+    prefer: Prefer = Prefer.CHILD,
+    restart: bool = True,
+    dry_run: bool = False,
+    report: Callable[[RebaseResult | RebaseFailure], None] | None = None,
+) -> list[RebaseResult]:
+    """Rebase (with `dry_run`: plan) each machine in turn; one failing does not stop the others. `report`
+    hears of each as it is done; a `RebaseError` naming those that failed follows once all were tried."""
+    results = []
+    failed = []
+    for name in names:
+        machine = parse_machine_name(name)
+        try:
+            if dry_run:
+                result = plan_rebase(layout, machine, image=image, to=to, prefer=prefer)
+            else:
+                result = rebase_machine(layout, machine, image=image, to=to, prefer=prefer, restart=restart)
+        except Error as e:
+            failed.append(name)
+            if report is not None:
+                report(RebaseFailure(machine=name, error=e))
+            continue
+        results.append(result)
+        if report is not None:
+            report(result)
+    if failed:
+        raise RebaseError(
+            f"Rebase failed for {', '.join(failed)}", hint="See the messages above; the others were done."
+        )
+    return results
