@@ -12,7 +12,6 @@ from veneer.rebase.merge import (
     merge_file,
     merge_pacman_entries,
     merger_for,
-    parse_pacman_desc_name,
 )
 
 PASSWD = b"""\
@@ -389,14 +388,6 @@ def test_pacman_deletion_against_upgrade() -> None:
         assert conflicts == (
             Conflict(record="package vim", reason="deleted in the child, changed in the base"),
         )
-
-
-def test_parse_pacman_desc_name() -> None:
-    desc = b"%NAME%\nlib32-glibc\n\n%VERSION%\n2.38-1\n\n%BASE%\nglibc\n"
-    assert parse_pacman_desc_name(desc) == "lib32-glibc"
-    for broken in (b"", b"%VERSION%\n1-1\n", b"%NAME%\n", b"%NAME%\n\nfoo\n"):
-        with pytest.raises(ValueError, match="%NAME%"):
-            parse_pacman_desc_name(broken)
 
 
 # Properties over generated record sets.

@@ -16,7 +16,6 @@ from veneer.errors import Error, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 

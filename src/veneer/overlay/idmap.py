@@ -42,7 +42,6 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 FSOPEN_CLOEXEC = 0x1
 FSMOUNT_CLOEXEC = 0x1
 
-FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
@@ -145,15 +144,6 @@ def fsconfig_set_string(fs_fd: int, key: str, value: str) -> None:
         "fsconfig", f"{key}={value}", NR_FSCONFIG,
         ctypes.c_long(fs_fd), ctypes.c_ulong(FSCONFIG_SET_STRING),
         ctypes.c_char_p(key.encode()), ctypes.c_char_p(os.fsencode(value)), ctypes.c_long(0),
-    )  # fmt: skip
-
-
-def fsconfig_set_flag(fs_fd: int, key: str) -> None:
-    """fsconfig(2) FSCONFIG_SET_FLAG: set the flag parameter `key`."""
-    _syscall(
-        "fsconfig", key, NR_FSCONFIG,
-        ctypes.c_long(fs_fd), ctypes.c_ulong(FSCONFIG_SET_FLAG),
-        ctypes.c_char_p(key.encode()), ctypes.c_void_p(None), ctypes.c_long(0),
     )  # fmt: skip
 
 

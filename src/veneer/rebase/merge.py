@@ -147,15 +147,6 @@ def merge_pacman_entries(
     return merged, tuple(conflicts)
 
 
-def parse_pacman_desc_name(desc: bytes) -> str:
-    """The package name (`%NAME%`) of a pacman local database entry's `desc` file."""
-    lines = [line.strip() for line in _text(desc).split("\n")]
-    for i, line in enumerate(lines[:-1]):
-        if line == "%NAME%" and lines[i + 1]:
-            return lines[i + 1]
-    raise ValueError("the pacman desc file has no %NAME%")
-
-
 def _text(data: bytes | None) -> str:
     # surrogateescape gives back the exact bytes of non-UTF-8 text (a Latin-1 GECOS field, say).
     return "" if data is None else data.decode("utf-8", "surrogateescape")

@@ -125,13 +125,6 @@ def pane_status(socket: Path, name: str) -> int | None:
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
-def has_session(socket: Path, name: str) -> bool:
-    return (
-        proc.run(tmux_argv(socket, "has-session", "-t", f"={name}"), check=False, capture=True).returncode
-        == 0
-    )
-
-
 def kill_session(socket: Path, name: str) -> None:
     proc.run(tmux_argv(socket, "kill-session", "-t", f"={name}"), check=False, capture=True)
 
