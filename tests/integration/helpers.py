@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -163,3 +164,33 @@ def view(root: Path) -> dict[str, tuple[object, ...]]:
             data = path.read_bytes() if stat.S_ISREG(st_.st_mode) else None
             seen[os.path.relpath(path, root)] = (st_.st_mode, data)
     return seen
+
+
+# Runs the CLI and kills itself (SIGKILL, as `kill -9` would) just before its Nth rename or replace: the
+# steps that move entries in and out of the upper dir and the journal, and every atomic write of state.
+KILL_AT = """
+import os, signal, sys
+from veneer.cli import main
+
+left = int(sys.argv[1])
+
+def fatal(real):
+    def call(*args, **kwargs):
+        global left
+        left -= 1
+        if left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+
+os.rename, os.replace = fatal(os.rename), fatal(os.replace)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_at(store: Store, step: int, *args: str) -> bool:
+    """Run `veneer ARGS` killed at `step`; whether it was (False: it finished first)."""
+    argv = [sys.executable, "-c", KILL_AT, str(step), *args]
+    result = proc.run(argv, capture=True, check=False, env=store.env())
+    assert result.returncode in (0, -signal.SIGKILL), result.stderr
+    return result.returncode != 0

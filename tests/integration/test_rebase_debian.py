@@ -14,15 +14,13 @@ import hashlib
 import json
 import os
 import shlex
-import signal
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.helpers import Store
+from tests.integration.helpers import Store, killed_at
 from veneer.util import proc
 
 pytestmark = pytest.mark.root
@@ -349,36 +347,6 @@ def test_running_child_is_stopped_rebased_and_started_again(
     )
     assert inside(store, "c1", "id -u alice >/dev/null; id bob", ok=(1,)) == ""
     assert inside(store, "c1", "dpkg --audit; dpkg --verify") == ""
-
-
-# Runs the CLI and kills itself (SIGKILL, as `kill -9` would) just before its Nth rename or replace: the
-# steps that move entries in and out of the upper dir and the journal, and every atomic write of state.
-KILL_AT = """
-import os, signal, sys
-from veneer.cli import main
-
-left = int(sys.argv[1])
-
-def fatal(real):
-    def call(*args, **kwargs):
-        global left
-        left -= 1
-        if left == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    return call
-
-os.rename, os.replace = fatal(os.rename), fatal(os.replace)
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def killed_at(store: Store, step: int, *args: str) -> bool:
-    """Run `veneer ARGS` killed at `step`; whether it was (False: it finished first)."""
-    argv = [sys.executable, "-c", KILL_AT, str(step), *args]
-    result = proc.run(argv, capture=True, check=False, env=store.env())
-    assert result.returncode in (0, -signal.SIGKILL), result.stderr
-    return result.returncode != 0
 
 
 def without_times(tree: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:

@@ -44,7 +44,6 @@ from veneer.overlay.mount import is_mounted, mount_overlay, unmount
 from veneer.rebase import journal
 from veneer.rebase.journal import Target
 from veneer.runtime import cgroups, console
-from veneer.util.fault import checkpoint
 from veneer.util.fs import locked, remove_tree
 from veneer.util.staging import trash
 
@@ -239,7 +238,6 @@ def finish_rebase(layout: Layout, name: MachineName) -> None:
     machine_dir = layout.machine_dir(name)
     journal.apply(machine_dir, layout.machine_upper(name))
     target = _move_record(layout, name, "to")
-    checkpoint("rebase-recorded")
     journal.finish(machine_dir)
     logger.info("Machine '%s' is on image '%s' revision %d.", name, target.image, target.revision)
 
@@ -249,7 +247,6 @@ def finish_undo(layout: Layout, name: MachineName) -> Target:
     machine_dir = layout.machine_dir(name)
     journal.undo(machine_dir, layout.machine_upper(name), trash=trasher(layout))
     source = _move_record(layout, name, "from")
-    checkpoint("undo-recorded")
     journal.discard(machine_dir, trash=trasher(layout))
     return source
 

@@ -31,7 +31,6 @@ from typing import Any
 from veneer.errors import StateCorrupt
 from veneer.overlay.layers import OVERLAY_XATTR_PREFIX
 from veneer.rebase.actions import Operation, Plan
-from veneer.util.fault import checkpoint
 from veneer.util.fs import atomic_write, remove_tree, save_json
 
 APPLYING, APPLIED, UNDOING = "applying", "applied", "undoing"
@@ -134,12 +133,10 @@ def prepare(
     )
     save_json(new / "head.json", head)  # what status and prune read, without the (long) list of actions
     atomic_write(new / "state", APPLYING + "\n")
-    checkpoint("rebase-prepared")
     old = journal_dir(machine_dir)
     if old.exists():
         remove_tree(trash(old))
     os.rename(new, old)
-    checkpoint("rebase-started")
 
 
 def _stage_file(path: Path, content: bytes, *, like: Path, st: os.stat_result) -> None:
@@ -167,15 +164,12 @@ def apply(machine_dir: Path, upper: Path) -> None:
         saved, staged = journal / "saved" / index, journal / "staged" / index
         if operation in (Operation.REMOVE, Operation.WRITE) and not os.path.lexists(saved):
             os.rename(path, saved)
-            checkpoint("rebase-saved")
         if operation in (Operation.WRITE, Operation.WHITEOUT) and os.path.lexists(staged):
             os.rename(staged, path)
-            checkpoint("rebase-written")
         if operation is Operation.SETATTR:
             mode, uid, gid = entry["attrs"]
             os.chown(path, uid, gid, follow_symlinks=False)
             os.chmod(path, mode)
-            checkpoint("rebase-setattr")
 
 
 def finish(machine_dir: Path) -> None:
@@ -195,9 +189,7 @@ def undo(machine_dir: Path, upper: Path, *, trash: Callable[[Path], Path]) -> No
         if operation in (Operation.REMOVE, Operation.WRITE) and os.path.lexists(saved):
             if os.path.lexists(path):  # the merged file, or what the machine wrote there since
                 remove_tree(trash(path))
-                checkpoint("undo-cleared")
             os.rename(saved, path)
-            checkpoint("undo-restored")
         if operation is Operation.WHITEOUT and os.path.lexists(path):
             remove_tree(trash(path))
         if operation is Operation.SETATTR:
