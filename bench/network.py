@@ -11,8 +11,8 @@ Each contender is a small class, as in bench/run.py: `setup()` once (untimed), t
 `prepare(i)`, `measure(i)` and `reset(i)`, then `teardown()`. `measure()` returns the repetition's
 samples: bits per second reported by iperf3, round-trip times reported by ping, or the wall clock of
 `veneer start --wait`. Contenders take turns within each repetition, in an order that rotates.
-bench/NETWORK.md says what each benchmark measures and why it is fair. This file does not import
-bench/run.py (edited separately); its few helpers are small copies.
+bench/NETWORK.md says what each benchmark measures and why it is fair. The harness (scratch dir,
+cleanups, background processes) is bench/harness.py's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import os
-import platform
 import re
 import secrets
 import shlex
@@ -30,40 +29,41 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
-
-# Shared with the other benchmarks (bench/ is on sys.path when a script in it runs).
-from run import (  # noqa: E402
+# The harness (bench/ is on sys.path when a script in it runs); importing it puts src/ on sys.path.
+from harness import (
+    POLL_INTERVAL,
+    Background,
     Scratch,
     descendants,
+    exit_with,
     first_line,
     loadavg,
     log,
-    mounts_under,
+    machine_info,
+    process_name,
     raise_on_sigterm,
+    save_report,
+    scratch_dir,
+    spawn_logged,
 )
 
-from veneer.config.layout import Layout  # noqa: E402
-from veneer.errors import CommandFailed  # noqa: E402
-from veneer.network.ipam import (  # noqa: E402
+from veneer.config.layout import Layout
+from veneer.errors import CommandFailed
+from veneer.network.ipam import (
     CANDIDATE_POOLS,
     NetworkConfig,
     Pool,
     host_networks,
     save_network_config,
 )
-from veneer.util.proc import Completed, Process, run, spawn  # noqa: E402
+from veneer.util.proc import Completed, run
 
 IPERF = Path("/usr/bin/iperf3")
 BUSYBOX = Path("/usr/bin/busybox")
@@ -76,7 +76,6 @@ PING_INTERVAL = "0.002"
 SUBNET_RANGE = IPv4Network("10.213.0.0/16")
 SERVER_TIMEOUT = 10.0
 STOP_PATIENCE = 5.0
-POLL_INTERVAL = 0.01
 DEFAULT_REPEAT = {"throughput": 10, "latency": 10, "start": 10}
 
 
@@ -95,74 +94,6 @@ class Bench(Scratch):
     @property
     def layout(self) -> Layout:
         return Layout(root=self.store, run=self.runtime)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Background processes (iperf3 servers), each in a session of its own, stopped by pid.
-
-# Held off while a background command starts, so that it is in the cleanups before a Ctrl-C unwinds the run.
-DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@dataclass(kw_only=True)
-class Background:
-    argv: list[str]
-    process: Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.running():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_INTERVAL)
-        return True
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers; reaped either way."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not self.running():
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-            if self.wait(STOP_PATIENCE):
-                return
-
-
-def spawn_background(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> Background:
-    """Start argv with stdin from /dev/null and output appended to `log`, in a session of its own (so that a
-    Ctrl-C reaches the harness alone, whose cleanups then stop it)."""
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-
-    def before_exec() -> None:
-        # Between fork and exec: stdlib calls only. Signals blocked here would stay blocked in the command.
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.setsid()
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
-    try:
-        return Background(argv=list(argv), process=spawn(argv, env=env, before_exec=before_exec), log=log)
-    finally:
-        os.close(out)
-        os.close(null)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def process_name(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    return ""
 
 
 def listening(pid: int, port: int) -> bool:
@@ -192,14 +123,14 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.iperf_pid, signal.SIGTERM)
             self.background.wait(STOP_PATIENCE)
-        self.background.stop()
+        self.background.stop(STOP_PATIENCE)
 
 
 def start_server(
     bench: Bench, label: str, argv: Sequence[str], env: Mapping[str, str] | None = None
 ) -> Server:
     """Start an iperf3 server (`argv` ends in `iperf3 -s`) and wait until it listens."""
-    background = spawn_background(argv, log=bench.log_file(f"iperf3-{label}"), env=env)
+    background = spawn_logged(argv, log=bench.log_file(f"iperf3-{label}"), env=env)
     server = Server(label=label, background=background, iperf_pid=background.pid)
     bench.defer(server.stop, f"stop the iperf3 server of {label} (pid {background.pid})")
     deadline = time.monotonic() + SERVER_TIMEOUT
@@ -1044,17 +975,12 @@ def format_table(result: dict[str, Any]) -> list[str]:
 # Host details, and the last cleanups: leftovers of the store, processes, mounts, the scratch dir.
 
 
-def host_info() -> dict[str, Any]:
-    git = run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture=True, check=False)
+def host_info(scratch: Path) -> dict[str, Any]:
     return {
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "veneer_git": git.stdout.strip() or "unknown",
+        **machine_info(scratch),
         "iperf3": first_line([os.fspath(IPERF), "--version"]),
         "busybox": first_line([os.fspath(BUSYBOX)]),
         "systemd_nspawn": first_line(["systemd-nspawn", "--version"]),
-        "loadavg_at_end": loadavg(),
     }
 
 
@@ -1106,22 +1032,6 @@ def remove_leftovers(bench: Bench) -> None:
             time.sleep(1)
 
 
-@contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
-    scratch = Path(tempfile.mkdtemp(prefix="veneer-netbench-"))
-    try:
-        yield scratch
-    finally:
-        for point in mounts_under(scratch):
-            log(f"unmounting leftover {point}")
-            run(["umount", point], check=False, capture=True)
-        left = mounts_under(scratch)
-        if left:
-            log(f"NOT removing {scratch}: still mounted: {', '.join(left)}")
-        else:
-            run(["rm", "-rf", "--one-file-system", scratch], check=False, capture=True)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="veneer network benchmarks (as root)")
     parser.add_argument("--only", choices=[b.name for b in BENCHMARKS], help="run one benchmark")
@@ -1145,7 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     selected = [b for b in BENCHMARKS if args.only in (None, b.name)]
     started, load_at_start = time.time(), loadavg()
-    with scratch_dir() as scratch, contextlib.ExitStack() as cleanups:
+    with scratch_dir("veneer-netbench-") as scratch, contextlib.ExitStack() as cleanups:
         bench = Bench(scratch=scratch, tag=secrets.token_hex(2), cleanups=cleanups)
         # Registered first, so it runs last, once every machine, namespace and server is gone.
         bench.defer(lambda: remove_leftovers(bench), "remove leftovers")
@@ -1169,7 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "version": 1,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "arguments": {"only": args.only, "repeat": args.repeat, "warmup": args.warmup},
-            "host": {**host_info(), "loadavg_at_start": load_at_start},
+            "host": {**host_info(bench.scratch), "loadavg_at_start": load_at_start},
             "setup_s": bench.setup_seconds,
             "details": bench.info,
             "benchmarks": results,
@@ -1184,10 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines.append("Left behind by veneer (removed by the harness): " + "; ".join(bench.leftovers))
     table = "\n".join(lines).strip("\n")
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("network-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
-    path.write_text(json.dumps({**report, "table": table}, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nWrote {path.relative_to(REPO)}")
+    save_report({**report, "table": table}, started, prefix="network-")
     if bench.cleanup_failures:
         log(f"some cleanups failed (see above): {', '.join(bench.cleanup_failures)}")
         return 1
@@ -1195,12 +1102,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CommandFailed as e:
-        log(f"failed: {shlex.join(e.argv)}: {e.message}")
-        log("cleaned up (a cleanup that failed is reported above)")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted; cleaned up (a cleanup that failed is reported above)")
-        sys.exit(130)
+    exit_with(main)

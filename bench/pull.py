@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-# Shared with the other benchmarks (bench/ is on sys.path when a script in it runs).
-from run import log, podman_flags  # noqa: E402
+# The harness (bench/ is on sys.path when a script in it runs).
+from harness import log, podman_flags  # noqa: E402
 
 from veneer.util.proc import run, spawn  # noqa: E402
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Shared with the other benchmarks (bench/ is on sys.path when a script in it runs; run.py puts src/ there).
-from run import (
+# The harness (bench/ is on sys.path when a script in it runs); importing it puts src/ on sys.path.
+from harness import (
     Contender,
     Samples,
     exit_with,

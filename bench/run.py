@@ -5,11 +5,9 @@ run makes (a store, copies, podman images and containers, mounts, cgroups) lives
 or is named `veneer-bench-*` or `vb*`, and is removed on the way out, also after a failure or Ctrl-C; the
 machines and containers it boots in the background are stopped by pid.
 
-Each contender is a small class: `setup()` once (untimed), then per repetition `prepare(i)` (untimed),
-`measure(i)` (the only timed call, wall clock with time.perf_counter) and `reset(i)` (untimed), and
-`teardown()` once. The contenders of a benchmark take turns within each repetition, in an order that
-rotates, so drift in the machine's state hits them alike. A survey (`memory`) measures something other
-than time and makes a table of its own. bench/README.md says what each benchmark measures and why it is fair.
+Each contender is a small class following the protocol of bench/harness.py, which times them. A survey
+(`memory`) measures something other than time and makes a table of its own. bench/README.md says what
+each benchmark measures and why it is fair.
 """
 
 from __future__ import annotations
@@ -20,30 +18,50 @@ import contextlib
 import errno
 import json
 import os
-import platform
-import resource
 import shlex
 import shutil
 import signal
 import socket
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
+# The harness (bench/ is on sys.path when a script in it runs); importing it puts src/ on sys.path.
+from harness import (
+    POLL_INTERVAL,
+    Background,
+    Contender,
+    Samples,
+    Scratch,
+    child_pids,
+    descendants,
+    executable,
+    exit_with,
+    first_line,
+    human_time,
+    is_running,
+    loadavg,
+    log,
+    machine_info,
+    mounts_under,
+    podman_flags,
+    process_name,
+    raise_on_sigterm,
+    save_report,
+    scratch_dir,
+    spawn_logged,
+    start_time,
+    stat_fields,
+    time_contenders,
+    wait_all,
+)
 
-from veneer.config.layout import Layout  # noqa: E402
-from veneer.errors import CommandFailed  # noqa: E402
-from veneer.util.proc import Completed, Process, run, spawn, which  # noqa: E402
+from veneer.config.layout import Layout
+from veneer.errors import CommandFailed
+from veneer.util.proc import Completed, run, which
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -51,82 +69,10 @@ GB = 1024 * MB
 FILLER_SOURCES = (Path("/usr/share"), Path("/usr/lib"))
 PODMAN_PREFIX = "veneer-bench"
 DEBIAN_SUITE = "bookworm"
-# Podman lowers its own RLIMIT_NPROC to this before starting the OCI runtime (it is podman's default).
-PODMAN_NPROC = 32768
-CAP_SYS_RESOURCE = 24
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The run's environment: scratch space, the veneer store in it, and how to call veneer and podman.
-
-
-@dataclass(kw_only=True)
-class Scratch:
-    """Scratch space of one run, with its own veneer store; `cleanups` undo, in reverse, what the run
-    made. Each benchmark script's `Bench` adds its own settings."""
-
-    scratch: Path
-    cleanups: contextlib.ExitStack
-    setup_seconds: dict[str, float] = field(default_factory=dict)
-    cleanup_failures: list[str] = field(default_factory=list)
-
-    @property
-    def store(self) -> Path:
-        return self.scratch / "store"
-
-    @property
-    def runtime(self) -> Path:
-        return self.scratch / "run"
-
-    def veneer_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "veneer", *args]
-
-    def veneer_env(self) -> dict[str, str]:
-        """The checkout's veneer, against the run's own store."""
-        return {
-            "PYTHONPATH": os.fspath(REPO / "src"),
-            "VENEER_ROOT": os.fspath(self.store),
-            "VENEER_RUN": os.fspath(self.runtime),
-            # Its own registry of uid ranges too: the scratch store goes away with all its machines.
-            "VENEER_UIDS": os.fspath(self.scratch / "uids"),
-        }
-
-    def veneer(self, *args: str, check: bool = True) -> Completed:
-        """Run the checkout's veneer CLI against the run's own store."""
-        return run(self.veneer_argv(*args), capture=True, env=self.veneer_env(), check=check)
-
-    def log_file(self, name: str) -> Path:
-        """Where a command run in the background writes its output (in the scratch dir)."""
-        logs = self.scratch / "logs"
-        logs.mkdir(exist_ok=True)
-        return logs / f"{name}.log"
-
-    def defer(self, step: Callable[[], object], what: str) -> None:
-        """Run `step` at the end of the run; a failure is reported, and the other cleanups still run."""
-
-        def guarded() -> None:
-            try:
-                step()
-            except CommandFailed as e:
-                log(f"cleanup failed: {what}: {e.message}: {e.stderr.strip()[-500:]}")
-                self.cleanup_failures.append(what)
-            except OSError as e:
-                log(f"cleanup failed: {what}: {e}")
-                self.cleanup_failures.append(what)
-
-        self.cleanups.callback(guarded)
-
-    def timed_setup(self, what: str, step: Callable[[], None]) -> None:
-        """Run an untimed setup step, but note how long it took (reported in the JSON and on stderr)."""
-        log(f"setup: {what} ...")
-        start = time.perf_counter()
-        step()
-        self.setup_seconds[what] = time.perf_counter() - start
-        log(f"setup: {what}: {self.setup_seconds[what]:.1f} s")
 
 
 @dataclass(kw_only=True)
@@ -156,185 +102,13 @@ class Bench(Scratch):
         tarball.unlink()
 
 
-def has_capability(bit: int) -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> bit & 1)
-    return False
-
-
-def podman_flags() -> tuple[list[str], list[str]]:
-    """The podman flags this host needs, each only when its reason applies."""
-    global_flags: list[str] = []
-    run_flags = ["--network=none"]  # veneer machines have no network by default either
-    controllers = Path("/sys/fs/cgroup/unified/cgroup.controllers")
-    if controllers.exists() and controllers.read_text().strip():
-        # Hybrid cgroups with controllers on the v2 side: crun refuses ("cgroups in hybrid mode not
-        # supported"), runc copes.
-        if which("runc") is None:
-            raise SystemExit("bench: podman needs runc on this host (hybrid cgroups): apt-get install runc")
-        global_flags.append("--runtime=runc")
-    if not Path("/run/systemd/system").is_dir():
-        # No systemd as PID 1: no systemd cgroup manager and no journal for podman's events.
-        global_flags += ["--cgroup-manager=cgroupfs", "--events-backend=file"]
-    if not has_capability(CAP_SYS_RESOURCE):
-        # Without CAP_SYS_RESOURCE the OCI runtime cannot raise limits to podman's defaults (nofile
-        # 1048576; nproc is what podman set for itself): ask for what this process already has.
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], PODMAN_NPROC)
-        run_flags += [f"--ulimit=nofile={nofile}:{nofile}", f"--ulimit=nproc={nproc}:{nproc}"]
-    return global_flags, run_flags
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Machines that keep running: commands started in the background, processes found in /proc, stopped by pid.
 
 BOOT_TIMEOUT = 60.0  # seconds for a machine to become ready, as `veneer start`'s default --timeout
 STOP_TIMEOUT = 60.0
-# How often the harness looks whether background commands have exited, or plain nspawn's busybox init has
-# started its first child: it notices within this. (veneer's own `start --wait` looks every 50 ms.)
-POLL_INTERVAL = 0.01
 # The cgroup of its own that each plain nspawn runs in: /sys/fs/cgroup/<hierarchy>/veneer-bench/<name>.
 CGROUP_GROUP = PODMAN_PREFIX
-
-
-@dataclass(kw_only=True)
-class Background:
-    """A command running in the background in a session of its own, its output going to a log file."""
-
-    argv: list[str]
-    process: Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def failure(self, status: int) -> CommandFailed:
-        return CommandFailed(self.argv, status, self.log.read_text(errors="replace"))
-
-    def timed_out(self, what: str, timeout: float) -> CommandFailed:
-        error = self.failure(-1)
-        error.message = f"Command '{self.argv[0]}' (pid {self.pid}) did not {what} within {timeout:.0f} s"
-        return error
-
-    def kill(self) -> None:
-        """SIGKILL it by pid and reap it (cleanup only)."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-# Held off while a background command starts, so that it is in its list for the cleanups before a Ctrl-C
-# or SIGTERM unwinds the run.
-DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def spawn_logged(
-    argv: Sequence[str],
-    *,
-    into: list[Background],
-    log: Path,
-    env: Mapping[str, str] | None = None,
-    cgroups: Sequence[Path] = (),
-) -> Background:
-    """Start argv in the background and append it to `into`: stdin from /dev/null, stdout and stderr
-    appended to `log`, in the given cgroups from its first instruction on."""
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    procs = [os.fspath(d / "cgroup.procs") for d in cgroups]
-
-    def before_exec() -> None:
-        # Between fork and exec: stdlib calls only. The blocked signals would stay blocked in the command:
-        # unblock them. A session of its own, so that a Ctrl-C at the terminal reaches the harness alone,
-        # whose cleanups then stop the command in order.
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.setsid()
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        for path in procs:
-            fd = os.open(path, os.O_WRONLY)
-            os.write(fd, b"0")
-            os.close(fd)
-
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
-    try:
-        background = Background(
-            argv=list(argv), process=spawn(argv, env=env, before_exec=before_exec), log=log
-        )
-        into.append(background)
-    finally:
-        os.close(out)
-        os.close(null)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held off is handled here
-    return background
-
-
-def wait_all(jobs: Sequence[Background], *, what: str, timeout: float) -> None:
-    """Until every job has exited (noticed within POLL_INTERVAL); raise for the first that failed."""
-    deadline = time.monotonic() + timeout
-    pending = list(jobs)
-    while pending := [job for job in pending if job.process.poll() is None]:
-        if time.monotonic() > deadline:
-            raise pending[0].timed_out(what, timeout)
-        time.sleep(POLL_INTERVAL)
-    for job in jobs:
-        if job.process.returncode != 0:
-            raise job.failure(job.process.returncode)
-
-
-def child_pids(pid: int) -> list[int]:
-    children: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                children += [int(c) for c in (task / "children").read_text().split()]
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], child_pids(pid)
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += child_pids(child)
-    return found
-
-
-def process_name(pid: int) -> str:
-    """The process's name as ps shows it (`tmux: server`, `sh`, `head`), or "" once it is gone."""
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    return ""
-
-
-def executable(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    return ""
-
-
-def stat_fields(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name: [0] is the state, [19] the start time; [] once it is gone."""
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()
-    return []
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process."""
-    fields = stat_fields(pid)
-    return int(fields[19]) if fields else None
-
-
-def is_running(pid: int, started: int | None) -> bool:
-    """Whether the process that had this start time still runs; a zombie has ended (on this host PID 1
-    takes seconds to reap the orphans it inherits)."""
-    fields = stat_fields(pid)
-    return bool(fields) and started is not None and int(fields[19]) == started and fields[0] != "Z"
 
 
 def container_init(nspawn_pid: int) -> int | None:
@@ -615,34 +389,6 @@ def make_big_tree(dest: Path, skeleton: Path, budget: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Contenders.
-
-
-class Contender:
-    """One way of doing the benchmark's task. Only `measure()` is timed."""
-
-    name = ""
-    command = ""  # what `measure()` runs, for the table
-    reference = 0  # the contender (by index in its benchmark) whose median is this one's ratio's denominator
-
-    def setup(self) -> None:
-        """Untimed, once, before the first repetition."""
-
-    def prepare(self, i: int) -> None:
-        """Untimed, before each repetition: make what `measure(i)` needs (machines to stop)."""
-
-    def measure(self, i: int) -> None:
-        """The timed task of repetition `i` (negative: warm-up)."""
-        raise NotImplementedError
-
-    def reset(self, i: int) -> None:
-        """Untimed, after each repetition: undo what `measure(i)` made."""
-
-    def teardown(self) -> None:
-        """Untimed, once; also runs after a failed `setup()`, so it must cope with partial state."""
-
-    def notes(self) -> list[str]:
-        """What the contender observed besides time (checks after each repetition), for the report."""
-        return []
 
 
 class VeneerCreate(Contender):
@@ -1353,61 +1099,8 @@ BENCHMARKS: tuple[Benchmark | Survey, ...] = (
 )
 
 
-@dataclass(kw_only=True)
-class Samples:
-    name: str
-    command: str
-    seconds: list[float]
-    reference: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def min(self) -> float:
-        return min(self.seconds)
-
-
-def time_contenders(contenders: Sequence[Contender], repeat: int, warmup: int) -> list[Samples]:
-    """Set all up, then time each in turn, repetition by repetition; tear all down whatever happens."""
-    samples = [
-        Samples(name=c.name, command=c.command, seconds=[], reference=c.reference) for c in contenders
-    ]
-    with contextlib.ExitStack() as stack:
-        for contender in contenders:
-            stack.callback(contender.teardown)
-            contender.setup()
-        pairs = list(zip(contenders, samples, strict=True))
-        for i in range(-warmup, repeat):
-            # The order rotates, so that no contender always follows the one that leaves the most behind
-            # (2 GB of freed blocks after `cp -a`), and each goes first as often as the others.
-            shift = i % len(pairs)
-            for contender, sample in pairs[shift:] + pairs[:shift]:
-                contender.prepare(i)
-                start = time.perf_counter()
-                contender.measure(i)
-                elapsed = time.perf_counter() - start
-                contender.reset(i)
-                # Dirty pages of one contender must not be written back during the next one's turn.
-                os.sync()
-                if i >= 0:
-                    sample.seconds.append(elapsed)
-            log(f"repetition {i + 1}/{repeat} done" if i >= 0 else "warm-up done")
-        for contender, sample in pairs:
-            sample.notes = contender.notes()
-    return samples
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Reporting.
-
-
-def human_time(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    return f"{seconds:.2f} s"
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -1481,41 +1174,6 @@ def summarize(benchmark: Benchmark, samples: list[Samples]) -> dict[str, Any]:
     }
 
 
-def first_line(argv: Sequence[str]) -> str:
-    try:
-        return run(argv, capture=True).stdout.strip().splitlines()[0]
-    except (CommandFailed, IndexError):
-        return "unknown"
-
-
-def fs_type(path: Path) -> str:
-    best, kind = "", "unknown"
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _, mount_point, fstype, *_ = line.split()
-        if os.fspath(path).startswith(mount_point) and len(mount_point) >= len(best):
-            best, kind = mount_point, fstype
-    return kind
-
-
-def loadavg() -> list[str]:
-    return Path("/proc/loadavg").read_text().split()[:3]
-
-
-def machine_info(scratch: Path) -> dict[str, Any]:
-    """What every benchmark reports about the host and the checkout."""
-    git = run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture=True, check=False)
-    return {
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        # Other work on the host adds noise to every contender alike (they take turns); worth knowing.
-        "loadavg_at_end": loadavg(),
-        "scratch_fs": fs_type(scratch),
-        "python": platform.python_version(),
-        "veneer_git": git.stdout.strip() or "unknown",
-    }
-
-
 def host_info(bench: Bench) -> dict[str, Any]:
     return {
         **machine_info(bench.scratch),
@@ -1528,40 +1186,6 @@ def host_info(bench: Bench) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Cleanup of the scratch directory: unmount first, so that deleting it cannot reach through a mount.
-
-
-def mounts_under(path: Path) -> list[str]:
-    prefix = os.fspath(path) + "/"
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point.startswith(prefix):
-            points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
-def remove_scratch(scratch: Path) -> None:
-    for point in mounts_under(scratch):
-        log(f"unmounting leftover {point}")
-        run(["umount", point], check=False, capture=True)
-    left = mounts_under(scratch)
-    if left:
-        log(f"NOT removing {scratch}: still mounted: {', '.join(left)}")
-        return
-    run(["rm", "-rf", "--one-file-system", scratch], check=False, capture=True)
-
-
-@contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
-    scratch = Path(tempfile.mkdtemp(prefix="veneer-bench-"))
-    try:
-        yield scratch
-    finally:
-        remove_scratch(scratch)
-
-
-def raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: every cleanup runs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1620,29 +1244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"some cleanups failed (see above): {', '.join(bench.cleanup_failures)}")
         return 1
     return 0
-
-
-def save_report(report: Mapping[str, Any], started: float, *, prefix: str = "") -> Path:
-    """Write a run's report to bench/results/<prefix><UTC time it started>.json and say where."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nWrote {path.relative_to(REPO)}")
-    return path
-
-
-def exit_with(main: Callable[[], int]) -> NoReturn:
-    """Run a benchmark script's main(); a failed command or an interrupt ends it with one line, after the
-    cleanups have run."""
-    try:
-        sys.exit(main())
-    except CommandFailed as e:
-        log(f"failed: {shlex.join(e.argv)}: {e.message}")
-        log("cleaned up (a cleanup that failed is reported above)")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted; cleaned up (a cleanup that failed is reported above)")
-        sys.exit(130)
 
 
 if __name__ == "__main__":
