@@ -148,10 +148,19 @@ def test_no_import_inside_a_function_but_the_lazy_ones() -> None:
     assert unexpected == []
 
 
-def test_recovery_never_imports_the_verbs() -> None:
+def test_recovery_is_below_the_verbs_and_the_verbs_do_not_import_each_other() -> None:
     edges, _ = _graph()
-    verbs = {f"veneer.machines.{name}" for name in ("lifecycle", "run", "boot", "rebase", "sweep")}
-    assert edges["veneer.machines.recovery"] & verbs == set()
+
+    def imports(module: str) -> set[str]:
+        return {m.removeprefix("veneer.machines.") for m in edges[f"veneer.machines.{module}"]}
+
+    verbs = {"lifecycle", "run", "boot", "rebase", "sweep"}
+    assert imports("recovery") & verbs == set()
+    assert {"recovery"} <= imports("lifecycle") & imports("boot") & imports("rebase")
+    assert imports("lifecycle") & {"boot", "rebase"} == set()
+    assert imports("boot") & {"lifecycle", "rebase", "run"} == set()
+    # A rebase stops a running machine and starts it again afterwards: it builds on boot, never the reverse.
+    assert imports("rebase") & {"lifecycle", "run"} == set()
 
 
 def test_images_never_import_the_machine_verbs() -> None:
