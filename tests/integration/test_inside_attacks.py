@@ -1,0 +1,165 @@
+"""Attacks from a machine's root through the verbs that reach inside it: exec, shell and logs.
+
+Each test mounts the attack against a real busybox machine and checks that nothing of the host is reached.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import Store
+from veneer.util import proc
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+
+@pytest.fixture
+def running(busybox: Store) -> Iterator[Store]:
+    """The busybox store with machine 'a1' booted; stopped and removed whatever the test does."""
+    busybox.veneer("create", "a1", "--from", "bb")
+    busybox.veneer("start", "a1", "--wait")
+    yield busybox
+    busybox.veneer("stop", "a1", "--timeout", "5", ok=(0, 1))
+
+
+def inside(store: Store, script: str, *options: str, ok: tuple[int, ...] = (0,)) -> proc.Completed:
+    return store.veneer("exec", *options, "a1", "--", "sh", "-c", script, ok=ok)
+
+
+def status_fields(text: str) -> dict[str, str]:
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+# 1. Working directories are resolved inside the machine, never through its symlinks on the host.
+
+
+def test_exec_workdir_follows_no_symlink_out_of_the_machine(running: Store, tmp_path: Path) -> None:
+    store = running
+    host_dir = tmp_path / "host-only"
+    host_dir.mkdir()
+    (host_dir / "host-marker").write_text("the host's\n")
+    inside(store, f"mkdir -p /srv /inside && touch /inside/inside-marker && ln -s {host_dir} /srv/app")
+    inside(store, "ln -s ../inside /srv/ok && ln -s ../../../../../../.. /srv/up")
+
+    escaped = inside(store, "ls -a; cd ..; ls -a", "--workdir", "/srv/app", ok=(0, 1, 2, 126, 127))
+    assert "host-marker" not in escaped.stdout, "the machine's symlink was followed on the host"
+    assert escaped.returncode == 1 and "/srv/app" in escaped.stderr, "a missing working dir is an error"
+
+    upward = inside(store, f"pwd; ls {host_dir}", "--workdir", "/srv/up", ok=(0, 1))
+    assert upward.stdout.splitlines()[0] == "/", "'..' stops at the machine's root"
+    assert "host-marker" not in upward.stdout
+
+    followed = inside(store, "pwd -P; ls", "--workdir", "/srv/ok")
+    assert followed.stdout.split() == ["/inside", "inside-marker"], (
+        "symlinks resolve as the machine sees them"
+    )
+
+
+# 4. exec'd processes are confined like the machine's own and unattachable until they are inside.
+
+
+def test_exec_is_confined_like_the_machines_own_processes(running: Store) -> None:
+    store = running
+    init = status_fields(inside(store, "cat /proc/1/status").stdout)
+    entered = status_fields(inside(store, "cat /proc/self/status").stdout)
+    for field in ("CapBnd", "CapPrm", "CapEff"):
+        assert entered[field] == init[field], f"{field} differs from the machine init's"
+    assert entered["NoNewPrivs"] == "1"
+    assert entered["Seccomp"] == "2", "no seccomp filter"
+    assert int(entered["Seccomp_filters"]) > int(init["Seccomp_filters"]), "nspawn's filters and one more"
+    as_user = status_fields(inside(store, "cat /proc/self/status", "--user", "nobody").stdout)
+    assert as_user["CapBnd"] == init["CapBnd"] and int(as_user["CapEff"], 16) == 0
+    assert inside(store, "cat /proc/self/cgroup").stdout == inside(store, "cat /proc/1/cgroup").stdout
+
+
+def test_exec_brings_no_host_fd_and_no_host_root_or_cwd(running: Store, tmp_path: Path) -> None:
+    store = running
+    secret = tmp_path / "host-secret"
+    secret.write_text("host-secret-42\n")
+    inside(store, "touch /machine-marker")
+    # veneer started with a host file open on fd 7, as a careless caller might leave it.
+    veneer = " ".join(
+        store.argv("exec", "a1", "--", "sh", "-c", "ls -l /proc/self/fd/; cat /proc/self/fd/7")
+    )
+    leaked = proc.run(["sh", "-c", f"exec 7<{secret}; exec {veneer}"], capture=True, check=False,
+                      env=store.env())  # fmt: skip
+    assert "host-secret" not in leaked.stdout, "a host fd reached the machine"
+
+    sleeper = store.spawn("exec", "a1", "--", "sleep", "1000")
+    try:
+        found = inside(
+            store, "until pidof sleep >/dev/null; do usleep 10000; done; pidof sleep"
+        ).stdout.split()
+        for pid in found:
+            probe = f"readlink /proc/{pid}/cwd; ls /proc/{pid}/root/; ls /proc/{pid}/root{secret}"
+            seen = inside(store, probe, ok=(0, 1))
+            assert seen.stdout.splitlines()[0] == "/"
+            assert "machine-marker" in seen.stdout and "host-secret" not in seen.stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+TIOCSTI_PROBE = r"""
+#include <stdio.h>
+#include <sys/ioctl.h>
+int main(void) {
+    char c = 'x';
+    if (ioctl(0, TIOCSTI, &c) == 0) { puts("injected"); return 0; }
+    perror("TIOCSTI");
+    return 1;
+}
+"""
+
+
+def test_exec_cannot_push_keystrokes_into_the_users_terminal(running: Store, tmp_path: Path) -> None:
+    store = running
+    source = tmp_path / "tiocsti.c"
+    source.write_text(TIOCSTI_PROBE)
+    proc.run(["gcc", "-static", "-O", "-o", tmp_path / "tiocsti", source])
+    shutil.copy(tmp_path / "tiocsti", store.root / "machines/a1/root/tiocsti")  # through its mounted root
+    output = run_under_pty(store, "exec", "a1", "--", "/tiocsti")
+    assert b"injected" not in output and b"TIOCSTI: Operation not permitted" in output
+
+
+# 10. logs neutralises terminal escape sequences on a terminal and passes the bytes on to a pipe.
+
+
+def run_under_pty(store: Store, *args: str) -> bytes:
+    """Run the CLI with a pseudo-terminal as stdin, stdout and stderr; return what it wrote."""
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execve(store.argv()[0], store.argv(*args), {**store.env(), "TERM": "xterm"})
+    output = b""
+    try:
+        while chunk := os.read(master, 65536):
+            output += chunk
+    except OSError:  # EIO once the child has exited and closed the terminal
+        pass
+    finally:
+        os.close(master)
+        os.waitpid(pid, 0)
+    return output
+
+
+def test_logs_neutralise_escape_sequences_on_a_terminal_only(running: Store, tmp_path: Path) -> None:
+    store = running
+    inside(store, r"printf 'before\033]0;pwned\007\033[2J\233J\302\233Kafter\n' > /dev/console")
+    raw = tmp_path / "piped"
+    proc.run(["sh", "-c", f"{' '.join(store.argv('logs', 'a1'))} | cat > {raw}"], env=store.env())
+    piped = raw.read_bytes()
+    assert b"before\x1b]0;pwned\x07\x1b[2J\x9bJ\xc2\x9bKafter" in piped, "a pipe gets the bytes as they are"
+    shown = run_under_pty(store, "logs", "a1")
+    assert b"before" in shown and b"after" in shown
+    assert b"\x1b" not in shown and b"\x07" not in shown and b"\x9b" not in shown, shown
+    assert b"\xc2\x9b" not in shown, "C1 controls in UTF-8 are neutralised too"
+    assert b"pwned" in shown, "the text of a neutralised sequence stays visible"
+    store.veneer("stop", "a1")
+    followed = run_under_pty(store, "logs", "a1", "-f")  # a stopped machine's log: to its end, then exit
+    assert b"pwned" in followed and b"\x1b" not in followed
