@@ -61,6 +61,18 @@ def test_exec_workdir_follows_no_symlink_out_of_the_machine(running: Store, tmp_
     )
 
 
+def test_exec_user_lookup_reads_the_machines_passwd_only(running: Store, tmp_path: Path) -> None:
+    store = running
+    host_passwd = tmp_path / "passwd"
+    host_passwd.write_text("hostonly:x:4242:4242::/host-only-home:/bin/sh\n")
+    inside(store, "cp /etc/passwd /etc/passwd.real && echo guest:x:1000:1000::/:/bin/sh >> /etc/passwd.real")
+    inside(store, "ln -sf passwd.real /etc/passwd")
+    assert inside(store, "id -u", "--user", "guest").stdout == "1000\n", "symlinks resolve inside"
+    inside(store, f"ln -sf {host_passwd} /etc/passwd")
+    refused = inside(store, "echo $HOME", "--user", "hostonly", ok=(1,))
+    assert "No user 'hostonly'" in refused.stderr
+
+
 # 4. exec'd processes are confined like the machine's own and unattachable until they are inside.
 
 

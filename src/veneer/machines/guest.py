@@ -8,6 +8,9 @@ from pathlib import Path
 
 from veneer.errors import MachineError
 from veneer.util.proc import child_pids
+from veneer.util.inroot import read_in_root
+
+PASSWD_LIMIT_BYTES = 16 << 20
 
 
 class InitKind(enum.StrEnum):
@@ -85,11 +88,25 @@ def find_leader(nspawn_pid: int) -> int | None:
 
 
 def lookup_user(root: Path, user: str) -> tuple[int, int, str, str]:
-    """(uid, gid, home, shell) of a user in the machine's /etc/passwd, by name or number."""
-    passwd = resolve_in_root(root, "etc/passwd")
-    lines = passwd.read_text().splitlines() if passwd else []
-    for line in lines:
+    """(uid, gid, home, shell) of a user in /etc/passwd of the machine at `root`, by name or number.
+
+    The file is opened as the machine sees it (`read_in_root`): its symlinks never lead to the host's.
+    """
+    try:
+        text = read_in_root(root, "/etc/passwd", limit=PASSWD_LIMIT_BYTES).decode(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    except OSError as e:
+        raise MachineError(
+            f"Failed to read /etc/passwd of the machine: {e.strerror}", hint="Fix the machine's /etc/passwd."
+        ) from None
+    for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) >= 7 and user in (fields[0], fields[2]):
+        if (
+            len(fields) >= 7
+            and user in (fields[0], fields[2])
+            and fields[2].isdigit()
+            and fields[3].isdigit()
+        ):
             return int(fields[2]), int(fields[3]), fields[5] or "/", fields[6] or "/bin/sh"
     raise MachineError(f"No user '{user}' in the machine", hint="See the machine's /etc/passwd.")
