@@ -5,6 +5,8 @@ Each test mounts the attack against a real busybox machine and checks that nothi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pty
 import shutil
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
+from veneer.runtime import seccomp
 from veneer.util import proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -30,6 +33,18 @@ def running(busybox: Store) -> Iterator[Store]:
 
 def inside(store: Store, script: str, *options: str, ok: tuple[int, ...] = (0,)) -> proc.Completed:
     return store.veneer("exec", *options, "a1", "--", "sh", "-c", script, ok=ok)
+
+
+def processes_named(comm: str, leader: int) -> list[int]:
+    """Host pids of the processes named `comm` in the PID namespace of the machine whose init is `leader`."""
+    namespace = os.readlink(f"/proc/{leader}/ns/pid")
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.readlink(entry / "ns/pid") == namespace:
+                if (entry / "comm").read_text().strip() == comm:
+                    found.append(int(entry.name))
+    return found
 
 
 def status_fields(text: str) -> dict[str, str]:
@@ -88,6 +103,20 @@ def test_exec_is_confined_like_the_machines_own_processes(running: Store) -> Non
     as_user = status_fields(inside(store, "cat /proc/self/status", "--user", "nobody").stdout)
     assert as_user["CapBnd"] == init["CapBnd"] and int(as_user["CapEff"], 16) == 0
     assert inside(store, "cat /proc/self/cgroup").stdout == inside(store, "cat /proc/1/cgroup").stdout
+
+    # The very filters of the init, read from the host, and the one against TIOCSTI after them.
+    leader = json.loads(store.veneer("status", "a1", "--json").stdout)["pid"]
+    sleeper = store.spawn("exec", "a1", "--", "sleep", "1000")
+    try:
+        assert proc.wait_until(lambda: bool(processes_named("sleep", leader)), timeout=60)
+        (entered_pid,) = processes_named("sleep", leader)
+        assert seccomp.filters_of(entered_pid) == [
+            *seccomp.filters_of(leader),
+            seccomp.tty_injection_filter(),
+        ]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_exec_brings_no_host_fd_and_no_host_root_or_cwd(running: Store, tmp_path: Path) -> None:

@@ -95,7 +95,8 @@ def _ptrace(request: int, pid: int, addr: int, data: object, *, call: str) -> in
 
 
 def _read_filters(pid: int) -> list[Filter]:
-    """The filters of a ptrace-stopped `pid`, the most recently installed first."""
+    """The filters of a ptrace-stopped `pid`, oldest first: the kernel's index 0 is the first installed
+    (`get_nth_filter()` in kernel/seccomp.c)."""
     filters: list[Filter] = []
     while True:
         try:
@@ -136,7 +137,7 @@ def filters_of(pid: int) -> list[Filter]:
         except OSError as e:
             if e.errno != errno.ESRCH:
                 raise
-    return filters[::-1]
+    return filters
 
 
 def tty_injection_filter() -> Filter:
