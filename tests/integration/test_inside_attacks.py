@@ -76,6 +76,29 @@ def test_exec_workdir_follows_no_symlink_out_of_the_machine(running: Store, tmp_
     )
 
 
+def test_run_workdir_follows_no_symlink_out_of_the_machine(busybox: Store, tmp_path: Path) -> None:
+    store = busybox
+    host_dir = tmp_path / "host-only"
+    host_dir.mkdir()
+    (host_dir / "host-marker").write_text("the host's\n")
+    store.veneer("create", "r1", "--from", "bb")
+    store.veneer("run", "r1", "--", "sh", "-c", f"mkdir /srv && ln -s {host_dir} /srv/app")
+    escaped = store.veneer("run", "--workdir", "/srv/app", "r1", "--", "ls", "-a", ok=(0, 1))
+    assert "host-marker" not in escaped.stdout and escaped.returncode == 1
+
+
+def test_shell_is_a_login_shell_on_the_users_terminal(running: Store) -> None:
+    store = running
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execve(store.argv()[0], store.argv("shell", "a1"), {**store.env(), "TERM": "xterm"})
+    os.write(master, b"echo marker-$((6*7)); exit 3\n")
+    output = read_all(master)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert b"\nmarker-42" in output
+
+
 def test_exec_user_lookup_reads_the_machines_passwd_only(running: Store, tmp_path: Path) -> None:
     store = running
     host_passwd = tmp_path / "passwd"
@@ -177,15 +200,22 @@ def run_under_pty(store: Store, *args: str) -> bytes:
     pid, master = pty.fork()
     if pid == 0:
         os.execve(store.argv()[0], store.argv(*args), {**store.env(), "TERM": "xterm"})
+    try:
+        return read_all(master)
+    finally:
+        os.waitpid(pid, 0)
+
+
+def read_all(master: int) -> bytes:
+    """What the other side of a pseudo-terminal writes until it closes; closes `master`."""
     output = b""
     try:
         while chunk := os.read(master, 65536):
             output += chunk
-    except OSError:  # EIO once the child has exited and closed the terminal
+    except OSError:  # EIO once every process on the terminal has closed it
         pass
     finally:
         os.close(master)
-        os.waitpid(pid, 0)
     return output
 
 
