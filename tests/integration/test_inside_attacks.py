@@ -24,15 +24,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 @pytest.fixture
 def running(busybox: Store) -> Iterator[Store]:
-    """The busybox store with machine 'a1' booted; stopped and removed whatever the test does."""
-    busybox.veneer("create", "a1", "--from", "bb")
-    busybox.veneer("start", "a1", "--wait")
+    """The busybox store with machine 'intruder' booted; stopped and removed whatever the test does."""
+    busybox.veneer("create", "intruder", "--from", "bb")
+    busybox.veneer("start", "intruder", "--wait")
     yield busybox
-    busybox.veneer("stop", "a1", "--timeout", "5", ok=(0, 1))
+    busybox.veneer("stop", "intruder", "--timeout", "5", ok=(0, 1))
 
 
 def inside(store: Store, script: str, *options: str, ok: tuple[int, ...] = (0,)) -> proc.Completed:
-    return store.veneer("exec", *options, "a1", "--", "sh", "-c", script, ok=ok)
+    return store.veneer("exec", *options, "intruder", "--", "sh", "-c", script, ok=ok)
 
 
 def processes_named(comm: str, leader: int) -> list[int]:
@@ -81,9 +81,9 @@ def test_run_workdir_follows_no_symlink_out_of_the_machine(busybox: Store, tmp_p
     host_dir = tmp_path / "host-only"
     host_dir.mkdir()
     (host_dir / "host-marker").write_text("the host's\n")
-    store.veneer("create", "r1", "--from", "bb")
-    store.veneer("run", "r1", "--", "sh", "-c", f"mkdir /srv && ln -s {host_dir} /srv/app")
-    escaped = store.veneer("run", "--workdir", "/srv/app", "r1", "--", "ls", "-a", ok=(0, 1))
+    store.veneer("create", "intruder2", "--from", "bb")
+    store.veneer("run", "intruder2", "--", "sh", "-c", f"mkdir /srv && ln -s {host_dir} /srv/app")
+    escaped = store.veneer("run", "--workdir", "/srv/app", "intruder2", "--", "ls", "-a", ok=(0, 1))
     assert "host-marker" not in escaped.stdout and escaped.returncode == 1
 
 
@@ -91,7 +91,7 @@ def test_shell_is_a_login_shell_on_the_users_terminal(running: Store) -> None:
     store = running
     pid, master = pty.fork()
     if pid == 0:
-        os.execve(store.argv()[0], store.argv("shell", "a1"), {**store.env(), "TERM": "xterm"})
+        os.execve(store.argv()[0], store.argv("shell", "intruder"), {**store.env(), "TERM": "xterm"})
     os.write(master, b"echo marker-$((6*7)); exit 3\n")
     output = read_all(master)
     _, status = os.waitpid(pid, 0)
@@ -128,8 +128,8 @@ def test_exec_is_confined_like_the_machines_own_processes(running: Store) -> Non
     assert inside(store, "cat /proc/self/cgroup").stdout == inside(store, "cat /proc/1/cgroup").stdout
 
     # The very filters of the init, read from the host, and the one against TIOCSTI after them.
-    leader = json.loads(store.veneer("status", "a1", "--json").stdout)["pid"]
-    sleeper = store.spawn("exec", "a1", "--", "sleep", "1000")
+    leader = json.loads(store.veneer("status", "intruder", "--json").stdout)["pid"]
+    sleeper = store.spawn("exec", "intruder", "--", "sleep", "1000")
     try:
         assert proc.wait_until(lambda: bool(processes_named("sleep", leader)), timeout=60)
         (entered_pid,) = processes_named("sleep", leader)
@@ -149,13 +149,13 @@ def test_exec_brings_no_host_fd_and_no_host_root_or_cwd(running: Store, tmp_path
     inside(store, "touch /machine-marker")
     # veneer started with a host file open on fd 7, as a careless caller might leave it.
     veneer = " ".join(
-        store.argv("exec", "a1", "--", "sh", "-c", "ls -l /proc/self/fd/; cat /proc/self/fd/7")
+        store.argv("exec", "intruder", "--", "sh", "-c", "ls -l /proc/self/fd/; cat /proc/self/fd/7")
     )
     leaked = proc.run(["sh", "-c", f"exec 7<{secret}; exec {veneer}"], capture=True, check=False,
                       env=store.env())  # fmt: skip
     assert "host-secret" not in leaked.stdout, "a host fd reached the machine"
 
-    sleeper = store.spawn("exec", "a1", "--", "sleep", "1000")
+    sleeper = store.spawn("exec", "intruder", "--", "sleep", "1000")
     try:
         found = inside(
             store, "until pidof sleep >/dev/null; do usleep 10000; done; pidof sleep"
@@ -187,8 +187,10 @@ def test_exec_cannot_push_keystrokes_into_the_users_terminal(running: Store, tmp
     source = tmp_path / "tiocsti.c"
     source.write_text(TIOCSTI_PROBE)
     proc.run(["gcc", "-static", "-O", "-o", tmp_path / "tiocsti", source])
-    shutil.copy(tmp_path / "tiocsti", store.root / "machines/a1/root/tiocsti")  # through its mounted root
-    output = run_under_pty(store, "exec", "a1", "--", "/tiocsti")
+    shutil.copy(
+        tmp_path / "tiocsti", store.root / "machines/intruder/root/tiocsti"
+    )  # through its mounted root
+    output = run_under_pty(store, "exec", "intruder", "--", "/tiocsti")
     assert b"injected" not in output and b"TIOCSTI: Operation not permitted" in output
 
 
@@ -223,14 +225,16 @@ def test_logs_neutralise_escape_sequences_on_a_terminal_only(running: Store, tmp
     store = running
     inside(store, r"printf 'before\033]0;pwned\007\033[2J\233J\302\233Kafter\n' > /dev/console")
     raw = tmp_path / "piped"
-    proc.run(["sh", "-c", f"{' '.join(store.argv('logs', 'a1'))} | cat > {raw}"], env=store.env())
+    proc.run(["sh", "-c", f"{' '.join(store.argv('logs', 'intruder'))} | cat > {raw}"], env=store.env())
     piped = raw.read_bytes()
     assert b"before\x1b]0;pwned\x07\x1b[2J\x9bJ\xc2\x9bKafter" in piped, "a pipe gets the bytes as they are"
-    shown = run_under_pty(store, "logs", "a1")
+    shown = run_under_pty(store, "logs", "intruder")
     assert b"before" in shown and b"after" in shown
     assert b"\x1b" not in shown and b"\x07" not in shown and b"\x9b" not in shown, shown
     assert b"\xc2\x9b" not in shown, "C1 controls in UTF-8 are neutralised too"
     assert b"pwned" in shown, "the text of a neutralised sequence stays visible"
-    store.veneer("stop", "a1")
-    followed = run_under_pty(store, "logs", "a1", "-f")  # a stopped machine's log: to its end, then exit
+    store.veneer("stop", "intruder")
+    followed = run_under_pty(
+        store, "logs", "intruder", "-f"
+    )  # a stopped machine's log: to its end, then exit
     assert b"pwned" in followed and b"\x1b" not in followed

@@ -8,6 +8,7 @@ init has and the working directory resolved inside the machine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -76,6 +77,14 @@ def _entering_error(name: MachineName, command: Sequence[str], workdir: str, e: 
     return MachineError(f"Failed to enter machine '{name}' ({e.step}): {e.strerror}")
 
 
+# Why the init's seccomp filters could not be read (runtime.seccomp.filters_of), by errno.
+_READING_HINTS = {
+    errno.EPERM: "Something in the machine traces its init; stop it, or restart the machine.",
+    errno.EACCES: "veneer runs under a seccomp filter itself, so the kernel will not show it the init's.",
+    errno.ETIME: "Its init does not run (a frozen cgroup?); thaw it, or restart the machine.",
+}
+
+
 def exec_in_machine(
     layout: Layout,
     name: MachineName,
@@ -119,9 +128,7 @@ def exec_in_machine(
         raise _entering_error(name, command, workdir, e) from None
     except OSError as e:
         raise MachineError(
-            f"Failed to enter machine '{name}': {e}",
-            hint="veneer reads the init's seccomp filters with ptrace: is the init traced, or veneer "
-            "itself confined by seccomp?",
+            f"Failed to enter machine '{name}': {e.strerror}", hint=_READING_HINTS.get(e.errno or 0)
         ) from None
     return proc.wait_forwarding(pid)
 

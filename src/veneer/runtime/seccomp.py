@@ -18,6 +18,7 @@ import ctypes
 import errno
 import functools
 import os
+import time
 from collections.abc import Sequence
 
 PTRACE_DETACH = 17
@@ -112,32 +113,43 @@ def _read_filters(pid: int) -> list[Filter]:
         filters.append(tuple((i.code, i.jt, i.jf, i.k) for i in program))
 
 
-def filters_of(pid: int) -> list[Filter]:
+def _wait_stopped(pid: int, *, timeout: float) -> int:
+    """Wait until the tracee `pid` is in a ptrace-stop; the signal to deliver on detach (0 for none)."""
+    # Polled: a tracee that never stops (its cgroup frozen, stuck in the kernel) must not hang veneer.
+    deadline = time.monotonic() + timeout
+    while True:
+        waited, status = os.waitpid(pid, WALL | os.WNOHANG)
+        if waited:
+            break
+        if time.monotonic() > deadline:
+            raise OSError(errno.ETIME, f"ptrace(INTERRUPT) '{pid}': the process did not stop (frozen?)")
+        time.sleep(0.005)
+    if not os.WIFSTOPPED(status):
+        raise OSError(errno.ESRCH, f"waitpid '{pid}': the process ended")
+    # A signal-delivery-stop (instead of the interrupt's stop) will do as well; its signal is passed on.
+    return 0 if status >> 16 == PTRACE_EVENT_STOP else os.WSTOPSIG(status)
+
+
+def filters_of(pid: int, *, timeout: float = 5.0) -> list[Filter]:
     """The seccomp filters of process `pid`, oldest first (the order to install them in).
 
     The process is stopped for the moment it takes to read them (PTRACE_SEIZE, PTRACE_INTERRUPT) and
     resumed; a signal that arrived meanwhile is delivered on detach. Needs CAP_SYS_ADMIN and a caller
-    that has no filter itself; fails with EPERM if something else traces the process.
+    that has no filter itself; fails with EPERM if something else traces the process, ETIME if it does
+    not stop within `timeout` seconds (it stays seized until the caller exits: only a stopped tracee can
+    be detached).
     """
     _ptrace(PTRACE_SEIZE, pid, 0, None, call="ptrace(SEIZE)")
-    pending = 0
+    _ptrace(PTRACE_INTERRUPT, pid, 0, None, call="ptrace(INTERRUPT)")
+    pending = _wait_stopped(pid, timeout=timeout)
     try:
-        _ptrace(PTRACE_INTERRUPT, pid, 0, None, call="ptrace(INTERRUPT)")
-        while True:
-            _, status = os.waitpid(pid, WALL)
-            if not os.WIFSTOPPED(status):
-                raise OSError(errno.ESRCH, f"waitpid '{pid}': the process ended")
-            if status >> 16 != PTRACE_EVENT_STOP:
-                pending = os.WSTOPSIG(status)  # a signal-delivery-stop: any ptrace-stop will do
-            break
-        filters = _read_filters(pid)
+        return _read_filters(pid)
     finally:
         try:
             _ptrace(PTRACE_DETACH, pid, 0, ctypes.c_void_p(pending), call="ptrace(DETACH)")
         except OSError as e:
             if e.errno != errno.ESRCH:
                 raise
-    return filters
 
 
 def tty_injection_filter() -> Filter:
