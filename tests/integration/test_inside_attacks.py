@@ -105,7 +105,8 @@ def test_exec_user_lookup_reads_the_machines_passwd_only(running: Store, tmp_pat
     host_passwd.write_text("hostonly:x:4242:4242::/host-only-home:/bin/sh\n")
     inside(store, "cp /etc/passwd /etc/passwd.real && echo guest:x:1000:1000::/:/bin/sh >> /etc/passwd.real")
     inside(store, "ln -sf passwd.real /etc/passwd")
-    assert inside(store, "id -u", "--user", "guest").stdout == "1000\n", "symlinks resolve inside"
+    inside(store, "echo extra:x:2000:root,guest >> /etc/group")
+    assert inside(store, "id -u; id -G", "--user", "guest").stdout.split() == ["1000", "1000", "2000"]
     inside(store, f"ln -sf {host_passwd} /etc/passwd")
     refused = inside(store, "echo $HOME", "--user", "hostonly", ok=(1,))
     assert "No user 'hostonly'" in refused.stderr

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.errors import MachineError
 from veneer.util.proc import child_pids
 from veneer.util.inroot import read_in_root
 
-PASSWD_LIMIT_BYTES = 16 << 20
+ACCOUNTS_LIMIT_BYTES = 16 << 20
 
 
 class InitKind(enum.StrEnum):
@@ -87,20 +88,42 @@ def find_leader(nspawn_pid: int) -> int | None:
     return None
 
 
-def lookup_user(root: Path, user: str) -> tuple[int, int, str, str]:
-    """(uid, gid, home, shell) of a user in /etc/passwd of the machine at `root`, by name or number.
-
-    The file is opened as the machine sees it (`read_in_root`): its symlinks never lead to the host's.
-    """
+def _read_account_file(root: Path, path: str) -> str:
+    """A file of the machine as the machine sees it (`read_in_root`): no symlink leads to the host's."""
     try:
-        text = read_in_root(root, "/etc/passwd", limit=PASSWD_LIMIT_BYTES).decode(errors="replace")
+        return read_in_root(root, path, limit=ACCOUNTS_LIMIT_BYTES).decode(errors="replace")
     except FileNotFoundError:
-        text = ""
+        return ""
     except OSError as e:
         raise MachineError(
-            f"Failed to read /etc/passwd of the machine: {e.strerror}", hint="Fix the machine's /etc/passwd."
+            f"Failed to read {path} of the machine: {e.strerror}", hint=f"Fix the machine's {path}."
         ) from None
-    for line in text.splitlines():
+
+
+def lookup_groups(root: Path, name: str) -> tuple[int, ...]:
+    """The supplementary groups of user `name` in /etc/group of the machine at `root` (as initgroups)."""
+    gids = []
+    for line in _read_account_file(root, "/etc/group").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[2].isdigit() and name in fields[3].split(","):
+            gids.append(int(fields[2]))
+    return tuple(gids)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """A user of the machine, from its /etc/passwd."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+def lookup_user(root: Path, user: str) -> Account:
+    """A user in /etc/passwd of the machine at `root`, by name or number."""
+    for line in _read_account_file(root, "/etc/passwd").splitlines():
         fields = line.split(":")
         if (
             len(fields) >= 7
@@ -108,5 +131,11 @@ def lookup_user(root: Path, user: str) -> tuple[int, int, str, str]:
             and fields[2].isdigit()
             and fields[3].isdigit()
         ):
-            return int(fields[2]), int(fields[3]), fields[5] or "/", fields[6] or "/bin/sh"
+            return Account(
+                name=fields[0],
+                uid=int(fields[2]),
+                gid=int(fields[3]),
+                home=fields[5] or "/",
+                shell=fields[6] or "/bin/sh",
+            )
     raise MachineError(f"No user '{user}' in the machine", hint="See the machine's /etc/passwd.")

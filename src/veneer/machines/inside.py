@@ -18,7 +18,7 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import MachineError, UsageError
-from veneer.machines.guest import find_leader, lookup_user
+from veneer.machines.guest import find_leader, lookup_groups, lookup_user
 from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import console
@@ -105,9 +105,9 @@ def exec_in_machine(
         )
     _, leader = running_leader(layout, name)
     root = Path(f"/proc/{leader}/root")
-    uid, gid, home, _shell = lookup_user(root, user or "0")
+    account = lookup_user(root, user or "0")
     variables = leader_environment(leader)
-    variables.update(HOME=home, USER=user or "root", LOGNAME=user or "root")
+    variables.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
     if "TERM" in os.environ:
         variables["TERM"] = os.environ["TERM"]
     variables.update(dict(env))
@@ -115,8 +115,9 @@ def exec_in_machine(
         leader=leader,
         argv=tuple(command),
         env=tuple(sorted(variables.items())),
-        uid=uid,
-        gid=gid,
+        uid=account.uid,
+        gid=account.gid,
+        groups=lookup_groups(root, account.name),
         workdir=workdir,
         cgroups=tuple(_cgroups_of(leader)),
         ptrace_lock=layout.enter_lock,
@@ -136,8 +137,8 @@ def exec_in_machine(
 def shell_in_machine(layout: Layout, name: MachineName, *, user: str | None = None) -> int:
     """A login shell of `user` (root by default) in the running machine."""
     _, leader = running_leader(layout, name)
-    _uid, _gid, _home, shell = lookup_user(Path(f"/proc/{leader}/root"), user or "0")
-    return exec_in_machine(layout, name, [shell, "-l"], user=user)
+    account = lookup_user(Path(f"/proc/{leader}/root"), user or "0")
+    return exec_in_machine(layout, name, [account.shell, "-l"], user=user)
 
 
 def attach_console(layout: Layout, name: MachineName) -> int:

@@ -65,6 +65,7 @@ class EnterSpec:
     env: tuple[tuple[str, str], ...]
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()  # supplementary
     workdir: str
     cgroups: tuple[Path, ...] = ()  # the leader's cgroup directories, in every hierarchy
     ptrace_lock: Path | None = None  # a lock file shared by every veneer that reads a filter by ptrace
@@ -247,8 +248,8 @@ def _drop_bounding_set(capabilities: Sequence[int]) -> None:
         _check(_libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "prctl(PR_CAPBSET_DROP)", cap)
 
 
-def _become_user(uid: int, gid: int) -> None:
-    os.setgroups([])
+def _become_user(uid: int, gid: int, groups: Sequence[int]) -> None:
+    os.setgroups(list(groups))
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
 
@@ -292,7 +293,7 @@ def _run_command(spec: EnterSpec, handles: _Handles, channel: int) -> None:
         step = "capabilities"
         _drop_bounding_set(handles.drop_capabilities)
         step = "user"
-        _become_user(spec.uid, spec.gid)
+        _become_user(spec.uid, spec.gid, spec.groups)
         step = "chdir"
         _change_directory(spec.workdir)
         step = "fds"
