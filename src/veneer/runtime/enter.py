@@ -147,6 +147,9 @@ def _filters_of(pid: int, *, lock: Path | None) -> list[seccomp.Filter]:
 def _open_handles(spec: EnterSpec) -> _Handles:
     """Open on the host what the children need; read the init's confinement to give them."""
     opened: list[int] = []
+    # Held from first to last, so the pid names one process throughout: alive at the end, never reused.
+    leader = os.pidfd_open(spec.leader)
+    opened.append(leader)
     try:
         namespaces = []
         for name, flag in NAMESPACES:
@@ -168,10 +171,12 @@ def _open_handles(spec: EnterSpec) -> _Handles:
         bounding = _bounding_set(spec.leader)
         drop = tuple(cap for cap in range(last_cap + 1) if not bounding >> cap & 1)
         filters = [*_filters_of(spec.leader, lock=spec.ptrace_lock), seccomp.tty_injection_filter()]
+        signal.pidfd_send_signal(leader, 0)
     except BaseException:
         for fd in opened:
             os.close(fd)
         raise
+    os.close(leader)
     return _Handles(
         namespaces=tuple(namespaces),
         user_namespace=user,
