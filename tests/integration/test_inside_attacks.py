@@ -166,6 +166,8 @@ def test_exec_brings_no_host_fd_and_no_host_root_or_cwd(running: Store, tmp_path
             seen = inside(store, probe, ok=(0, 1))
             assert seen.stdout.splitlines()[0] == "/"
             assert "machine-marker" in seen.stdout and "host-secret" not in seen.stdout
+            # Its parent, which entered on its behalf, is not in the machine: nothing there can name it.
+            assert "PPid:\t0\n" in inside(store, f"cat /proc/{pid}/status").stdout
     finally:
         sleeper.kill()
         sleeper.wait()
