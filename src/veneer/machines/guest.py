@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.errors import MachineError
-from veneer.util.proc import child_pids
 from veneer.util.inroot import read_in_root
+from veneer.util.proc import child_pids
 
 ACCOUNTS_LIMIT_BYTES = 16 << 20
 
