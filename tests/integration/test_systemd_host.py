@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.vms import GUEST_DEBIAN_TREE, VirtualMachine
 
-pytestmark = [pytest.mark.root, pytest.mark.vm]
+pytestmark = [pytest.mark.root]
 
 
 def machine(vm: VirtualMachine, name: str) -> dict[str, object]:
@@ -68,6 +68,17 @@ def test_the_vm_is_a_systemd_host_on_cgroup_v2(systemd_vm: VirtualMachine) -> No
     # What the guest runs is this checkout, read-only.
     assert vm.veneer("--help").returncode == 0
     assert vm.run(["touch", "/veneer/README.md"], ok=(1,)).returncode == 1
+
+
+def test_the_vm_reboots_keeping_its_disk(systemd_vm: VirtualMachine) -> None:
+    vm = systemd_vm
+    vm.run(["sh", "-c", "echo kept >/var/tmp/vm-marker && echo gone >/run/vm-marker"])
+    vm.reboot()
+    try:
+        assert vm.run(["cat", "/var/tmp/vm-marker"]).stdout == "kept\n"
+        assert vm.run(["test", "-e", "/run/vm-marker"], ok=(1,)).returncode == 1
+    finally:
+        vm.run(["rm", "-f", "/var/tmp/vm-marker"])
 
 
 def test_busybox_machine_starts_registers_with_machined_and_stops(m1: VirtualMachine) -> None:

@@ -50,6 +50,8 @@ CACHE = Path("/var/cache/veneer-tests/vm")
 CHECKOUT = Path(__file__).resolve().parents[2]
 MIRROR = "http://deb.debian.org/debian"
 GUEST_CHECKOUT = "/veneer"
+# Debian's stable and testing: systemd 252 and 257, Linux 6.1 and 6.12.
+SUITES = ("bookworm", "trixie")
 BOOT_TIMEOUT = 600.0  # seconds: TCG boots in about 40 s, a busy CI host may take many times that
 
 PACKAGES = (
