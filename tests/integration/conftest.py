@@ -4,7 +4,8 @@ those that take `systemd_vm` are marked `vm`.
 `debian_tree` debootstraps Debian bookworm (minbase) once per test run, for every test that needs a
 real distribution tree. Tests must not change it: copy it first (`cp -a`).
 
-`systemd_vm` boots a QEMU VM with systemd as PID 1 on cgroup v2 once per suite and test run (`vms.py`).
+`systemd_vm` boots a QEMU VM with systemd as PID 1 on cgroup v2 once per suite and test run (`vms.py`);
+`busybox_vm` and `debian_vm` are that VM with an image made in it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from tests.integration.helpers import Store, private_store
 from tests.integration.registries import BuiltImages, build_test_images
-from tests.integration.vms import SUITES, Recipe, VirtualMachine, booted_vm, cached_image
+from tests.integration.vms import GUEST_DEBIAN_TREE, SUITES, Recipe, VirtualMachine, booted_vm, cached_image
 from veneer.config.layout import Layout
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
@@ -101,3 +102,18 @@ def systemd_vm(
     image = cached_image(Recipe(suite=suite))
     with booted_vm(image, tmp_path_factory.mktemp(f"vm-{suite}")) as vm:
         yield vm
+
+
+@pytest.fixture(scope="session")
+def busybox_vm(systemd_vm: VirtualMachine) -> VirtualMachine:
+    """`systemd_vm` with the image 'bb' (--busybox), made once per VM: tests must not change it."""
+    systemd_vm.veneer("image", "create", "bb", "--busybox")
+    return systemd_vm
+
+
+@pytest.fixture(scope="session")
+def debian_vm(systemd_vm: VirtualMachine) -> VirtualMachine:
+    """`systemd_vm` with the image 'deb' (Debian with systemd, from the VM's tree), made once per VM:
+    tests must not change it."""
+    systemd_vm.veneer("image", "create", "deb", "--from-dir", GUEST_DEBIAN_TREE)
+    return systemd_vm
