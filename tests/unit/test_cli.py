@@ -95,3 +95,33 @@ def test_image_update_passes_binds_to_the_command(
     assert main(["--root", str(tmp_path), *words]) == 0
     bind = Bind(source="/srv/debs", target="/mnt", readonly=True, options="")
     assert calls == [("deb", ["dpkg", "-i", "/mnt/a.deb"], RunOptions(binds=(bind,)))]
+
+
+# Runs veneer with its stdout the write end of a pipe whose reader is gone: every write meets EPIPE, as
+# `veneer list --json | head -c1` does once head has exited, without depending on who runs first.
+CLOSED_PIPE = """
+import os, sys
+read_end, write_end = os.pipe()
+os.close(read_end)
+os.dup2(write_end, 1)
+os.execv(sys.executable, [sys.executable, "-m", "veneer", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["list", "--json"],
+        ["list"],
+        ["image", "list", "--json"],
+        ["tree", "--json"],
+        ["network", "ls", "--json"],
+        ["--help"],
+        ["image", "create", "--help"],
+    ],
+)
+def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path) -> None:
+    env = {"PYTHONPATH": SRC, "VENEER_ROOT": str(tmp_path / "state"), "VENEER_RUN": str(tmp_path / "run")}
+    result = proc.run([sys.executable, "-c", CLOSED_PIPE, *words], check=False, capture=True, env=env)
+    assert result.stderr == ""
+    assert result.returncode == 141

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# What a shell reports for a tool killed by SIGPIPE (128 + 13), as `ls | head -1` does with coreutils: a
+# closed pipe is no failure of veneer's, yet `set -o pipefail` scripts still see the output was cut short.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,10 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
     try:
-        args = build_parser().parse_args(args_list)
+        try:
+            args = build_parser().parse_args(args_list)
+        except SystemExit as e:  # after --help: argparse printed, and it ignores a write that failed
+            sys.stdout.flush()
+            return e.code if isinstance(e.code, int) else 0
         _setup_logging(args.debug)
         handler: Handler = args.handler
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except UsageError as e:
         _report(e, debug)
         return EXIT_USAGE
@@ -83,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"veneer: unexpected error: {e!r}", file=sys.stderr)
         print("  Run again with --debug for the traceback, and report it.", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _report(error: Error, debug: bool) -> None:
