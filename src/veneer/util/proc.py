@@ -110,7 +110,9 @@ def run(
         raise _not_found(args) from e
     if check and result.returncode not in ok_returncodes:
         logger.debug("%s exited with %d", args[0], result.returncode)
-        raise CommandFailed(args, result.returncode, result.stderr or "")
+        # Some tools (debootstrap) write their errors to stdout: the cause is there when stderr is empty.
+        said = result.stderr if result.stderr and result.stderr.strip() else result.stdout if capture else ""
+        raise CommandFailed(args, result.returncode, said or "")
     return result
 
 
