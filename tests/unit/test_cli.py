@@ -125,3 +125,9 @@ def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path
     result = proc.run([sys.executable, "-c", CLOSED_PIPE, *words], check=False, capture=True, env=env)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize("count", ["-3", "x", "1.5"])
+def test_logs_wants_a_count_of_lines(count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(tmp_path), "logs", "m1", "-n", count]) == 2
+    assert f"'{count}' is not a number of lines" in capsys.readouterr().err

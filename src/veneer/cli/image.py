@@ -153,8 +153,8 @@ def register(verbs: Any) -> None:
     )
     machine_export.set_defaults(handler=cmd_export_machine)
 
-    rm = sub.add_parser("rm", help="remove an image no machine uses")
-    rm.add_argument("name", type=parse_image_name)
+    rm = sub.add_parser("rm", help="remove images no machine uses")
+    rm.add_argument("names", nargs="+", type=parse_image_name, metavar="NAME")
     rm.set_defaults(handler=cmd_rm)
 
 
@@ -448,6 +448,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from veneer.machines.state import machines_on
 
     layout = Layout.from_env(args.root)
-    remove_image(layout, args.name, users=lambda image: machines_on(layout, image, throwaway=True))
-    print(f"Removed image '{args.name}'.")
+    for name in args.names:
+        remove_image(layout, name, users=lambda image: machines_on(layout, image, throwaway=True))
+        print(f"Removed image '{name}'.")
     return 0

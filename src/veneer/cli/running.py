@@ -22,6 +22,16 @@ def _signal(text: str) -> int:
         raise UsageError(f"Unknown signal '{text}'", hint="Use a name such as TERM, KILL or USR2.") from None
 
 
+def _line_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of lines (0 or more)")
+    return count
+
+
 def register(verbs: Any) -> None:
     start = verbs.add_parser("start", help="boot machines in the background")
     start.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
@@ -65,7 +75,7 @@ def register(verbs: Any) -> None:
     logs = verbs.add_parser("logs", help="the console output of the current or last boot")
     logs.add_argument("name", type=parse_machine_name)
     logs.add_argument("-f", "--follow", action="store_true")
-    logs.add_argument("-n", "--lines", type=int)
+    logs.add_argument("-n", "--lines", type=_line_count, metavar="N", help="only the last N lines")
     logs.set_defaults(handler=cmd_logs)
 
     journal = verbs.add_parser("journal", help="the machine's own journal (systemd guests)")
@@ -147,8 +157,10 @@ def cmd_shell(args: argparse.Namespace) -> int:
 def cmd_console(args: argparse.Namespace) -> int:
     from veneer.machines.inside import attach_console
 
-    print(f"Connected to the console of '{args.name}'. Press Ctrl-] to detach.", file=sys.stderr)
-    return attach_console(_layout(args), args.name)
+    def connected() -> None:
+        print(f"Connected to the console of '{args.name}'. Press Ctrl-] to detach.", file=sys.stderr)
+
+    return attach_console(_layout(args), args.name, on_attach=connected)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from veneer.config.layout import Layout
@@ -141,12 +141,18 @@ def shell_in_machine(layout: Layout, name: MachineName, *, user: str | None = No
     return exec_in_machine(layout, name, [account.shell, "-l"], user=user)
 
 
-def attach_console(layout: Layout, name: MachineName) -> int:
-    """Attach this terminal to the machine's boot console until the detach key (Ctrl-])."""
+def attach_console(layout: Layout, name: MachineName, *, on_attach: Callable[[], None] | None = None) -> int:
+    """Attach this terminal to the machine's boot console until the detach key (Ctrl-]).
+
+    Args:
+        on_attach: called once the machine is known to run, just before attaching.
+    """
     running_leader(layout, name)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("'veneer console' needs a terminal", hint=f"Use 'veneer logs {name}' to read it.")
     term = {"TERM": os.environ.get("TERM", "xterm")}
+    if on_attach is not None:
+        on_attach()
     return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket(name), name), env=term))
 
 
