@@ -57,6 +57,10 @@ class MachineBusy(MachineError):
     """Another veneer command holds the lock on this object, or the machine is running."""
 
 
+class MachineRunning(MachineBusy):
+    """`start` of a machine that is booted already: the command line takes it as done, with a note."""
+
+
 class RebaseError(MachineError):
     """A machine cannot be moved to another revision, or a rebase cannot be undone."""
 

@@ -29,3 +29,35 @@ def test_image_rm_takes_several_names(busybox: Store) -> None:
     result = busybox.veneer("image", "rm", "bb", "b2", "b3")
     assert result.stdout.splitlines() == [f"Removed image '{name}'." for name in ("bb", "b2", "b3")]
     assert busybox.veneer("image", "list", "--json").stdout.strip() == "[]"
+
+
+def test_verbs_repeat_as_systemctl_does(busybox: Store) -> None:
+    for name in ("m1", "m2", "m3"):
+        busybox.veneer("create", name, "--from", "bb")
+    busybox.veneer("start", "m1")
+    # start goes on past a machine that runs already, and succeeds with a note.
+    result = busybox.veneer("start", "m1", "m2")
+    assert result.stdout.splitlines()[0].startswith("Machine 'm1' is running already (pid ")
+    assert result.stdout.splitlines()[1].startswith("Started machine 'm2'")
+    assert busybox.veneer("stop", "m2").stdout == "Stopped machine 'm2'.\n"
+    assert busybox.veneer("stop", "m2").stdout == "Machine 'm2' is not running.\n"
+    # rm --force stops a running machine, then removes it.
+    assert busybox.veneer("rm", "m1", ok=(1,)).stderr.startswith("veneer: Machine 'm1' is running")
+    result = busybox.veneer("rm", "--force", "m1", "m2")
+    assert result.stdout.splitlines() == [
+        "Stopped machine 'm1'.",
+        "Removed machine 'm1'.",
+        "Removed machine 'm2'.",
+    ]
+    # image rm says which machines hold it, and --force takes them with it, running or not.
+    busybox.veneer("start", "m3")
+    refused = busybox.veneer("image", "rm", "bb", ok=(1,))
+    assert "used by 1 machine(s): m3" in refused.stderr and "veneer image rm --force bb" in refused.stderr
+    result = busybox.veneer("image", "rm", "--force", "bb")
+    assert result.stdout.splitlines() == [
+        "Image 'bb' takes with it the machine(s) using it: m3.",
+        "Stopped machine 'm3'.",
+        "Removed machine 'm3'.",
+        "Removed image 'bb'.",
+    ]
+    assert busybox.veneer("list", "--json").stdout.strip() == "[]"

@@ -9,6 +9,7 @@ from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.config.layout import Layout
 from veneer.config.settings import (
     Limits,
+    MachineName,
     parse_bind,
     parse_cpus,
     parse_env,
@@ -60,6 +61,7 @@ def register(verbs: Any) -> None:
 
     rm = verbs.add_parser("rm", help="remove machines and everything they wrote")
     rm.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
+    rm.add_argument("--force", "-f", action="store_true", help="stop running machines first")
     rm.set_defaults(handler=cmd_rm)
 
     clone = verbs.add_parser("clone", help="copy a stopped machine")
@@ -218,9 +220,19 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import remove_machine
 
     for name in args.names:
+        if args.force:
+            stop_running(_layout(args), name)
         remove_machine(_layout(args), name)
         print(f"Removed machine '{name}'.")
     return 0
+
+
+def stop_running(layout: Layout, name: MachineName) -> None:
+    """Stop a machine on the way to removing it, saying so if it ran."""
+    from veneer.machines.boot import stop_machine
+
+    if stop_machine(layout, name):
+        print(f"Stopped machine '{name}'.")
 
 
 def cmd_clone(args: argparse.Namespace) -> int:

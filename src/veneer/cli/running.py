@@ -103,10 +103,15 @@ def _layout(args: argparse.Namespace) -> Layout:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from veneer.errors import MachineRunning
     from veneer.machines.boot import start_machine
 
     for name in args.names:
-        runtime = start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        try:
+            runtime = start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        except MachineRunning as e:  # as `systemctl start` of an active unit: done already, not a failure
+            print(f"{e.message}.")
+            continue
         print(f"Started machine '{name}' ({runtime.init}).")
     return 0
 

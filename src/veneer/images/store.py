@@ -384,7 +384,8 @@ def remove_image(layout: Layout, name: str, *, users: Callable[[str], Sequence[s
         if machines:
             raise ImageInUse(
                 f"Image '{name}' is used by {len(machines)} machine(s): {', '.join(machines)}",
-                hint="Remove those machines first ('veneer rm NAME').",
+                hint=f"Remove those machines first ('veneer rm NAME'), or with the image: "
+                f"'veneer image rm --force {name}'.",
             )
         gone = trash(layout.image_dir(name), layout.staging)
         _sweep_orphan_layers(layout)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import MachineBusy, MachineError
+from veneer.errors import MachineBusy, MachineError, MachineRunning
 from veneer.machines.guest import InitKind, detect_init, find_leader
 from veneer.machines.inside import exec_in_machine
 from veneer.machines.launch import prepare_launch
@@ -75,6 +75,13 @@ def start_machine(
     layout: Layout, name: MachineName, *, wait: bool = False, timeout: float = START_TIMEOUT
 ) -> RuntimeRecord:
     """Boot the machine's init in the background; return once it runs (with `wait`: once it is ready)."""
+    running = load_runtime(layout, name)
+    # Before the lock, which the keeper of a booted machine holds.
+    if running is not None and running.mode is RuntimeMode.BOOT and is_alive(running):
+        raise MachineRunning(
+            f"Machine '{name}' is running already (pid {running.pid})",
+            hint=f"Restart it with 'veneer restart {name}'.",
+        )
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         record = load_machine(layout, name)
