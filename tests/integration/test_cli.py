@@ -61,3 +61,16 @@ def test_verbs_repeat_as_systemctl_does(busybox: Store) -> None:
         "Removed image 'bb'.",
     ]
     assert busybox.veneer("list", "--json").stdout.strip() == "[]"
+
+
+def test_a_bridge_network_needs_the_bridge_at_create(busybox: Store) -> None:
+    result = busybox.veneer("create", "m1", "--from", "bb", "--network", "bridge:nosuchbr0", ok=(1,))
+    assert result.stderr.splitlines() == [
+        "veneer: Host bridge 'nosuchbr0' does not exist",
+        "  Make it first ('ip link add nosuchbr0 type bridge && ip link set nosuchbr0 up'), or use "
+        "--network nat.",
+    ]
+    busybox.veneer("create", "m1", "--from", "bb")
+    refused = busybox.veneer("set", "m1", "--network", "bridge:lo", ok=(1,))
+    assert refused.stderr.startswith("veneer: Host bridge 'lo' is no bridge")
+    assert busybox.machine_json("m1")["network"] == "nat"

@@ -131,3 +131,51 @@ def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path
 def test_logs_wants_a_count_of_lines(count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--root", str(tmp_path), "logs", "m1", "-n", count]) == 2
     assert f"'{count}' is not a number of lines" in capsys.readouterr().err
+
+
+def test_every_command_has_a_description_examples_and_help_for_every_option() -> None:
+    from veneer.cli import build_parser
+    from veneer.cli.help import subcommands
+
+    missing = []
+    for words, summary, sub in subcommands(build_parser()):
+        if words.startswith("_"):
+            continue
+        if not summary or not sub.description or "examples:\n  veneer " not in (sub.epilog or ""):
+            missing.append(f"{words}: description or examples")
+        for action in sub._actions:
+            if action.option_strings and not action.help:
+                missing.append(f"{words} {action.option_strings[0]}")
+    assert missing == []
+
+
+def test_help_shows_defaults_and_hides_internal_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stop", "--help"]) == 0
+    assert "(default: 30)" in " ".join(capsys.readouterr().out.split())
+    assert main(["--help"]) == 0
+    assert "_reap" not in capsys.readouterr().out
+    assert main(["_rep"]) == 2
+    assert "_reap" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "hint"),
+    [
+        (["create", "m", "--from", "bb", "--memroy", "1G"], "Unknown option '--memroy' for 'veneer create'",
+         "Did you mean '--memory'? See 'veneer create --help'."),
+        (["image", "craete", "x"], "Unknown command 'craete' for 'veneer image'",
+         "Did you mean 'create'? See 'veneer image --help'."),
+        (["stat", "m"], "Unknown command 'stat' for 'veneer'", "Did you mean 'start'? See 'veneer --help'."),
+        (["create", "m", "--from", "bb", "extra"], "Unexpected argument(s): extra",
+         "See 'veneer create --help'."),
+        (["create", "m", "--from", "bb", "--port", "99999:80"], "port 99999 is out of range (1-65535)",
+         "Use --port"),
+    ],
+)  # fmt: skip
+def test_mistakes_get_a_suggestion_and_the_command_s_help(
+    argv: list[str], message: str, hint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert message in err[0]
+    assert err[1].strip().startswith(hint)

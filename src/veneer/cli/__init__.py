@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from veneer.errors import Error, UsageError
 
@@ -25,12 +26,52 @@ EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from veneer.cli.help import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, hint=f"See '{self.prog} --help'.")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:
+            # A command's own parser says what it does not know, so the hint names the command's help.
+            self._refuse_unknown(extras)
+        return parsed, extras
+
+    def _refuse_unknown(self, extras: list[str]) -> None:
+        from veneer.cli.help import did_you_mean
+
+        option = next((word for word in extras if word.startswith("-")), None)
+        if option is None:
+            raise UsageError(
+                f"Unexpected argument(s): {' '.join(extras)}", hint=f"See '{self.prog} --help'."
+            )
+        word = option.partition("=")[0]
+        raise UsageError(
+            f"Unknown option '{word}' for '{self.prog}'",
+            hint=f"{did_you_mean(word, self._option_string_actions)} See '{self.prog} --help'.".lstrip(),
+        )
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            from veneer.cli.help import did_you_mean
+
+            raise UsageError(
+                f"Unknown command '{value}' for '{self.prog}'",
+                hint=f"{did_you_mean(value, action.choices)} See '{self.prog} --help'.".lstrip(),
+            )
+        super()._check_value(action, value)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from veneer.cli import image, machine, network, rebase, running
+    from veneer.cli.help import document
 
     parser = _Parser(
         prog="veneer",
@@ -48,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.register(verbs)
     network.register(verbs)
     rebase.register(verbs)
+    document(parser)
     return parser
 
 

@@ -27,7 +27,9 @@ from veneer.errors import UsageError
 def register(verbs: Any) -> None:
     create = verbs.add_parser("create", help="make a machine as an overlay child of an image")
     create.add_argument("name", type=parse_machine_name)
-    create.add_argument("--from", dest="image", required=True, type=parse_image_name, metavar="IMAGE")
+    create.add_argument(
+        "--from", dest="image", required=True, type=parse_image_name, metavar="IMAGE", help="the base image"
+    )
     create.add_argument("--revision", type=int, help="image revision (default: the latest)")
     create.add_argument(
         "--bind",
@@ -98,11 +100,17 @@ def register(verbs: Any) -> None:
         "       veneer run [OPTIONS] --ephemeral --from IMAGE [--] CMD...",
     )
     run.add_argument("--ephemeral", action="store_true", help="in a throwaway child of --from IMAGE")
-    run.add_argument("--from", dest="image", type=parse_image_name, metavar="IMAGE")
+    run.add_argument("--from", dest="image", type=parse_image_name, metavar="IMAGE", help="with --ephemeral")
     run.add_argument("--user", "-u", help="run as this user of the machine")
-    run.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
+    run.add_argument(
+        "--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE",
+        help="set a variable for the command (repeatable)",
+    )  # fmt: skip
     run.add_argument("--workdir", "-w", help="working directory inside the machine")
-    run.add_argument("--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]")
+    run.add_argument(
+        "--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]",
+        help="bind a host path for this run (repeatable)",
+    )  # fmt: skip
     run.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     run.set_defaults(handler=cmd_run)
 

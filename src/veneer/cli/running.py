@@ -41,13 +41,13 @@ def register(verbs: Any) -> None:
 
     stop = verbs.add_parser("stop", help="power machines off (killed after --timeout)")
     stop.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
-    stop.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    stop.add_argument("--timeout", type=float, default=30.0, metavar="S", help="kill after S seconds")
     stop.set_defaults(handler=cmd_stop)
 
     restart = verbs.add_parser("restart", help="stop, then start")
     restart.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
-    restart.add_argument("--wait", action="store_true")
-    restart.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    restart.add_argument("--wait", action="store_true", help="return once the machine reports ready")
+    restart.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
     restart.set_defaults(handler=cmd_restart)
 
     kill = verbs.add_parser("kill", help="send a signal to every process of a running machine")
@@ -57,15 +57,20 @@ def register(verbs: Any) -> None:
 
     exe = verbs.add_parser("exec", help="run a command in a running machine",
                            usage="veneer exec [OPTIONS] NAME [--] CMD...")  # fmt: skip
-    exe.add_argument("--user", "-u")
-    exe.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
-    exe.add_argument("--workdir", "-w")
+    exe.add_argument("--user", "-u", help="run as this user of the machine (default: root)")
+    exe.add_argument(
+        "--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE",
+        help="set a variable for the command (repeatable)",
+    )  # fmt: skip
+    exe.add_argument(
+        "--workdir", "-w", metavar="DIR", help="working directory inside the machine (default: /)"
+    )
     exe.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     exe.set_defaults(handler=cmd_exec)
 
     shell = verbs.add_parser("shell", help="a login shell in a running machine")
     shell.add_argument("name", type=parse_machine_name)
-    shell.add_argument("--user", "-u")
+    shell.add_argument("--user", "-u", help="log in as this user of the machine (default: root)")
     shell.set_defaults(handler=cmd_shell)
 
     con = verbs.add_parser("console", help="attach to the boot console; Ctrl-] detaches")
@@ -74,7 +79,7 @@ def register(verbs: Any) -> None:
 
     logs = verbs.add_parser("logs", help="the console output of the current or last boot")
     logs.add_argument("name", type=parse_machine_name)
-    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-f", "--follow", action="store_true", help="go on printing until the machine stops")
     logs.add_argument("-n", "--lines", type=_line_count, metavar="N", help="only the last N lines")
     logs.set_defaults(handler=cmd_logs)
 

@@ -34,6 +34,7 @@ from veneer.machines.diff import Change, diff_upper
 from veneer.machines.idshift import shift_ownership
 from veneer.machines.netsetup import (
     allocate_machine_address,
+    refuse_missing_bridge,
 )
 from veneer.machines.recovery import (
     discard_machine,
@@ -108,6 +109,7 @@ def create_machine(
     prepare_store(layout)
     sweep_ephemeral(layout)
     _refuse_existing(layout, name)
+    refuse_missing_bridge(network)
     image = load_image(layout, image_name)
     rev = image.latest if revision is None else revision
     image.layers_of(rev)
@@ -198,6 +200,8 @@ def change_machine(
     pids: int | None = None,
 ) -> MachineRecord:
     """Change the settings of a stopped machine; what is not given stays."""
+    if network is not None:
+        refuse_missing_bridge(network)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         record = load_machine(layout, name)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName, NetworkMode, Port
+from veneer.config.settings import MachineName, Network, NetworkMode, Port
 from veneer.errors import NetworkError
 from veneer.images.identity import HOST0_NETWORK_UNIT
 from veneer.machines.state import MachineRecord, is_alive, list_machine_names, load_machine, load_runtime
@@ -67,6 +68,19 @@ def network_config(layout: Layout) -> NetworkConfig:
         )
         save_network_config(layout.network_config, config)
     return config
+
+
+def refuse_missing_bridge(network: Network) -> None:
+    """Refuse `bridge:BR` unless BR is a bridge on this host now, rather than fail at the first start."""
+    if network.mode is not NetworkMode.BRIDGE or network.bridge is None:
+        return
+    if not os.path.isdir(f"/sys/class/net/{network.bridge}/bridge"):
+        what = "is no bridge" if links.link_exists(network.bridge) else "does not exist"
+        raise NetworkError(
+            f"Host bridge '{network.bridge}' {what}",
+            hint=f"Make it first ('ip link add {network.bridge} type bridge && ip link set {network.bridge} "
+            "up'), or use --network nat.",
+        )
 
 
 def allocate_machine_address(layout: Layout, *, exclude: str | None = None) -> str:
