@@ -194,3 +194,27 @@ def killed_at(store: Store, step: int, *args: str) -> bool:
     result = proc.run(argv, capture=True, check=False, env=store.env())
     assert result.returncode in (0, -signal.SIGKILL), result.stderr
     return result.returncode != 0
+
+
+def run_in_pty(argv: Sequence[str], env: dict[str, str], *, input: bytes = b"") -> tuple[int, str]:
+    """Run argv on a new pseudo-terminal, as in an interactive shell: (exit status, what it printed)."""
+    import os
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: the pty is its stdin, stdout, stderr and controlling terminal
+        os.execve(argv[0], list(argv), {**env, "TERM": "dumb"})
+    if input:
+        os.write(master, input)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child and everything it started closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace").replace("\r\n", "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.helpers import Store
+from tests.integration.helpers import Store, run_in_pty
 
 pytestmark = pytest.mark.root
 
@@ -74,3 +74,17 @@ def test_a_bridge_network_needs_the_bridge_at_create(busybox: Store) -> None:
     refused = busybox.veneer("set", "m1", "--network", "bridge:lo", ok=(1,))
     assert refused.stderr.startswith("veneer: Host bridge 'lo' is no bridge")
     assert busybox.machine_json("m1")["network"] == "nat"
+
+
+def test_a_terminal_sees_each_result_once(store: Store) -> None:
+    def on_terminal(*args: str) -> list[str]:
+        status, output = run_in_pty(store.argv(*args), store.env())
+        assert status == 0, output
+        return output.splitlines()
+
+    created = [line for line in on_terminal("image", "create", "bb", "--busybox") if "Created" in line]
+    assert len(created) == 1 and created[0].startswith("Created image 'bb' (")
+    assert on_terminal("create", "m1", "--from", "bb") == ["Created machine 'm1' from 'bb' revision 0."]
+    assert on_terminal("clone", "m1", "m2") == ["Cloned machine 'm1' into 'm2'."]
+    assert on_terminal("rm", "m1", "m2") == ["Removed machine 'm1'.", "Removed machine 'm2'."]
+    assert on_terminal("image", "update", "bb", "--", "touch", "/x") == ["Image 'bb' is at revision 1."]

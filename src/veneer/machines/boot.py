@@ -134,7 +134,7 @@ def start_machine(
                 notify.close()
                 with contextlib.suppress(FileNotFoundError):
                     layout.notify_socket(name).unlink()
-    logger.info("Started machine '%s' (%s).", name, init.value)
+    logger.debug("Started machine '%s' (%s).", name, init.value)
     return runtime
 
 
@@ -247,7 +247,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
                 os.kill(runtime.pid, signal.SIGKILL)
             cgroups.kill_cgroups(layout.cgroup(name))
         end_boot(layout, name, requested=True)
-    logger.info("Stopped machine '%s'.", name)
+    logger.debug("Stopped machine '%s'.", name)
     return True
 
 

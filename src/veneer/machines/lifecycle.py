@@ -131,7 +131,7 @@ def create_machine(
             owner=owner,
         )
         record = _publish_machine(layout, stage, record)
-    logger.info("Created machine '%s' from image '%s' revision %d.", name, image.name, rev)
+    logger.debug("Created machine '%s' from image '%s' revision %d.", name, image.name, rev)
     return record
 
 
@@ -170,7 +170,7 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
                 binds=original.binds,
             )
             record = _publish_machine(layout, stage, record)
-    logger.info("Cloned machine '%s' into '%s'.", source, name)
+    logger.debug("Cloned machine '%s' into '%s'.", source, name)
     return record
 
 
@@ -186,7 +186,7 @@ def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
             base = load_machine(layout, new).uid_base
             if base is not None:
                 rename_uid_range(layout, old, new, base)
-    logger.info("Renamed machine '%s' to '%s'.", old, new)
+    logger.debug("Renamed machine '%s' to '%s'.", old, new)
 
 
 def change_machine(
@@ -228,7 +228,7 @@ def remove_machine(layout: Layout, name: MachineName, *, retire_range: bool = Tr
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         discard_machine(layout, name, retire_range=retire_range)
-    logger.info("Removed machine '%s'.", name)
+    logger.debug("Removed machine '%s'.", name)
 
 
 def mount_machine(layout: Layout, name: MachineName) -> Path:
