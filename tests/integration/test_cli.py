@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.integration.helpers import Store, run_in_pty
+from veneer.util import proc
 
 pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def machines_stopped(store: Store) -> Iterator[None]:
+    """Whatever the test left running stops before its store goes, even when an assertion failed."""
+    yield
+    for machine in json.loads(store.veneer("list", "--json").stdout):
+        if machine["state"] == "running":
+            store.veneer("stop", "--timeout", "10", machine["name"], ok=(0, 1))
 
 
 def test_a_failed_debootstrap_says_why(store: Store) -> None:
@@ -88,3 +103,40 @@ def test_a_terminal_sees_each_result_once(store: Store) -> None:
     assert on_terminal("clone", "m1", "m2") == ["Cloned machine 'm1' into 'm2'."]
     assert on_terminal("rm", "m1", "m2") == ["Removed machine 'm1'.", "Removed machine 'm2'."]
     assert on_terminal("image", "update", "bb", "--", "touch", "/x") == ["Image 'bb' is at revision 1."]
+
+
+def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb", "--port", "8080:80", "--memory", "256M", "--pids", "99")
+    busybox.veneer("start", "m1")
+    status = dict(
+        line.split(":", 1) for line in busybox.veneer("status", "m1").stdout.splitlines() if ":" in line
+    )
+    address = busybox.machine_json("m1")["address"]
+    assert status["Address"].strip() == address
+    assert status["Ports"].strip() == "8080:80/tcp"
+    assert status["Limits"].strip() == "memory 256M, pids 99"
+    assert ", up " in status["State"] and status["State"].strip().startswith("running (pid ")
+    cgroup = status["Cgroup"].split()[0]
+    tag = hashlib.sha256(str(busybox.root).encode()).hexdigest()[:8]
+    assert cgroup == f"veneer-{tag}/m1"  # as the README says of a store under another root
+    assert any(
+        Path(hierarchy, cgroup).is_dir() for hierarchy in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+    )
+    uids = json.loads(busybox.veneer("list", "--json").stdout)[0]
+    assert status["UIDs"].strip() == f"{uids['uid_base']}-{uids['uid_base'] + 65535} (user namespace)"
+    assert f"{uids['uid_base']}-{uids['uid_base'] + 65535}" in busybox.veneer("list").stdout
+    busybox.veneer("kill", "m1", "--signal", "KILL")
+    proc.wait_until(lambda: "failed" in busybox.veneer("status", "m1").stdout, timeout=60)
+    lines = busybox.veneer("status", "m1").stdout.splitlines()
+    assert "State:     failed" in lines, lines
+    assert any(line.startswith("Why:       it ended by itself with status ") for line in lines), lines
+
+
+def test_diff_is_sorted(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    busybox.veneer("run", "m1", "--", "sh", "-c", "touch /zz /aa /mm /etc/zz /bb; rm /bin/true")
+    lines = busybox.veneer("diff", "m1").stdout.splitlines()
+    paths = [line.split(" ", 1)[1] for line in lines]
+    assert paths == sorted(paths) and "/aa" in paths and "/bin/true" in paths
+    listed = [c["path"] for c in json.loads(busybox.veneer("diff", "m1", "--json").stdout)]
+    assert listed == paths

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import signal
+import time
+from typing import TYPE_CHECKING, Any
 
-from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.cli.output import duration, human_size, print_json, print_table, when
 from veneer.config.layout import Layout
 from veneer.config.settings import (
     Limits,
@@ -22,6 +24,9 @@ from veneer.config.settings import (
 )
 from veneer.config.uidrange import last_id
 from veneer.errors import UsageError
+
+if TYPE_CHECKING:
+    from veneer.machines.inspect import MachineStatus
 
 
 def register(verbs: Any) -> None:
@@ -187,7 +192,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             m.pid or "-",
             m.network,
             human_size(m.disk_bytes),
-            "privileged" if m.privileged else f"{m.uid_base}",
+            "privileged" if m.privileged or m.uid_base is None else f"{m.uid_base}-{last_id(m.uid_base)}",
         )
         for m in machines
     ]
@@ -196,12 +201,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from veneer.machines.inspect import machine_status
+    from veneer.machines.inspect import MachineState, machine_status
 
     status = machine_status(_layout(args), args.name)
     if args.json:
         print_json(status.to_json())
         return 0
+    layout = _layout(args)
     uids = (
         "privileged (host root)"
         if status.uid_base is None
@@ -209,8 +215,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print(f"Machine:   {status.name}")
     print(f"Image:     {status.image} revision {status.revision}")
-    print(f"State:     {status.state.value}" + (f" (pid {status.pid})" if status.pid else ""))
+    print(f"State:     {_state_line(status)}")
+    if status.state is MachineState.FAILED:
+        print(f"Why:       {_failure(status)}")
     print(f"Network:   {status.network}")
+    print(f"Address:   {', '.join(status.addresses) or '-'}")
+    print(f"Ports:     {', '.join(status.ports) or '-'}")
+    print(f"Limits:    {Limits.from_json(status.limits).describe()}")
+    print(f"Cgroup:    {layout.cgroup(status.name)} (in each cgroup hierarchy, while it runs)")
     print(f"UIDs:      {uids}")
     print(f"Mounted:   {'yes' if status.mounted else 'no'}")
     print(f"Upper:     {status.upper} ({human_size(status.disk_bytes)})")
@@ -222,6 +234,28 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{rebase['to']['revision']}: {rebase['summary']} (undo: 'veneer rebase --undo {status.name}')"
         )
     return 0
+
+
+def _state_line(status: MachineStatus) -> str:
+    line = status.state.value
+    if status.pid:
+        line += f" (pid {status.pid}" + (f", {status.init}" if status.init else "") + ")"
+    if status.started is not None:
+        line += f", up {duration(time.time() - status.started)} since {when(status.started)}"
+    return line
+
+
+def _failure(status: MachineStatus) -> str:
+    logs = f"see 'veneer logs {status.name}'"
+    if status.exit_status is None:
+        return f"its processes died without a clean stop (killed?); {logs}"
+    if status.exit_status > 128:
+        try:
+            name = signal.Signals(status.exit_status - 128).name
+        except ValueError:
+            name = f"signal {status.exit_status - 128}"
+        return f"it ended by itself with status {status.exit_status} ({name}), no stop asked; {logs}"
+    return f"it ended by itself with status {status.exit_status}, no stop asked; {logs}"
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -264,9 +298,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     changes = diff_machine(_layout(args), args.name)
     if args.json:
-        print_json([{"kind": c.kind.value, "path": c.path} for c in changes])
+        print_json([{"kind": c.kind.value, "path": c.path} for c in sorted(changes, key=lambda c: c.path)])
         return 0
-    for change in changes:
+    for change in sorted(changes, key=lambda c: c.path):
         print(f"{change.kind.value} {change.path}")
     return 0
 
