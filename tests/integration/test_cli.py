@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import Store, run_in_pty
+from tests.integration.helpers import Store, mounts_under, run_in_pty, start_in_background
 from veneer.util import proc
 
 pytestmark = pytest.mark.root
@@ -140,3 +143,45 @@ def test_diff_is_sorted(busybox: Store) -> None:
     assert paths == sorted(paths) and "/aa" in paths and "/bin/true" in paths
     listed = [c["path"] for c in json.loads(busybox.veneer("diff", "m1", "--json").stdout)]
     assert listed == paths
+
+
+def _sleeping(pid: int, seconds: str) -> int | None:
+    """The pid of `sleep SECONDS` among the processes below `pid`, if it runs yet."""
+    for member in proc.descendants(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", seconds.encode()]:
+                return member
+    return None
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_veneer_ends_what_it_started_and_leaves_nothing(
+    busybox: Store, tmp_path: Path, signum: signal.Signals, terminal: bool
+) -> None:
+    seconds = str(3000 + int(signum))  # a command line no other test runs
+    started = start_in_background(
+        busybox.argv("image", "create", "x", "--busybox", "--run", f"exec sleep {seconds}"),
+        busybox.env(),
+        tmp_path / "output",
+        terminal=terminal,
+    )
+    below: list[int] = []
+    try:
+        assert proc.wait_until(lambda: _sleeping(started.pid, seconds) is not None, timeout=120)
+        below = proc.descendants(started.pid)
+        os.kill(started.pid, signum)  # to veneer alone, not to a process group
+        status, output = started.wait()
+        # Killed, they are gone once their reaper (init, for those whose parent died first) has been by.
+        assert proc.wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in below), timeout=60)
+    finally:
+        for pid in [started.pid, *below]:  # what the test started, should veneer have left it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(started.pid, 0)
+    assert status == 128 + signum, output
+    assert f"interrupted by {signum.name}" in output
+    assert list((busybox.root / ".staging").iterdir()) == []
+    assert json.loads(busybox.veneer("image", "list", "--json").stdout)[0]["name"] == "bb"
+    assert mounts_under(busybox.root, busybox.run) == []

@@ -36,3 +36,7 @@ def test_a_failed_command_says_its_last_lines(script: str, capture: bool, shown:
         proc.run(["sh", "-c", script], capture=capture)
     assert failed.value.message == f"Command 'sh' failed with exit status 3{shown}"
     assert failed.value.returncode == 3
+
+
+def test_input_reaches_the_command() -> None:
+    assert proc.run(["cat"], input="hello\n", capture=True).stdout == "hello\n"

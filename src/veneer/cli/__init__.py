@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,28 @@ EXIT_USAGE = 2
 # What a shell reports for a tool killed by SIGPIPE (128 + 13), as `ls | head -1` does with coreutils: a
 # closed pipe is no failure of veneer's, yet `set -o pipefail` scripts still see the output was cut short.
 EXIT_BROKEN_PIPE = 141
+
+
+# Signals that end a command early, as Ctrl-C does: every `finally` on the way out still cleans up.
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP to veneer: unwinds like KeyboardInterrupt (no `except Exception` catches it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _end_early(signum: int, _frame: object) -> None:
+    # Once: the cleanup that the exception now runs (children killed, staging removed) must not be cut
+    # short by a second Ctrl-C or a supervisor's repeated SIGTERM.
+    for sig in ENDING_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +125,15 @@ def _setup_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the veneer command line; return the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    previous = {sig: signal.signal(sig, _end_early) for sig in ENDING_SIGNALS}
+    try:
+        return _run(args_list)
+    finally:  # as they were, for a caller that goes on (tests run main() in their own process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args_list: list[str]) -> int:
     debug = "--debug" in args_list
     try:
         try:
@@ -129,9 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             debug,
         )
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("veneer: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(
+            f"veneer: interrupted by {name}; what it had started was ended and cleaned up.", file=sys.stderr
+        )
+        return 128 + signum
     except Exception as e:  # the one place that turns any failure into a message
         if debug:
             raise
