@@ -185,3 +185,14 @@ def test_a_signal_to_veneer_ends_what_it_started_and_leaves_nothing(
     assert list((busybox.root / ".staging").iterdir()) == []
     assert json.loads(busybox.veneer("image", "list", "--json").stdout)[0]["name"] == "bb"
     assert mounts_under(busybox.root, busybox.run) == []
+
+
+def test_shell_gives_a_terminal_of_the_machine_s_own(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    busybox.veneer("start", "m1")
+    typed = b"tty; echo [$((6*7))]; exit 7\n"
+    status, output = run_in_pty(busybox.argv("shell", "m1"), busybox.env(), input=typed)
+    assert status == 7, output
+    after = output.split("[42]")[0].splitlines()  # what the machine printed, not the typed-ahead echo
+    assert any(line.startswith("/dev/pts/") for line in after), output
+    assert "not a tty" not in output
