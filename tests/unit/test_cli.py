@@ -179,3 +179,50 @@ def test_mistakes_get_a_suggestion_and_the_command_s_help(
     err = capsys.readouterr().err.splitlines()
     assert message in err[0]
     assert err[1].strip().startswith(hint)
+
+
+def _veneer_on_path(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "veneer"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m veneer "$@"\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "state" / "images" / "deb").mkdir(parents=True)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": SRC, "VENEER_ROOT": str(tmp_path / "state")}
+
+
+COMPLETE = (
+    'eval "$(veneer completion bash)"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _veneer; '
+    'echo "${COMPREPLY[*]}"'
+)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["ima"], "image"),
+        (["image", "cr"], "create"),
+        (["create", "web", "--fr"], "--from"),
+        (["create", "web", "--from", ""], "deb"),
+        (["image", "rm", ""], "deb"),
+        (["rebase", "--prefer", ""], "base child"),
+        (["--root", "/nowhere", "image", "rm", ""], ""),
+    ],
+)
+def test_bash_completion_comes_from_the_parser(words: list[str], expected: str, tmp_path: Path) -> None:
+    argv = ["bash", "-c", COMPLETE, "bash", "veneer", *words]
+    result = proc.run(argv, capture=True, env=_veneer_on_path(tmp_path))
+    assert result.stdout.strip() == expected
+
+
+def test_bash_completion_offers_every_command_but_internal_ones(tmp_path: Path) -> None:
+    argv = ["bash", "-c", COMPLETE, "bash", "veneer", ""]
+    offered = proc.run(argv, capture=True, env=_veneer_on_path(tmp_path)).stdout.split()
+    assert {"image", "create", "completion", "help", "start"} <= set(offered)
+    assert not [word for word in offered if word.startswith("_")]
+
+
+def test_help_topic_prints_the_command_s_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["help", "image", "rm"]) == 0
+    assert capsys.readouterr().out.startswith("usage: veneer image rm")
+    assert main(["help", "nosuch"]) == 2

@@ -33,7 +33,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "image list": ("veneer image list", "veneer image list --json"),
     "image show": ("veneer image show deb", "veneer image show deb --json"),
     "image update": (
-        "veneer image update deb -- sh -c 'apt-get update && apt-get install -y hello && apt-get clean'",
+        "veneer image update deb -- sh -c "
+        "'apt-get update && apt-get install -y hello && apt-get clean && rm -rf /var/lib/apt/lists/*'",
         "veneer image update deb --rebase -- apt-get -y upgrade",
     ),
     "image rollback": ("veneer image rollback deb", "veneer image rollback deb --to 1"),
@@ -80,6 +81,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "veneer rebase --undo web1",
     ),
     "commit": ("veneer commit web1 web-image", "veneer commit web1 --revision"),
+    "completion": ("veneer completion zsh > ~/.zfunc/_veneer", 'eval "$(veneer completion bash)"'),
+    "help": ("veneer help create", "veneer help image update"),
 }
 
 
