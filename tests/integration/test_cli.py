@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,19 @@ def test_shell_gives_a_terminal_of_the_machine_s_own(busybox: Store) -> None:
     after = output.split("[42]")[0].splitlines()  # what the machine printed, not the typed-ahead echo
     assert any(line.startswith("/dev/pts/") for line in after), output
     assert "not a tty" not in output
+
+
+def test_the_help_s_apt_example_works_and_stays_small(store: Store, debian_tree: Path) -> None:
+    from veneer.cli.help import EXAMPLES
+
+    example = next(line for line in EXAMPLES["image update"] if "apt-get install -y hello" in line)
+    store.veneer("image", "create", "deb", "--from-dir", str(debian_tree))
+    words = shlex.split(example)
+    assert words[:4] == ["veneer", "image", "update", "deb"]
+    store.veneer(*words[1:])
+    shown = json.loads(store.veneer("image", "show", "deb", "--json").stdout)
+    assert shown["current"] == 1
+    # hello and its documentation, not apt's package lists or its download cache.
+    assert shown["revisions"][1]["size_bytes"] < 2 * 1024 * 1024, shown["revisions"][1]
+    ran = store.veneer("run", "--ephemeral", "--from", "deb", "--", "hello")
+    assert ran.stdout.strip() == "Hello, world!"
