@@ -213,3 +213,26 @@ def test_the_help_s_apt_example_works_and_stays_small(store: Store, debian_tree:
     assert shown["revisions"][1]["size_bytes"] < 2 * 1024 * 1024, shown["revisions"][1]
     ran = store.veneer("run", "--ephemeral", "--from", "deb", "--", "hello")
     assert ran.stdout.strip() == "Hello, world!"
+
+
+def test_network_subnet_moves_the_nat_network_and_readdresses_stopped_machines(busybox: Store) -> None:
+    busybox.veneer("create", "sn1", "--from", "bb")
+    busybox.veneer("create", "sn2", "--from", "bb")
+    assert busybox.veneer("network", "subnet", "10.250.7.0/33", ok=(2,)).stderr.startswith("veneer: Invalid")
+    moved = busybox.veneer("network", "subnet", "10.250.7.0/24").stdout.splitlines()
+    assert moved == [
+        "The nat network is 10.250.7.0/24 (gateway 10.250.7.1).",
+        "Machine 'sn1': 10.250.7.2.",
+        "Machine 'sn2': 10.250.7.3.",
+    ]
+    assert busybox.veneer("network", "subnet").stdout == "10.250.7.0/24\n"
+    assert busybox.machine_json("sn2")["address"] == "10.250.7.3"
+    busybox.veneer("start", "sn1")
+    assert json.loads(busybox.veneer("status", "sn1", "--json").stdout)["addresses"] == ["10.250.7.2"]
+    inside = busybox.veneer("exec", "sn1", "--", "ip", "-4", "-o", "addr", "show", "host0").stdout
+    assert "10.250.7.2/24" in inside
+    refused = busybox.veneer("network", "subnet", "auto", ok=(1,))
+    assert "Machine 'sn1' is running" in refused.stderr
+    busybox.veneer("stop", "sn1")
+    auto = busybox.veneer("network", "subnet", "auto").stdout.splitlines()[0]
+    assert auto.startswith("The nat network is ") and "10.250.7.0/24" not in auto

@@ -73,6 +73,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "disable": ("veneer disable web1",),
     "network": ("veneer network ls", "veneer network inspect nat"),
     "network ls": ("veneer network ls", "veneer network ls --json"),
+    "network subnet": (
+        "veneer network subnet",
+        "veneer network subnet auto",
+        "veneer network subnet 10.250.7.0/24",
+    ),
     "network inspect": ("veneer network inspect", "veneer network inspect bridge:br0 --json"),
     "doctor": ("veneer doctor",),
     "rebase": (

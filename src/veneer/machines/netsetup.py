@@ -158,8 +158,16 @@ def _refuse_clashing_pool(config: NetworkConfig) -> None:
     if clashes:
         raise NetworkError(
             f"The nat network {config.pool.subnet} overlaps the host's {', '.join(map(str, clashes))}",
-            hint="Run 'veneer doctor' for a free subnet to set in network.json, or remove that route.",
+            hint=f"Move the nat network to a free subnet{_free_subnet_note(config)}: "
+            "'veneer network subnet auto' (stopped machines get new addresses), or remove that route.",
         )
+
+
+def _free_subnet_note(config: NetworkConfig) -> str:
+    with contextlib.suppress(NetworkError):
+        free = choose_pool([*host_networks(bridge=config.bridge), config.pool.subnet]).subnet
+        return f" ({free}, as 'veneer doctor' proposes)"
+    return ""
 
 
 def _refuse_foreign_listen(record: MachineRecord, config: NetworkConfig) -> None:
