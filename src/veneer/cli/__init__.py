@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import image, machine, network, rebase, running
+    from veneer.cli import copy, image, machine, network, rebase, running
 
     parser = _Parser(
         prog="veneer",
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.register(verbs)
     network.register(verbs)
     rebase.register(verbs)
+    copy.register(verbs)
     return parser
 
 
