@@ -122,3 +122,94 @@ def test_missing_or_stopped_machine_is_unreachable(machines: tuple[Store, Path])
     assert result.returncode == 4, result.stdout + result.stderr
     assert "veneer machine 'a2': Machine 'a2' is not running" in result.stdout
     assert "veneer machine 'ghost': No machine named 'ghost'" in result.stdout
+
+
+def test_modules_are_idempotent_with_check_mode(busybox: Store, tmp_path: Path) -> None:
+    store = busybox
+    wrapper = write_wrapper(store, tmp_path / "veneer")
+    play = f"""
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: {sys.executable}
+  module_defaults:
+    veneer.machines.veneer_image: {{veneer_command: {wrapper}}}
+    veneer.machines.veneer_machine: {{veneer_command: {wrapper}}}
+  tasks:
+    - veneer.machines.veneer_image: {{name: bb2, source: busybox}}
+    - veneer.machines.veneer_machine: {{name: k1, image: bb2, network: none, pids: PIDS}}
+    - veneer.machines.veneer_machine: {{name: k2, image: bb2, state: present}}
+"""
+    try:
+        (tmp_path / "play.yml").write_text(play.replace("PIDS", "100"))
+        run = [tool("ansible-playbook"), "-i", "localhost,", "play.yml"]
+        first = proc.run(run, cwd=tmp_path, capture=True, check=False, env=ansible_env(tmp_path))
+        assert first.returncode == 0 and "changed=3" in first.stdout, first.stdout + first.stderr
+        again = proc.run(run, cwd=tmp_path, capture=True, check=False, env=ansible_env(tmp_path))
+        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout + again.stderr
+        status = json.loads(store.veneer("status", "k1", "--json").stdout)
+        assert status["state"] == "running" and status["limits"]["pids"] == 100
+        assert json.loads(store.veneer("status", "k2", "--json").stdout)["state"] == "stopped"
+        # A changed limit: check mode says what it would do and does nothing; then it is done.
+        (tmp_path / "play.yml").write_text(play.replace("PIDS", "120"))
+        check = proc.run([*run, "--check", "--diff"], cwd=tmp_path, capture=True, check=False,
+                         env=ansible_env(tmp_path))  # fmt: skip
+        assert "changed=1" in check.stdout and '"set k1 --pids 120"' in check.stdout, check.stdout
+        assert json.loads(store.veneer("status", "k1", "--json").stdout)["limits"]["pids"] == 100
+        changed = proc.run(run, cwd=tmp_path, capture=True, check=False, env=ansible_env(tmp_path))
+        assert "changed=1" in changed.stdout, changed.stdout + changed.stderr
+        status = json.loads(store.veneer("status", "k1", "--json").stdout)
+        assert status["state"] == "running" and status["limits"]["pids"] == 120
+    finally:
+        store.veneer("stop", "k1", "--timeout", "5", ok=(0, 1))
+
+
+@pytest.mark.network
+def test_debian_machine_runs_modules_copies_fetches_and_becomes(store: Store, tmp_path: Path) -> None:
+    # python3 for Ansible's modules; debootstrap from the Debian mirror (about 90 seconds).
+    store.veneer("image", "create", "deb", "--debootstrap", "bookworm", "--variant", "minbase",
+                 "--packages", "python3")  # fmt: skip
+    store.veneer("create", "d1", "--from", "deb", "--network", "none")
+    store.veneer("start", "d1", "--wait", "--timeout", "60")
+    try:
+        work = tmp_path / "ansible"
+        work.mkdir()
+        wrapper = write_wrapper(store, work / "veneer")
+        (work / "machines.veneer.yml").write_text(
+            f"plugin: veneer.machines.veneer\nveneer_command: {wrapper}\n"
+        )
+        (work / "in.txt").write_text("hello in\n")
+        result = playbook(work, """
+- hosts: veneer_image_deb
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: /usr/bin/python3
+  tasks:
+    - ansible.builtin.command: cat /etc/debian_version
+      register: version
+    - ansible.builtin.assert:
+        that: version.stdout.startswith("12.")
+    - ansible.builtin.copy: {src: in.txt, dest: /root/in.txt, mode: "0640"}
+    - ansible.builtin.user: {name: tester, shell: /bin/sh}
+    - ansible.builtin.copy: {src: in.txt, dest: /home/tester/t.txt}
+      become: true
+      become_user: tester
+      become_method: su
+    - ansible.builtin.command: id -un
+      become: true
+      become_user: tester
+      become_method: su
+      register: who
+    - ansible.builtin.assert:
+        that: who.stdout == "tester"
+    - ansible.builtin.fetch: {src: /etc/os-release, dest: fetched/os-release, flat: true}
+    - ansible.builtin.command: sh -c 'exit 5'
+""")  # fmt: skip
+        assert result.returncode == 2 and '"rc": 5' in result.stdout, result.stdout + result.stderr
+        assert "ok=8" in result.stdout and "failed=1" in result.stdout, result.stdout
+        assert "bookworm" in (work / "fetched/os-release").read_text()
+        files = store.veneer("exec", "d1", "--", "stat", "-c", "%U %a", "/root/in.txt", "/home/tester/t.txt")
+        assert files.stdout.split("\n")[:2] == ["root 640", "tester 644"]
+    finally:
+        store.veneer("stop", "d1", "--timeout", "20", ok=(0, 1))
