@@ -29,8 +29,9 @@ options:
   hosts:
     description:
       - The hosts whose machines are listed, as C([user@]host) for C(ssh); C(local) is the controller.
+      - An entry may also be a mapping with C(host), and C(veneer_command) and C(ssh_args) for that host.
     type: list
-    elements: string
+    elements: raw
     default: [local]
   veneer_command:
     description: The veneer command on the hosts (split like a shell would).
@@ -48,6 +49,7 @@ plugin: veneer.machines.veneer
 hosts:
   - local
   - root@node2
+  - {host: root@node3, veneer_command: /opt/veneer/bin/veneer, ssh_args: -p 2222}
 keyed_groups:
   - key: veneer_network
     prefix: network
@@ -75,14 +77,18 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def verify_file(self, path: str) -> bool:
         return super().verify_file(path) and path.endswith(("veneer.yml", "veneer.yaml"))
 
-    def _machines(self, host: str) -> list[dict[str, object]]:
+    def _host_settings(self, entry: object) -> tuple[str, str, str]:
+        """The host, its veneer command and its ssh arguments, from one entry of `hosts`."""
+        command, ssh_args = self.get_option("veneer_command"), self.get_option("ssh_args")
+        if isinstance(entry, str):
+            return entry, command, ssh_args
+        if isinstance(entry, dict) and isinstance(entry.get("host"), str):
+            return entry["host"], entry.get("veneer_command", command), entry.get("ssh_args", ssh_args)
+        raise AnsibleParserError(f"Invalid entry in hosts: {entry!r}; use a host name or a mapping with 'host'")
+
+    def _machines(self, host: str, command: str, ssh_args: str) -> list[dict[str, object]]:
         """`veneer list --json` of one host."""
-        argv = veneer_argv(
-            self.get_option("veneer_command"),
-            ["list", "--json"],
-            host="" if host == LOCAL else host,
-            ssh_args=self.get_option("ssh_args"),
-        )
+        argv = veneer_argv(command, ["list", "--json"], host="" if host == LOCAL else host, ssh_args=ssh_args)
         try:
             process = Popen(argv, stdin=PIPE, stdout=PIPE, stderr=PIPE)
         except FileNotFoundError as e:
@@ -106,8 +112,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self._read_config_data(path)
         strict = self.get_option("strict")
         self.inventory.add_group("veneer")
-        for host in self.get_option("hosts"):
-            for machine in self._machines(host):
+        for entry in self.get_option("hosts"):
+            host, command, ssh_args = self._host_settings(entry)
+            for machine in self._machines(host, command, ssh_args):
                 name = str(machine["name"])
                 hostname = name if host == LOCAL else f"{name}@{host}"
                 self.inventory.add_host(hostname, group="veneer")
@@ -123,8 +130,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                     "ansible_connection": "veneer.machines.veneer",
                     "ansible_veneer_machine": name,
                     "ansible_veneer_host": "" if host == LOCAL else host,
-                    "ansible_veneer_command": self.get_option("veneer_command"),
-                    "ansible_veneer_ssh_args": self.get_option("ssh_args"),
+                    "ansible_veneer_command": command,
+                    "ansible_veneer_ssh_args": ssh_args,
                 }
                 for key, value in variables.items():
                     self.inventory.set_variable(hostname, key, value)
