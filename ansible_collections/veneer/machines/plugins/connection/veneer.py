@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: veneer
-author: veneer developers
+author: veneer developers (@veneer)
 short_description: Run tasks in veneer machines
 description:
   - Runs commands in a running veneer machine with C(veneer exec), which returns the command's own exit
@@ -166,7 +166,7 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound(f"Input path is not a file: {in_path}")
         owner = self._owner_args()
         if not self._host():
-            returncode, _, stderr = self._run(["cp", *owner, in_path, f"{self._machine()}:{out_path}"])
+            returncode, _stdout, stderr = self._run(["cp", *owner, in_path, f"{self._machine()}:{out_path}"])
         else:
             # The file is on the controller, veneer on the other host: send it as a tar stream of one member.
             directory, name = os.path.split(out_path)
@@ -175,7 +175,7 @@ class Connection(ConnectionBase):
                 archive.add(in_path, arcname=name, recursive=False,
                             filter=lambda m: _owned_by(m, 0, 0))  # fmt: skip
             target = f"{self._machine()}:{directory or '/'}"
-            returncode, _, stderr = self._run(["cp", *owner, "-", target], stream.getvalue())
+            returncode, _stdout, stderr = self._run(["cp", *owner, "-", target], stream.getvalue())
         if returncode != 0:
             raise AnsibleError(f"Failed to copy {in_path} to {out_path} in {self._where()}: {to_text(stderr)}")
 
@@ -184,7 +184,7 @@ class Connection(ConnectionBase):
         super().fetch_file(in_path, out_path)
         self._display.vvv(f"FETCH {in_path} TO {out_path}", host=self._machine())
         if not self._host():
-            returncode, _, stderr = self._run(["cp", "-L", f"{self._machine()}:{in_path}", out_path])
+            returncode, _stdout, stderr = self._run(["cp", "-L", f"{self._machine()}:{in_path}", out_path])
             if returncode != 0:
                 raise AnsibleError(f"Failed to fetch {in_path} from {self._where()}: {to_text(stderr)}")
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: veneer
-author: veneer developers
+author: veneer developers (@veneer)
 short_description: veneer machines of one or many hosts
 description:
   - Lists the machines of each host in O(hosts) with C(veneer list --json), on the controller itself or

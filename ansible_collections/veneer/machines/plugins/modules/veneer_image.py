@@ -13,7 +13,7 @@ description:
     registry or an archive), updates it with a command, or removes it, through the C(veneer) command.
     Reports C(changed) only when it changed something.
 version_added: 0.1.0
-author: veneer developers
+author: veneer developers (@veneer)
 options:
   name:
     description: The image's name.
@@ -53,8 +53,10 @@ options:
     default: veneer
 attributes:
   check_mode:
+    description: Reports what would change and the commands it would run, changing nothing.
     support: full
   diff_mode:
+    description: Shows the object before and after (in check mode, the commands planned).
     support: full
 """
 
@@ -150,8 +152,9 @@ def main() -> None:
     result = {"changed": bool(commands), "commands": commands, "image": after or {}}
     if module._diff:
         def view(image: dict | None) -> dict:
-            return {"state": "absent"} if image is None else {"revisions": len(image.get("revisions", [])),
-                                                             "current": image.get("current")}  # fmt: skip
+            if image is None:
+                return {"state": "absent"}
+            return {"revisions": len(image.get("revisions", [])), "current": image.get("current")}
 
         after_view = view(after) if not module.check_mode else {"planned": [shlex.join(c) for c in commands]}
         result["diff"] = {"before": view(before), "after": after_view}

@@ -12,7 +12,7 @@ description:
   - Creates, starts, stops, reconfigures, rebases and removes a veneer machine of the host the task runs
     on, through the C(veneer) command. Reports C(changed) only when it changed something.
 version_added: 0.1.0
-author: veneer developers
+author: veneer developers (@veneer)
 options:
   name:
     description: The machine's name.
@@ -54,8 +54,10 @@ options:
     default: veneer
 attributes:
   check_mode:
+    description: Reports what would change and the commands it would run, changing nothing.
     support: full
   diff_mode:
+    description: Shows the object before and after (in check mode, the commands planned).
     support: full
 """
 
