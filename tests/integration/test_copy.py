@@ -127,6 +127,15 @@ def test_tar_streams_both_ways(machine: Store, tmp_path: Path) -> None:
     with tarfile.open(out) as archive:
         members = {m.name.removeprefix("./"): (m.uid, m.gid) for m in archive.getmembers()}
     assert members == {"in": (0, 0), "in/a.txt": (9, 8)}, "a stream keeps the machine's own ids"
+    garbage = "not a tar archive\n" * 64
+    assert (
+        "Not a valid tar stream"
+        in store.veneer("cp", "--uid", "1", "-", "c1:/root", input=garbage, ok=(2,)).stderr
+    )
+    assert (
+        "Failed to copy into machine 'c1'"
+        in store.veneer("cp", "-", "c1:/root", input=garbage, ok=(1,)).stderr
+    )
 
 
 def test_symlinks_in_the_machine_resolve_inside(machine: Store, tmp_path: Path) -> None:

@@ -157,9 +157,9 @@ def _in_machine(
         failure: BaseException | None = None
         try:
             yield
-        except UnsafeArchive:
+        except (UnsafeArchive, UsageError):
             process.wait()
-            raise  # the stream was refused: that is the news, not tar's broken pipe
+            raise  # the stream was refused here: that is the news, not tar's broken pipe
         except BaseException as e:
             failure = e
         status = process.wait()
@@ -194,14 +194,15 @@ def _writing_into(layout: Layout, name: MachineName, args: Sequence[str]) -> Ite
                 r = -1
                 try:
                     yield out
-                    out.close()
                 except BrokenPipeError:
                     pass  # tar in the machine gave up: its own message is raised on the way out
+                finally:
+                    # Before the wait: tar in the machine reads until the stream ends, whatever happened.
+                    with contextlib.suppress(BrokenPipeError):
+                        out.close()
         finally:
             if r >= 0:
                 os.close(r)
-            with contextlib.suppress(BrokenPipeError):
-                out.close()
 
 
 @contextlib.contextmanager
