@@ -29,6 +29,7 @@ from typing import IO
 from veneer.config.layout import Layout
 from veneer.config.settings import UID_RANGE_SIZE, MachineName
 from veneer.errors import Error, ImageError, MachineError, UnsafeArchive, UsageError
+from veneer.images.transfer import extract_tar
 from veneer.machines.state import is_alive, load_machine, load_runtime
 from veneer.util import proc
 
@@ -353,8 +354,6 @@ def _host_destination(dest: Path, path: str) -> Path:
 
 def _extract_from(layout: Layout, name: MachineName, args: Sequence[str], staging: Path) -> None:
     """Extract the machine's tar stream into `staging` as a hostile archive."""
-    from veneer.images.transfer import extract_tar
-
     with _reading_from(layout, name, args) as r:
         try:
             extract_tar(Path(f"/proc/self/fd/{r}"), staging)
