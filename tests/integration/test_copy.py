@@ -187,3 +187,16 @@ def test_a_hostile_tar_in_the_machine_writes_nothing_outside(machine: Store, tmp
     refused = store.veneer("cp", "c1:/etc/passwd", str(out / "p"), ok=(1,))
     assert "'..' component" in refused.stderr
     assert os.listdir(tmp_path / "out") == ["in"] and os.listdir(out) == [], "nothing written, no leftovers"
+
+
+def test_a_stopped_machine_copies_without_its_network(busybox: Store, tmp_path: Path) -> None:
+    store = busybox
+    store.veneer("create", "n1", "--from", "bb")  # nat, the default
+    (tmp_path / "f").write_text("no network needed\n")
+    store.veneer("cp", str(tmp_path / "f"), "n1:/root/f")
+    store.veneer("cp", "n1:/root/f", str(tmp_path / "g"))
+    assert (tmp_path / "g").read_text() == "no network needed\n"
+    # The throwaway run that copies is `run --network none`: only loopback inside.
+    links = store.veneer("run", "--network", "none", "n1", "--", "sh", "-c", "ls /sys/class/net").stdout
+    assert links.split() == ["lo"]
+    assert store.machine_json("n1")["network"] != "none", "the machine keeps its own network"

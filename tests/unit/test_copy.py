@@ -8,7 +8,7 @@ import pytest
 
 from veneer.cli.copy import _machine_side
 from veneer.errors import UsageError
-from veneer.machines.copy import Ownership, machine_path, parse_mode
+from veneer.machines.copy import Ownership, _reason, machine_path, parse_mode
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,20 @@ def test_ownership_apply() -> None:
 )
 def test_machine_side(text: str, side: tuple[str, str] | None) -> None:
     assert _machine_side(text) == side
+
+
+NEEDS = "The machine needs sh and tar (busybox has both)."
+
+
+@pytest.mark.parametrize(
+    ("stderr", "status", "reason", "hint"),
+    [
+        ("veneer: Machine 'm' is not running\n  Start it with 'veneer start m'.\n", 1,
+         "Machine 'm' is not running", "Start it with 'veneer start m'."),
+        ("/x: not in the machine\n", 101, "/x: not in the machine", "Check the path in the machine."),
+        ("sh: tar: not found\n", 127, "sh: tar: not found", NEEDS),
+        ("", 1, "exit status 1", NEEDS),
+    ],
+)  # fmt: skip
+def test_reason(stderr: str, status: int, reason: str, hint: str) -> None:
+    assert _reason(stderr, status) == (reason, hint)

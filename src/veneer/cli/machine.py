@@ -101,6 +101,7 @@ def register(verbs: Any) -> None:
     run.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
     run.add_argument("--workdir", "-w", help="working directory inside the machine")
     run.add_argument("--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]")
+    run.add_argument("--network", type=parse_network, help="this run only: nat, host, none or bridge:BRIDGE")
     run.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     run.set_defaults(handler=cmd_run)
 
@@ -314,7 +315,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from veneer.machines.run import RunOptions, run_machine
 
     name, command = _split_run_words(args)
-    options = RunOptions(user=args.user, workdir=args.workdir, env=tuple(args.env), binds=tuple(args.bind))
+    options = RunOptions(
+        user=args.user,
+        workdir=args.workdir,
+        env=tuple(args.env),
+        binds=tuple(args.bind),
+        network=args.network,
+    )
     if name is None:
         return run_ephemeral(_layout(args), args.image, command, options)
     return run_machine(_layout(args), parse_machine_name(name), command, options)

@@ -123,9 +123,10 @@ def _check_ids(layout: Layout, name: MachineName, owner: Ownership) -> None:
 def _machine_argv(layout: Layout, name: MachineName, script: str, args: Sequence[str]) -> list[str]:
     """`sh -c script` in the machine: exec'd into it while it runs, else in a throwaway run of its root."""
     runtime = load_runtime(layout, name)
-    verb = "exec" if runtime is not None and is_alive(runtime) else "run"
+    # A copy needs no network: a stopped machine's throwaway run has none, whatever the machine's is.
+    verb = ["exec"] if runtime is not None and is_alive(runtime) else ["run", "--network", "none"]
     command = ["sh", "-c", script, "veneer-cp", *args]
-    return [sys.executable, "-m", "veneer", "--root", os.fspath(layout.root), verb, name, "--", *command]
+    return [sys.executable, "-m", "veneer", "--root", os.fspath(layout.root), *verb, name, "--", *command]
 
 
 def _veneer_env(layout: Layout) -> dict[str, str]:
@@ -168,14 +169,23 @@ def _in_machine(
             raise failure
         if status != 0:
             errors.seek(0)
-            lines = errors.read().decode(errors="replace").strip().splitlines()
-            reason = lines[-1].removeprefix("veneer: ") if lines else f"exit status {status}"
-            hint = (
-                "Check the path in the machine." if status == _PATH_ERROR
-                else "The machine needs sh and tar (busybox has both)."
-            )  # fmt: skip
+            reason, hint = _reason(errors.read().decode(errors="replace"), status)
             # A broken stream on this side is the consequence; what the machine said is the cause.
             raise MachineError(f"Failed to copy {what} machine '{name}': {reason}", hint=hint) from failure
+
+
+def _reason(stderr: str, status: int) -> tuple[str, str]:
+    """What went wrong, from the stderr of the veneer command or of the script it ran, and a hint."""
+    lines = stderr.strip().splitlines()
+    # veneer's own error (the machine could not be entered or run): its message and its hint.
+    for i, line in enumerate(lines):
+        if line.startswith("veneer: "):
+            hint = " ".join(rest.strip() for rest in lines[i + 1 :] if rest.startswith("  "))
+            return line.removeprefix("veneer: "), hint or "See 'veneer status'."
+    reason = lines[-1] if lines else f"exit status {status}"
+    if status == _PATH_ERROR:
+        return reason, "Check the path in the machine."
+    return reason, "The machine needs sh and tar (busybox has both)."
 
 
 @contextlib.contextmanager
