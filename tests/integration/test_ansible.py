@@ -138,7 +138,7 @@ def test_modules_are_idempotent_with_check_mode(busybox: Store, tmp_path: Path) 
     veneer.machines.veneer_machine: {{veneer_command: {wrapper}}}
   tasks:
     - veneer.machines.veneer_image: {{name: bb2, source: busybox}}
-    - veneer.machines.veneer_machine: {{name: k1, image: bb2, network: none, pids: PIDS}}
+    - veneer.machines.veneer_machine: {{name: k1, image: bb2, network: none, pids: PIDS, enabled: false}}
     - veneer.machines.veneer_machine: {{name: k2, image: bb2, state: present}}
 """
     try:

@@ -44,6 +44,11 @@ options:
   pids:
     description: Process limit.
     type: int
+  enabled:
+    description:
+      - Start the machine at host boot (V(true), C(veneer enable)) or not (V(false), C(veneer disable)).
+      - Needs systemd as the host's PID 1. Omitted, left as it is.
+    type: bool
   rebased:
     description: Rebase the machine onto its image's current revision when it is on an older one.
     type: bool
@@ -94,6 +99,7 @@ commands:
 """
 
 import json
+import os
 import shlex
 
 from ansible.module_utils.basic import AnsibleModule
@@ -174,6 +180,7 @@ def main() -> None:
             "memory": {"type": "str"},
             "cpus": {"type": "str"},
             "pids": {"type": "int"},
+            "enabled": {"type": "bool"},
             "rebased": {"type": "bool", "default": False},
             "veneer_command": {"type": "str", "default": "veneer"},
         },
@@ -212,6 +219,9 @@ def main() -> None:
             veneer.change("start", name, "--wait")
         elif state == "stopped" and running:
             veneer.change("stop", name)
+        wanted = params["enabled"]
+        if wanted is not None and wanted != (before is not None and _enabled(veneer, name)):
+            veneer.change("enable" if wanted else "disable", name)
     changed = bool(veneer.commands)
     after = veneer.status(name) if not module.check_mode else before
     result = {"changed": changed, "commands": veneer.commands, "machine": after or {}}
@@ -219,6 +229,14 @@ def main() -> None:
         result["diff"] = {"before": _view(before), "after": _view(after) if not module.check_mode else
                           {**_view(before), "planned": [shlex.join(c) for c in veneer.commands]}}  # fmt: skip
     module.exit_json(**result)
+
+
+def _enabled(veneer: Veneer, name: str) -> bool:
+    """Whether the machine's boot unit is installed (`veneer enable --print` names its path)."""
+    rc, out, err = veneer.query("enable", name, "--print")
+    if rc != 0 or not out.startswith("# /"):
+        veneer.module.fail_json(msg=f"veneer enable {name} --print failed: {err.strip()}")
+    return os.path.exists(out.splitlines()[0].removeprefix("# "))
 
 
 def _behind(veneer: Veneer, machine: dict) -> bool:
