@@ -93,7 +93,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import completion, image, machine, network, rebase, running
+    from veneer.cli import completion, copy, image, machine, network, rebase, running
     from veneer.cli.help import document
 
     parser = _Parser(
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.register(verbs)
     network.register(verbs)
     rebase.register(verbs)
+    copy.register(verbs)
     completion.register(verbs, parser)
     document(parser)
     return parser

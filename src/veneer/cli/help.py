@@ -50,6 +50,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "list": ("veneer list", "veneer list --json"),
     "status": ("veneer status web1", "veneer status web1 --json"),
     "rm": ("veneer rm web1 web2", "veneer rm --force web1"),
+    "cp": (
+        "veneer cp ./site.conf web1:/etc/nginx/conf.d/",
+        "veneer cp --uid 33 --gid 33 ./www web1:/var/www",
+        "veneer cp web1:/var/log/nginx ./logs",
+        "veneer cp web1:/etc - | tar -t",
+    ),
     "clone": ("veneer clone web1 web2",),
     "rename": ("veneer rename web1 www",),
     "diff": ("veneer diff web1", "veneer diff web1 --json"),

@@ -116,6 +116,7 @@ def register(verbs: Any) -> None:
         "--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]",
         help="bind a host path for this run (repeatable)",
     )  # fmt: skip
+    run.add_argument("--network", type=parse_network, help="this run only: nat, host, none or bridge:BRIDGE")
     run.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     run.set_defaults(handler=cmd_run)
 
@@ -368,7 +369,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from veneer.machines.run import RunOptions, run_machine
 
     name, command = _split_run_words(args)
-    options = RunOptions(user=args.user, workdir=args.workdir, env=tuple(args.env), binds=tuple(args.bind))
+    options = RunOptions(
+        user=args.user,
+        workdir=args.workdir,
+        env=tuple(args.env),
+        binds=tuple(args.bind),
+        network=args.network,
+    )
     if name is None:
         return run_ephemeral(_layout(args), args.image, command, options)
     return run_machine(_layout(args), parse_machine_name(name), command, options)

@@ -24,6 +24,7 @@ StrPath = str | os.PathLike[str]
 # For callers that annotate results without importing subprocess themselves.
 Completed = subprocess.CompletedProcess[str]
 Process = subprocess.Popen[bytes]
+DEVNULL = subprocess.DEVNULL
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -231,3 +232,21 @@ def child_pids(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def spawn_piped(
+    argv: Sequence[StrPath],
+    *,
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    env: Mapping[str, str] | None = None,
+) -> Process:
+    """Start argv with these file descriptors as its stdin, stdout and stderr (None: the caller's own),
+    for callers that stream data through a command (`veneer cp`)."""
+    args = [os.fspath(a) for a in argv]
+    logger.debug("+ %s", shlex.join(args))
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, env=base_env(env))
+    except FileNotFoundError as e:
+        raise _not_found(args) from e
