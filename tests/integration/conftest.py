@@ -2,6 +2,8 @@
 
 `debian_tree` debootstraps Debian bookworm (minbase) once per test run, for every test that needs a
 real distribution tree. Tests must not change it: copy it first (`cp -a`).
+
+`systemd_vm` boots a QEMU VM with systemd as PID 1 on cgroup v2 once per test run (see `vms.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 from tests.integration.helpers import Store, private_store
 from tests.integration.registries import BuiltImages, build_test_images
+from tests.integration.vms import Recipe, VirtualMachine, booted_vm, cached_image
 from veneer.config.layout import Layout
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
@@ -81,3 +84,14 @@ def built_images(tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
     if os.geteuid() != 0:
         pytest.skip("buildah needs root (uid 0)")
     return build_test_images(tmp_path_factory.mktemp("oci-images"))
+
+
+@pytest.fixture(scope="session")
+def systemd_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualMachine]:
+    """A Debian bookworm VM, systemd as PID 1 on cgroup v2, this checkout's veneer in it; shared by the
+    session's VM tests, so each removes what it made."""
+    if os.geteuid() != 0:
+        pytest.skip("building the VM image needs root (uid 0)")
+    image = cached_image(Recipe(suite="bookworm"))
+    with booted_vm(image, tmp_path_factory.mktemp("vm")) as vm:
+        yield vm

@@ -1,0 +1,114 @@
+"""veneer on a host where systemd is PID 1 on cgroup v2: scenarios run in a VM (`vms.py`).
+
+Each test removes the machines and images it made: the VM is shared by the whole session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.vms import GUEST_DEBIAN_TREE, VirtualMachine
+
+pytestmark = [pytest.mark.root, pytest.mark.vm]
+
+
+def machine(vm: VirtualMachine, name: str) -> dict[str, object]:
+    """The machine's entry in `veneer list --json`."""
+    (entry,) = (m for m in json.loads(vm.veneer("list", "--json").stdout) if m["name"] == name)
+    assert isinstance(entry, dict)
+    return entry
+
+
+def machined_knows(vm: VirtualMachine, name: str) -> bool:
+    return vm.run(["machinectl", "show", name], ok=None).returncode == 0
+
+
+def veneer_processes(vm: VirtualMachine) -> list[str]:
+    """Processes in the guest that veneer starts for a machine: nspawn, its console keeper, veneer."""
+    listing = vm.run(["ps", "-e", "-o", "pid=,args="]).stdout.splitlines()
+    return [line for line in listing if any(word in line for word in ("nspawn", "tmux", "veneer"))]
+
+
+@pytest.fixture
+def busybox_vm(systemd_vm: VirtualMachine) -> Iterator[VirtualMachine]:
+    """The VM with the image 'bb' made with --busybox; the image goes afterwards."""
+    systemd_vm.veneer("image", "create", "bb", "--busybox")
+    yield systemd_vm
+    systemd_vm.veneer("image", "rm", "bb", ok=None)
+
+
+@pytest.fixture
+def m1(busybox_vm: VirtualMachine) -> Iterator[VirtualMachine]:
+    """The busybox VM with the machine 'm1' created from 'bb'; stopped and removed afterwards."""
+    busybox_vm.veneer("create", "m1", "--from", "bb")
+    yield busybox_vm
+    busybox_vm.veneer("stop", "m1", ok=None)
+    busybox_vm.veneer("rm", "m1", ok=None)
+
+
+@pytest.fixture
+def d1(systemd_vm: VirtualMachine) -> Iterator[VirtualMachine]:
+    """The VM with the image 'deb' (Debian with systemd, from the VM's tree) and its machine 'd1'."""
+    systemd_vm.veneer("image", "create", "deb", "--from-dir", GUEST_DEBIAN_TREE)
+    systemd_vm.veneer("create", "d1", "--from", "deb")
+    yield systemd_vm
+    systemd_vm.veneer("stop", "d1", ok=None)
+    systemd_vm.veneer("rm", "d1", ok=None)
+    systemd_vm.veneer("image", "rm", "deb", ok=None)
+
+
+def test_the_vm_is_a_systemd_host_on_cgroup_v2(systemd_vm: VirtualMachine) -> None:
+    vm = systemd_vm
+    assert vm.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
+    assert vm.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"]).stdout.strip() == "cgroup2fs"
+    assert vm.run(["readlink", "/proc/1/root"]).stdout.strip() == "/"
+    # What the guest runs is this checkout, read-only.
+    assert vm.veneer("--help").returncode == 0
+    assert vm.run(["touch", "/veneer/README.md"], ok=(1,)).returncode == 1
+
+
+def test_busybox_machine_starts_registers_with_machined_and_stops(m1: VirtualMachine) -> None:
+    vm = m1
+    assert machine(vm, "m1")["state"] == "stopped"
+    vm.veneer("start", "m1", "--wait")
+    running = machine(vm, "m1")
+    assert running["state"] == "running"
+    leader = running["pid"]
+    assert isinstance(leader, int)
+    assert vm.run(["cat", f"/proc/{leader}/comm"]).stdout.strip() == "init"
+    assert machined_knows(vm, "m1")
+    listed = vm.run(["machinectl", "list", "--no-legend"]).stdout.split()
+    assert "m1" in listed
+    assert vm.veneer("exec", "m1", "--", "hostname").stdout.strip() == "m1"
+
+    vm.veneer("stop", "m1")
+    stopped = machine(vm, "m1")
+    assert stopped["state"] == "stopped" and stopped["pid"] is None
+    assert not machined_knows(vm, "m1")
+    assert veneer_processes(vm) == []
+    assert vm.run(["findmnt", "--list", "--noheadings", "--output", "TARGET"]).stdout.count("veneer/") == 0
+
+
+def test_debian_machine_boots_under_machined_with_its_journal(d1: VirtualMachine) -> None:
+    vm = d1
+    vm.veneer("start", "d1", "--wait", "--timeout", "300")
+    running = machine(vm, "d1")
+    assert running["state"] == "running" and running["init"] == "systemd"
+    assert machined_knows(vm, "d1")
+    assert vm.veneer(
+        "exec", "d1", "--", "systemctl", "is-system-running", "--wait", ok=(0, 1)
+    ).stdout.strip() in (
+        "running",
+        "degraded",
+    )
+    journal = vm.run(["journalctl", "-M", "d1", "--no-pager", "-o", "cat"]).stdout
+    assert "Startup finished" in journal or "Reached target" in journal
+
+    vm.veneer("stop", "d1", "--timeout", "120")
+    stopped = machine(vm, "d1")
+    assert stopped["state"] == "stopped" and stopped["pid"] is None
+    assert not machined_knows(vm, "d1")
+    assert veneer_processes(vm) == []
