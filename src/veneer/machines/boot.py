@@ -105,12 +105,12 @@ def start_machine(
                     reap=f"{console.reap_command(layout.root, layout.run)} {shlex.quote(name)}",
                 )
             )
-            console.write_config(layout.console_config, reap=console.reap_command(layout.root, layout.run))
             layout.console_log(name).write_bytes(b"")
+            layout.console_log_previous(name).unlink(missing_ok=True)
             layout.boot_status(name).unlink(missing_ok=True)
             console.start_session(
-                layout.console_socket(name), layout.console_config, name, ["sh", os.fspath(script)],
-                log=layout.console_log(name),
+                layout.console_socket(name), name, ["sh", os.fspath(script)],
+                log=layout.console_log(name), reap=console.reap_command(layout.root, layout.run),
             )  # fmt: skip
             pid = _wait_for_nspawn(layout, name, timeout=timeout)
             runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -125,32 +124,18 @@ def attach_console(layout: Layout, name: MachineName) -> int:
 def read_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> bytes:
     """The console output of the machine's current or last boot (the last `lines` lines)."""
     load_machine(layout, name)
-    try:
-        data = layout.console_log(name).read_bytes()
-    except FileNotFoundError:
-        return b""
-    if lines is not None:
-        data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
-    return data
+    return console.read_log(layout.console_log(name), lines=lines)
 
 
 def follow_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> Iterator[bytes]:
     """The console output, then what is added to it, until the machine stops."""
-    data = read_logs(layout, name, lines=lines)
-    yield data
-    offset = layout.console_log(name).stat().st_size if layout.console_log(name).exists() else 0
-    while True:
+    load_machine(layout, name)
+
+    def running() -> bool:
         runtime = load_runtime(layout, name)
-        alive = runtime is not None and is_alive(runtime)
-        with contextlib.suppress(FileNotFoundError), open(layout.console_log(name), "rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-            offset += len(chunk)
-            if chunk:
-                yield chunk
-        if not alive:
-            return
-        time.sleep(0.2)
+        return runtime is not None and is_alive(runtime)
+
+    return console.follow_log(layout.console_log(name), lines=lines, running=running)
 
 
 def journal_argv(journal: Path, args: Sequence[str]) -> list[str]:
