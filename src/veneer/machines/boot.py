@@ -36,6 +36,7 @@ from veneer.machines.recovery import (
 from veneer.machines.state import (
     RuntimeMode,
     RuntimeRecord,
+    current_boot_id,
     is_alive,
     load_machine,
     load_runtime,
@@ -82,7 +83,7 @@ def start_machine(
         owns_mount = not is_mounted(root)
         placeholder = RuntimeRecord(
             name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0,
-            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=owns_mount,
+            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=owns_mount, boot_id=current_boot_id(),
         )  # fmt: skip
         # Recorded before anything is set up, so a crash from here on is cleaned up by the next command.
         save_runtime(layout, placeholder)

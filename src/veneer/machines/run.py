@@ -25,6 +25,7 @@ from veneer.machines.state import (
     MachineRecord,
     RuntimeMode,
     RuntimeRecord,
+    current_boot_id,
     load_machine,
     process_start_time,
     save_runtime,
@@ -112,5 +113,6 @@ def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool)
             mode=RuntimeMode.RUN,
             started=time.time(),
             owns_mount=owns_mount,
+            boot_id=current_boot_id(),
         ),
     )
