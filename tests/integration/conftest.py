@@ -1,9 +1,11 @@
-"""Integration tests: every test here is marked `integration`; those marked `root` skip unless uid 0.
+"""Integration tests: every test here is marked `integration`; those marked `root` skip unless uid 0;
+those that take `systemd_vm` are marked `vm`.
 
 `debian_tree` debootstraps Debian bookworm (minbase) once per test run, for every test that needs a
 real distribution tree. Tests must not change it: copy it first (`cp -a`).
 
-`systemd_vm` boots a QEMU VM with systemd as PID 1 on cgroup v2 once per test run (see `vms.py`).
+`systemd_vm` boots a QEMU VM with systemd as PID 1 on cgroup v2 once per suite and test run (`vms.py`);
+`busybox_vm` and `debian_vm` are that VM with an image made in it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 from tests.integration.helpers import Store, private_store
 from tests.integration.registries import BuiltImages, build_test_images
-from tests.integration.vms import Recipe, VirtualMachine, booted_vm, cached_image
+from tests.integration.vms import GUEST_DEBIAN_TREE, SUITES, Recipe, VirtualMachine, booted_vm, cached_image
 from veneer.config.layout import Layout
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
@@ -33,6 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not item.path.resolve().is_relative_to(HERE):
             continue
         item.add_marker(pytest.mark.integration)
+        if "systemd_vm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vm)
         if os.geteuid() != 0 and item.get_closest_marker("root") is not None:
             item.add_marker(not_root)
 
@@ -86,12 +90,30 @@ def built_images(tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
     return build_test_images(tmp_path_factory.mktemp("oci-images"))
 
 
-@pytest.fixture(scope="session")
-def systemd_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualMachine]:
-    """A Debian bookworm VM, systemd as PID 1 on cgroup v2, this checkout's veneer in it; shared by the
-    session's VM tests, so each removes what it made."""
+@pytest.fixture(scope="session", params=SUITES)
+def systemd_vm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VirtualMachine]:
+    """A Debian VM of each suite in turn, systemd as PID 1 on cgroup v2, this checkout's veneer in it;
+    shared by the session's VM tests, so each removes what it made."""
     if os.geteuid() != 0:
         pytest.skip("building the VM image needs root (uid 0)")
-    image = cached_image(Recipe(suite="bookworm"))
-    with booted_vm(image, tmp_path_factory.mktemp("vm")) as vm:
+    suite: str = request.param
+    image = cached_image(Recipe(suite=suite))
+    with booted_vm(image, tmp_path_factory.mktemp(f"vm-{suite}")) as vm:
         yield vm
+
+
+@pytest.fixture(scope="session")
+def busybox_vm(systemd_vm: VirtualMachine) -> VirtualMachine:
+    """`systemd_vm` with the image 'bb' (--busybox), made once per VM: tests must not change it."""
+    systemd_vm.veneer("image", "create", "bb", "--busybox")
+    return systemd_vm
+
+
+@pytest.fixture(scope="session")
+def debian_vm(systemd_vm: VirtualMachine) -> VirtualMachine:
+    """`systemd_vm` with the image 'deb' (Debian with systemd, from the VM's tree), made once per VM:
+    tests must not change it."""
+    systemd_vm.veneer("image", "create", "deb", "--from-dir", GUEST_DEBIAN_TREE)
+    return systemd_vm

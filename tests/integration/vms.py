@@ -15,8 +15,9 @@ cgroup v2 owned by systemd) is tested in VMs, a harness like the local registry 
   reboot keeps its writes (they live as long as the qemu process); this checkout read-only at
   /veneer through 9p (`veneer` in the guest runs it); no network device.
 - **Commands.** qemu-guest-agent listens on a virtio-serial port that qemu connects to a unix socket:
-  `guest-exec` runs an argv and hands back its exit status, stdout and stderr. A VM is ready once the
-  agent answers and `systemctl is-system-running --wait` has returned.
+  `guest-exec` runs an argv and hands back its exit status, stdout and stderr (once both pipes close: a
+  daemon a command leaves holding them makes the command time out). A VM is ready once the agent
+  answers and `systemctl is-system-running --wait` has returned.
 - **Cleanup.** qemu is the test's child, started through `setpriv --pdeathsig KILL` so it dies with
   pytest, and killed by its pid when the fixture ends: nothing is left running.
 
@@ -50,7 +51,9 @@ CACHE = Path("/var/cache/veneer-tests/vm")
 CHECKOUT = Path(__file__).resolve().parents[2]
 MIRROR = "http://deb.debian.org/debian"
 GUEST_CHECKOUT = "/veneer"
-BOOT_TIMEOUT = 600.0  # seconds: TCG boots in about 40 s, a busy CI host may take many times that
+# Debian's stable and testing: systemd 252 and 257, Linux 6.1 and 6.12.
+SUITES = ("bookworm", "trixie")
+BOOT_TIMEOUT = 600.0  # seconds: a VM is ready in 25-45 s here, a busy CI host may take many times that
 
 PACKAGES = (
     "systemd", "systemd-sysv", "systemd-container", "udev", "dbus", "linux-image-amd64",

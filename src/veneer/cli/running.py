@@ -153,14 +153,23 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from veneer.machines.inside import follow_logs, read_logs
+    from veneer.util.terminal import TerminalText
 
     out = sys.stdout.buffer
+    # A terminal would obey the control sequences a machine writes to its console; a pipe gets the bytes.
+    shown = TerminalText() if out.isatty() else None
+
+    def write(chunk: bytes) -> None:
+        out.write(shown.feed(chunk).encode() if shown else chunk)
+        out.flush()
+
     if args.follow:
         for chunk in follow_logs(_layout(args), args.name, lines=args.lines):
-            out.write(chunk)
-            out.flush()
+            write(chunk)
     else:
-        out.write(read_logs(_layout(args), args.name, lines=args.lines))
+        write(read_logs(_layout(args), args.name, lines=args.lines))
+    if shown:
+        out.write(shown.finish().encode())
     return 0
 
 

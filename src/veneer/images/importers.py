@@ -37,11 +37,9 @@ from veneer.images.store import (
 )
 from veneer.images.transfer import (
     DEFAULT_MAX_LAYER_BYTES,
-    LayerTooLarge,
     copy_tree,
-    extract_layer,
+    extract_image_layer,
     extract_tar,
-    format_size,
     member_names,
 )
 from veneer.util.proc import run
@@ -191,14 +189,7 @@ def _import_unpacked(
 def _builder(blob: Path, diff_id: str, position: str, max_bytes: int) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
         logger.info("Applying layer %s (%s)", position, diff_id)
-        try:
-            extract_layer(blob, tree, diff_id=diff_id, max_bytes=max_bytes)
-        except LayerTooLarge as e:
-            raise ImageError(
-                f"Layer {position} ({diff_id}) decompresses to more than {format_size(max_bytes)}, the "
-                "limit; nothing was imported",
-                hint=e.hint,
-            ) from e
+        extract_image_layer(blob, tree, diff_id=diff_id, position=position, max_bytes=max_bytes)
 
     return build
 

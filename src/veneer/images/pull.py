@@ -30,7 +30,7 @@ from veneer.images.store import (
     list_images,
     refuse_existing_image,
 )
-from veneer.images.transfer import DEFAULT_MAX_LAYER_BYTES, LayerTooLarge, extract_layer, format_size
+from veneer.images.transfer import DEFAULT_MAX_LAYER_BYTES, extract_image_layer, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -234,13 +234,6 @@ def _layer_builder(
             raise ImageError(
                 f"Blob {layer.digest} left the cache during the pull", hint="Run the pull again."
             )
-        try:
-            extract_layer(blob, tree, diff_id=diff_id, max_bytes=max_bytes)
-        except LayerTooLarge as e:
-            raise ImageError(
-                f"Layer {position} ({diff_id}) decompresses to more than {format_size(max_bytes)}, the "
-                "limit; nothing was published",
-                hint=e.hint,
-            ) from e
+        extract_image_layer(blob, tree, diff_id=diff_id, position=position, max_bytes=max_bytes)
 
     return build

@@ -580,6 +580,19 @@ def extract_layer(
     )
 
 
+def extract_image_layer(blob: Path, dest: Path, *, diff_id: str, position: str, max_bytes: int) -> None:
+    """`extract_layer` for the layer at `position` ("2/5") of an image being pulled or imported: a layer over
+    `max_bytes` is an `ImageError` that names it."""
+    try:
+        extract_layer(blob, dest, diff_id=diff_id, max_bytes=max_bytes)
+    except LayerTooLarge as e:
+        raise ImageError(
+            f"Layer {position} ({diff_id}) decompresses to more than {format_size(max_bytes)}, the limit; "
+            "nothing was stored",
+            hint=e.hint,
+        ) from e
+
+
 def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> None:
     """Extract a root filesystem tarball (plain, gzip, xz, bzip2 or zstd) into the empty directory `dest`.
 

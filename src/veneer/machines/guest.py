@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.errors import MachineError
+from veneer.util.inroot import read_in_root
 from veneer.util.proc import child_pids
+
+ACCOUNTS_LIMIT_BYTES = 16 << 20
 
 
 class InitKind(enum.StrEnum):
@@ -84,12 +88,54 @@ def find_leader(nspawn_pid: int) -> int | None:
     return None
 
 
-def lookup_user(root: Path, user: str) -> tuple[int, int, str, str]:
-    """(uid, gid, home, shell) of a user in the machine's /etc/passwd, by name or number."""
-    passwd = resolve_in_root(root, "etc/passwd")
-    lines = passwd.read_text().splitlines() if passwd else []
-    for line in lines:
+def _read_account_file(root: Path, path: str) -> str:
+    """A file of the machine as the machine sees it (`read_in_root`): no symlink leads to the host's."""
+    try:
+        return read_in_root(root, path, limit=ACCOUNTS_LIMIT_BYTES).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise MachineError(
+            f"Failed to read {path} of the machine: {e.strerror}", hint=f"Fix the machine's {path}."
+        ) from None
+
+
+def lookup_groups(root: Path, name: str) -> tuple[int, ...]:
+    """The supplementary groups of user `name` in /etc/group of the machine at `root` (as initgroups)."""
+    gids = []
+    for line in _read_account_file(root, "/etc/group").splitlines():
         fields = line.split(":")
-        if len(fields) >= 7 and user in (fields[0], fields[2]):
-            return int(fields[2]), int(fields[3]), fields[5] or "/", fields[6] or "/bin/sh"
+        if len(fields) >= 4 and fields[2].isdigit() and name in fields[3].split(","):
+            gids.append(int(fields[2]))
+    return tuple(gids)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """A user of the machine, from its /etc/passwd."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+def lookup_user(root: Path, user: str) -> Account:
+    """A user in /etc/passwd of the machine at `root`, by name or number."""
+    for line in _read_account_file(root, "/etc/passwd").splitlines():
+        fields = line.split(":")
+        if (
+            len(fields) >= 7
+            and user in (fields[0], fields[2])
+            and fields[2].isdigit()
+            and fields[3].isdigit()
+        ):
+            return Account(
+                name=fields[0],
+                uid=int(fields[2]),
+                gid=int(fields[3]),
+                home=fields[5] or "/",
+                shell=fields[6] or "/bin/sh",
+            )
     raise MachineError(f"No user '{user}' in the machine", hint="See the machine's /etc/passwd.")

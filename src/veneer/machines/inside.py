@@ -1,12 +1,14 @@
 """Being inside a running machine: exec, shell, console, logs and journal.
 
-`exec` enters the machine's namespaces with nsenter (user namespace included, so the command is the
-machine's root, not the host's) after joining its cgroups, with the environment its init has.
+`exec` enters the machine through `runtime.enter` (its namespaces, user namespace included, so the command
+is the machine's root, not the host's; its cgroups; its init's confinement), with the environment its
+init has and the working directory resolved inside the machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,11 +17,12 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import MachineError, UsageError
-from veneer.machines.guest import find_leader, lookup_user
+from veneer.machines.guest import find_leader, lookup_groups, lookup_user
 from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
 from veneer.runtime import console
-from veneer.runtime.cgroups import Hierarchies, join_argv
+from veneer.runtime.cgroups import Hierarchies
+from veneer.runtime.enter import EnterFailed, EnterSpec, start_entered
 from veneer.util import proc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -46,24 +49,6 @@ def leader_environment(leader: int) -> dict[str, str]:
     return env
 
 
-def exec_argv(
-    leader: int,
-    command: Sequence[str],
-    *,
-    env: dict[str, str],
-    uid: int = 0,
-    gid: int = 0,
-    workdir: str | None = None,
-) -> list[str]:
-    """nsenter into every namespace of the machine, then a clean environment; pure."""
-    # nsenter opens the root and working directories before entering the mount namespace: name them
-    # through the leader's /proc root, or they would be the host's.
-    argv = ["nsenter", f"--target={leader}", "--all", f"--setuid={uid}", f"--setgid={gid}", "--root"]
-    argv.append(f"--wd=/proc/{leader}/root/{(workdir or '/').lstrip('/')}")
-    argv += ["env", "-i", *(f"{k}={v}" for k, v in sorted(env.items())), *command]
-    return argv
-
-
 def _cgroups_of(leader: int) -> Iterator[Path]:
     """The leader's own cgroups, in every hierarchy veneer knows."""
     hierarchies = Hierarchies.detect()
@@ -77,6 +62,28 @@ def _cgroups_of(leader: int) -> Iterator[Path]:
             yield mount / path.lstrip("/")
 
 
+def _entering_error(name: MachineName, command: Sequence[str], workdir: str, e: EnterFailed) -> MachineError:
+    if e.step == "chdir":
+        return MachineError(
+            f"Failed to enter working directory '{workdir}' in machine '{name}': {e.strerror}",
+            hint="Create it in the machine, or choose another with --workdir.",
+        )
+    if e.step == "exec":
+        return MachineError(
+            f"Failed to run '{command[0]}' in machine '{name}': {e.strerror}",
+            hint="Check the command's name and the PATH of the machine.",
+        )
+    return MachineError(f"Failed to enter machine '{name}' ({e.step}): {e.strerror}")
+
+
+# Why the init's seccomp filters could not be read (runtime.seccomp.filters_of), by errno.
+_READING_HINTS = {
+    errno.EPERM: "Something in the machine traces its init; stop it, or restart the machine.",
+    errno.EACCES: "veneer runs under a seccomp filter itself, so the kernel will not show it the init's.",
+    errno.ETIME: "Its init does not run (a frozen cgroup?); thaw it, or restart the machine.",
+}
+
+
 def exec_in_machine(
     layout: Layout,
     name: MachineName,
@@ -87,29 +94,50 @@ def exec_in_machine(
     env: Sequence[tuple[str, str]] = (),
     quiet: bool = False,
 ) -> int:
-    """Run a command in the running machine; return its exit status."""
+    """Run a command in the running machine, confined as its own processes are; return its exit status."""
     if not command:
         raise UsageError("Missing command to run", hint=f"Use: veneer exec {name} -- CMD...")
+    workdir = workdir or "/"
+    if not workdir.startswith("/") or "\0" in workdir:
+        raise UsageError(
+            f"Working directory '{workdir}' is not absolute", hint="Give its full path in the machine."
+        )
     _, leader = running_leader(layout, name)
     root = Path(f"/proc/{leader}/root")
-    uid, gid, home, _shell = lookup_user(root, user or "0")
+    account = lookup_user(root, user or "0")
     variables = leader_environment(leader)
-    variables.update(HOME=home, USER=user or "root", LOGNAME=user or "root")
+    variables.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
     if "TERM" in os.environ:
         variables["TERM"] = os.environ["TERM"]
     variables.update(dict(env))
-    argv = exec_argv(leader, command, env=variables, uid=uid, gid=gid, workdir=workdir)
-    if quiet:
-        return proc.run(argv, check=False, capture=True).returncode
-    # Into the machine's cgroups first, so its limits cover the command too.
-    return proc.wait_forwarding(proc.spawn(join_argv(list(_cgroups_of(leader)), argv, required=False)))
+    spec = EnterSpec(
+        leader=leader,
+        argv=tuple(command),
+        env=tuple(sorted(variables.items())),
+        uid=account.uid,
+        gid=account.gid,
+        groups=lookup_groups(root, account.name),
+        workdir=workdir,
+        cgroups=tuple(_cgroups_of(leader)),
+        ptrace_lock=layout.enter_lock,
+        quiet=quiet,
+    )
+    try:
+        pid = start_entered(spec)
+    except EnterFailed as e:
+        raise _entering_error(name, command, workdir, e) from None
+    except OSError as e:
+        raise MachineError(
+            f"Failed to enter machine '{name}': {e.strerror}", hint=_READING_HINTS.get(e.errno or 0)
+        ) from None
+    return proc.wait_forwarding(pid)
 
 
 def shell_in_machine(layout: Layout, name: MachineName, *, user: str | None = None) -> int:
     """A login shell of `user` (root by default) in the running machine."""
     _, leader = running_leader(layout, name)
-    _uid, _gid, _home, shell = lookup_user(Path(f"/proc/{leader}/root"), user or "0")
-    return exec_in_machine(layout, name, [shell, "-l"], user=user)
+    account = lookup_user(Path(f"/proc/{leader}/root"), user or "0")
+    return exec_in_machine(layout, name, [account.shell, "-l"], user=user)
 
 
 def attach_console(layout: Layout, name: MachineName) -> int:

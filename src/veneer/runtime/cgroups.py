@@ -110,8 +110,9 @@ def setup_cgroups(cgroup: str, limits: Limits) -> list[Path]:
 
 
 def join_argv(dirs: Sequence[Path], argv: Sequence[str], *, required: bool = True) -> list[str]:
-    """`argv`, run by a shell that first moves itself into `dirs` and then execs it; pure. The one way
-    veneer puts a process into a machine's cgroups: the command starts there, and so does all it starts.
+    """`argv`, run by a shell that first moves itself into `dirs` and then execs it; pure. How veneer
+    puts a command it starts into a machine's cgroups: the command starts there, and so does all it
+    starts. (`exec` and `shell` join by themselves before entering: see `runtime/enter.py`.)
 
     `required=False`: a cgroup that cannot be joined is skipped (it may be gone, or not writable)."""
     quiet = "" if required else " 2>/dev/null"

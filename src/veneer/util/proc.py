@@ -142,8 +142,9 @@ def spawn(
         raise _not_found(args) from e
 
 
-def wait_forwarding(process: subprocess.Popen[bytes]) -> int:
-    """Wait for a foreground child, passing SIGTERM and SIGHUP on to it; return its exit status.
+def wait_forwarding(process: subprocess.Popen[bytes] | int) -> int:
+    """Wait for a foreground child (a process or the pid of one we forked), passing SIGTERM and SIGHUP
+    on to it; return its exit status.
 
     SIGINT and SIGQUIT are ignored meanwhile: the terminal delivers them to the child's process group too,
     and the child decides what they mean (nspawn forwards them into the container).
@@ -153,7 +154,10 @@ def wait_forwarding(process: subprocess.Popen[bytes]) -> int:
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
+            if isinstance(process, int):
+                os.kill(process, signum)
+            else:
+                process.send_signal(signum)
 
     previous = {sig: signal.getsignal(sig) for sig in (*forwarded, *ignored)}
     try:
@@ -161,7 +165,10 @@ def wait_forwarding(process: subprocess.Popen[bytes]) -> int:
             signal.signal(sig, forward)
         for sig in ignored:
             signal.signal(sig, signal.SIG_IGN)
-        returncode = process.wait()
+        if isinstance(process, int):
+            returncode = os.waitstatus_to_exitcode(os.waitpid(process, 0)[1])
+        else:
+            returncode = process.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
