@@ -270,6 +270,9 @@ def test_a_chatty_machines_log_keeps_its_latest_output(busybox: Store, tmp_path:
         while "chatty 600000" not in store.veneer("logs", name, "-n", "1").stdout:
             assert time.monotonic() < deadline, "the log lost the machine's latest output"
             time.sleep(0.5)
+        logs = store.root / "machines" / name
+        assert (logs / "console.log.1").stat().st_size == 4 << 20, "rotated at 4 MiB"
+        assert (logs / "console.log").stat().st_size < 4 << 20
         assert store.veneer("logs", name, "-n", "2").stdout.splitlines() == [
             "chatty 599999",
             "chatty 600000",

@@ -1,8 +1,8 @@
 import shlex
 from pathlib import Path
 
-from veneer.machines.boot import boot_script
 from veneer.runtime.console import log_pipe, read_log, start_argv
+from veneer.runtime.keeper import boot_script
 from veneer.runtime.nspawn import launch_argv
 from veneer.util import proc
 
@@ -44,6 +44,7 @@ def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> Non
 
 def test_console_log_keeps_the_latest_output_across_rotations(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
+    assert "%" not in log_pipe(log), "tmux expands the command as a format (strftime included)"
     text = b"".join(b"line %d\n" % i for i in range(3000))
     proc.run(["sh", "-c", log_pipe(log, limit=1000)], input=text.decode())
     assert log.stat().st_size < 1000 and Path(f"{log}.1").stat().st_size == 1000

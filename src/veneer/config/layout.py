@@ -142,6 +142,7 @@ class Layout:
         """Held while veneer reads a machine init's seccomp filters: ptrace allows one tracer at a time."""
         return self.run / "enter.lock"
 
+    @property
     def _store_tag(self) -> str:
         """Empty for the default store; else a short hash of the root, for names every store has once per
         host (cgroups, the nat bridge, the nftables table), so two stores never share or remove them."""

@@ -20,9 +20,9 @@ from veneer.errors import MachineError, UsageError
 from veneer.machines.guest import find_leader, lookup_groups, lookup_user
 from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
-from veneer.runtime import console
 from veneer.runtime.cgroups import Hierarchies
 from veneer.runtime.enter import EnterFailed, EnterSpec, start_entered
+from veneer.runtime.supervisor import supervisor_for
 from veneer.util import proc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -146,13 +146,13 @@ def attach_console(layout: Layout, name: MachineName) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("'veneer console' needs a terminal", hint=f"Use 'veneer logs {name}' to read it.")
     term = {"TERM": os.environ.get("TERM", "xterm")}
-    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket(name), name), env=term))
+    return proc.wait_forwarding(proc.spawn(supervisor_for(layout).console_argv(name), env=term))
 
 
 def read_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> bytes:
     """The console output of the machine's current or last boot (the last `lines` lines)."""
     load_machine(layout, name)
-    return console.read_log(layout.console_log(name), lines=lines)
+    return supervisor_for(layout).read_log(name, lines=lines)
 
 
 def follow_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> Iterator[bytes]:
@@ -163,7 +163,7 @@ def follow_logs(layout: Layout, name: MachineName, *, lines: int | None = None) 
         runtime = load_runtime(layout, name)
         return runtime is not None and is_alive(runtime)
 
-    return console.follow_log(layout.console_log(name), lines=lines, running=running)
+    return supervisor_for(layout).follow_log(name, lines=lines, running=running)
 
 
 def journal_argv(journal: Path, args: Sequence[str]) -> list[str]:

@@ -32,6 +32,7 @@ from veneer.machines.state import (
 )
 from veneer.overlay.mount import is_mounted
 from veneer.runtime.nspawn import NSPAWN_ENV
+from veneer.runtime.supervisor import supervisor_for
 from veneer.util.proc import spawn, wait_forwarding
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def run_machine(
                 workdir=options.workdir,
                 env=options.env,
                 binds=options.binds,
+                supervisor=supervisor_for(layout),
             )
             env = dict(NSPAWN_ENV)
             if "TERM" in os.environ:

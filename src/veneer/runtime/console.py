@@ -72,16 +72,17 @@ def log_pipe(log: Path, *, limit: int = LOG_LIMIT_BYTES) -> str:
     `limit` bytes the log moves to `log.1` and a new one starts, so at most 2 x `limit` is kept.
 
     head reads no more than it writes (coreutils reads min(BUFSIZ, left)), so no byte is lost at a
-    rotation; stdbuf makes it write each chunk as it comes (else stdio buffers 4 KiB).
+    rotation; stdbuf makes it write each chunk as it comes (else stdio buffers 4 KiB). No `%`: tmux
+    expands the command as a format, strftime included (`stat -c %s` became `stat -c <epoch seconds>`).
     """
     quoted = shlex.quote(os.fspath(log))
     previous = shlex.quote(os.fspath(log) + ".1")
     return (
         f"log={quoted}; limit={limit}; "
-        'while :; do size=$(stat -c %s "$log" 2>/dev/null || echo 0); '
+        'while :; do size=$(wc -c 2>/dev/null < "$log" || echo 0); '
         f'if [ "$size" -ge "$limit" ]; then mv -f "$log" {previous}; size=0; fi; '
         'stdbuf -o0 head -c $((limit - size)) >> "$log" || exit; '
-        '[ "$(stat -c %s "$log")" -ge "$limit" ] || exit 0; done'
+        '[ "$(wc -c < "$log")" -ge "$limit" ] || exit 0; done'
     )
 
 
