@@ -172,6 +172,21 @@ def test_limits_are_enforced_inside_only(busybox: Store) -> None:
     assert not machine_cgroups(store, "lim")
 
 
+def test_set_changes_the_limits_of_a_running_machine(busybox: Store) -> None:
+    store = busybox
+    name = f"set{os.getpid() % 10000}"  # interfaces are host-wide: a name no other test run uses
+    store.veneer("create", name, "--from", "bb", "--pids", "30")
+    try:
+        store.veneer("start", name, "--wait")
+        store.veneer("set", name, "--pids", "20")
+        assert status(store, name)["limits"] == {"memory": None, "cpus": None, "pids": 20}
+        assert [(d / "pids.max").read_text().strip() for d in machine_cgroups(store, name)
+                if (d / "pids.max").exists()] == ["20"]  # fmt: skip
+        assert "is running" in store.veneer("set", name, "--network", "none", ok=(1,)).stderr
+    finally:
+        store.veneer("stop", name, "--timeout", "5", ok=(0, 1))
+
+
 def test_debian_boots_with_systemd_and_powers_off(store: Store, debian_tree: Path) -> None:
     store.veneer("image", "create", "deb", "--from-dir", str(debian_tree))
     store.veneer("create", "d1", "--from", "deb")
