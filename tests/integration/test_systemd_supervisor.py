@@ -55,8 +55,10 @@ def test_a_busybox_machine_is_a_unit_whose_limits_hold(limited: VirtualMachine) 
     assert shown == {"ActiveState": "active", "Slice": "machine.slice", "MemoryMax": str(64 << 20),
                      "TasksMax": "64", "Delegate": "yes"}  # fmt: skip
     leader = machine(vm, "lm")["pid"]
-    assert vm.run(["cat", f"/proc/{leader}/cgroup"]).stdout.strip() == (
+    # (A non-systemd guest also gets a line for nspawn's name=systemd hierarchy.)
+    assert (
         "0::/machine.slice/veneer-lm.service/payload"
+        in vm.run(["cat", f"/proc/{leader}/cgroup"]).stdout.split()
     )
     assert machined_knows(vm, "lm")
     assert vm.run(["machinectl", "show", "lm", "--property=Unit"]).stdout.strip() == "Unit=veneer-lm.service"

@@ -57,6 +57,9 @@ def start_machine(
     layout: Layout, name: MachineName, *, wait: bool = False, timeout: float = START_TIMEOUT
 ) -> RuntimeRecord:
     """Boot the machine's init in the background; return once it runs (with `wait`: once it is ready)."""
+    supervisor = supervisor_for(layout)
+    if supervisor.enabled(name):
+        return _start_enabled(layout, supervisor, name, wait=wait, timeout=timeout)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         record = load_machine(layout, name)
@@ -73,7 +76,6 @@ def start_machine(
             if owns_mount:
                 mount_overlay_of(layout, record)
             init = detect_init(root)
-            supervisor = supervisor_for(layout)
             launch = prepare_launch(
                 layout, record, init=init, interactive=supervisor.terminal, supervisor=supervisor
             )
@@ -97,6 +99,60 @@ def start_machine(
                     layout.notify_socket(name).unlink()
     logger.info("Started machine '%s' (%s).", name, init.value)
     return runtime
+
+
+def _start_enabled(
+    layout: Layout, supervisor: Supervisor, name: MachineName, *, wait: bool, timeout: float
+) -> RuntimeRecord:
+    """An enabled machine: its unit does the whole start (`boot_in_unit`, `configure_started`)."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+    supervisor.start_enabled(name)
+    runtime = load_runtime(layout, name)
+    if runtime is None or not is_alive(runtime) or runtime.init is None:
+        raise _failure(layout, name, "failed to start")
+    if wait:
+        _wait_until_ready(layout, supervisor, name, runtime, runtime.init, None, timeout=timeout)
+    logger.info("Started machine '%s' (%s).", name, runtime.init.value)
+    return runtime
+
+
+def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
+    """Run by an enabled machine's unit (ExecStart, `veneer _boot`): set the machine up as `start` does,
+    and return nspawn's command line for the caller to exec, so that nspawn is the unit's main process
+    (the pid recorded here). The lock is let go first: nspawn must not inherit it."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        record = load_machine(layout, name)
+        root = layout.machine_root(name)
+        runtime = RuntimeRecord(
+            name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0,
+            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=not is_mounted(root),
+            boot_id=current_boot_id(),
+        )  # fmt: skip
+        save_runtime(layout, runtime)
+        try:
+            if runtime.owns_mount:
+                mount_overlay_of(layout, record)
+            init = detect_init(root)
+            supervisor = supervisor_for(layout)
+            launch = prepare_launch(layout, record, init=init, interactive=False, supervisor=supervisor)
+            save_runtime(layout, replace(runtime, init=init))
+        except BaseException:
+            end_boot(layout, name, requested=True)
+            raise
+    return list(launch.argv)
+
+
+def configure_started(layout: Layout, name: MachineName, *, timeout: float = START_TIMEOUT) -> None:
+    """Run by an enabled machine's unit once nspawn runs (ExecStartPost, `veneer _started`): what `start`
+    does from the host once the container exists (its address on the nat network)."""
+    with machine_lock(layout, name):
+        runtime = load_runtime(layout, name)
+        if runtime is None or not is_alive(runtime):
+            raise _failure(layout, name, "stopped while starting")
+        leader = _wait_for_leader(layout, name, runtime.pid, timeout=timeout)
+        configure_address(layout, load_machine(layout, name), leader)
 
 
 def _bind_notify_socket(path: Path) -> socket.socket:

@@ -83,6 +83,12 @@ class Keeper:
             reap=reap,
         )
 
+    def enabled(self, name: str) -> bool:
+        return False  # nothing starts machines at host boot without systemd
+
+    def start_enabled(self, name: str) -> None:
+        raise NotImplementedError("the standalone keeper has no enabled machines")
+
     def nspawn_pid(self, name: str) -> int | None:
         """nspawn, a child of the pane's shell once the boot script has started it."""
         shell = console.pane_pid(self.layout.console_socket(name), name)

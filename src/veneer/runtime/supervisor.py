@@ -88,6 +88,14 @@ class Supervisor(Protocol):
         on the machine's notify socket."""
         ...
 
+    def enabled(self, name: str) -> bool:
+        """Whether the machine starts at host boot (`veneer enable`): then its own unit starts it."""
+        ...
+
+    def start_enabled(self, name: str) -> None:
+        """Start an enabled machine through its unit; return once it runs."""
+        ...
+
     def nspawn_pid(self, name: str) -> int | None:
         """nspawn's pid once it runs; None before (or after)."""
         ...

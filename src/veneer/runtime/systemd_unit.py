@@ -27,6 +27,7 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Limits
@@ -37,6 +38,7 @@ from veneer.runtime.supervisor import SupervisorKind
 from veneer.util import proc
 
 SLICE = "machine.slice"
+UNIT_DIR = Path("/etc/systemd/system")  # where `veneer enable` writes a machine's persistent unit
 STOP_TIMEOUT_SEC = 90
 
 
@@ -151,6 +153,13 @@ class SystemdUnits:
                      description=f"veneer machine {name}"),
             capture=True,
         )  # fmt: skip
+
+    def enabled(self, name: str) -> bool:
+        return (UNIT_DIR / self.unit(name)).exists()
+
+    def start_enabled(self, name: str) -> None:
+        # Waits for the unit's start job: nspawn's READY=1 and ExecStartPost's address.
+        proc.run(["systemctl", "start", self.unit(name)], capture=True)
 
     def nspawn_pid(self, name: str) -> int | None:
         pid = self._show(name, "MainPID").get("MainPID", "0")

@@ -192,3 +192,11 @@ def child_pids(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def replace_process(argv: Sequence[StrPath], *, env: Mapping[str, str]) -> None:
+    """Exec argv in place of this process (its pid, so a unit's main process stays the same), with this
+    process's environment and `env` over it. Returns only if the exec failed (raises OSError)."""
+    args = [os.fspath(a) for a in argv]
+    logger.debug("+ exec %s", shlex.join(args))
+    os.execvpe(args[0], args, {**os.environ, **env})
