@@ -74,7 +74,9 @@ def test_a_busybox_machine_is_a_unit_whose_limits_hold(limited: VirtualMachine) 
     assert machine(vm, "lm")["state"] == "running"
 
     # A fork bomb stops at 64 tasks.
-    vm.veneer("exec", "lm", "--", "sh", "-c", "for i in $(seq 100); do sleep 600 & done", ok=None)
+    vm.veneer(
+        "exec", "lm", "--", "sh", "-c", "for i in $(seq 100); do sleep 600 >/dev/null 2>&1 & done", ok=None
+    )
     assert int(cgroup_file(vm, "lm", "pids.current")) <= 64
     assert int(cgroup_file(vm, "lm", "pids.events").split()[1]) >= 1
     assert machine(vm, "lm")["state"] == "running"
@@ -143,3 +145,40 @@ def test_after_a_host_reboot_nothing_reads_as_running(busybox_vm: VirtualMachine
     finally:
         vm.veneer("stop", "rb", ok=None)
         vm.veneer("rm", "rb", ok=None)
+
+
+def test_an_enabled_machine_runs_again_after_a_reboot_and_disable_undoes_it(
+    busybox_vm: VirtualMachine,
+) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "en", "--from", "bb", "--memory", "64M", "--pids", "64")
+    try:
+        vm.veneer("enable", "en")
+        vm.veneer("start", "en", "--wait")
+        shown = unit(vm, "en", "Type", "ActiveState", "FragmentPath")
+        assert shown == {"Type": "notify", "ActiveState": "active",
+                         "FragmentPath": "/etc/systemd/system/veneer-en.service"}  # fmt: skip
+        vm.reboot()
+        wait_for_state(vm, "en", ("running",), timeout=300)
+        assert unit(vm, "en", "ActiveState", "MemoryMax", "TasksMax") == {
+            "ActiveState": "active", "MemoryMax": str(64 << 20), "TasksMax": "64",
+        }  # fmt: skip
+        assert machined_knows(vm, "en")
+        assert vm.veneer("exec", "en", "--", "hostname").stdout.strip() == "en"
+        # Its network came up too: its address is on host0.
+        assert "inet " in vm.veneer("exec", "en", "--", "ip", "-4", "addr", "show", "host0").stdout
+        # The unit is the machine: a poweroff from inside ends it, and veneer's view follows.
+        vm.veneer("exec", "en", "--", "poweroff")
+        wait_for_state(vm, "en", ("stopped", "failed"))
+        assert unit(vm, "en", "ActiveState")["ActiveState"] in ("inactive", "failed")
+        assert_nothing_left(vm, "en")
+        vm.veneer("disable", "en")
+        assert vm.run(["test", "-e", "/etc/systemd/system/veneer-en.service"], ok=(1,)).returncode == 1
+        enabled = vm.run(["systemctl", "is-enabled", "veneer-en.service"], ok=None)
+        assert enabled.returncode != 0
+        vm.reboot()
+        assert machine(vm, "en")["state"] == "stopped"
+    finally:
+        vm.veneer("disable", "en", ok=None)
+        vm.veneer("stop", "en", ok=None)
+        vm.veneer("rm", "en", ok=None)
