@@ -146,8 +146,9 @@ class SystemdUnits:
         layout.boot_status(name).unlink(missing_ok=True)
         reap = f"{reap_command(layout.root, layout.run)} {shlex.quote(name)}"
         stop_post = f"{status_command(layout.boot_status(name))}; exec {reap}"
-        # A failed run of an earlier start would keep the name taken.
-        proc.run(["systemctl", "reset-failed", self.unit(name)], check=False, capture=True)
+        # The unit of the last boot may still be there (its ExecStopPost finishing, or failed): it would
+        # keep the name taken. The caller holds the machine's lock, so that ExecStopPost ends at once.
+        self._stop_unit(name)
         proc.run(
             run_argv(self.unit(name), launch, limits=limits, env=env, stop_post=stop_post,
                      description=f"veneer machine {name}"),
@@ -182,10 +183,23 @@ class SystemdUnits:
                 return None
             time.sleep(0.05)
 
-    def release(self, name: str) -> None:
-        # Without waiting: this runs from the unit's own ExecStopPost too.
-        proc.run(["systemctl", "stop", "--no-block", self.unit(name)], check=False, capture=True)
+    def _stop_unit(self, name: str, *, wait: bool = True) -> None:
+        block = [] if wait else ["--no-block"]
+        proc.run(["systemctl", "stop", *block, self.unit(name)], check=False, capture=True)
         proc.run(["systemctl", "reset-failed", self.unit(name)], check=False, capture=True)
+
+    def _inside_unit(self, name: str) -> bool:
+        """Whether this process runs in the unit (its ExecStopPost), which must not wait for the unit."""
+        try:
+            own = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return False
+        return f"/{SLICE}/{self.unit(name)}/" in own or own.rstrip().endswith(f"/{SLICE}/{self.unit(name)}")
+
+    def release(self, name: str) -> None:
+        # Waits for the unit to be gone (its ExecStopPost's `veneer _reap` finds the caller's lock taken
+        # and ends at once), unless this is that ExecStopPost.
+        self._stop_unit(name, wait=not self._inside_unit(name))
         with contextlib.suppress(FileNotFoundError):
             self.layout.boot_status(name).unlink()
 
