@@ -41,7 +41,7 @@ def keeper_settings(store: Store, name: str) -> tuple[str, bool]:
 
     tmux = ["tmux", "-S", str(store.run / "machines" / f"{name}.console")]
     remain = proc.run([*tmux, "show-options", "-gv", "remain-on-exit"], capture=True).stdout.strip()
-    hooks = proc.run([*tmux, "show-hooks", "-g"], capture=True).stdout
+    hooks = proc.run([*tmux, "show-hooks", "-gw"], capture=True).stdout  # pane-died: a window hook
     return remain, "pane-died" in hooks and "_reap" in hooks
 
 
