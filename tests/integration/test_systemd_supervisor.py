@@ -98,7 +98,10 @@ def test_kill_restart_and_a_set_on_a_running_machine(limited: VirtualMachine) ->
     # KILL to every process of the machine: its init dies, nspawn ends, the unit's ExecStopPost reaps.
     vm.veneer("kill", "lm", "--signal", "KILL")
     wait_for_state(vm, "lm", ("stopped", "failed"))
-    assert unit(vm, "lm", "LoadState")["LoadState"] == "not-found"
+    deadline = time.monotonic() + 120
+    while unit(vm, "lm", "LoadState")["LoadState"] != "not-found":
+        assert time.monotonic() < deadline, "the unit outlived its machine"
+        time.sleep(1)
     assert_nothing_left(vm, "lm")
     vm.veneer("start", "lm", "--wait")
     # `set` on the running machine changes its unit at once.
@@ -154,37 +157,37 @@ def test_an_enabled_machine_runs_again_after_a_reboot_and_disable_undoes_it(
     busybox_vm: VirtualMachine,
 ) -> None:
     vm = busybox_vm
-    vm.veneer("create", "en", "--from", "bb", "--memory", "64M", "--pids", "64")
+    vm.veneer("create", "atboot", "--from", "bb", "--memory", "64M", "--pids", "64")
     try:
-        vm.veneer("enable", "en")
-        vm.veneer("start", "en", "--wait")
-        shown = unit(vm, "en", "Type", "ActiveState", "FragmentPath")
+        vm.veneer("enable", "atboot")
+        vm.veneer("start", "atboot", "--wait")
+        shown = unit(vm, "atboot", "Type", "ActiveState", "FragmentPath")
         assert shown == {"Type": "notify", "ActiveState": "active",
-                         "FragmentPath": "/etc/systemd/system/veneer-en.service"}  # fmt: skip
+                         "FragmentPath": "/etc/systemd/system/veneer-atboot.service"}  # fmt: skip
         vm.reboot()
-        wait_for_state(vm, "en", ("running",), timeout=300)
-        assert unit(vm, "en", "ActiveState", "MemoryMax", "TasksMax") == {
+        wait_for_state(vm, "atboot", ("running",), timeout=300)
+        assert unit(vm, "atboot", "ActiveState", "MemoryMax", "TasksMax") == {
             "ActiveState": "active", "MemoryMax": str(64 << 20), "TasksMax": "64",
         }  # fmt: skip
-        assert machined_knows(vm, "en")
-        assert vm.veneer("exec", "en", "--", "hostname").stdout.strip() == "en"
+        assert machined_knows(vm, "atboot")
+        assert vm.veneer("exec", "atboot", "--", "hostname").stdout.strip() == "atboot"
         # Its network came up too: its address is on host0.
-        assert "inet " in vm.veneer("exec", "en", "--", "ip", "-4", "addr", "show", "host0").stdout
+        assert "inet " in vm.veneer("exec", "atboot", "--", "ip", "-4", "addr", "show", "host0").stdout
         # The unit is the machine: a poweroff from inside ends it, and veneer's view follows.
-        vm.veneer("exec", "en", "--", "poweroff")
-        wait_for_state(vm, "en", ("stopped", "failed"))
+        vm.veneer("exec", "atboot", "--", "poweroff")
+        wait_for_state(vm, "atboot", ("stopped", "failed"))
         deadline = time.monotonic() + 120
-        while unit(vm, "en", "ActiveState")["ActiveState"] not in ("inactive", "failed"):
+        while unit(vm, "atboot", "ActiveState")["ActiveState"] not in ("inactive", "failed"):
             assert time.monotonic() < deadline, "the unit did not end after its machine powered off"
             time.sleep(1)
-        assert_nothing_left(vm, "en")
-        vm.veneer("disable", "en")
-        assert vm.run(["test", "-e", "/etc/systemd/system/veneer-en.service"], ok=(1,)).returncode == 1
-        enabled = vm.run(["systemctl", "is-enabled", "veneer-en.service"], ok=None)
+        assert_nothing_left(vm, "atboot")
+        vm.veneer("disable", "atboot")
+        assert vm.run(["test", "-e", "/etc/systemd/system/veneer-atboot.service"], ok=(1,)).returncode == 1
+        enabled = vm.run(["systemctl", "is-enabled", "veneer-atboot.service"], ok=None)
         assert enabled.returncode != 0
         vm.reboot()
-        assert machine(vm, "en")["state"] == "stopped"
+        assert machine(vm, "atboot")["state"] == "stopped"
     finally:
-        vm.veneer("disable", "en", ok=None)
-        vm.veneer("stop", "en", ok=None)
-        vm.veneer("rm", "en", ok=None)
+        vm.veneer("disable", "atboot", ok=None)
+        vm.veneer("stop", "atboot", ok=None)
+        vm.veneer("rm", "atboot", ok=None)

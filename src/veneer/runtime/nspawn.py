@@ -117,7 +117,15 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         argv += [f"--bind-ro={spec.resolv_conf}:/etc/resolv.conf"]
     for source, target in spec.binds_ro:
         argv += [f"--bind-ro={source}:{target}"]
-    argv += ["--console=interactive" if spec.interactive else "--console=pipe"]
+    if spec.interactive:
+        argv += ["--console=interactive"]
+    elif spec.boot:
+        # A booted init with no terminal kept (the systemd supervisor): its output goes to nspawn's
+        # stdout, and a console shell gets a terminal that never ends its input (with a pipe it reads EOF
+        # from /dev/null, exits, and busybox init respawns it without end).
+        argv += ["--console=read-only"]
+    else:
+        argv += ["--console=pipe"]
     if spec.boot:
         argv += ["--boot"]
         if spec.kill_signal:
