@@ -63,6 +63,9 @@ _EXPORTS = {
     "rebase_all": "veneer.machines.rebase",
     "RebaseFailure": "veneer.machines.rebase",
     "Prefer": "veneer.rebase.merge",
+    "Ownership": "veneer.machines.copy",
+    "copy_into": "veneer.machines.copy",
+    "copy_from": "veneer.machines.copy",
 }
 
 __all__ = [
@@ -119,6 +122,9 @@ __all__ = [
     "parse_platform",
     "parse_reference",
     "pull_image",
+    "Ownership",
+    "copy_from",
+    "copy_into",
 ]
 
 if TYPE_CHECKING:
@@ -140,6 +146,7 @@ if TYPE_CHECKING:
         remove_image,
     )
     from veneer.machines.boot import restart_machine, start_machine, stop_machine
+    from veneer.machines.copy import Ownership, copy_from, copy_into
     from veneer.machines.export import export_machine
     from veneer.machines.inspect import list_machines, machine_status
     from veneer.machines.lifecycle import (

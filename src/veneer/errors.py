@@ -57,6 +57,10 @@ class MachineBusy(MachineError):
     """Another veneer command holds the lock on this object, or the machine is running."""
 
 
+class MachineRunning(MachineBusy):
+    """`start` of a machine that is booted already: the command line takes it as done, with a note."""
+
+
 class RebaseError(MachineError):
     """A machine cannot be moved to another revision, or a rebase cannot be undone."""
 
@@ -78,7 +82,8 @@ class NetworkError(Error):
 
 
 class CommandFailed(Error):
-    """An external command exited with a status the caller did not accept."""
+    """An external command exited with a status the caller did not accept; its message ends with the last
+    lines the command wrote (its stderr, or its stdout where it said nothing on stderr)."""
 
     def __init__(
         self,
@@ -88,10 +93,12 @@ class CommandFailed(Error):
         *,
         hint: str | None = None,
     ) -> None:
-        tail = "\n".join(stderr.strip().splitlines()[-5:])
+        tail = stderr.strip().splitlines()[-5:]
         message = f"Command '{argv[0]}' failed with exit status {returncode}"
-        if tail:
-            message += f": {tail}"
+        if len(tail) == 1:
+            message += f": {tail[0]}"
+        elif tail:
+            message += ":" + "".join(f"\n  {line}" for line in tail)
         super().__init__(message, hint=hint)
         self.argv = tuple(argv)
         self.returncode = returncode

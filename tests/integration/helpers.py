@@ -194,3 +194,83 @@ def killed_at(store: Store, step: int, *args: str) -> bool:
     result = proc.run(argv, capture=True, check=False, env=store.env())
     assert result.returncode in (0, -signal.SIGKILL), result.stderr
     return result.returncode != 0
+
+
+def run_in_pty(argv: Sequence[str], env: dict[str, str], *, input: bytes = b"") -> tuple[int, str]:
+    """Run argv on a new pseudo-terminal, as in an interactive shell: (exit status, what it printed)."""
+    import os
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: the pty is its stdin, stdout, stderr and controlling terminal
+        os.execve(argv[0], list(argv), {**env, "TERM": "dumb"})
+    if input:
+        os.write(master, input)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child and everything it started closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace").replace("\r\n", "\n")
+
+
+@dataclass
+class Started:
+    """A command started in the background with its output going to a file (or a pty)."""
+
+    pid: int
+    output: Path
+
+    def wait(self) -> tuple[int, str]:
+        """Its exit status and everything it printed."""
+        import os
+
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status), self.output.read_text(errors="replace")
+
+
+def start_in_background(
+    argv: Sequence[str], env: dict[str, str], output: Path, *, terminal: bool
+) -> Started:
+    """Start argv with stdin from /dev/null and stdout and stderr into `output`; with `terminal`, on a new
+    pseudo-terminal (whose output a thread copies into `output`) as an interactive shell would."""
+    import os
+    import pty
+    import threading
+
+    if terminal:
+        pid, master = pty.fork()
+        if pid == 0:
+            os.execve(argv[0], list(argv), {**env, "TERM": "dumb"})
+
+        def copy() -> None:
+            with open(output, "wb") as out:
+                while True:
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:  # EIO: everything that had the terminal open is gone
+                        break
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    out.flush()
+            os.close(master)
+
+        output.touch()
+        threading.Thread(target=copy, daemon=True).start()
+        return Started(pid=pid, output=output)
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.execve(argv[0], list(argv), env)
+    return Started(pid=pid, output=output)

@@ -52,8 +52,10 @@ def test_the_python_tool_chain_runs(fresh_root: Path) -> None:
 
 
 def test_the_whole_suite_passes(fresh_root: Path) -> None:
-    # Every test, so every tool a test runs and every tool those tools run (makepkg's strip and bsdtar).
+    # Every test, so every tool a test runs and every tool those tools run (makepkg's strip and bsdtar);
+    # but the VM tests, whose tool (qemu) the census finds, which the host's run has booted already.
     this_file = Path(__file__).relative_to(CHECKOUT)
-    argv = ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", f"--ignore={this_file}"]
+    argv = ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not vm", "tests"]
+    argv.append(f"--ignore={this_file}")
     result = run_in_root(fresh_root, argv, check=False)
     assert result.returncode == 0, f"the suite on a fresh root:\n{result.stdout[-5000:]}\n{result.stderr}"

@@ -95,3 +95,134 @@ def test_image_update_passes_binds_to_the_command(
     assert main(["--root", str(tmp_path), *words]) == 0
     bind = Bind(source="/srv/debs", target="/mnt", readonly=True, options="")
     assert calls == [("deb", ["dpkg", "-i", "/mnt/a.deb"], RunOptions(binds=(bind,)))]
+
+
+# Runs veneer with its stdout the write end of a pipe whose reader is gone: every write meets EPIPE, as
+# `veneer list --json | head -c1` does once head has exited, without depending on who runs first.
+CLOSED_PIPE = """
+import os, sys
+read_end, write_end = os.pipe()
+os.close(read_end)
+os.dup2(write_end, 1)
+os.execv(sys.executable, [sys.executable, "-m", "veneer", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["list", "--json"],
+        ["list"],
+        ["image", "list", "--json"],
+        ["tree", "--json"],
+        ["network", "ls", "--json"],
+        ["--help"],
+        ["image", "create", "--help"],
+    ],
+)
+def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path) -> None:
+    env = {"PYTHONPATH": SRC, "VENEER_ROOT": str(tmp_path / "state"), "VENEER_RUN": str(tmp_path / "run")}
+    result = proc.run([sys.executable, "-c", CLOSED_PIPE, *words], check=False, capture=True, env=env)
+    assert result.stderr == ""
+    assert result.returncode == 141
+
+
+@pytest.mark.parametrize("count", ["-3", "x", "1.5"])
+def test_logs_wants_a_count_of_lines(count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(tmp_path), "logs", "m1", "-n", count]) == 2
+    assert f"'{count}' is not a number of lines" in capsys.readouterr().err
+
+
+def test_every_command_has_a_description_examples_and_help_for_every_option() -> None:
+    from veneer.cli import build_parser
+    from veneer.cli.help import subcommands
+
+    missing = []
+    for words, summary, sub in subcommands(build_parser()):
+        if words.startswith("_"):
+            continue
+        if not summary or not sub.description or "examples:\n  veneer " not in (sub.epilog or ""):
+            missing.append(f"{words}: description or examples")
+        for action in sub._actions:
+            if action.option_strings and not action.help:
+                missing.append(f"{words} {action.option_strings[0]}")
+    assert missing == []
+
+
+def test_help_shows_defaults_and_hides_internal_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stop", "--help"]) == 0
+    assert "(default: 30)" in " ".join(capsys.readouterr().out.split())
+    assert main(["--help"]) == 0
+    assert "_reap" not in capsys.readouterr().out
+    assert main(["_rep"]) == 2
+    assert "_reap" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "hint"),
+    [
+        (["create", "m", "--from", "bb", "--memroy", "1G"], "Unknown option '--memroy' for 'veneer create'",
+         "Did you mean '--memory'? See 'veneer create --help'."),
+        (["image", "craete", "x"], "Unknown command 'craete' for 'veneer image'",
+         "Did you mean 'create'? See 'veneer image --help'."),
+        (["stat", "m"], "Unknown command 'stat' for 'veneer'", "Did you mean 'start'? See 'veneer --help'."),
+        (["create", "m", "--from", "bb", "extra"], "Unexpected argument(s): extra",
+         "See 'veneer create --help'."),
+        (["create", "m", "--from", "bb", "--port", "99999:80"], "port 99999 is out of range (1-65535)",
+         "Use --port"),
+    ],
+)  # fmt: skip
+def test_mistakes_get_a_suggestion_and_the_command_s_help(
+    argv: list[str], message: str, hint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert message in err[0]
+    assert err[1].strip().startswith(hint)
+
+
+def _veneer_on_path(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "veneer"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m veneer "$@"\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "state" / "images" / "deb").mkdir(parents=True)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": SRC, "VENEER_ROOT": str(tmp_path / "state")}
+
+
+COMPLETE = (
+    'eval "$(veneer completion bash)"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _veneer; '
+    'echo "${COMPREPLY[*]}"'
+)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["ima"], "image"),
+        (["image", "cr"], "create"),
+        (["create", "web", "--fr"], "--from"),
+        (["create", "web", "--from", ""], "deb"),
+        (["image", "rm", ""], "deb"),
+        (["rebase", "--prefer", ""], "base child"),
+        (["--root", "/nowhere", "image", "rm", ""], ""),
+    ],
+)
+def test_bash_completion_comes_from_the_parser(words: list[str], expected: str, tmp_path: Path) -> None:
+    argv = ["bash", "-c", COMPLETE, "bash", "veneer", *words]
+    result = proc.run(argv, capture=True, env=_veneer_on_path(tmp_path))
+    assert result.stdout.strip() == expected
+
+
+def test_bash_completion_offers_every_command_but_internal_ones(tmp_path: Path) -> None:
+    argv = ["bash", "-c", COMPLETE, "bash", "veneer", ""]
+    offered = proc.run(argv, capture=True, env=_veneer_on_path(tmp_path)).stdout.split()
+    assert {"image", "create", "completion", "help", "start"} <= set(offered)
+    assert not [word for word in offered if word.startswith("_")]
+
+
+def test_help_topic_prints_the_command_s_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["help", "image", "rm"]) == 0
+    assert capsys.readouterr().out.startswith("usage: veneer image rm")
+    assert main(["help", "nosuch"]) == 2

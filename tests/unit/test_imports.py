@@ -20,6 +20,8 @@ LAZY_IMPORTS = {
     ("veneer.cli.network", "*"),
     ("veneer.cli.rebase", "*"),
     ("veneer.cli.running", "*"),
+    ("veneer.cli.completion", "*"),
+    ("veneer.cli.copy", "*"),
     # Each distribution's module is loaded when a tree of that distribution is built (mkosi's registry).
     ("veneer.images.distros", "veneer.images.distros.busybox"),
     ("veneer.images.distros", "veneer.images.distros.debian"),

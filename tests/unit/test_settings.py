@@ -114,8 +114,9 @@ def test_parse_port(text: str, port: Port) -> None:
     ("text", "why"),
     [
         ("80", ""),
-        ("0:80", "'0' is no port number"),
-        ("80:70000", "'70000' is no port number"),
+        ("0:80", "port 0 is out of range (1-65535)"),
+        ("80:70000", "port 70000 is out of range (1-65535)"),
+        ("99999:80", "port 99999 is out of range (1-65535)"),
         ("a:b", "'a' is no port number"),
         ("80:80/sctp", ""),
         (":80", "'' is no port number"),

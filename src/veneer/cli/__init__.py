@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from veneer.errors import Error, UsageError
 
@@ -18,15 +21,80 @@ Handler = Callable[[argparse.Namespace], int]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# What a shell reports for a tool killed by SIGPIPE (128 + 13), as `ls | head -1` does with coreutils: a
+# closed pipe is no failure of veneer's, yet `set -o pipefail` scripts still see the output was cut short.
+EXIT_BROKEN_PIPE = 141
+
+
+# Signals that end a command early, as Ctrl-C does: every `finally` on the way out still cleans up.
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP to veneer: unwinds like KeyboardInterrupt (no `except Exception` catches it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _end_early(signum: int, _frame: object) -> None:
+    # Once: the cleanup that the exception now runs (children killed, staging removed) must not be cut
+    # short by a second Ctrl-C or a supervisor's repeated SIGTERM.
+    for sig in ENDING_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from veneer.cli.help import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, hint=f"See '{self.prog} --help'.")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:
+            # A command's own parser says what it does not know, so the hint names the command's help.
+            self._refuse_unknown(extras)
+        return parsed, extras
+
+    def _refuse_unknown(self, extras: list[str]) -> None:
+        from veneer.cli.help import did_you_mean
+
+        option = next((word for word in extras if word.startswith("-")), None)
+        if option is None:
+            raise UsageError(
+                f"Unexpected argument(s): {' '.join(extras)}", hint=f"See '{self.prog} --help'."
+            )
+        word = option.partition("=")[0]
+        raise UsageError(
+            f"Unknown option '{word}' for '{self.prog}'",
+            hint=f"{did_you_mean(word, self._option_string_actions)} See '{self.prog} --help'.".lstrip(),
+        )
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            from veneer.cli.help import did_you_mean
+
+            raise UsageError(
+                f"Unknown command '{value}' for '{self.prog}'",
+                hint=f"{did_you_mean(value, action.choices)} See '{self.prog} --help'.".lstrip(),
+            )
+        super()._check_value(action, value)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import image, machine, network, rebase, running
+    from veneer.cli import completion, copy, image, machine, network, rebase, running
+    from veneer.cli.help import document
 
     parser = _Parser(
         prog="veneer",
@@ -44,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     running.register(verbs)
     network.register(verbs)
     rebase.register(verbs)
+    copy.register(verbs)
+    completion.register(verbs, parser)
+    document(parser)
     return parser
 
 
@@ -56,12 +127,30 @@ def _setup_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the veneer command line; return the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    previous = {sig: signal.signal(sig, _end_early) for sig in ENDING_SIGNALS}
+    try:
+        return _run(args_list)
+    finally:  # as they were, for a caller that goes on (tests run main() in their own process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args_list: list[str]) -> int:
     debug = "--debug" in args_list
     try:
-        args = build_parser().parse_args(args_list)
+        try:
+            args = build_parser().parse_args(args_list)
+        except SystemExit as e:  # after --help: argparse printed, and it ignores a write that failed
+            sys.stdout.flush()
+            return e.code if isinstance(e.code, int) else 0
         _setup_logging(args.debug)
         handler: Handler = args.handler
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except UsageError as e:
         _report(e, debug)
         return EXIT_USAGE
@@ -74,15 +163,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             debug,
         )
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("veneer: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(
+            f"veneer: interrupted by {name}; what it had started was ended and cleaned up.", file=sys.stderr
+        )
+        return 128 + signum
     except Exception as e:  # the one place that turns any failure into a message
         if debug:
             raise
         print(f"veneer: unexpected error: {e!r}", file=sys.stderr)
         print("  Run again with --debug for the traceback, and report it.", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _report(error: Error, debug: bool) -> None:

@@ -153,8 +153,9 @@ def register(verbs: Any) -> None:
     )
     machine_export.set_defaults(handler=cmd_export_machine)
 
-    rm = sub.add_parser("rm", help="remove an image no machine uses")
-    rm.add_argument("name", type=parse_image_name)
+    rm = sub.add_parser("rm", help="remove images no machine uses")
+    rm.add_argument("names", nargs="+", type=parse_image_name, metavar="NAME")
+    rm.add_argument("--force", "-f", action="store_true", help="stop and remove the machines using them too")
     rm.set_defaults(handler=cmd_rm)
 
 
@@ -444,10 +445,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from veneer.images.store import remove_image
+    from veneer.cli.machine import stop_running
+    from veneer.images.store import load_image, remove_image
+    from veneer.machines.lifecycle import remove_machine
     from veneer.machines.state import machines_on
 
     layout = Layout.from_env(args.root)
-    remove_image(layout, args.name, users=lambda image: machines_on(layout, image, throwaway=True))
-    print(f"Removed image '{args.name}'.")
+    for name in args.names:
+        if args.force:
+            load_image(layout, name)
+            users = machines_on(layout, name)
+            if users:
+                print(f"Image '{name}' takes with it the machine(s) using it: {', '.join(users)}.")
+            for machine in users:
+                stop_running(layout, machine)
+                remove_machine(layout, machine)
+                print(f"Removed machine '{machine}'.")
+        remove_image(layout, name, users=lambda image: machines_on(layout, image, throwaway=True))
+        print(f"Removed image '{name}'.")
     return 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import signal
+import time
+from typing import TYPE_CHECKING, Any
 
-from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.cli.output import duration, human_size, print_json, print_table, when
 from veneer.config.layout import Layout
 from veneer.config.settings import (
     Limits,
+    MachineName,
     parse_bind,
     parse_cpus,
     parse_env,
@@ -22,11 +25,16 @@ from veneer.config.settings import (
 from veneer.config.uidrange import last_id
 from veneer.errors import UsageError
 
+if TYPE_CHECKING:
+    from veneer.machines.inspect import MachineStatus
+
 
 def register(verbs: Any) -> None:
     create = verbs.add_parser("create", help="make a machine as an overlay child of an image")
     create.add_argument("name", type=parse_machine_name)
-    create.add_argument("--from", dest="image", required=True, type=parse_image_name, metavar="IMAGE")
+    create.add_argument(
+        "--from", dest="image", required=True, type=parse_image_name, metavar="IMAGE", help="the base image"
+    )
     create.add_argument("--revision", type=int, help="image revision (default: the latest)")
     create.add_argument(
         "--bind",
@@ -62,6 +70,7 @@ def register(verbs: Any) -> None:
 
     rm = verbs.add_parser("rm", help="remove machines and everything they wrote")
     rm.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
+    rm.add_argument("--force", "-f", action="store_true", help="stop running machines first")
     rm.set_defaults(handler=cmd_rm)
 
     clone = verbs.add_parser("clone", help="copy a stopped machine")
@@ -98,11 +107,18 @@ def register(verbs: Any) -> None:
         "       veneer run [OPTIONS] --ephemeral --from IMAGE [--] CMD...",
     )
     run.add_argument("--ephemeral", action="store_true", help="in a throwaway child of --from IMAGE")
-    run.add_argument("--from", dest="image", type=parse_image_name, metavar="IMAGE")
+    run.add_argument("--from", dest="image", type=parse_image_name, metavar="IMAGE", help="with --ephemeral")
     run.add_argument("--user", "-u", help="run as this user of the machine")
-    run.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
+    run.add_argument(
+        "--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE",
+        help="set a variable for the command (repeatable)",
+    )  # fmt: skip
     run.add_argument("--workdir", "-w", help="working directory inside the machine")
-    run.add_argument("--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]")
+    run.add_argument(
+        "--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]",
+        help="bind a host path for this run (repeatable)",
+    )  # fmt: skip
+    run.add_argument("--network", type=parse_network, help="this run only: nat, host, none or bridge:BRIDGE")
     run.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     run.set_defaults(handler=cmd_run)
 
@@ -179,7 +195,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             m.pid or "-",
             m.network,
             human_size(m.disk_bytes),
-            "privileged" if m.privileged else f"{m.uid_base}",
+            "privileged" if m.privileged or m.uid_base is None else f"{m.uid_base}-{last_id(m.uid_base)}",
         )
         for m in machines
     ]
@@ -188,12 +204,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from veneer.machines.inspect import machine_status
+    from veneer.machines.inspect import MachineState, machine_status
 
     status = machine_status(_layout(args), args.name)
     if args.json:
         print_json(status.to_json())
         return 0
+    layout = _layout(args)
     uids = (
         "privileged (host root)"
         if status.uid_base is None
@@ -201,8 +218,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print(f"Machine:   {status.name}")
     print(f"Image:     {status.image} revision {status.revision}")
-    print(f"State:     {status.state.value}" + (f" (pid {status.pid})" if status.pid else ""))
+    print(f"State:     {_state_line(status)}")
+    if status.state is MachineState.FAILED:
+        print(f"Why:       {_failure(status)}")
     print(f"Network:   {status.network}")
+    print(f"Address:   {', '.join(status.addresses) or '-'}")
+    print(f"Ports:     {', '.join(status.ports) or '-'}")
+    print(f"Limits:    {Limits.from_json(status.limits).describe()}")
+    print(f"Cgroup:    {layout.cgroup(status.name)} (in each cgroup hierarchy, while it runs)")
     print(f"UIDs:      {uids}")
     print(f"Mounted:   {'yes' if status.mounted else 'no'}")
     print(f"Upper:     {status.upper} ({human_size(status.disk_bytes)})")
@@ -216,13 +239,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_line(status: MachineStatus) -> str:
+    line = status.state.value
+    if status.pid:
+        line += f" (pid {status.pid}" + (f", {status.init}" if status.init else "") + ")"
+    if status.started is not None:
+        line += f", up {duration(time.time() - status.started)} since {when(status.started)}"
+    return line
+
+
+def _failure(status: MachineStatus) -> str:
+    logs = f"see 'veneer logs {status.name}'"
+    if status.exit_status is None:
+        return f"its processes died without a clean stop (killed?); {logs}"
+    if status.exit_status > 128:
+        try:
+            name = signal.Signals(status.exit_status - 128).name
+        except ValueError:
+            name = f"signal {status.exit_status - 128}"
+        return f"it ended by itself with status {status.exit_status} ({name}), no stop asked; {logs}"
+    return f"it ended by itself with status {status.exit_status}, no stop asked; {logs}"
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import remove_machine
 
     for name in args.names:
+        if args.force:
+            stop_running(_layout(args), name)
         remove_machine(_layout(args), name)
         print(f"Removed machine '{name}'.")
     return 0
+
+
+def stop_running(layout: Layout, name: MachineName) -> None:
+    """Stop a machine on the way to removing it, saying so if it ran."""
+    from veneer.machines.boot import stop_machine
+
+    if stop_machine(layout, name):
+        print(f"Stopped machine '{name}'.")
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
@@ -246,9 +301,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     changes = diff_machine(_layout(args), args.name)
     if args.json:
-        print_json([{"kind": c.kind.value, "path": c.path} for c in changes])
+        print_json([{"kind": c.kind.value, "path": c.path} for c in sorted(changes, key=lambda c: c.path)])
         return 0
-    for change in changes:
+    for change in sorted(changes, key=lambda c: c.path):
         print(f"{change.kind.value} {change.path}")
     return 0
 
@@ -316,7 +371,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from veneer.machines.run import RunOptions, run_machine
 
     name, command = _split_run_words(args)
-    options = RunOptions(user=args.user, workdir=args.workdir, env=tuple(args.env), binds=tuple(args.bind))
+    options = RunOptions(
+        user=args.user,
+        workdir=args.workdir,
+        env=tuple(args.env),
+        binds=tuple(args.bind),
+        network=args.network,
+    )
     if name is None:
         return run_ephemeral(_layout(args), args.image, command, options)
     return run_machine(_layout(args), parse_machine_name(name), command, options)

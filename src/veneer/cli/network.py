@@ -21,6 +21,15 @@ def register(verbs: Any) -> None:
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=cmd_inspect)
 
+    subnet = sub.add_parser("subnet", help="show the nat network's subnet, or move it (machines stopped)")
+    subnet.add_argument(
+        "subnet",
+        nargs="?",
+        metavar="SUBNET|auto",
+        help="e.g. 10.250.7.0/24; auto: the free one doctor proposes",
+    )
+    subnet.set_defaults(handler=cmd_subnet)
+
     doctor = verbs.add_parser(
         "doctor", help="what would stop machines or their networking on this host, and how to fix it"
     )
@@ -109,6 +118,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     rows = [(m["name"], m["state"], m.get("address") or "-", ", ".join(m.get("ports", [])) or "-")
             for m in network["machines"]]  # fmt: skip
     print_table(("MACHINE", "STATE", "ADDRESS", "PORTS"), rows)
+    return 0
+
+
+def cmd_subnet(args: argparse.Namespace) -> int:
+    from veneer.machines.subnet import parse_subnet, set_nat_subnet
+    from veneer.network.ipam import load_network_config
+
+    layout = Layout.from_env(args.root)
+    if args.subnet is None:
+        config = load_network_config(layout.network_config)
+        print(config.pool.subnet if config else "- (chosen when the first nat machine is made)")
+        return 0
+    config, moved = set_nat_subnet(layout, None if args.subnet == "auto" else parse_subnet(args.subnet))
+    print(f"The nat network is {config.pool.subnet} (gateway {config.pool.gateway}).")
+    for name, address in moved.items():
+        print(f"Machine '{name}': {address}.")
     return 0
 
 

@@ -30,6 +30,18 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def duration(seconds: float) -> str:
+    """A rough length of time, as people say it: 45s, 12min, 3h 05min, 2d 4h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}min"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}min"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
 def when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 

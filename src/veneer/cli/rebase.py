@@ -46,7 +46,7 @@ def register(verbs: Any) -> None:
 def add_rebase_options(parser: argparse.ArgumentParser) -> None:
     """The options `rebase` shares with `image update --rebase`."""
     parser.add_argument(
-        "--prefer", choices=("child", "base"), default="child", help="whose version wins a conflict (child)"
+        "--prefer", choices=("child", "base"), default="child", help="whose version wins a conflict"
     )
     parser.add_argument(
         "--no-restart",

@@ -22,6 +22,16 @@ def _signal(text: str) -> int:
         raise UsageError(f"Unknown signal '{text}'", hint="Use a name such as TERM, KILL or USR2.") from None
 
 
+def _line_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of lines (0 or more)")
+    return count
+
+
 def register(verbs: Any) -> None:
     start = verbs.add_parser("start", help="boot machines in the background")
     start.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
@@ -31,13 +41,13 @@ def register(verbs: Any) -> None:
 
     stop = verbs.add_parser("stop", help="power machines off (killed after --timeout)")
     stop.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
-    stop.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    stop.add_argument("--timeout", type=float, default=30.0, metavar="S", help="kill after S seconds")
     stop.set_defaults(handler=cmd_stop)
 
     restart = verbs.add_parser("restart", help="stop, then start")
     restart.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
-    restart.add_argument("--wait", action="store_true")
-    restart.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    restart.add_argument("--wait", action="store_true", help="return once the machine reports ready")
+    restart.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
     restart.set_defaults(handler=cmd_restart)
 
     kill = verbs.add_parser("kill", help="send a signal to every process of a running machine")
@@ -47,15 +57,20 @@ def register(verbs: Any) -> None:
 
     exe = verbs.add_parser("exec", help="run a command in a running machine",
                            usage="veneer exec [OPTIONS] NAME [--] CMD...")  # fmt: skip
-    exe.add_argument("--user", "-u")
-    exe.add_argument("--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE")
-    exe.add_argument("--workdir", "-w")
+    exe.add_argument("--user", "-u", help="run as this user of the machine (default: root)")
+    exe.add_argument(
+        "--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE",
+        help="set a variable for the command (repeatable)",
+    )  # fmt: skip
+    exe.add_argument(
+        "--workdir", "-w", metavar="DIR", help="working directory inside the machine (default: /)"
+    )
     exe.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     exe.set_defaults(handler=cmd_exec)
 
     shell = verbs.add_parser("shell", help="a login shell in a running machine")
     shell.add_argument("name", type=parse_machine_name)
-    shell.add_argument("--user", "-u")
+    shell.add_argument("--user", "-u", help="log in as this user of the machine (default: root)")
     shell.set_defaults(handler=cmd_shell)
 
     con = verbs.add_parser("console", help="attach to the boot console; Ctrl-] detaches")
@@ -64,8 +79,8 @@ def register(verbs: Any) -> None:
 
     logs = verbs.add_parser("logs", help="the console output of the current or last boot")
     logs.add_argument("name", type=parse_machine_name)
-    logs.add_argument("-f", "--follow", action="store_true")
-    logs.add_argument("-n", "--lines", type=int)
+    logs.add_argument("-f", "--follow", action="store_true", help="go on printing until the machine stops")
+    logs.add_argument("-n", "--lines", type=_line_count, metavar="N", help="only the last N lines")
     logs.set_defaults(handler=cmd_logs)
 
     journal = verbs.add_parser("journal", help="the machine's own journal (systemd guests)")
@@ -101,10 +116,15 @@ def _layout(args: argparse.Namespace) -> Layout:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from veneer.errors import MachineRunning
     from veneer.machines.boot import start_machine
 
     for name in args.names:
-        runtime = start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        try:
+            runtime = start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
+        except MachineRunning as e:  # as `systemctl start` of an active unit: done already, not a failure
+            print(f"{e.message}.")
+            continue
         print(f"Started machine '{name}' ({runtime.init}).")
     return 0
 
@@ -155,8 +175,10 @@ def cmd_shell(args: argparse.Namespace) -> int:
 def cmd_console(args: argparse.Namespace) -> int:
     from veneer.machines.inside import attach_console
 
-    print(f"Connected to the console of '{args.name}'. Press Ctrl-] to detach.", file=sys.stderr)
-    return attach_console(_layout(args), args.name)
+    def connected() -> None:
+        print(f"Connected to the console of '{args.name}'. Press Ctrl-] to detach.", file=sys.stderr)
+
+    return attach_console(_layout(args), args.name, on_attach=connected)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -123,9 +123,14 @@ def parse_port(text: str) -> Port:
         raise UsageError(f"Invalid port forward '{text}'", hint=_PORT_HINT)
     address, host, guest = ["", *fields] if len(fields) == 2 else fields
     for number in (host, guest):
-        if not (number.isascii() and number.isdigit() and 1 <= int(number) <= 65535):
+        if not (number.isascii() and number.isdigit()):
             raise UsageError(
                 f"Invalid port forward '{text}': '{number}' is no port number (1-65535)", hint=_PORT_HINT
+            )
+        if not 1 <= int(number) <= 65535:
+            raise UsageError(
+                f"Invalid port forward '{text}': port {int(number)} is out of range (1-65535)",
+                hint=_PORT_HINT,
             )
     host_ip = _parse_host_ip(text, address)
     return Port(host=int(host), guest=int(guest), protocol=protocol or "tcp", host_ip=host_ip)

@@ -362,4 +362,4 @@ def export_image(
         write_oci_archive(trees, history, dest, ref_name=reference)
     else:
         write_docker_archive(trees, history, dest, repo_tag=reference)
-    logger.info("Exported image '%s' to '%s' (%s).", name, dest, fmt)
+    logger.debug("Exported image '%s' to '%s' (%s).", name, dest, fmt)

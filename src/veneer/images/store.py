@@ -245,7 +245,7 @@ def create_image(
     with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
         layer_dir, layer = _build_layer(stage, origin=origin, build=lambda tree, _scratch: build(tree))
         record = _publish_image(layout, stage, name, layer_dir, layer, base=())
-    logger.info("Created image '%s' (%s).", name, origin)
+    logger.debug("Created image '%s' (%s).", name, origin)
     return record
 
 
@@ -318,7 +318,7 @@ def add_revision(
             record = image.with_revision(revision, [layer])
             layer_dir.rename(layout.layer_dir(layer.id))
             save_json(layout.image_record(name), record.to_json())
-    logger.info("Image '%s' has a new revision %d.", name, revision.number)
+    logger.debug("Image '%s' has a new revision %d.", name, revision.number)
     return record
 
 
@@ -333,7 +333,7 @@ def add_image_from_revision(
     with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
         layer_dir, layer = _build_layer(stage, origin=command, build=build)
         record = _publish_image(layout, stage, name, layer_dir, layer, base=base.layers)
-    logger.info("Created image '%s' (%s).", name, command)
+    logger.debug("Created image '%s' (%s).", name, command)
     return record
 
 
@@ -384,12 +384,13 @@ def remove_image(layout: Layout, name: str, *, users: Callable[[str], Sequence[s
         if machines:
             raise ImageInUse(
                 f"Image '{name}' is used by {len(machines)} machine(s): {', '.join(machines)}",
-                hint="Remove those machines first ('veneer rm NAME').",
+                hint=f"Remove those machines first ('veneer rm NAME'), or with the image: "
+                f"'veneer image rm --force {name}'.",
             )
         gone = trash(layout.image_dir(name), layout.staging)
         _sweep_orphan_layers(layout)
     remove_tree(gone)
-    logger.info("Removed image '%s'.", name)
+    logger.debug("Removed image '%s'.", name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -485,5 +486,5 @@ def create_image_from_layers(
             )
             save_json(image_dir / "image.json", image.to_json())
             image_dir.rename(layout.image_dir(name))
-    logger.info("Created image '%s' (%s).", name, origin)
+    logger.debug("Created image '%s' (%s).", name, origin)
     return image

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import Error, MachineBusy, MachineError
+from veneer.errors import Error, MachineBusy, MachineError, MachineRunning
 from veneer.machines.guest import InitKind, detect_init, find_leader
 from veneer.machines.inside import exec_in_machine
 from veneer.machines.launch import prepare_launch
@@ -57,6 +57,13 @@ def start_machine(
     layout: Layout, name: MachineName, *, wait: bool = False, timeout: float = START_TIMEOUT
 ) -> RuntimeRecord:
     """Boot the machine's init in the background; return once it runs (with `wait`: once it is ready)."""
+    running = load_runtime(layout, name)
+    # Before the lock, which the keeper of a booted machine holds.
+    if running is not None and running.mode is RuntimeMode.BOOT and is_alive(running):
+        raise MachineRunning(
+            f"Machine '{name}' is running already (pid {running.pid})",
+            hint=f"Restart it with 'veneer restart {name}'.",
+        )
     supervisor = supervisor_for(layout)
     if supervisor.enabled(name):
         return _start_enabled(layout, supervisor, name, wait=wait, timeout=timeout)
@@ -97,7 +104,7 @@ def start_machine(
                 notify.close()
                 with contextlib.suppress(FileNotFoundError):
                     layout.notify_socket(name).unlink()
-    logger.info("Started machine '%s' (%s).", name, init.value)
+    logger.debug("Started machine '%s' (%s).", name, init.value)
     return runtime
 
 
@@ -113,7 +120,7 @@ def _start_enabled(
         raise _failure(layout, name, "failed to start")
     if wait:
         _wait_until_ready(layout, supervisor, name, runtime, runtime.init, None, timeout=timeout)
-    logger.info("Started machine '%s' (%s).", name, runtime.init.value)
+    logger.debug("Started machine '%s' (%s).", name, runtime.init.value)
     return runtime
 
 
@@ -262,7 +269,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
                 os.kill(runtime.pid, signal.SIGKILL)
             cgroups.kill_cgroups(supervisor_for(layout).cgroup(name))
         end_boot(layout, name, requested=True)
-    logger.info("Stopped machine '%s'.", name)
+    logger.debug("Stopped machine '%s'.", name)
     return True
 
 

@@ -36,4 +36,4 @@ def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
         lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
         with merged_view(layout, lowers, f"machine '{name}'") as root:
             write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
-    logger.info("Exported machine '%s' to '%s'.", name, dest)
+    logger.debug("Exported machine '%s' to '%s'.", name, dest)

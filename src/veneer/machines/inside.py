@@ -11,7 +11,8 @@ import contextlib
 import errno
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from veneer.config.layout import Layout
@@ -20,6 +21,7 @@ from veneer.errors import MachineError, UsageError
 from veneer.machines.guest import find_leader, lookup_groups, lookup_user
 from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
+from veneer.runtime import pseudoterminal
 from veneer.runtime.cgroups import Hierarchies
 from veneer.runtime.enter import EnterFailed, EnterSpec, start_entered
 from veneer.runtime.supervisor import supervisor_for
@@ -93,8 +95,13 @@ def exec_in_machine(
     workdir: str | None = None,
     env: Sequence[tuple[str, str]] = (),
     quiet: bool = False,
+    terminal: bool = False,
 ) -> int:
-    """Run a command in the running machine, confined as its own processes are; return its exit status."""
+    """Run a command in the running machine, confined as its own processes are; return its exit status.
+
+    Args:
+        terminal: on a pseudo-terminal of the machine's, relayed to this process's terminal.
+    """
     if not command:
         raise UsageError("Missing command to run", hint=f"Use: veneer exec {name} -- CMD...")
     workdir = workdir or "/"
@@ -122,30 +129,64 @@ def exec_in_machine(
         ptrace_lock=layout.enter_lock,
         quiet=quiet,
     )
+    if not terminal:
+        return proc.wait_forwarding(_start(spec, name, command, workdir))
+    master, peer = _machine_pty(leader)
     try:
-        pid = start_entered(spec)
+        try:
+            pid = _start(replace(spec, terminal=peer), name, command, workdir)
+        finally:
+            os.close(peer)  # the command holds it now: the relay ends when the machine's side is closed
+        pseudoterminal.relay(master)
+    finally:
+        os.close(master)
+    return proc.wait_forwarding(pid)
+
+
+def _start(spec: EnterSpec, name: MachineName, command: Sequence[str], workdir: str) -> int:
+    try:
+        return start_entered(spec)
     except EnterFailed as e:
         raise _entering_error(name, command, workdir, e) from None
     except OSError as e:
         raise MachineError(
             f"Failed to enter machine '{name}': {e.strerror}", hint=_READING_HINTS.get(e.errno or 0)
         ) from None
-    return proc.wait_forwarding(pid)
+
+
+def _machine_pty(leader: int) -> tuple[int, int]:
+    root = os.open(f"/proc/{leader}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return pseudoterminal.open_pair(root)
+    except OSError as e:
+        raise MachineError(
+            f"Failed to make a terminal in the machine: {e.strerror}",
+            hint="Its /dev/pts must be the devpts nspawn mounted; 'veneer exec' works without a terminal.",
+        ) from None
+    finally:
+        os.close(root)
 
 
 def shell_in_machine(layout: Layout, name: MachineName, *, user: str | None = None) -> int:
     """A login shell of `user` (root by default) in the running machine."""
     _, leader = running_leader(layout, name)
     account = lookup_user(Path(f"/proc/{leader}/root"), user or "0")
-    return exec_in_machine(layout, name, [account.shell, "-l"], user=user)
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    return exec_in_machine(layout, name, [account.shell, "-l"], user=user, terminal=terminal)
 
 
-def attach_console(layout: Layout, name: MachineName) -> int:
-    """Attach this terminal to the machine's boot console until the detach key (Ctrl-])."""
+def attach_console(layout: Layout, name: MachineName, *, on_attach: Callable[[], None] | None = None) -> int:
+    """Attach this terminal to the machine's boot console until the detach key (Ctrl-]).
+
+    Args:
+        on_attach: called once the machine is known to run, just before attaching.
+    """
     running_leader(layout, name)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("'veneer console' needs a terminal", hint=f"Use 'veneer logs {name}' to read it.")
     term = {"TERM": os.environ.get("TERM", "xterm")}
+    if on_attach is not None:
+        on_attach()
     return proc.wait_forwarding(proc.spawn(supervisor_for(layout).console_argv(name), env=term))
 
 

@@ -34,6 +34,7 @@ from veneer.machines.diff import Change, diff_upper
 from veneer.machines.idshift import shift_ownership
 from veneer.machines.netsetup import (
     allocate_machine_address,
+    refuse_missing_bridge,
 )
 from veneer.machines.recovery import (
     discard_machine,
@@ -111,6 +112,7 @@ def create_machine(
     prepare_store(layout)
     sweep_ephemeral(layout)
     _refuse_existing(layout, name)
+    refuse_missing_bridge(network)
     image = load_image(layout, image_name)
     rev = image.latest if revision is None else revision
     image.layers_of(rev)
@@ -132,7 +134,7 @@ def create_machine(
             owner=owner,
         )
         record = _publish_machine(layout, stage, record)
-    logger.info("Created machine '%s' from image '%s' revision %d.", name, image.name, rev)
+    logger.debug("Created machine '%s' from image '%s' revision %d.", name, image.name, rev)
     return record
 
 
@@ -171,7 +173,7 @@ def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> Mac
                 binds=original.binds,
             )
             record = _publish_machine(layout, stage, record)
-    logger.info("Cloned machine '%s' into '%s'.", source, name)
+    logger.debug("Cloned machine '%s' into '%s'.", source, name)
     return record
 
 
@@ -187,7 +189,7 @@ def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
             base = load_machine(layout, new).uid_base
             if base is not None:
                 rename_uid_range(layout, old, new, base)
-    logger.info("Renamed machine '%s' to '%s'.", old, new)
+    logger.debug("Renamed machine '%s' to '%s'.", old, new)
 
 
 def change_machine(
@@ -202,6 +204,8 @@ def change_machine(
 ) -> MachineRecord:
     """Change the settings of a machine; what is not given stays. The limits of a running machine change
     at once (its supervisor applies them); its network and ports only while it is stopped."""
+    if network is not None:
+        refuse_missing_bridge(network)
     with machine_lock(layout, name):
         recover_machine(layout, name)
         runtime = load_runtime(layout, name)
@@ -235,7 +239,7 @@ def remove_machine(layout: Layout, name: MachineName, *, retire_range: bool = Tr
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         discard_machine(layout, name, retire_range=retire_range)
-    logger.info("Removed machine '%s'.", name)
+    logger.debug("Removed machine '%s'.", name)
 
 
 def mount_machine(layout: Layout, name: MachineName) -> Path:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName, NetworkMode, Port
+from veneer.config.settings import MachineName, Network, NetworkMode, Port
 from veneer.errors import NetworkError
 from veneer.images.identity import HOST0_NETWORK_UNIT
 from veneer.machines.state import MachineRecord, is_alive, list_machine_names, load_machine, load_runtime
@@ -67,6 +68,19 @@ def network_config(layout: Layout) -> NetworkConfig:
         )
         save_network_config(layout.network_config, config)
     return config
+
+
+def refuse_missing_bridge(network: Network) -> None:
+    """Refuse `bridge:BR` unless BR is a bridge on this host now, rather than fail at the first start."""
+    if network.mode is not NetworkMode.BRIDGE or network.bridge is None:
+        return
+    if not os.path.isdir(f"/sys/class/net/{network.bridge}/bridge"):
+        what = "is no bridge" if links.link_exists(network.bridge) else "does not exist"
+        raise NetworkError(
+            f"Host bridge '{network.bridge}' {what}",
+            hint=f"Make it first ('ip link add {network.bridge} type bridge && ip link set {network.bridge} "
+            "up'), or use --network nat.",
+        )
 
 
 def allocate_machine_address(layout: Layout, *, exclude: str | None = None) -> str:
@@ -144,8 +158,16 @@ def _refuse_clashing_pool(config: NetworkConfig) -> None:
     if clashes:
         raise NetworkError(
             f"The nat network {config.pool.subnet} overlaps the host's {', '.join(map(str, clashes))}",
-            hint="Run 'veneer doctor' for a free subnet to set in network.json, or remove that route.",
+            hint=f"Move the nat network to a free subnet{_free_subnet_note(config)}: "
+            "'veneer network subnet auto' (stopped machines get new addresses), or remove that route.",
         )
+
+
+def _free_subnet_note(config: NetworkConfig) -> str:
+    with contextlib.suppress(NetworkError):
+        free = choose_pool([*host_networks(bridge=config.bridge), config.pool.subnet]).subnet
+        return f" ({free}, as 'veneer doctor' proposes)"
+    return ""
 
 
 def _refuse_foreign_listen(record: MachineRecord, config: NetworkConfig) -> None:

@@ -12,10 +12,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, MachineName
+from veneer.config.settings import Bind, MachineName, Network
 from veneer.errors import CommandFailed
 from veneer.machines.guest import find_leader
 from veneer.machines.launch import prepare_launch
@@ -46,6 +46,7 @@ class RunOptions:
     workdir: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     binds: tuple[Bind, ...] = field(default_factory=tuple)
+    network: Network | None = None  # this run only, instead of the machine's own (`veneer cp`: none)
 
 
 def run_machine(
@@ -67,6 +68,8 @@ def run_machine(
         try:
             if owns_mount:
                 mount_overlay_of(layout, record)
+            if options.network is not None:
+                record = replace(record, network=options.network)
             launch = prepare_launch(
                 layout,
                 record,

@@ -240,16 +240,16 @@ def check_pool(facts: HostFacts, config: NetworkConfig | None) -> Finding:
     if not overlaps:
         return Finding(ok=True, check="pool", message=f"The nat network {subnet} overlaps no host route.")
     try:
-        free = f" such as {choose_pool([*facts.host_networks, subnet]).subnet}"
+        free = str(choose_pool([*facts.host_networks, subnet]).subnet)
     except NetworkError:
-        free = ""
+        free = "SUBNET"
     return Finding(
         ok=False,
         check="pool",
         message=f"The nat network {subnet} overlaps the host's "
         f"{', '.join(str(n) for n in overlaps)}: traffic to one of them goes to the wrong place.",
-        fix=f"Remove the conflicting route, or stop the nat machines and set a free subnet{free} in "
-        "network.json (the machines then need new addresses).",
+        fix=f"Remove the conflicting route, or stop the nat machines and move the network: "
+        f"'veneer network subnet {free}' (the machines get new addresses).",
     )
 
 

@@ -30,6 +30,7 @@ import fcntl
 import functools
 import os
 import signal
+import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class EnterSpec:
     cgroups: tuple[Path, ...] = ()  # the leader's cgroup directories, in every hierarchy
     ptrace_lock: Path | None = None  # a lock file shared by every veneer that reads a filter by ptrace
     quiet: bool = False
+    terminal: int | None = None  # a pseudo-terminal peer of the machine's: the command's stdio and ctty
 
 
 class EnterFailed(OSError):
@@ -264,6 +266,16 @@ def _change_directory(workdir: str) -> None:
     os.chdir(workdir)
 
 
+def _take_terminal(peer: int | None) -> None:
+    # Before the fds are closed: a session of its own whose controlling terminal is the machine's peer.
+    if peer is None:
+        return
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.dup2(peer, fd)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def _close_fds(*, keep: int | None = None) -> None:
     if keep is None:
         os.closerange(3, FD_LIMIT)
@@ -301,6 +313,8 @@ def _run_command(spec: EnterSpec, handles: _Handles, channel: int) -> None:
         _become_user(spec.uid, spec.gid, spec.groups)
         step = "chdir"
         _change_directory(spec.workdir)
+        step = "terminal"
+        _take_terminal(spec.terminal)
         step = "fds"
         _close_fds(keep=channel)
         _restore_signals()

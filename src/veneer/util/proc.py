@@ -24,6 +24,7 @@ StrPath = str | os.PathLike[str]
 # For callers that annotate results without importing subprocess themselves.
 Completed = subprocess.CompletedProcess[str]
 Process = subprocess.Popen[bytes]
+DEVNULL = subprocess.DEVNULL
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -90,28 +91,67 @@ def run(
     if passthrough:
         stdin, stdout, stderr = None, None, None
     else:
-        stdin = None if input is not None else subprocess.DEVNULL
+        stdin = subprocess.DEVNULL
         stdout = subprocess.PIPE if capture else None
         stderr = subprocess.PIPE
+    if input is not None:
+        stdin = subprocess.PIPE
     try:
-        result = subprocess.run(
+        process = subprocess.Popen(
             args,
-            input=input,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             env=base_env(env),
             cwd=cwd,
             text=True,
-            check=False,
             preexec_fn=prepare_child,
         )
     except FileNotFoundError as e:
         raise _not_found(args) from e
+    with process:
+        try:
+            out, err = process.communicate(input)
+        except BaseException:
+            # Interrupted (Ctrl-C, or SIGTERM/SIGHUP turned into an exception by the command line): what
+            # the command started goes too, before the caller's cleanup removes the tree it writes into.
+            end_process_tree(process.pid)
+            raise
+    result = subprocess.CompletedProcess(args, process.returncode, out, err)
     if check and result.returncode not in ok_returncodes:
         logger.debug("%s exited with %d", args[0], result.returncode)
-        raise CommandFailed(args, result.returncode, result.stderr or "")
+        # Some tools (debootstrap) write their errors to stdout: the cause is there when stderr is empty.
+        said = result.stderr if result.stderr and result.stderr.strip() else result.stdout if capture else ""
+        raise CommandFailed(args, result.returncode, said or "")
     return result
+
+
+def end_process_tree(pid: int) -> None:
+    """SIGKILL a child of veneer's and every process below it (debootstrap's dpkg, tar's compressor).
+
+    All are stopped first, so none forks a process that escapes the kill; the child itself is left for
+    its parent to reap.
+    """
+    stopped: set[int] = set()
+    while found := {pid, *descendants(pid)} - stopped:
+        for member in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGSTOP)
+        stopped |= found
+    for member in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the commands veneer runs fork from their main thread)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        below = child_pids(todo.pop())
+        found += below
+        todo += below
+    return found
 
 
 def which(name: str) -> str | None:
@@ -192,6 +232,24 @@ def child_pids(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def spawn_piped(
+    argv: Sequence[StrPath],
+    *,
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    env: Mapping[str, str] | None = None,
+) -> Process:
+    """Start argv with these file descriptors as its stdin, stdout and stderr (None: the caller's own),
+    for callers that stream data through a command (`veneer cp`)."""
+    args = [os.fspath(a) for a in argv]
+    logger.debug("+ %s", shlex.join(args))
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, env=base_env(env))
+    except FileNotFoundError as e:
+        raise _not_found(args) from e
 
 
 def replace_process(argv: Sequence[StrPath], *, env: Mapping[str, str]) -> None:

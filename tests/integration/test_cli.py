@@ -1,0 +1,238 @@
+"""The command line as a newcomer meets it, through the real `veneer` command in a store of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import Store, mounts_under, run_in_pty, start_in_background
+from veneer.util import proc
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def machines_stopped(store: Store) -> Iterator[None]:
+    """Whatever the test left running stops before its store goes, even when an assertion failed."""
+    yield
+    for machine in json.loads(store.veneer("list", "--json").stdout):
+        if machine["state"] == "running":
+            store.veneer("stop", "--timeout", "10", machine["name"], ok=(0, 1))
+
+
+def test_a_failed_debootstrap_says_why(store: Store) -> None:
+    # debootstrap refuses an unknown suite before it fetches anything, and says so on its stdout.
+    result = store.veneer("image", "create", "x", "--debootstrap", "nosuchsuite", ok=(1,))
+    assert "No such script" in result.stderr and "nosuchsuite" in result.stderr
+    assert not any((store.root / ".staging").iterdir())
+
+
+def test_console_of_a_stopped_machine_says_only_that_it_is_not_running(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    result = busybox.veneer("console", "m1", ok=(1,))
+    assert result.stderr.splitlines()[0] == "veneer: Machine 'm1' is not running"
+    assert "Connected" not in result.stderr
+
+
+def test_image_rm_takes_several_names(busybox: Store) -> None:
+    busybox.veneer("image", "create", "b2", "--busybox")
+    busybox.veneer("image", "create", "b3", "--busybox")
+    result = busybox.veneer("image", "rm", "bb", "b2", "b3")
+    assert result.stdout.splitlines() == [f"Removed image '{name}'." for name in ("bb", "b2", "b3")]
+    assert busybox.veneer("image", "list", "--json").stdout.strip() == "[]"
+
+
+def test_verbs_repeat_as_systemctl_does(busybox: Store) -> None:
+    for name in ("m1", "m2", "m3"):
+        busybox.veneer("create", name, "--from", "bb")
+    busybox.veneer("start", "m1")
+    # start goes on past a machine that runs already, and succeeds with a note.
+    result = busybox.veneer("start", "m1", "m2")
+    assert result.stdout.splitlines()[0].startswith("Machine 'm1' is running already (pid ")
+    assert result.stdout.splitlines()[1].startswith("Started machine 'm2'")
+    assert busybox.veneer("stop", "m2").stdout == "Stopped machine 'm2'.\n"
+    assert busybox.veneer("stop", "m2").stdout == "Machine 'm2' is not running.\n"
+    # rm --force stops a running machine, then removes it.
+    assert busybox.veneer("rm", "m1", ok=(1,)).stderr.startswith("veneer: Machine 'm1' is running")
+    result = busybox.veneer("rm", "--force", "m1", "m2")
+    assert result.stdout.splitlines() == [
+        "Stopped machine 'm1'.",
+        "Removed machine 'm1'.",
+        "Removed machine 'm2'.",
+    ]
+    # image rm says which machines hold it, and --force takes them with it, running or not.
+    busybox.veneer("start", "m3")
+    refused = busybox.veneer("image", "rm", "bb", ok=(1,))
+    assert "used by 1 machine(s): m3" in refused.stderr and "veneer image rm --force bb" in refused.stderr
+    result = busybox.veneer("image", "rm", "--force", "bb")
+    assert result.stdout.splitlines() == [
+        "Image 'bb' takes with it the machine(s) using it: m3.",
+        "Stopped machine 'm3'.",
+        "Removed machine 'm3'.",
+        "Removed image 'bb'.",
+    ]
+    assert busybox.veneer("list", "--json").stdout.strip() == "[]"
+
+
+def test_a_bridge_network_needs_the_bridge_at_create(busybox: Store) -> None:
+    result = busybox.veneer("create", "m1", "--from", "bb", "--network", "bridge:nosuchbr0", ok=(1,))
+    assert result.stderr.splitlines() == [
+        "veneer: Host bridge 'nosuchbr0' does not exist",
+        "  Make it first ('ip link add nosuchbr0 type bridge && ip link set nosuchbr0 up'), or use "
+        "--network nat.",
+    ]
+    busybox.veneer("create", "m1", "--from", "bb")
+    refused = busybox.veneer("set", "m1", "--network", "bridge:lo", ok=(1,))
+    assert refused.stderr.startswith("veneer: Host bridge 'lo' is no bridge")
+    assert busybox.machine_json("m1")["network"] == "nat"
+
+
+def test_a_terminal_sees_each_result_once(store: Store) -> None:
+    def on_terminal(*args: str) -> list[str]:
+        status, output = run_in_pty(store.argv(*args), store.env())
+        assert status == 0, output
+        return output.splitlines()
+
+    created = [line for line in on_terminal("image", "create", "bb", "--busybox") if "Created" in line]
+    assert len(created) == 1 and created[0].startswith("Created image 'bb' (")
+    assert on_terminal("create", "m1", "--from", "bb") == ["Created machine 'm1' from 'bb' revision 0."]
+    assert on_terminal("clone", "m1", "m2") == ["Cloned machine 'm1' into 'm2'."]
+    assert on_terminal("rm", "m1", "m2") == ["Removed machine 'm1'.", "Removed machine 'm2'."]
+    assert on_terminal("image", "update", "bb", "--", "touch", "/x") == ["Image 'bb' is at revision 1."]
+
+
+def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb", "--port", "8080:80", "--memory", "256M", "--pids", "99")
+    busybox.veneer("start", "m1")
+    status = dict(
+        line.split(":", 1) for line in busybox.veneer("status", "m1").stdout.splitlines() if ":" in line
+    )
+    address = busybox.machine_json("m1")["address"]
+    assert status["Address"].strip() == address
+    assert status["Ports"].strip() == "8080:80/tcp"
+    assert status["Limits"].strip() == "memory 256M, pids 99"
+    assert ", up " in status["State"] and status["State"].strip().startswith("running (pid ")
+    cgroup = status["Cgroup"].split()[0]
+    tag = hashlib.sha256(str(busybox.root).encode()).hexdigest()[:8]
+    assert cgroup == f"veneer-{tag}/m1"  # as the README says of a store under another root
+    assert any(
+        Path(hierarchy, cgroup).is_dir() for hierarchy in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+    )
+    uids = json.loads(busybox.veneer("list", "--json").stdout)[0]
+    assert status["UIDs"].strip() == f"{uids['uid_base']}-{uids['uid_base'] + 65535} (user namespace)"
+    assert f"{uids['uid_base']}-{uids['uid_base'] + 65535}" in busybox.veneer("list").stdout
+    busybox.veneer("kill", "m1", "--signal", "KILL")
+    proc.wait_until(lambda: "failed" in busybox.veneer("status", "m1").stdout, timeout=60)
+    lines = busybox.veneer("status", "m1").stdout.splitlines()
+    assert "State:     failed" in lines, lines
+    assert any(line.startswith("Why:       it ended by itself with status ") for line in lines), lines
+
+
+def test_diff_is_sorted(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    busybox.veneer("run", "m1", "--", "sh", "-c", "touch /zz /aa /mm /etc/zz /bb; rm /bin/true")
+    lines = busybox.veneer("diff", "m1").stdout.splitlines()
+    paths = [line.split(" ", 1)[1] for line in lines]
+    assert paths == sorted(paths) and "/aa" in paths and "/bin/true" in paths
+    listed = [c["path"] for c in json.loads(busybox.veneer("diff", "m1", "--json").stdout)]
+    assert listed == paths
+
+
+def _sleeping(pid: int, seconds: str) -> int | None:
+    """The pid of `sleep SECONDS` among the processes below `pid`, if it runs yet."""
+    for member in proc.descendants(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", seconds.encode()]:
+                return member
+    return None
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_veneer_ends_what_it_started_and_leaves_nothing(
+    busybox: Store, tmp_path: Path, signum: signal.Signals, terminal: bool
+) -> None:
+    seconds = str(3000 + int(signum))  # a command line no other test runs
+    started = start_in_background(
+        busybox.argv("image", "create", "x", "--busybox", "--run", f"exec sleep {seconds}"),
+        busybox.env(),
+        tmp_path / "output",
+        terminal=terminal,
+    )
+    below: list[int] = []
+    try:
+        assert proc.wait_until(lambda: _sleeping(started.pid, seconds) is not None, timeout=120)
+        below = proc.descendants(started.pid)
+        os.kill(started.pid, signum)  # to veneer alone, not to a process group
+        status, output = started.wait()
+        # Killed, they are gone once their reaper (init, for those whose parent died first) has been by.
+        assert proc.wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in below), timeout=60)
+    finally:
+        for pid in [started.pid, *below]:  # what the test started, should veneer have left it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(started.pid, 0)
+    assert status == 128 + signum, output
+    assert f"interrupted by {signum.name}" in output
+    assert list((busybox.root / ".staging").iterdir()) == []
+    assert json.loads(busybox.veneer("image", "list", "--json").stdout)[0]["name"] == "bb"
+    assert mounts_under(busybox.root, busybox.run) == []
+
+
+def test_shell_gives_a_terminal_of_the_machine_s_own(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    busybox.veneer("start", "m1")
+    typed = b"tty; echo [$((6*7))]; exit 7\n"
+    status, output = run_in_pty(busybox.argv("shell", "m1"), busybox.env(), input=typed)
+    assert status == 7, output
+    after = output.split("[42]")[0].splitlines()  # what the machine printed, not the typed-ahead echo
+    assert any(line.startswith("/dev/pts/") for line in after), output
+    assert "not a tty" not in output
+
+
+def test_the_help_s_apt_example_works_and_stays_small(store: Store, debian_tree: Path) -> None:
+    from veneer.cli.help import EXAMPLES
+
+    example = next(line for line in EXAMPLES["image update"] if "apt-get install -y hello" in line)
+    store.veneer("image", "create", "deb", "--from-dir", str(debian_tree))
+    words = shlex.split(example)
+    assert words[:4] == ["veneer", "image", "update", "deb"]
+    store.veneer(*words[1:])
+    shown = json.loads(store.veneer("image", "show", "deb", "--json").stdout)
+    assert shown["current"] == 1
+    # hello and its documentation, not apt's package lists or its download cache.
+    assert shown["revisions"][1]["size_bytes"] < 2 * 1024 * 1024, shown["revisions"][1]
+    ran = store.veneer("run", "--ephemeral", "--from", "deb", "--", "hello")
+    assert ran.stdout.strip() == "Hello, world!"
+
+
+def test_network_subnet_moves_the_nat_network_and_readdresses_stopped_machines(busybox: Store) -> None:
+    busybox.veneer("create", "sn1", "--from", "bb")
+    busybox.veneer("create", "sn2", "--from", "bb")
+    assert busybox.veneer("network", "subnet", "10.250.7.0/33", ok=(2,)).stderr.startswith("veneer: Invalid")
+    moved = busybox.veneer("network", "subnet", "10.250.7.0/24").stdout.splitlines()
+    assert moved == [
+        "The nat network is 10.250.7.0/24 (gateway 10.250.7.1).",
+        "Machine 'sn1': 10.250.7.2.",
+        "Machine 'sn2': 10.250.7.3.",
+    ]
+    assert busybox.veneer("network", "subnet").stdout == "10.250.7.0/24\n"
+    assert busybox.machine_json("sn2")["address"] == "10.250.7.3"
+    busybox.veneer("start", "sn1")
+    assert json.loads(busybox.veneer("status", "sn1", "--json").stdout)["addresses"] == ["10.250.7.2"]
+    inside = busybox.veneer("exec", "sn1", "--", "ip", "-4", "-o", "addr", "show", "host0").stdout
+    assert "10.250.7.2/24" in inside
+    refused = busybox.veneer("network", "subnet", "auto", ok=(1,))
+    assert "Machine 'sn1' is running" in refused.stderr
+    busybox.veneer("stop", "sn1")
+    auto = busybox.veneer("network", "subnet", "auto").stdout.splitlines()[0]
+    assert auto.startswith("The nat network is ") and "10.250.7.0/24" not in auto
