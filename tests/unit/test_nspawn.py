@@ -84,6 +84,8 @@ def test_run_options() -> None:
     ]:
         assert expected in argv
     assert "--console=pipe" in nspawn_argv(SPEC)
+    # A boot with no terminal kept (systemd supervisor): a console that never ends the shell's input.
+    assert "--console=read-only" in nspawn_argv(replace(SPEC, boot=True, command=()))
 
 
 def test_host_settings_files_are_ignored() -> None:
