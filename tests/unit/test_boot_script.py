@@ -1,9 +1,10 @@
 import shlex
 from pathlib import Path
 
-from veneer.machines.boot import boot_script
-from veneer.runtime.console import start_argv
+from veneer.runtime.console import log_pipe, read_log, start_argv
+from veneer.runtime.keeper import boot_script
 from veneer.runtime.nspawn import launch_argv
+from veneer.util import proc
 
 
 def test_boot_script_launches_then_records_status_then_reaps() -> None:
@@ -27,11 +28,26 @@ def test_boot_script_launches_then_records_status_then_reaps() -> None:
     assert lines[-1] == "exec veneer _reap m >/dev/null 2>&1"
 
 
-def test_console_session_logs_from_the_first_byte() -> None:
-    argv = start_argv(Path("/run/v/m.console"), Path("/run/v/console.conf"), "m", ["sh", "/run/v/m.sh"],
-                      log=Path("/var/lib/v/machines/m/console.log"))  # fmt: skip
+def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> None:
+    argv = start_argv(Path("/run/v/m.console"), "m", ["sh", "/run/v/m.sh"],
+                      log=Path("/var/lib/v/machines/m/console.log"), reap="veneer _reap")  # fmt: skip
     commands = " ".join(argv)
-    # The log is piped before the real command replaces the placeholder.
+    # No settings file (neither a shared one nor the host's): the settings come with the session.
+    assert argv[argv.index("-f") + 1] == "/dev/null"
+    # The log is piped and the hook set before the real command replaces the placeholder.
+    assert commands.index("pane-died") < commands.index("respawn-pane")
     assert commands.index("pipe-pane") < commands.index("respawn-pane")
+    assert "remain-on-exit on" in commands
     assert "head -c" in commands and "/var/lib/v/machines/m/console.log" in commands
     assert argv[-1] == "sh /run/v/m.sh"
+
+
+def test_console_log_keeps_the_latest_output_across_rotations(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    assert "%" not in log_pipe(log), "tmux expands the command as a format (strftime included)"
+    text = b"".join(b"line %d\n" % i for i in range(3000))
+    proc.run(["sh", "-c", log_pipe(log, limit=1000)], input=text.decode())
+    assert log.stat().st_size < 1000 and Path(f"{log}.1").stat().st_size == 1000
+    kept = read_log(log)
+    assert text.endswith(kept) and len(kept) > 1000, "the latest output, nothing lost at the rotation"
+    assert read_log(log, lines=2) == b"line 2998\nline 2999\n"

@@ -28,6 +28,9 @@ LAZY_IMPORTS = {
     ("veneer.images.distros", "veneer.images.distros.arch"),
     # Tar and the compressors: only `clone` of all the lifecycle verbs copies a tree.
     ("veneer.machines.lifecycle", "veneer.images.transfer"),
+    # The supervisor of this host, one of two (as the distributions' registry).
+    ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
+    ("veneer.runtime.supervisor", "veneer.runtime.keeper"),
 }
 
 

@@ -15,6 +15,7 @@ from veneer.machines.state import (
     MachineRecord,
     RuntimeMode,
     RuntimeRecord,
+    current_boot_id,
     is_alive,
     load_machine,
     machines_on,
@@ -73,6 +74,7 @@ RUNTIME_JSON = {
     "owns_mount": True,
     "init": None,
     "stopping": False,
+    "boot_id": None,
 }
 
 
@@ -174,3 +176,6 @@ def test_liveness_needs_same_start_time() -> None:
         owns_mount=False,
     )
     assert not is_alive(recycled)
+    # The same pid and start time in another boot of the host (a runtime dir on a disk): not alive.
+    assert is_alive(replace(alive, boot_id=current_boot_id()))
+    assert not is_alive(replace(alive, boot_id="0" * 32))

@@ -51,7 +51,9 @@ def register(verbs: Any) -> None:
     _limit_options(create)
     create.set_defaults(handler=cmd_create)
 
-    change = verbs.add_parser("set", help="change a stopped machine's limits or network")
+    change = verbs.add_parser(
+        "set", help="change a machine's limits (at once, if it runs) or network (while stopped)"
+    )
     change.add_argument("name", type=parse_machine_name)
     _network_options(change, default=None)
     _limit_options(change)

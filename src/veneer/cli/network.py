@@ -30,7 +30,9 @@ def register(verbs: Any) -> None:
     )
     subnet.set_defaults(handler=cmd_subnet)
 
-    doctor = verbs.add_parser("doctor", help="what would stop networking on this host, and how to fix it")
+    doctor = verbs.add_parser(
+        "doctor", help="what would stop machines or their networking on this host, and how to fix it"
+    )
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(handler=cmd_doctor)
 
@@ -138,10 +140,16 @@ def cmd_subnet(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from veneer.network.doctor import diagnose
     from veneer.network.ipam import load_network_config
+    from veneer.runtime.cgroups import Hierarchies
+    from veneer.runtime.hostcheck import check_supervisor
+    from veneer.runtime.supervisor import detect_supervisor
 
     layout = Layout.from_env(args.root)
     config = load_network_config(layout.network_config)
-    findings = diagnose(config, table=layout.nat_table, run_dir=layout.network_run)
+    findings = [
+        *check_supervisor(detect_supervisor(), Hierarchies.detect()),
+        *diagnose(config, table=layout.nat_table, run_dir=layout.network_run),
+    ]
     if args.json:
         print_json([{"ok": f.ok, "check": f.check, "message": f.message, "fix": f.fix} for f in findings])
     else:

@@ -97,6 +97,14 @@ def register(verbs: Any) -> None:
     disable.add_argument("name", type=parse_machine_name)
     disable.set_defaults(handler=cmd_disable)
 
+    boot = verbs.add_parser("_boot")  # an enabled machine's unit: set up, then become nspawn
+    boot.add_argument("name", type=parse_machine_name)
+    boot.set_defaults(handler=cmd_boot)
+
+    started = verbs.add_parser("_started")  # an enabled machine's unit, once nspawn runs
+    started.add_argument("name", type=parse_machine_name)
+    started.set_defaults(handler=cmd_started)
+
     reap = verbs.add_parser("_reap")  # run by the console keeper when a machine's nspawn exits
     reap.add_argument("name", type=parse_machine_name)
     reap.add_argument("rest", nargs="*")
@@ -213,14 +221,31 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_boot(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import boot_in_unit
+    from veneer.runtime.nspawn import NSPAWN_ENV
+    from veneer.util.proc import replace_process
+
+    replace_process(boot_in_unit(_layout(args), args.name), env=NSPAWN_ENV)
+    return 1
+
+
+def cmd_started(args: argparse.Namespace) -> int:
+    from veneer.machines.boot import configure_started
+
+    configure_started(_layout(args), args.name)
+    return 0
+
+
 def cmd_enable(args: argparse.Namespace) -> int:
     from veneer.machines.state import load_machine
-    from veneer.machines.units import enable_machine, unit_name, unit_text, veneer_argv
+    from veneer.machines.units import enable_machine, unit_text, veneer_argv
+    from veneer.runtime.systemd_unit import UNIT_DIR, unit_name
 
     layout = _layout(args)
     if args.print:
         load_machine(layout, args.name)
-        print(f"# /etc/systemd/system/{unit_name(args.name)}")
+        print(f"# {UNIT_DIR / unit_name(layout, args.name)}")
         print(unit_text(layout, args.name, veneer_argv()), end="")
         return 0
     path = enable_machine(layout, args.name)

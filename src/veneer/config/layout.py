@@ -9,7 +9,8 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     machines/<name>/machine.json  a machine's settings
     machines/<name>/{upper,work}  its overlay upper and work dirs
     machines/<name>/root/         where its overlay is mounted
-    machines/<name>/console.log   the console of its last boot (bounded)
+    machines/<name>/console.log   the console of its last boot: the latest output (up to 4 MiB)
+    machines/<name>/console.log.1 the 4 MiB before that, once the log has rotated
     machines/<name>/exit.json     how its last boot ended
     network.json                  the nat network: bridge, address pool, upstream DNS (made on first use)
     .staging/                     half-built objects; anything here is removed by the next command
@@ -23,7 +24,6 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.notify        the socket nspawn reports readiness to
     machines/<name>.status        nspawn's exit status, written by the boot script
     machines/<name>.console       the socket of its console keeper (tmux)
-    console.conf                  the console keepers' settings
     network/                      the nat network's lock, dnsmasq, the guests' resolv.conf
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
 """
@@ -119,6 +119,9 @@ class Layout:
     def console_log(self, name: str) -> Path:
         return self.machines / name / "console.log"
 
+    def console_log_previous(self, name: str) -> Path:
+        return self.machines / name / "console.log.1"
+
     def exit_record(self, name: str) -> Path:
         return self.machines / name / "exit.json"
 
@@ -133,10 +136,6 @@ class Layout:
 
     def console_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.console"
-
-    @property
-    def console_config(self) -> Path:
-        return self.run / "console.conf"
 
     @property
     def enter_lock(self) -> Path:

@@ -1,8 +1,9 @@
 """Booting machines in the background: start, stop, kill, and reaping a machine that ended.
 
-A booted machine is nspawn running the machine's init in a pane of the console keeper (tmux, see
-`runtime.console`); no veneer process stays behind. Whatever ends the machine, `recovery.end_boot` undoes
-the start: from the console keeper's pane-died hook (`veneer _reap`, `reap_machine`), from `stop`, and from
+A booted machine is nspawn running the machine's init, kept by the host's supervisor (a systemd unit, or
+veneer's standalone keeper: `runtime.supervisor`); no veneer process stays behind. Whatever ends the
+machine, `recovery.end_boot` undoes the start: from the supervisor when nspawn ends (`veneer _reap`,
+`reap_machine`), from `stop`, and from
 the next command that finds the machine dead.
 """
 
@@ -11,17 +12,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
-from veneer.errors import MachineBusy, MachineError, MachineRunning
+from veneer.errors import Error, MachineBusy, MachineError, MachineRunning
 from veneer.machines.guest import InitKind, detect_init, find_leader
 from veneer.machines.inside import exec_in_machine
 from veneer.machines.launch import prepare_launch
@@ -36,6 +35,7 @@ from veneer.machines.recovery import (
 from veneer.machines.state import (
     RuntimeMode,
     RuntimeRecord,
+    current_boot_id,
     is_alive,
     load_machine,
     load_runtime,
@@ -43,32 +43,14 @@ from veneer.machines.state import (
     save_runtime,
 )
 from veneer.overlay.mount import is_mounted
-from veneer.runtime import cgroups, console
-from veneer.runtime.nspawn import NSPAWN_ENV
+from veneer.runtime import cgroups
+from veneer.runtime.supervisor import Supervisor, supervisor_for
 from veneer.util.proc import child_pids, wait_until
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
-
-
-def boot_script(launch: Sequence[str], *, env: Mapping[str, str], status_file: Path, reap: str) -> str:
-    """The shell script the console keeper runs: `launch` (nspawn in the machine's cgroups, see
-    `runtime.nspawn.launch_argv`), then its exit status into `status_file` (the shell itself stays outside
-    the machine's cgroups, so it outlives them), then `reap` (`veneer _reap NAME`). The keeper's pane-died
-    hook reaps too, for when this shell is killed; whichever comes second finds the lock taken or the work
-    done. The hook alone was not enough: under load, now and then a keeper ran no hook for a pane that
-    died."""
-    lines = [
-        "#!/bin/sh",
-        "# Made by veneer start: boots one machine in a pane of the console keeper.",
-        *(f"export {key}={shlex.quote(value)}" for key, value in sorted({**NSPAWN_ENV, **env}.items())),
-        shlex.join(launch),
-        f"echo $? > {shlex.quote(os.fspath(status_file))}",
-        f"exec {reap} >/dev/null 2>&1",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def start_machine(
@@ -82,6 +64,9 @@ def start_machine(
             f"Machine '{name}' is running already (pid {running.pid})",
             hint=f"Restart it with 'veneer restart {name}'.",
         )
+    supervisor = supervisor_for(layout)
+    if supervisor.enabled(name):
+        return _start_enabled(layout, supervisor, name, wait=wait, timeout=timeout)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         record = load_machine(layout, name)
@@ -89,7 +74,7 @@ def start_machine(
         owns_mount = not is_mounted(root)
         placeholder = RuntimeRecord(
             name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0,
-            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=owns_mount,
+            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=owns_mount, boot_id=current_boot_id(),
         )  # fmt: skip
         # Recorded before anything is set up, so a crash from here on is cleaned up by the next command.
         save_runtime(layout, placeholder)
@@ -98,34 +83,19 @@ def start_machine(
             if owns_mount:
                 mount_overlay_of(layout, record)
             init = detect_init(root)
-            launch = prepare_launch(layout, record, init=init, interactive=True)
-            env = {}
+            launch = prepare_launch(
+                layout, record, init=init, interactive=supervisor.terminal, supervisor=supervisor
+            )
             if wait and init.notifies():
                 notify = _bind_notify_socket(layout.notify_socket(name))
-                env["NOTIFY_SOCKET"] = os.fspath(layout.notify_socket(name))
-            script = layout.boot_script(name)
-            script.write_text(
-                boot_script(
-                    launch.argv,
-                    env=env,
-                    status_file=layout.boot_status(name),
-                    reap=f"{console.reap_command(layout.root, layout.run)} {shlex.quote(name)}",
-                )
-            )
-            console.write_config(layout.console_config, reap=console.reap_command(layout.root, layout.run))
-            layout.console_log(name).write_bytes(b"")
-            layout.boot_status(name).unlink(missing_ok=True)
-            console.start_session(
-                layout.console_socket(name), layout.console_config, name, ["sh", os.fspath(script)],
-                log=layout.console_log(name),
-            )  # fmt: skip
-            pid = _wait_for_nspawn(layout, name, timeout=timeout)
+            supervisor.start(name, launch.argv, env={}, limits=record.limits, notify=notify is not None)
+            pid = _wait_for_nspawn(layout, supervisor, name, timeout=timeout)
             runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init)
             save_runtime(layout, runtime)
             leader = _wait_for_leader(layout, name, pid, timeout=timeout)
             configure_address(layout, record, leader)
             if wait:
-                _wait_until_ready(layout, name, runtime, init, notify, timeout=timeout)
+                _wait_until_ready(layout, supervisor, name, runtime, init, notify, timeout=timeout)
         except BaseException:
             end_boot(layout, name, requested=True)
             raise
@@ -136,6 +106,60 @@ def start_machine(
                     layout.notify_socket(name).unlink()
     logger.debug("Started machine '%s' (%s).", name, init.value)
     return runtime
+
+
+def _start_enabled(
+    layout: Layout, supervisor: Supervisor, name: MachineName, *, wait: bool, timeout: float
+) -> RuntimeRecord:
+    """An enabled machine: its unit does the whole start (`boot_in_unit`, `configure_started`)."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+    supervisor.start_enabled(name)
+    runtime = load_runtime(layout, name)
+    if runtime is None or not is_alive(runtime) or runtime.init is None:
+        raise _failure(layout, name, "failed to start")
+    if wait:
+        _wait_until_ready(layout, supervisor, name, runtime, runtime.init, None, timeout=timeout)
+    logger.debug("Started machine '%s' (%s).", name, runtime.init.value)
+    return runtime
+
+
+def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
+    """Run by an enabled machine's unit (ExecStart, `veneer _boot`): set the machine up as `start` does,
+    and return nspawn's command line for the caller to exec, so that nspawn is the unit's main process
+    (the pid recorded here). The lock is let go first: nspawn must not inherit it."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        record = load_machine(layout, name)
+        root = layout.machine_root(name)
+        runtime = RuntimeRecord(
+            name=name, pid=os.getpid(), start_time=process_start_time(os.getpid()) or 0,
+            mode=RuntimeMode.BOOT, started=time.time(), owns_mount=not is_mounted(root),
+            boot_id=current_boot_id(),
+        )  # fmt: skip
+        save_runtime(layout, runtime)
+        try:
+            if runtime.owns_mount:
+                mount_overlay_of(layout, record)
+            init = detect_init(root)
+            supervisor = supervisor_for(layout)
+            launch = prepare_launch(layout, record, init=init, interactive=False, supervisor=supervisor)
+            save_runtime(layout, replace(runtime, init=init))
+        except BaseException:
+            end_boot(layout, name, requested=True)
+            raise
+    return list(launch.argv)
+
+
+def configure_started(layout: Layout, name: MachineName, *, timeout: float = START_TIMEOUT) -> None:
+    """Run by an enabled machine's unit once nspawn runs (ExecStartPost, `veneer _started`): what `start`
+    does from the host once the container exists (its address on the nat network)."""
+    with machine_lock(layout, name):
+        runtime = load_runtime(layout, name)
+        if runtime is None or not is_alive(runtime):
+            raise _failure(layout, name, "stopped while starting")
+        leader = _wait_for_leader(layout, name, runtime.pid, timeout=timeout)
+        configure_address(layout, load_machine(layout, name), leader)
 
 
 def _bind_notify_socket(path: Path) -> socket.socket:
@@ -155,30 +179,23 @@ def _failure(layout: Layout, name: MachineName, what: str) -> MachineError:
 
 
 def _log_tail(layout: Layout, name: MachineName, lines: int = 8) -> str:
-    with contextlib.suppress(OSError):
-        text = layout.console_log(name).read_bytes().decode(errors="replace")
-        return "\n".join(line.rstrip() for line in text.splitlines()[-lines:] if line.strip())
+    with contextlib.suppress(OSError, Error):
+        text = supervisor_for(layout).read_log(name, lines=lines).decode(errors="replace")
+        return "\n".join(line.rstrip() for line in text.splitlines() if line.strip())
     return ""
 
 
-def _wait_for_nspawn(layout: Layout, name: MachineName, *, timeout: float) -> int:
-    """The pid of nspawn once the boot script has started it (a child of the pane's shell)."""
+def _wait_for_nspawn(layout: Layout, supervisor: Supervisor, name: MachineName, *, timeout: float) -> int:
+    """The pid of nspawn once the supervisor has started it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        shell = console.pane_pid(layout.console_socket(name), name)
-        if shell is not None:
-            for pid in child_pids(shell):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn"):
-                        return pid
-        elif _pane_dead(layout, name) or layout.boot_status(name).exists():
+        pid = supervisor.nspawn_pid(name)
+        if pid is not None:
+            return pid
+        if supervisor.ended(name):
             raise _failure(layout, name, "failed to start")
         time.sleep(0.02)
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
-
-
-def _pane_dead(layout: Layout, name: MachineName) -> bool:
-    return console.pane_status(layout.console_socket(name), name) is not None
 
 
 def _wait_for_leader(layout: Layout, name: MachineName, pid: int, *, timeout: float) -> int:
@@ -198,6 +215,7 @@ def _wait_for_leader(layout: Layout, name: MachineName, pid: int, *, timeout: fl
 
 def _wait_until_ready(
     layout: Layout,
+    supervisor: Supervisor,
     name: MachineName,
     runtime: RuntimeRecord,
     init: InitKind,
@@ -205,20 +223,24 @@ def _wait_until_ready(
     *,
     timeout: float,
 ) -> None:
-    """systemd: until it reports READY=1 through nspawn. Other inits cannot tell: ready once PID 1 has
-    started its first child (busybox init its console shell, sysvinit its rc scripts)."""
+    """systemd: until it reports READY=1 through nspawn (to the supervisor, or to veneer's socket). Other
+    inits cannot tell: ready once PID 1 has started its first child (busybox init its console shell,
+    sysvinit its rc scripts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not is_alive(runtime):
             raise _failure(layout, name, "stopped while starting")
-        if notify is not None:
+        reported = supervisor.ready(name)
+        if init.notifies() and reported:
+            return
+        if notify is not None and reported is None:
             notify.settimeout(0.1)
             with contextlib.suppress(TimeoutError):
                 if b"READY=1" in notify.recv(4096).split(b"\n"):
                     return
         else:
             leader = find_leader(runtime.pid)
-            if leader is not None and child_pids(leader):
+            if reported is not False and leader is not None and child_pids(leader):
                 return
             time.sleep(0.05)
     raise _failure(layout, name, f"did not report ready within {timeout:.0f} s")
@@ -245,7 +267,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
             logger.warning("Machine '%s' did not power off within %.0f s; killing it.", name, timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(runtime.pid, signal.SIGKILL)
-            cgroups.kill_cgroups(layout.cgroup(name))
+            cgroups.kill_cgroups(supervisor_for(layout).cgroup(name))
         end_boot(layout, name, requested=True)
     logger.debug("Stopped machine '%s'.", name)
     return True
@@ -265,7 +287,7 @@ def kill_machine(layout: Layout, name: MachineName, *, signal_number: int = sign
     if runtime is None or not is_alive(runtime) or runtime.mode is not RuntimeMode.BOOT:
         raise MachineError(f"Machine '{name}' is not running", hint=f"Start it with 'veneer start {name}'.")
     nspawn_pids = {runtime.pid}
-    for pid in cgroups.cgroup_pids(layout.cgroup(name)) - nspawn_pids:
+    for pid in cgroups.cgroup_pids(supervisor_for(layout).cgroup(name)) - nspawn_pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal_number)
 
@@ -286,7 +308,7 @@ def _wait_gone(runtime: RuntimeRecord, timeout: float) -> bool:
 
 
 def reap_machine(layout: Layout, name: MachineName) -> None:
-    """Called by the console keeper when a machine's nspawn exited: clean up unless a command holding
+    """Called by the supervisor when a machine's nspawn exited: clean up unless a command holding
     the machine's lock (stop, start) is about to do it."""
     try:
         with machine_lock(layout, name):

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +21,10 @@ from veneer.errors import MachineError, UsageError
 from veneer.machines.guest import find_leader, lookup_groups, lookup_user
 from veneer.machines.state import RuntimeMode, RuntimeRecord, is_alive, load_machine, load_runtime
 from veneer.overlay.view import nofollow_view
-from veneer.runtime import console, pseudoterminal
+from veneer.runtime import pseudoterminal
 from veneer.runtime.cgroups import Hierarchies
 from veneer.runtime.enter import EnterFailed, EnterSpec, start_entered
+from veneer.runtime.supervisor import supervisor_for
 from veneer.util import proc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -187,38 +187,24 @@ def attach_console(layout: Layout, name: MachineName, *, on_attach: Callable[[],
     term = {"TERM": os.environ.get("TERM", "xterm")}
     if on_attach is not None:
         on_attach()
-    return proc.wait_forwarding(proc.spawn(console.attach_argv(layout.console_socket(name), name), env=term))
+    return proc.wait_forwarding(proc.spawn(supervisor_for(layout).console_argv(name), env=term))
 
 
 def read_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> bytes:
     """The console output of the machine's current or last boot (the last `lines` lines)."""
     load_machine(layout, name)
-    try:
-        data = layout.console_log(name).read_bytes()
-    except FileNotFoundError:
-        return b""
-    if lines is not None:
-        data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
-    return data
+    return supervisor_for(layout).read_log(name, lines=lines)
 
 
 def follow_logs(layout: Layout, name: MachineName, *, lines: int | None = None) -> Iterator[bytes]:
     """The console output, then what is added to it, until the machine stops."""
-    data = read_logs(layout, name, lines=lines)
-    yield data
-    offset = layout.console_log(name).stat().st_size if layout.console_log(name).exists() else 0
-    while True:
+    load_machine(layout, name)
+
+    def running() -> bool:
         runtime = load_runtime(layout, name)
-        alive = runtime is not None and is_alive(runtime)
-        with contextlib.suppress(FileNotFoundError), open(layout.console_log(name), "rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-            offset += len(chunk)
-            if chunk:
-                yield chunk
-        if not alive:
-            return
-        time.sleep(0.2)
+        return runtime is not None and is_alive(runtime)
+
+    return supervisor_for(layout).follow_log(name, lines=lines, running=running)
 
 
 def journal_argv(journal: Path, args: Sequence[str]) -> list[str]:

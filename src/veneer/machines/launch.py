@@ -15,15 +15,9 @@ from veneer.config.settings import Bind
 from veneer.machines.guest import InitKind
 from veneer.machines.netsetup import attach_machine
 from veneer.machines.state import MachineRecord
-from veneer.runtime import cgroups
 from veneer.runtime.base import RunSpec
-from veneer.runtime.nspawn import (
-    NSPAWN_STATE_DIR,
-    is_systemd_host,
-    launch_argv,
-    needs_private_state_dir,
-    nspawn_argv,
-)
+from veneer.runtime.nspawn import nspawn_argv
+from veneer.runtime.supervisor import Supervisor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,11 +39,12 @@ def prepare_launch(
     workdir: str | None = None,
     env: Sequence[tuple[str, str]] = (),
     binds: Sequence[Bind] = (),
+    supervisor: Supervisor,
 ) -> Launch:
-    """Set up the machine's cgroups and network for nspawn running `command`, or booting `init`."""
+    """Set up the machine's network and the command line that launches nspawn running `command`, or
+    booting `init`, confined by `supervisor` (its cgroups and limits)."""
     name = record.name
     root = layout.machine_root(name)
-    dirs = cgroups.setup_cgroups(layout.cgroup(name), record.limits)
     net = attach_machine(layout, record, root)
     spec = RunSpec(
         name=name,
@@ -66,13 +61,10 @@ def prepare_launch(
         workdir=workdir,
         env=tuple(env),
         binds=record.binds + tuple(binds),
-        systemd_host=is_systemd_host(),
+        register=supervisor.registers,
         boot=init is not None,
         kill_signal=None if init is None else init.kill_signal(),
         notify_ready=init is not None and init.notifies(),
     )
-    private_state = needs_private_state_dir()
-    if private_state:
-        NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
-    argv = launch_argv(nspawn_argv(spec), cgroup_dirs=dirs, private_state=private_state)
+    argv = supervisor.confine(name, record.limits, nspawn_argv(spec), boot=init is not None)
     return Launch(argv=tuple(argv), nat=net.bridge is not None)

@@ -51,7 +51,9 @@ from veneer.machines.run import run_machine as run_machine
 from veneer.machines.state import (
     UID_RANGE_FIRST,
     MachineRecord,
+    RuntimeMode,
     load_machine,
+    load_runtime,
     process_start_time,
     save_machine,
 )
@@ -60,6 +62,7 @@ from veneer.machines.uids import allocate_uid_range, rename_uid_range
 from veneer.machines.upper import check_upper
 from veneer.overlay.mount import is_mounted, unmount
 from veneer.overlay.view import nofollow_view
+from veneer.runtime.supervisor import supervisor_for
 from veneer.util.fs import locked, random_hex
 from veneer.util.staging import staging_dir
 from veneer.util.walk import TreeBudget
@@ -199,11 +202,17 @@ def change_machine(
     cpus: float | None = None,
     pids: int | None = None,
 ) -> MachineRecord:
-    """Change the settings of a stopped machine; what is not given stays."""
+    """Change the settings of a machine; what is not given stays. The limits of a running machine change
+    at once (its supervisor applies them); its network and ports only while it is stopped."""
     if network is not None:
         refuse_missing_bridge(network)
     with machine_lock(layout, name):
-        refuse_if_running(layout, name)
+        recover_machine(layout, name)
+        runtime = load_runtime(layout, name)
+        if runtime is not None and (
+            network is not None or ports is not None or runtime.mode is RuntimeMode.RUN
+        ):
+            refuse_if_running(layout, name)
         record = load_machine(layout, name)
         old = record.limits
         limits = Limits(
@@ -211,6 +220,8 @@ def change_machine(
             cpus=old.cpus if cpus is None else cpus,
             pids=old.pids if pids is None else pids,
         )
+        if runtime is not None:
+            supervisor_for(layout).set_limits(name, limits)
         record = replace(record, network=network or record.network, limits=limits)
         if ports is not None:
             record = replace(record, ports=tuple(ports))

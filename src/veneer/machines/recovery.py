@@ -4,11 +4,11 @@ short (a boot or a run whose processes died, a rebase or its undo that was kille
 Every verb calls this first, so what it reports and changes starts from the truth. Whatever ends a booted
 machine (its own poweroff, `stop`, `kill`, or a kill -9 of nspawn or the console keeper), `end_boot` undoes
 the start: it kills what is left in the machine's cgroups, removes them, unmounts the overlay and records
-the exit status. It runs from the console keeper's pane-died hook (`veneer _reap`), from `stop`, and from
+the exit status. It runs from the supervisor when nspawn ends (`veneer _reap`), from `stop`, and from
 the next command that finds the machine dead (`recover_machine`).
 
-This module builds on records (`machines.state`, `machines.uids`), network setup, cgroups, the console
-keeper, the overlay and the rebase journal only; it never imports the verbs (lifecycle, run, boot,
+This module builds on records (`machines.state`, `machines.uids`), network setup, cgroups, the
+supervisor, the overlay and the rebase journal only; it never imports the verbs (lifecycle, run, boot,
 rebase), which import it.
 """
 
@@ -43,7 +43,8 @@ from veneer.machines.uids import release_uid_range
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
 from veneer.rebase import journal
 from veneer.rebase.journal import Target
-from veneer.runtime import cgroups, console
+from veneer.runtime import cgroups
+from veneer.runtime.supervisor import supervisor_for
 from veneer.util.fs import locked, remove_tree
 from veneer.util.staging import trash
 
@@ -111,9 +112,9 @@ def recover_machine(layout: Layout, name: MachineName) -> None:
 def end_run(layout: Layout, name: MachineName, *, owns_mount: bool) -> None:
     """After a run: what nspawn left in the machine's cgroups (all of it, if nspawn was killed), the
     cgroups, the overlay if the run mounted it, the runtime record."""
-    cgroups.kill_cgroups(layout.cgroup(name))
-    with contextlib.suppress(OSError):
-        cgroups.remove_cgroups(layout.cgroup(name))
+    supervisor = supervisor_for(layout)
+    cgroups.kill_cgroups(supervisor.cgroup(name))
+    supervisor.remove_cgroups(name)
     detach_machine(layout, name)
     if owns_mount and is_mounted(layout.machine_root(name)):
         unmount(layout.machine_root(name))
@@ -126,10 +127,10 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     if runtime is not None and is_alive(runtime) and runtime.pid != os.getpid():
         with contextlib.suppress(ProcessLookupError):
             os.kill(runtime.pid, signal.SIGKILL)
-    status = _exit_status(layout, name)
-    cgroups.kill_cgroups(layout.cgroup(name))
-    with contextlib.suppress(OSError):
-        cgroups.remove_cgroups(layout.cgroup(name))
+    supervisor = supervisor_for(layout)
+    status = supervisor.exit_status(name)
+    cgroups.kill_cgroups(supervisor.cgroup(name))
+    supervisor.remove_cgroups(name)
     failure: Error | None = None
     try:
         detach_machine(layout, name)
@@ -145,30 +146,10 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
         save_exit(layout, name, ExitRecord(status=255 if status is None else status, requested=asked,
                                            ended=time.time()))  # fmt: skip
     remove_runtime(layout, name)
-    # Last: the console keeper exits with its session, and takes `veneer _reap` (its child) with it.
-    console.kill_session(layout.console_socket(name), name)
-    for path in (
-        layout.boot_script(name),
-        layout.notify_socket(name),
-        layout.boot_status(name),
-        layout.console_socket(name),
-    ):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    # Last: the standalone keeper exits with its session, and takes `veneer _reap` (its child) with it.
+    supervisor.release(name)
     if failure is not None:
         raise failure
-
-
-def _exit_status(layout: Layout, name: MachineName, *, patience: float = 2.0) -> int | None:
-    """nspawn's exit status, written by the boot script's shell right after nspawn exits."""
-    deadline = time.monotonic() + patience
-    while True:
-        with contextlib.suppress(OSError, ValueError):
-            return int(layout.boot_status(name).read_text())
-        shell = console.pane_pid(layout.console_socket(name), name)
-        if shell is None or time.monotonic() > deadline:
-            return None  # the shell is gone too: the console keeper was killed
-        time.sleep(0.02)
 
 
 def mount_overlay_of(layout: Layout, record: MachineRecord) -> None:

@@ -25,12 +25,14 @@ from veneer.machines.state import (
     MachineRecord,
     RuntimeMode,
     RuntimeRecord,
+    current_boot_id,
     load_machine,
     process_start_time,
     save_runtime,
 )
 from veneer.overlay.mount import is_mounted
 from veneer.runtime.nspawn import NSPAWN_ENV
+from veneer.runtime.supervisor import supervisor_for
 from veneer.util.proc import spawn, wait_forwarding
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ def run_machine(
                 workdir=options.workdir,
                 env=options.env,
                 binds=options.binds,
+                supervisor=supervisor_for(layout),
             )
             env = dict(NSPAWN_ENV)
             if "TERM" in os.environ:
@@ -115,5 +118,6 @@ def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool)
             mode=RuntimeMode.RUN,
             started=time.time(),
             owns_mount=owns_mount,
+            boot_id=current_boot_id(),
         ),
     )

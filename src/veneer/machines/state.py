@@ -114,6 +114,8 @@ class RuntimeRecord:
     owns_mount: bool  # veneer mounted the overlay for this run and unmounts it afterwards
     init: InitKind | None = None  # boot: the init it boots
     stopping: bool = False  # boot: veneer asked it to stop, so its exit is no failure
+    # The host's boot it runs in: after a reboot a pid (and its start time) may be another process's.
+    boot_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +128,7 @@ class RuntimeRecord:
             "owns_mount": self.owns_mount,
             "init": None if self.init is None else self.init.value,
             "stopping": self.stopping,
+            "boot_id": self.boot_id,
         }
 
     @classmethod
@@ -139,6 +142,7 @@ class RuntimeRecord:
             owns_mount=bool(data["owns_mount"]),
             init=None if data.get("init") is None else InitKind(data["init"]),
             stopping=bool(data.get("stopping", False)),
+            boot_id=data.get("boot_id"),
         )
 
 
@@ -223,8 +227,18 @@ def remove_runtime(layout: Layout, name: MachineName) -> None:
         os.unlink(layout.runtime_record(name))
 
 
+def current_boot_id() -> str:
+    """The kernel's id of this boot of the host."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
 def is_alive(record: RuntimeRecord) -> bool:
-    """Whether the recorded process still runs (same pid and same start time)."""
+    """Whether the recorded process still runs (same boot of the host, same pid and same start time).
+
+    A runtime dir on a disk (VENEER_RUN) outlives a reboot, and with it a record whose pid and start time
+    (clock ticks since boot) may well match a process of the new boot."""
+    if record.boot_id is not None and record.boot_id != current_boot_id():
+        return False
     return process_start_time(record.pid) == record.start_time
 
 

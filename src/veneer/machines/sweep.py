@@ -22,6 +22,7 @@ from veneer.machines.state import (
     process_start_time,
 )
 from veneer.runtime import cgroups
+from veneer.runtime.supervisor import supervisor_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def sweep_ephemeral(layout: Layout) -> None:
                 if runtime is not None and is_alive(runtime):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(runtime.pid, signal.SIGKILL)
-                    cgroups.kill_cgroups(layout.cgroup(name))
+                    cgroups.kill_cgroups(supervisor_for(layout).cgroup(name))
                 with machine_lock(layout, name):
                     refuse_if_running(layout, name)
                     discard_machine(layout, name)

@@ -1,9 +1,18 @@
-"""Starting machines at host boot: the systemd unit that does what the how-to's fstab line and
-`systemctl enable systemd-nspawn@NAME` did, through veneer (mount, cgroups, console keeper included)."""
+"""Starting machines at host boot: `veneer enable` writes `veneer-NAME.service` to /etc/systemd/system,
+the persistent form of the unit the systemd supervisor makes for `start` (`runtime.systemd_unit`), and
+enables it; `disable` disables and removes it.
+
+The unit runs the machine itself, `Type=notify`: `veneer _boot` mounts the overlay and sets up the
+network as `start` does, then execs nspawn, which stays the unit's main process (so the unit is active
+exactly while the machine runs, and its limits are the unit's properties); `veneer _started` sets its
+address once it runs; ExecStopPost reaps it as for a started machine. `veneer start` of an enabled
+machine starts this unit.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -12,15 +21,18 @@ from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import Error
 from veneer.machines.state import load_machine
-from veneer.runtime.nspawn import is_systemd_host
+from veneer.runtime.console import reap_command
+from veneer.runtime.supervisor import SupervisorKind, detect_supervisor
+from veneer.runtime.systemd_unit import (
+    SLICE,
+    STOP_TIMEOUT_SEC,
+    UNIT_DIR,
+    limit_properties,
+    status_command,
+    unit_name,
+)
 from veneer.util.fs import atomic_write
 from veneer.util.proc import run
-
-UNIT_DIR = Path("/etc/systemd/system")
-
-
-def unit_name(name: MachineName) -> str:
-    return f"veneer-{name}.service"
 
 
 def veneer_argv() -> list[str]:
@@ -30,10 +42,15 @@ def veneer_argv() -> list[str]:
 
 
 def unit_text(layout: Layout, name: MachineName, veneer: list[str]) -> str:
-    """The unit: `veneer start --wait` at boot, `veneer stop` at shutdown (pure)."""
-    command = " ".join([*veneer, "--root", os.fspath(layout.root)])
+    """The machine's persistent unit (pure but for reading its record: the limits)."""
+    limits = load_machine(layout, name).limits
+    command = shlex.join([*veneer, "--root", os.fspath(layout.root)])
     package = Path(__file__).resolve().parents[2]
     pythonpath = f"Environment=PYTHONPATH={package}\n" if veneer[1:2] == ["-m"] else ""
+    stop_post = (
+        f"{status_command(layout.boot_status(name))}; exec {reap_command(layout.root, layout.run)} {name}"
+    )
+    properties = "".join(f"{p}\n" for p in limit_properties(limits))
     return f"""\
 # Made by 'veneer enable {name}'; 'veneer disable {name}' removes it.
 [Unit]
@@ -46,13 +63,18 @@ PartOf=machines.target
 Before=machines.target
 
 [Service]
-Type=oneshot
-RemainAfterExit=yes
-Environment=VENEER_RUN={layout.run}
-{pythonpath}ExecStart={command} start {name} --wait --timeout 90
-ExecStop={command} stop {name} --timeout 60
-TimeoutStartSec=120
-TimeoutStopSec=90
+Type=notify
+Slice={SLICE}
+Delegate=yes
+KillMode=mixed
+{properties}Environment=VENEER_RUN={layout.run}
+{pythonpath}ExecStart={command} _boot {name}
+ExecStartPost={command} _started {name}
+ExecStopPost=/bin/sh -c {shlex.quote(stop_post)}
+# nspawn's exit status 133: the guest asked for a reboot (as systemd-nspawn@.service).
+SuccessExitStatus=133
+TimeoutStartSec=300
+TimeoutStopSec={STOP_TIMEOUT_SEC}
 
 [Install]
 WantedBy=machines.target
@@ -60,9 +82,10 @@ WantedBy=machines.target
 
 
 def _require_systemd() -> None:
-    if not is_systemd_host():
+    choice = detect_supervisor()
+    if choice.kind is not SupervisorKind.SYSTEMD:
         raise Error(
-            "systemd is not running as PID 1 on this host, so nothing would start the machine at boot",
+            f"Machines cannot start at host boot here: {choice.reason}",
             hint="Use --print to see the unit and install it on a systemd host, or run 'veneer start NAME' "
             "from this host's own init.",
         )
@@ -72,18 +95,20 @@ def enable_machine(layout: Layout, name: MachineName) -> Path:
     """Write and enable the machine's unit; return its path."""
     load_machine(layout, name)
     _require_systemd()
-    path = UNIT_DIR / unit_name(name)
+    unit = unit_name(layout, name)
+    path = UNIT_DIR / unit
     atomic_write(path, unit_text(layout, name, veneer_argv()))
     run(["systemctl", "daemon-reload"])
-    run(["systemctl", "enable", unit_name(name)])
+    run(["systemctl", "enable", "--quiet", unit])
     return path
 
 
 def disable_machine(layout: Layout, name: MachineName) -> None:
-    """Disable and remove the machine's unit."""
+    """Disable and remove the machine's unit (a running machine runs on until stopped)."""
     _require_systemd()
-    path = UNIT_DIR / unit_name(name)
+    unit = unit_name(layout, name)
+    path = UNIT_DIR / unit
     if path.exists():
-        run(["systemctl", "disable", unit_name(name)])
+        run(["systemctl", "disable", "--quiet", unit])
         path.unlink()
         run(["systemctl", "daemon-reload"])

@@ -27,7 +27,7 @@ class RunSpec:
     workdir: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     binds: tuple[Bind, ...] = field(default_factory=tuple)
-    systemd_host: bool = False  # systemd is PID 1 on the host: register with machined
+    register: bool = False  # register with machined (the machine's supervisor is a systemd unit)
     boot: bool = False  # run the machine's init instead of `command`
     kill_signal: str | None = None  # what nspawn sends the init when asked to stop (SIGTERM to nspawn)
     notify_ready: bool = False  # the init reports READY=1 (systemd), nspawn passes it on

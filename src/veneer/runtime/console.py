@@ -7,9 +7,9 @@ Each machine has a server of its own (its socket is in the runtime dir), so kill
 machine, and a systemd unit that starts one machine owns just that machine's processes.
 
 In it: one session named after the machine, whose pane runs the boot script (nspawn); `pipe-pane` copies
-the console into a log file (bounded by `head -c`), and a `pane-died` hook runs `veneer _reap` when the
-script ends, however nspawn ended, so the overlay is unmounted and the cgroups removed without any veneer
-process waiting. The server exits with its session.
+the console into a log file (the latest 4 to 8 MiB, see `log_pipe`), and a `pane-died` hook runs
+`veneer _reap` when the script ends, however nspawn ended, so the overlay is unmounted and the cgroups
+removed without any veneer process waiting. The server exits with its session.
 """
 
 from __future__ import annotations
@@ -17,29 +17,38 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from veneer.util import proc
-from veneer.util.fs import atomic_write
 
 LOG_LIMIT_BYTES = 4 << 20
 DETACH_KEY = "C-]"
 
-# Global settings, loaded when the server starts. remain-on-exit keeps a dead pane (and its exit status)
-# until the pane-died hook has reaped it.
-CONFIG = """\
-set -g default-terminal "xterm-256color"
-set -g history-limit 10000
-set -g remain-on-exit on
-set -g status off
-set -g prefix None
-set -g prefix2 None
-set -g exit-empty on
-set -g destroy-unattached off
-bind-key -n {detach} detach-client
-set-hook -g pane-died "run-shell -b '{reap} #{{session_name}} #{{pane_dead_status}} #{{pane_dead_signal}}'"
-"""
+
+def settings_commands(*, reap: str) -> list[list[str]]:
+    """The keeper's settings, as tmux commands run in the invocation that makes its session (pure).
+
+    No settings file: a shared one was rewritten by every start, and a keeper starting meanwhile came up
+    with tmux's defaults and no pane-died hook. remain-on-exit keeps a dead pane (and its exit status)
+    until the pane-died hook has reaped it.
+    """
+    quoted = reap.replace("'", "'\\''")
+    hook = f"run-shell -b '{quoted} #{{session_name}} #{{pane_dead_status}} #{{pane_dead_signal}}'"
+    return [
+        ["set-option", "-g", "default-terminal", "xterm-256color"],
+        ["set-option", "-g", "history-limit", "10000"],
+        ["set-option", "-g", "remain-on-exit", "on"],
+        ["set-option", "-g", "status", "off"],
+        ["set-option", "-g", "prefix", "None"],
+        ["set-option", "-g", "prefix2", "None"],
+        ["set-option", "-s", "exit-empty", "on"],
+        ["set-option", "-g", "destroy-unattached", "off"],
+        ["bind-key", "-n", DETACH_KEY, "detach-client"],
+        ["set-hook", "-g", "pane-died", hook],
+    ]
 
 
 def _pane(name: str) -> str:
@@ -58,42 +67,55 @@ def reap_command(root: Path, run: Path) -> str:
     return shlex.join(["env", *env, sys.executable, "-m", "veneer", "--root", os.fspath(root), "_reap"])
 
 
+def log_pipe(log: Path, *, limit: int = LOG_LIMIT_BYTES) -> str:
+    """The shell command that copies the console into `log`, keeping the latest output (pure): at
+    `limit` bytes the log moves to `log.1` and a new one starts, so at most 2 x `limit` is kept.
+
+    head reads no more than it writes (coreutils reads min(BUFSIZ, left)), so no byte is lost at a
+    rotation; stdbuf makes it write each chunk as it comes (else stdio buffers 4 KiB). No `%`: tmux
+    expands the command as a format, strftime included (`stat -c %s` became `stat -c <epoch seconds>`).
+    """
+    quoted = shlex.quote(os.fspath(log))
+    previous = shlex.quote(os.fspath(log) + ".1")
+    return (
+        f"log={quoted}; limit={limit}; "
+        'while :; do size=$(wc -c 2>/dev/null < "$log" || echo 0); '
+        f'if [ "$size" -ge "$limit" ]; then mv -f "$log" {previous}; size=0; fi; '
+        'stdbuf -o0 head -c $((limit - size)) >> "$log" || exit; '
+        '[ "$(wc -c < "$log")" -ge "$limit" ] || exit 0; done'
+    )
+
+
 def start_argv(
     socket: Path,
-    config: Path,
     name: str,
     command: Sequence[str],
     *,
     log: Path,
+    reap: str,
     width: int = 160,
     height: int = 48,
 ) -> list[str]:
-    """One tmux invocation that starts the machine's session with its console logged from the first byte.
+    """One tmux invocation that starts the machine's session, its settings set and its console logged
+    from the first byte.
 
-    The session starts with a placeholder that waits, its output is piped to the log, and only then the
-    placeholder is replaced by the real command, so not a byte of early boot output is missed.
+    `-f /dev/null`: no settings file at all, neither a shared one nor the host's /etc/tmux.conf. The
+    session starts with a placeholder that waits; the settings are set, the output is piped to the log,
+    and only then the placeholder is replaced by the real command, so not a byte of early boot output is
+    missed and no pane dies before its hook is there.
     """
-    # head stops at the limit; stdbuf makes it write each chunk as it comes (else stdio buffers 4 KiB).
-    pipe = shlex.join(["exec", "stdbuf", "-o0", "head", "-c", str(LOG_LIMIT_BYTES)])
-    pipe += f" >> {shlex.quote(os.fspath(log))}"
+    settings = [part for command_ in settings_commands(reap=reap) for part in (";", *command_)]
     return tmux_argv(
-        socket, "-f", os.fspath(config),
-        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "exec sleep infinity", ";",
-        "pipe-pane", "-t", _pane(name), pipe, ";",
+        socket, "-f", os.devnull,
+        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "exec sleep infinity",
+        *settings, ";",
+        "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
         "respawn-pane", "-k", "-t", _pane(name), shlex.join(command),
     )  # fmt: skip
 
 
-def write_config(path: Path, *, reap: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = CONFIG.format(detach=DETACH_KEY, reap=reap.replace("'", "'\\''"))
-    # Atomically, and only when it changes: tmux servers of machines starting meanwhile are reading it.
-    if not path.exists() or path.read_text() != text:
-        atomic_write(path, text)
-
-
-def start_session(socket: Path, config: Path, name: str, command: Sequence[str], *, log: Path) -> None:
-    proc.run(start_argv(socket, config, name, command, log=log))
+def start_session(socket: Path, name: str, command: Sequence[str], *, log: Path, reap: str) -> None:
+    proc.run(start_argv(socket, name, command, log=log, reap=reap))
 
 
 def pane_pid(socket: Path, name: str) -> int | None:
@@ -131,3 +153,62 @@ def kill_session(socket: Path, name: str) -> None:
 
 def attach_argv(socket: Path, name: str) -> list[str]:
     return tmux_argv(socket, "attach-session", "-t", f"={name}")
+
+
+def _last_lines(data: bytes, lines: int | None) -> bytes:
+    if lines is None:
+        return data
+    return b"".join(data.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
+
+
+def _open_log(log: Path) -> BinaryIO | None:
+    try:
+        return open(log, "rb")  # kept open across the reads of follow_log
+    except FileNotFoundError:
+        return None
+
+
+def read_log(log: Path, *, lines: int | None = None) -> bytes:
+    """The console log with what rotated into `log.1` before it; the last `lines` lines."""
+    stream = _open_log(log)
+    if stream is None:
+        return b""
+    with stream:
+        return _last_lines(_previous_of(log) + stream.read(), lines)
+
+
+def _previous_of(log: Path) -> bytes:
+    """log.1: what came before the log, once it has rotated (a new boot removes it)."""
+    try:
+        return Path(f"{log}.1").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def follow_log(log: Path, *, lines: int | None, running: Callable[[], bool]) -> Iterator[bytes]:
+    """The console log, then what is added to it, across rotations, until `running()` is False."""
+    stream = _open_log(log)
+    try:
+        yield b"" if stream is None else _last_lines(_previous_of(log) + stream.read(), lines)
+        while True:
+            alive = running()
+            if stream is None:
+                stream = _open_log(log)
+            while stream is not None:
+                while chunk := stream.read():
+                    yield chunk
+                # Rotated: the rest of the old file is read; go on with the new one from its start.
+                try:
+                    rotated = os.stat(log).st_ino != os.fstat(stream.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated = False
+                if not rotated:
+                    break
+                stream.close()
+                stream = _open_log(log)
+            if not alive:
+                return
+            time.sleep(0.2)
+    finally:
+        if stream is not None:
+            stream.close()

@@ -93,11 +93,9 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         "--timezone=bind" if spec.bind_timezone else "--timezone=off",
         "--link-journal=no",
     ]  # fmt: skip
-    if spec.systemd_host:
-        argv += ["--register=yes"]
-    else:
-        # Without systemd as PID 1 there is no machined to register with and no unit to move into.
-        argv += ["--register=no", "--keep-unit"]
+    # --keep-unit always: the machine stays in the cgroup its supervisor made (the systemd unit, or
+    # veneer's own), where its limits are. Without systemd's supervisor nothing is registered.
+    argv += ["--register=yes" if spec.register else "--register=no", "--keep-unit"]
     if spec.uid_base is not None:
         argv += [
             f"--private-users={spec.uid_base}:{UID_RANGE_SIZE}",
@@ -119,7 +117,15 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         argv += [f"--bind-ro={spec.resolv_conf}:/etc/resolv.conf"]
     for source, target in spec.binds_ro:
         argv += [f"--bind-ro={source}:{target}"]
-    argv += ["--console=interactive" if spec.interactive else "--console=pipe"]
+    if spec.interactive:
+        argv += ["--console=interactive"]
+    elif spec.boot:
+        # A booted init with no terminal kept (the systemd supervisor): its output goes to nspawn's
+        # stdout, and a console shell gets a terminal that never ends its input (with a pipe it reads EOF
+        # from /dev/null, exits, and busybox init respawns it without end).
+        argv += ["--console=read-only"]
+    else:
+        argv += ["--console=pipe"]
     if spec.boot:
         argv += ["--boot"]
         if spec.kill_signal:

@@ -250,3 +250,11 @@ def spawn_piped(
         return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, env=base_env(env))
     except FileNotFoundError as e:
         raise _not_found(args) from e
+
+
+def replace_process(argv: Sequence[StrPath], *, env: Mapping[str, str]) -> None:
+    """Exec argv in place of this process (its pid, so a unit's main process stays the same), with this
+    process's environment and `env` over it. Returns only if the exec failed (raises OSError)."""
+    args = [os.fspath(a) for a in argv]
+    logger.debug("+ exec %s", shlex.join(args))
+    os.execvpe(args[0], args, {**os.environ, **env})

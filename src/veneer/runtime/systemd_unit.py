@@ -1,0 +1,245 @@
+"""The systemd supervisor: on hosts where systemd is PID 1 on cgroup v2, a booted machine is a service of
+its own, `veneer-NAME.service` in machine.slice, as `systemd-nspawn@.service` is.
+
+The unit is the machine's cgroup: systemd makes it (`Delegate=yes`, so nspawn manages the tree below:
+the container in `payload`, itself in `supervisor`), sets the limits as unit properties, reaps nspawn
+and records its end; its ExecStopPost runs `veneer _reap`, so the overlay is unmounted and the network
+taken down however nspawn ended. nspawn runs with `--keep-unit --register=yes`: it registers the unit with
+machined instead of making a scope of its own, so `machinectl` and `journalctl -M` know the machine and
+veneer's limits apply to it. `Type=notify`: nspawn reports the machine ready (the guest's READY=1 with
+`--notify-ready=yes`, else as soon as its init runs). `KillMode=mixed`: `systemctl stop` sends SIGTERM to
+nspawn alone, which passes the guest's poweroff signal on, and SIGKILL to all only at the end.
+
+Console: the unit's output (nspawn's `--console=pipe`) goes to the journal, where `veneer logs` reads it
+(`journalctl -u`), bounded by journald's own limits. No terminal is kept: nspawn, the unit's main process,
+must stay systemd's direct child for notify, stop and machined, and a pty keeper in the unit would sit in
+the delegated cgroup's root, where nspawn's subgroups forbid processes. `veneer console` says so and
+points at `veneer shell`.
+
+Never writes a cgroup itself: systemd owns the tree outside the unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from veneer.config.layout import Layout
+from veneer.config.settings import Limits
+from veneer.errors import MachineError
+from veneer.runtime.console import reap_command
+from veneer.runtime.nspawn import NSPAWN_ENV
+from veneer.runtime.supervisor import SupervisorKind
+from veneer.util import proc
+
+SLICE = "machine.slice"
+UNIT_DIR = Path("/etc/systemd/system")  # where `veneer enable` writes a machine's persistent unit
+STOP_TIMEOUT_SEC = 90
+
+
+def unit_name(layout: Layout, name: str) -> str:
+    """`veneer-NAME.service`; another store's: `veneer-TAG-NAME.service` (see `Layout.cgroup`)."""
+    group = layout.cgroup(name).split("/")[0]
+    return f"{group}-{name}.service"
+
+
+def limit_properties(limits: Limits) -> list[str]:
+    """The unit properties that hold `limits` (pure); `infinity` lifts one."""
+    memory = "infinity" if limits.memory is None else str(limits.memory)
+    tasks = "infinity" if limits.pids is None else str(limits.pids)
+    # CPUQuota= is a percentage of one CPU; "" removes it.
+    quota = "" if limits.cpus is None else f"{round(limits.cpus * 100)}%"
+    return [f"MemoryMax={memory}", f"TasksMax={tasks}", f"CPUQuota={quota}"]
+
+
+def status_command(status_file: os.PathLike[str]) -> str:
+    """What ExecStopPost writes before reaping: nspawn's exit status, 128+N if signal N killed it.
+    systemd passes $EXIT_CODE (exited, killed, dumped) and $EXIT_STATUS (a number or a signal name)."""
+    names = " ".join(f"{s.name.removeprefix('SIG')}) n={s.value};;" for s in signal.Signals if s.value < 32)
+    target = shlex.quote(os.fspath(status_file))
+    return (
+        f'if [ "$EXIT_CODE" = exited ]; then echo "$EXIT_STATUS" > {target}; '
+        f'elif [ -n "$EXIT_CODE" ]; then n=127; case "$EXIT_STATUS" in {names} esac; '
+        f"echo $((128 + n)) > {target}; fi"
+    )
+
+
+def run_argv(
+    unit: str,
+    launch: Sequence[str],
+    *,
+    limits: Limits,
+    env: Mapping[str, str],
+    stop_post: str,
+    description: str,
+) -> list[str]:
+    """The systemd-run command line that starts the machine's unit (pure)."""
+    properties = [
+        "Delegate=yes",
+        "KillMode=mixed",
+        f"TimeoutStopSec={STOP_TIMEOUT_SEC}",
+        # nspawn's exit status 133 means the guest asked for a reboot (as systemd-nspawn@.service).
+        "SuccessExitStatus=133",
+        *limit_properties(limits),
+        f"ExecStopPost=/bin/sh -c {shlex.quote(stop_post)}",
+    ]
+    return [
+        "systemd-run", f"--unit={unit}", f"--slice={SLICE}", "--service-type=notify", "--collect",
+        "--no-block", "--quiet", f"--description={description}",
+        *(f"--property={p}" for p in properties),
+        *(f"--setenv={k}={v}" for k, v in sorted({**NSPAWN_ENV, **env}.items())),
+        "--", *launch,
+    ]  # fmt: skip
+
+
+def _split_cursor(output: str) -> tuple[str, str | None]:
+    """journalctl --show-cursor's output: the text, and the cursor from its last line."""
+    head, _, last = output.rstrip("\n").rpartition("\n")
+    if last.startswith("-- cursor: "):
+        return (head + "\n" if head else ""), last.removeprefix("-- cursor: ")
+    return output, None
+
+
+class SystemdUnits:
+    """The systemd supervisor for the machines of one store."""
+
+    kind = SupervisorKind.SYSTEMD
+    terminal = False
+    registers = True
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def unit(self, name: str) -> str:
+        return unit_name(self.layout, name)
+
+    def cgroup(self, name: str) -> str:
+        # The container's part of the unit: nspawn (in `supervisor`) is killed by its pid, and the unit's
+        # control processes (ExecStopPost's `veneer _reap`, in `.control`) must outlive a kill of the rest.
+        return f"{SLICE}/{self.unit(name)}/payload"
+
+    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> list[str]:
+        if boot:
+            return list(argv)  # the unit is the cgroup, its properties the limits
+        # A command (`veneer run`) in the foreground: a scope of its own in machine.slice.
+        scope = self.unit(name).removesuffix(".service") + ".scope"
+        properties = ["Delegate=yes", *limit_properties(limits)]
+        return [
+            "systemd-run", "--scope", "--quiet", f"--unit={scope}", f"--slice={SLICE}", "--collect",
+            *(f"--property={p}" for p in properties), "--", *argv,
+        ]  # fmt: skip
+
+    def _show(self, name: str, *properties: str) -> dict[str, str]:
+        argv = ["systemctl", "show", self.unit(name), *(f"--property={p}" for p in properties)]
+        out = proc.run(argv, capture=True, check=False).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def start(
+        self, name: str, launch: Sequence[str], *, env: Mapping[str, str], limits: Limits, notify: bool
+    ) -> None:
+        layout = self.layout
+        layout.boot_status(name).unlink(missing_ok=True)
+        reap = f"{reap_command(layout.root, layout.run)} {shlex.quote(name)}"
+        stop_post = f"{status_command(layout.boot_status(name))}; exec {reap}"
+        # The unit of the last boot may still be there (its ExecStopPost finishing, or failed): it would
+        # keep the name taken. The caller holds the machine's lock, so that ExecStopPost ends at once.
+        self._stop_unit(name)
+        proc.run(
+            run_argv(self.unit(name), launch, limits=limits, env=env, stop_post=stop_post,
+                     description=f"veneer machine {name}"),
+            capture=True,
+        )  # fmt: skip
+
+    def enabled(self, name: str) -> bool:
+        return (UNIT_DIR / self.unit(name)).exists()
+
+    def start_enabled(self, name: str) -> None:
+        # Waits for the unit's start job: nspawn's READY=1 and ExecStartPost's address.
+        proc.run(["systemctl", "start", self.unit(name)], capture=True)
+
+    def nspawn_pid(self, name: str) -> int | None:
+        pid = self._show(name, "MainPID").get("MainPID", "0")
+        return int(pid) if pid.isdigit() and pid != "0" else None
+
+    def ended(self, name: str) -> bool:
+        state = self._show(name, "ActiveState", "LoadState")
+        return state.get("LoadState") == "not-found" or state.get("ActiveState") in ("inactive", "failed")
+
+    def ready(self, name: str) -> bool | None:
+        return self._show(name, "ActiveState").get("ActiveState") == "active"
+
+    def exit_status(self, name: str, *, patience: float = 2.0) -> int | None:
+        """Written by the unit's ExecStopPost (`status_command`)."""
+        deadline = time.monotonic() + patience
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                return int(self.layout.boot_status(name).read_text())
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+    def _stop_unit(self, name: str, *, wait: bool = True) -> None:
+        block = [] if wait else ["--no-block"]
+        proc.run(["systemctl", "stop", *block, self.unit(name)], check=False, capture=True)
+        proc.run(["systemctl", "reset-failed", self.unit(name)], check=False, capture=True)
+
+    def _inside_unit(self, name: str) -> bool:
+        """Whether this process runs in the unit (its ExecStopPost), which must not wait for the unit."""
+        try:
+            own = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return False
+        return f"/{SLICE}/{self.unit(name)}/" in own or own.rstrip().endswith(f"/{SLICE}/{self.unit(name)}")
+
+    def release(self, name: str) -> None:
+        # Waits for the unit to be gone (its ExecStopPost's `veneer _reap` finds the caller's lock taken
+        # and ends at once), unless this is that ExecStopPost.
+        self._stop_unit(name, wait=not self._inside_unit(name))
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.boot_status(name).unlink()
+
+    def remove_cgroups(self, name: str) -> None:
+        pass  # systemd removes the unit's cgroup with the unit
+
+    def set_limits(self, name: str, limits: Limits) -> None:
+        proc.run(["systemctl", "set-property", "--runtime", self.unit(name), *limit_properties(limits)])
+
+    def _journal_argv(self, name: str) -> list[str]:
+        return ["journalctl", f"--unit={self.unit(name)}", "--output=cat", "--no-pager", "--quiet"]
+
+    def read_log(self, name: str, *, lines: int | None) -> bytes:
+        if lines == 0:
+            return b""
+        argv = [*self._journal_argv(name), *([] if lines is None else [f"--lines={lines}"])]
+        return proc.run(argv, capture=True, check=False).stdout.encode()
+
+    def follow_log(self, name: str, *, lines: int | None, running: Callable[[], bool]) -> Iterator[bytes]:
+        base = [*self._journal_argv(name), "--show-cursor"]
+        first = proc.run(
+            [*base, *([] if lines is None else [f"--lines={lines}"])], capture=True, check=False
+        )
+        text, cursor = _split_cursor(first.stdout)
+        yield text.encode()
+        while True:
+            alive = running()
+            after = [f"--after-cursor={cursor}"] if cursor else []
+            text, new = _split_cursor(proc.run([*base, *after], capture=True, check=False).stdout)
+            if new:
+                cursor = new
+                if text:
+                    yield text.encode()
+            if not alive:
+                return
+            time.sleep(0.5)
+
+    def console_argv(self, name: str) -> list[str]:
+        raise MachineError(
+            f"Machine '{name}' has no attachable console on this host: systemd keeps it as the unit "
+            f"{self.unit(name)}, whose console goes to the journal",
+            hint=f"Use 'veneer shell {name}' for a shell, 'veneer logs -f {name}' for its console output.",
+        )

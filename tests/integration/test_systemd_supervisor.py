@@ -1,0 +1,193 @@
+"""The systemd supervisor in a VM (`vms.py`): a booted machine is the unit veneer-NAME.service in
+machine.slice, its limits are the unit's and hold, it is registered with machined, and veneer's view
+follows whatever ends it. Each test removes the machines it made: the VM is shared by the session."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.test_systemd_host import assert_nothing_left, machine, machined_knows
+from tests.integration.vms import VirtualMachine
+
+pytestmark = [pytest.mark.root]
+
+UNIT_CGROUP = "/sys/fs/cgroup/machine.slice/veneer-{}.service"
+
+
+def cgroup_top(vm: VirtualMachine) -> set[str]:
+    return set(vm.run(["ls", "/sys/fs/cgroup"]).stdout.split())
+
+
+def unit(vm: VirtualMachine, name: str, *properties: str) -> dict[str, str]:
+    argv = ["systemctl", "show", f"veneer-{name}.service", *(f"--property={p}" for p in properties)]
+    return dict(line.split("=", 1) for line in vm.run(argv).stdout.splitlines() if "=" in line)
+
+
+def cgroup_file(vm: VirtualMachine, name: str, file: str) -> str:
+    return vm.run(["cat", f"{UNIT_CGROUP.format(name)}/{file}"]).stdout
+
+
+def wait_for_state(vm: VirtualMachine, name: str, states: tuple[str, ...], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while machine(vm, name)["state"] not in states:
+        assert time.monotonic() < deadline, f"{name} is still {machine(vm, name)['state']}"
+        time.sleep(1)
+
+
+@pytest.fixture
+def limited(busybox_vm: VirtualMachine) -> Iterator[VirtualMachine]:
+    """The VM with the busybox machine 'lm', --memory 64M --pids 64; stopped and removed afterwards."""
+    busybox_vm.veneer("create", "lm", "--from", "bb", "--memory", "64M", "--pids", "64")
+    yield busybox_vm
+    busybox_vm.veneer("stop", "lm", ok=None)
+    busybox_vm.veneer("rm", "lm", ok=None)
+
+
+def test_a_busybox_machine_is_a_unit_whose_limits_hold(limited: VirtualMachine) -> None:
+    vm = limited
+    before = cgroup_top(vm)
+    vm.veneer("start", "lm", "--wait")
+    shown = unit(vm, "lm", "ActiveState", "Slice", "MemoryMax", "TasksMax", "Delegate")
+    assert shown == {"ActiveState": "active", "Slice": "machine.slice", "MemoryMax": str(64 << 20),
+                     "TasksMax": "64", "Delegate": "yes"}  # fmt: skip
+    leader = machine(vm, "lm")["pid"]
+    # (A non-systemd guest also gets a line for nspawn's name=systemd hierarchy.)
+    assert (
+        "0::/machine.slice/veneer-lm.service/payload"
+        in vm.run(["cat", f"/proc/{leader}/cgroup"]).stdout.split()
+    )
+    assert machined_knows(vm, "lm")
+    assert vm.run(["machinectl", "show", "lm", "--property=Unit"]).stdout.strip() == "Unit=veneer-lm.service"
+    assert cgroup_top(vm) - before <= {"machine.slice"}, "veneer made a cgroup outside machine.slice"
+
+    # A memory hog is killed inside the machine's cgroup; the machine and the host live on.
+    hog = vm.veneer(
+        "exec", "lm", "--", "sh", "-c", "dd if=/dev/zero of=/dev/null bs=200M count=1; echo dd=$?"
+    )
+    assert hog.stdout.strip() == "dd=137"
+    events = dict(line.split() for line in cgroup_file(vm, "lm", "memory.events").splitlines())
+    assert int(events["oom_kill"]) >= 1
+    assert machine(vm, "lm")["state"] == "running"
+
+    # A fork bomb stops at 64 tasks.
+    vm.veneer(
+        "exec", "lm", "--", "sh", "-c", "for i in $(seq 100); do sleep 600 >/dev/null 2>&1 & done", ok=None
+    )
+    assert int(cgroup_file(vm, "lm", "pids.current")) <= 64
+    # (This kernel counts the refused forks in the cgroup of the forking task: the container's payload.)
+    assert int(cgroup_file(vm, "lm", "payload/pids.events").split()[1]) >= 1
+    assert machine(vm, "lm")["state"] == "running"
+
+    vm.veneer("stop", "lm")
+    assert machine(vm, "lm")["state"] == "stopped"
+    assert unit(vm, "lm", "LoadState")["LoadState"] == "not-found", "the transient unit is gone"
+    assert not machined_knows(vm, "lm")
+    assert_nothing_left(vm, "lm")
+    assert cgroup_top(vm) - before <= {"machine.slice"}
+
+
+def test_kill_restart_and_a_set_on_a_running_machine(limited: VirtualMachine) -> None:
+    vm = limited
+    vm.veneer("start", "lm", "--wait")
+    vm.veneer("restart", "lm", "--wait")
+    assert machine(vm, "lm")["state"] == "running"
+    # KILL to every process of the machine: its init dies, nspawn ends, the unit's ExecStopPost reaps.
+    vm.veneer("kill", "lm", "--signal", "KILL")
+    wait_for_state(vm, "lm", ("stopped", "failed"))
+    deadline = time.monotonic() + 120
+    while unit(vm, "lm", "LoadState")["LoadState"] != "not-found":
+        assert time.monotonic() < deadline, "the unit outlived its machine"
+        time.sleep(1)
+    assert_nothing_left(vm, "lm")
+    vm.veneer("start", "lm", "--wait")
+    # `set` on the running machine changes its unit at once.
+    vm.veneer("set", "lm", "--pids", "32")
+    assert unit(vm, "lm", "TasksMax") == {"TasksMax": "32"}
+    assert cgroup_file(vm, "lm", "pids.max").strip() == "32"
+    vm.veneer("stop", "lm")
+    assert_nothing_left(vm, "lm")
+
+
+def test_ten_machines_start_and_stop_at_once(busybox_vm: VirtualMachine) -> None:
+    vm = busybox_vm
+    names = [f"t{i}" for i in range(10)]
+    for name in names:
+        vm.veneer("create", name, "--from", "bb")
+    try:
+        each = " ".join(names)
+        script = f"for n in {each}; do (veneer start $n --wait 2>&1 || echo FAILED $n) & done; wait"
+        started = vm.run(["sh", "-c", script], timeout=900).stdout
+        assert "FAILED" not in started, started
+        listed = json.loads(vm.veneer("list", "--json").stdout)
+        assert {m["name"] for m in listed if m["state"] == "running"} == set(names), started
+        units = vm.run(["systemctl", "list-units", "--no-legend", "--plain", "veneer-t*"]).stdout
+        assert len(units.splitlines()) == 10
+        vm.run(["sh", "-c", f"for n in {each}; do veneer stop $n & done; wait"], timeout=900)
+        listed = json.loads(vm.veneer("list", "--json").stdout)
+        assert {m["name"] for m in listed if m["state"] == "stopped"} >= set(names)
+        for name in names:
+            assert_nothing_left(vm, name)
+    finally:
+        for name in names:
+            vm.veneer("stop", name, ok=None)
+            vm.veneer("rm", name, ok=None)
+
+
+def test_after_a_host_reboot_nothing_reads_as_running(busybox_vm: VirtualMachine) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "rb", "--from", "bb")
+    try:
+        vm.veneer("start", "rb", "--wait")
+        vm.reboot()
+        assert machine(vm, "rb")["state"] != "running"
+        vm.veneer("start", "rb", "--wait")
+        assert machine(vm, "rb")["state"] == "running"
+        vm.veneer("stop", "rb")
+        assert_nothing_left(vm, "rb")
+    finally:
+        vm.veneer("stop", "rb", ok=None)
+        vm.veneer("rm", "rb", ok=None)
+
+
+def test_an_enabled_machine_runs_again_after_a_reboot_and_disable_undoes_it(
+    busybox_vm: VirtualMachine,
+) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "atboot", "--from", "bb", "--memory", "64M", "--pids", "64")
+    try:
+        vm.veneer("enable", "atboot")
+        vm.veneer("start", "atboot", "--wait")
+        shown = unit(vm, "atboot", "Type", "ActiveState", "FragmentPath")
+        assert shown == {"Type": "notify", "ActiveState": "active",
+                         "FragmentPath": "/etc/systemd/system/veneer-atboot.service"}  # fmt: skip
+        vm.reboot()
+        wait_for_state(vm, "atboot", ("running",), timeout=300)
+        assert unit(vm, "atboot", "ActiveState", "MemoryMax", "TasksMax") == {
+            "ActiveState": "active", "MemoryMax": str(64 << 20), "TasksMax": "64",
+        }  # fmt: skip
+        assert machined_knows(vm, "atboot")
+        assert vm.veneer("exec", "atboot", "--", "hostname").stdout.strip() == "atboot"
+        # Its network came up too: its address is on host0.
+        assert "inet " in vm.veneer("exec", "atboot", "--", "ip", "-4", "addr", "show", "host0").stdout
+        # The unit is the machine: a poweroff from inside ends it, and veneer's view follows.
+        vm.veneer("exec", "atboot", "--", "poweroff")
+        wait_for_state(vm, "atboot", ("stopped", "failed"))
+        deadline = time.monotonic() + 120
+        while unit(vm, "atboot", "ActiveState")["ActiveState"] not in ("inactive", "failed"):
+            assert time.monotonic() < deadline, "the unit did not end after its machine powered off"
+            time.sleep(1)
+        assert_nothing_left(vm, "atboot")
+        vm.veneer("disable", "atboot")
+        assert vm.run(["test", "-e", "/etc/systemd/system/veneer-atboot.service"], ok=(1,)).returncode == 1
+        enabled = vm.run(["systemctl", "is-enabled", "veneer-atboot.service"], ok=None)
+        assert enabled.returncode != 0
+        vm.reboot()
+        assert machine(vm, "atboot")["state"] == "stopped"
+    finally:
+        vm.veneer("disable", "atboot", ok=None)
+        vm.veneer("stop", "atboot", ok=None)
+        vm.veneer("rm", "atboot", ok=None)
