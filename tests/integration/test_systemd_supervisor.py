@@ -78,8 +78,10 @@ def test_a_busybox_machine_is_a_unit_whose_limits_hold(limited: VirtualMachine) 
         "exec", "lm", "--", "sh", "-c", "for i in $(seq 100); do sleep 600 >/dev/null 2>&1 & done", ok=None
     )
     assert int(cgroup_file(vm, "lm", "pids.current")) <= 64
-    # (This kernel counts the refused forks in the cgroup of the forking task: the container's payload.)
-    assert int(cgroup_file(vm, "lm", "payload/pids.events").split()[1]) >= 1
+    # Refused forks: bookworm's kernel counts them in the forking task's cgroup (the payload), newer ones
+    # in the cgroup whose limit refused them (the unit).
+    refused = [int(cgroup_file(vm, "lm", f"{d}pids.events").split()[1]) for d in ("", "payload/")]
+    assert max(refused) >= 1
     assert machine(vm, "lm")["state"] == "running"
 
     vm.veneer("stop", "lm")
