@@ -38,6 +38,7 @@ _NOT_HOST_COMMANDS = frozenset(
         "arch",  # a distribution's name
         "groupadd",  # provisioning, inside the image
         "hostname",  # provisioning tests: inside the image
+        "init",  # an init's name: a machine's, or PID 1's in the supervisor tests
         "journalctl",  # run inside the machine (`veneer journal`)
         "less",  # a package name in provisioning tests
         "link",  # `ip link ...` split across literals
@@ -52,6 +53,7 @@ _NOT_HOST_COMMANDS = frozenset(
         "veneer",  # the command under test: installed by `pip install -e` in tools/setup
         "python3",  # installed by tools/setup (Debian's python3 when the machine has none)
         "ldd",  # libc-bin: essential on every Debian root
+        "time",  # a namespace's name (runtime/enter.py)
     }
 )
 _COMMAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*\Z")
