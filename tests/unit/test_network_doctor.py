@@ -93,7 +93,7 @@ def test_every_problem_has_a_fix() -> None:
         networkd_running=True,
         networkd_states=(("veneer0", "configured"),),
         nm_running=True,
-        nm_states=(("ve-web", "100 (connected)"),),
+        nm_states=(("vb-web", "100 (connected)"),),
         legacy_policies=(("FORWARD", "DROP"),),
     )
     found = diagnose(CONFIG, facts=broken)
@@ -180,8 +180,8 @@ def test_legacy_iptables_forward_drop() -> None:
 @pytest.mark.parametrize(
     ("networkd", "nm", "bad"),
     [
-        ((("veneer0", "unmanaged"), ("ve-web", "unmanaged")), (), set()),
-        ((("ve-web", "configured"),), (), {"networkd"}),
+        ((("veneer0", "unmanaged"), ("vb-web", "unmanaged")), (), set()),
+        ((("vb-web", "configured"),), (), {"networkd"}),
         ((), (("veneer0", "10 (unmanaged)"),), set()),
         ((), (("veneer0", "100 (connected (externally))"),), {"networkmanager"}),
     ],

@@ -342,8 +342,8 @@ def check_managers(facts: HostFacts, bridge: str) -> list[Finding]:
                 ok=False,
                 check="networkd",
                 message=f"systemd-networkd manages {', '.join(managed)}; it may add addresses or "
-                "a DHCP server that fight veneer's (its 80-container-ve.network matches ve-*).",
-                fix=f"Write {NETWORKD_UNIT} with '[Match]' 'Name={bridge} ve-*' and '[Link]' "
+                "a DHCP server that fight veneer's.",
+                fix=f"Write {NETWORKD_UNIT} with '[Match]' 'Name={bridge} vb-*' and '[Link]' "
                 "'Unmanaged=yes', then 'networkctl reload'.",
             )
         )
@@ -365,7 +365,7 @@ def check_managers(facts: HostFacts, bridge: str) -> list[Finding]:
                 check="networkmanager",
                 message=f"NetworkManager manages {', '.join(managed)}.",
                 fix=f"Write {NM_CONF} with '[keyfile]' 'unmanaged-devices=interface-name:{bridge};"
-                "interface-name:ve-*', then 'nmcli general reload conf'.",
+                "interface-name:vb-*', then 'nmcli general reload conf'.",
             )
         )
     else:
@@ -415,7 +415,8 @@ def _veneer_links(bridge: str) -> list[str]:
         names = os.listdir("/sys/class/net")
     except OSError:
         return []
-    return sorted(n for n in names if n == bridge or n.startswith("ve-"))
+    # systemd-nspawn --network-bridge names a machine's port vb-NAME (links.machine_port)
+    return sorted(n for n in names if n == bridge or n.startswith("vb-"))
 
 
 def _networkd_states(links: Iterable[str]) -> tuple[tuple[str, str], ...]:
