@@ -49,6 +49,10 @@ class MachineNotFound(MachineError):
     """No machine of that name exists."""
 
 
+class SnapshotNotFound(MachineError):
+    """The machine has no snapshot of that name."""
+
+
 class MachineExists(MachineError):
     """A machine of that name exists already."""
 

@@ -22,12 +22,15 @@ LAZY_IMPORTS = {
     ("veneer.cli.running", "*"),
     ("veneer.cli.completion", "*"),
     ("veneer.cli.copy", "*"),
+    ("veneer.cli.snapshot", "*"),
+    ("veneer.cli.stats", "*"),
     # Each distribution's module is loaded when a tree of that distribution is built (mkosi's registry).
     ("veneer.images.distros", "veneer.images.distros.busybox"),
     ("veneer.images.distros", "veneer.images.distros.debian"),
     ("veneer.images.distros", "veneer.images.distros.arch"),
     # Tar and the compressors: only `clone` of all the lifecycle verbs copies a tree.
     ("veneer.machines.lifecycle", "veneer.images.transfer"),
+    ("veneer.machines.lifecycle", "veneer.machines.snapshots"),  # for `clone --from-snapshot`, as above
     # The supervisor of this host, one of two (as the distributions' registry).
     ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
     ("veneer.runtime.supervisor", "veneer.runtime.keeper"),

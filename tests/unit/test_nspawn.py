@@ -134,6 +134,8 @@ HYBRID = (
     "34 25 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n"
     "35 25 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
     "36 25 0:32 / /srv/my\\040cgroups/pids rw,nosuid - cgroup cgroup rw,pids\n"
+    "37 25 0:33 / /sys/fs/cgroup/blkio rw,nosuid - cgroup cgroup rw,blkio\n"
+    "38 25 0:34 / /sys/fs/cgroup/freezer rw,nosuid - cgroup cgroup rw,freezer\n"
 )
 
 
@@ -145,5 +147,6 @@ def test_cgroup_hierarchies_of_a_hybrid_host_with_escaped_mount_points() -> None
         "memory": Path("/sys/fs/cgroup/memory"),
         "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"),
         "pids": Path("/srv/my cgroups/pids"),
+        "blkio": Path("/sys/fs/cgroup/blkio"),
     }
     assert hierarchies.machine_dirs("veneer/m")[0] == Path("/sys/fs/cgroup/unified/veneer/m")

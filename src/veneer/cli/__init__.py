@@ -93,7 +93,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import completion, copy, image, machine, network, rebase, running
+    from veneer.cli import completion, copy, image, machine, network, rebase, running, snapshot, stats
     from veneer.cli.help import document
 
     parser = _Parser(
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     network.register(verbs)
     rebase.register(verbs)
     copy.register(verbs)
+    snapshot.register(verbs)
+    stats.register(verbs)
     completion.register(verbs, parser)
     document(parser)
     return parser

@@ -319,6 +319,7 @@ def _image_json(layout: Layout, name: str) -> dict[str, Any]:
             for revision in image.revisions
         ],
         "machines": [m.name for m in machines],
+        "snapshot_bytes": sum(m.snapshot_bytes for m in machines),
     }
 
 
@@ -347,6 +348,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"Image:     {info['name']}")
     print(f"Size:      {human_size(info['size_bytes'])}")
     print(f"Machines:  {', '.join(info['machines']) or '-'}")
+    if info["snapshot_bytes"]:
+        print(f"Snapshots: {human_size(info['snapshot_bytes'])} (of its machines: 'veneer snapshot list')")
     print()
     rows = [
         (

@@ -21,6 +21,7 @@ from veneer.config.settings import (
     parse_network,
     parse_pids,
     parse_port,
+    parse_snapshot_name,
 )
 from veneer.config.uidrange import last_id
 from veneer.errors import UsageError
@@ -73,9 +74,12 @@ def register(verbs: Any) -> None:
     rm.add_argument("--force", "-f", action="store_true", help="stop running machines first")
     rm.set_defaults(handler=cmd_rm)
 
-    clone = verbs.add_parser("clone", help="copy a stopped machine")
+    clone = verbs.add_parser("clone", help="copy a stopped machine, or a snapshot of one")
     clone.add_argument("source", type=parse_machine_name)
     clone.add_argument("name", type=parse_machine_name)
+    clone.add_argument(
+        "--from-snapshot", type=parse_snapshot_name, metavar="SNAP", help="copy this snapshot of SOURCE"
+    )
     clone.set_defaults(handler=cmd_clone)
 
     rename = verbs.add_parser("rename", help="rename a stopped machine")
@@ -229,6 +233,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"UIDs:      {uids}")
     print(f"Mounted:   {'yes' if status.mounted else 'no'}")
     print(f"Upper:     {status.upper} ({human_size(status.disk_bytes)})")
+    if status.snapshots:
+        size = human_size(status.snapshot_bytes)
+        print(f"Snapshots: {status.snapshots} ({size}; 'veneer snapshot list {status.name}')")
     print(f"Created:   {when(status.created)}")
     if status.last_rebase is not None:
         rebase = status.last_rebase
@@ -283,8 +290,9 @@ def stop_running(layout: Layout, name: MachineName) -> None:
 def cmd_clone(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import clone_machine
 
-    clone_machine(_layout(args), args.source, args.name)
-    print(f"Cloned machine '{args.source}' into '{args.name}'.")
+    clone_machine(_layout(args), args.source, args.name, snapshot=args.from_snapshot)
+    what = f"snapshot '{args.from_snapshot}' of machine" if args.from_snapshot else "machine"
+    print(f"Cloned {what} '{args.source}' into '{args.name}'.")
     return 0
 
 

@@ -12,6 +12,8 @@ State root (`--root`, `VENEER_ROOT`, default /var/lib/veneer):
     machines/<name>/console.log   the console of its last boot: the latest output (up to 4 MiB)
     machines/<name>/console.log.1 the 4 MiB before that, once the log has rotated
     machines/<name>/exit.json     how its last boot ended
+    machines/<name>/snapshots/<snap>/  a snapshot: snapshot.json and a copy of the upper dir
+    machines/<name>/restore/      a restore in progress (the snapshot's copy, then the replaced upper)
     network.json                  the nat network: bridge, address pool, upstream DNS (made on first use)
     .staging/                     half-built objects; anything here is removed by the next command
     .lock                         store-wide lock for publishing and removing objects
@@ -24,6 +26,7 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.notify        the socket nspawn reports readiness to
     machines/<name>.status        nspawn's exit status, written by the boot script
     machines/<name>.console       the socket of its console keeper (tmux)
+    machines/<name>.frozen        who froze it for a snapshot (pid, start time), while it is frozen
     network/                      the nat network's lock, dnsmasq, the guests' resolv.conf
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
 """
@@ -112,6 +115,18 @@ class Layout:
 
     def machine_root(self, name: str) -> Path:
         return self.machines / name / "root"
+
+    def snapshots(self, name: str) -> Path:
+        return self.machines / name / "snapshots"
+
+    def snapshot_dir(self, name: str, snapshot: str) -> Path:
+        return self.machines / name / "snapshots" / snapshot
+
+    def restore_dir(self, name: str) -> Path:
+        return self.machines / name / "restore"
+
+    def freeze_record(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.frozen"
 
     def runtime_record(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.json"

@@ -48,6 +48,22 @@ def parse_image_name(text: str) -> ImageName:
     return ImageName(text)
 
 
+SnapshotName = NewType("SnapshotName", str)
+_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+SNAPSHOT_NAME_MAX = 64
+
+
+def parse_snapshot_name(text: str) -> SnapshotName:
+    """Check a snapshot name: 1-64 of A-Z, a-z, 0-9, '.', '_', ':' and '-', a letter or digit first."""
+    if not _SNAPSHOT_NAME.fullmatch(text) or len(text) > SNAPSHOT_NAME_MAX:
+        raise UsageError(
+            f"Invalid snapshot name '{text}'",
+            hint=f"Use 1-{SNAPSHOT_NAME_MAX} characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', "
+            "starting with a letter or digit.",
+        )
+    return SnapshotName(text)
+
+
 class NetworkMode(enum.StrEnum):
     """How a machine is networked; the values are the CLI spellings."""
 

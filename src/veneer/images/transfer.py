@@ -739,10 +739,11 @@ def copy_tree(source: Path, dest: Path, *, allow_whiteouts: bool = False) -> Non
             f"Cannot copy '{source}' into '{dest}': the destination is inside the source",
             hint="Choose a destination outside the source tree.",
         )
-    check_tree(src, allow_whiteouts=allow_whiteouts)
-    logger.debug("Copying '%s' into '%s'", src, dst)
+    # `source` as given, not resolved: it may be a view that follows no symlinks (`overlay.view`).
+    check_tree(source, allow_whiteouts=allow_whiteouts)
+    logger.debug("Copying '%s' into '%s'", source, dst)
     try:
-        run(["cp", "-a", "--reflink=auto", "--preserve=xattr", f"{os.fspath(src)}/.", dst])
+        run(["cp", "-a", "--reflink=auto", "--preserve=xattr", f"{os.fspath(source)}/.", dst])
     except CommandFailed as e:
         raise ImageError(
             f"Failed to copy '{source}' into '{dest}': {e.message}",

@@ -16,6 +16,7 @@ from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
 from veneer.machines.recovery import machine_lock, rebase_interrupted, recover_machine
+from veneer.machines.snapshots import list_snapshots
 from veneer.machines.state import (
     RuntimeMode,
     is_alive,
@@ -56,6 +57,8 @@ class MachineStatus:
     mounted: bool
     upper: str
     disk_bytes: int
+    snapshots: int
+    snapshot_bytes: int  # what its snapshots cost on disk: one copy of the upper dir each
     created: float
     limits: dict[str, int | float | None]
     last_rebase: dict[str, Any] | None  # what `rebase --undo` would undo: from, to, summary, created
@@ -78,6 +81,8 @@ class MachineStatus:
             "mounted": self.mounted,
             "upper": self.upper,
             "disk_bytes": self.disk_bytes,
+            "snapshots": self.snapshots,
+            "snapshot_bytes": self.snapshot_bytes,
             "created": self.created,
             "limits": self.limits,
             "last_rebase": self.last_rebase,
@@ -112,6 +117,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     if running and runtime is not None:
         leader = find_leader(runtime.pid) if runtime.mode is RuntimeMode.BOOT else runtime.pid
     upper = layout.machine_upper(name)
+    snapshots = list_snapshots(layout, name)
     return MachineStatus(
         name=name,
         image=record.image,
@@ -129,6 +135,8 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         mounted=is_mounted(layout.machine_root(name)),
         upper=str(upper),
         disk_bytes=upper_disk_bytes(layout, name),
+        snapshots=len(snapshots),
+        snapshot_bytes=sum(s.size_bytes for s in snapshots),
         created=record.created,
         limits=record.limits.to_json(),
         last_rebase=_last_rebase(layout.machine_dir(name)),

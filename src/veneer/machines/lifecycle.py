@@ -149,28 +149,38 @@ def _make_machine_dirs(stage: Path, uid_base: int | None) -> None:
     os.chmod(upper, 0o755)
 
 
-def clone_machine(layout: Layout, source: MachineName, name: MachineName) -> MachineRecord:
-    """Copy a stopped machine's writes and settings into a new machine with a uid range of its own."""
+def clone_machine(
+    layout: Layout, source: MachineName, name: MachineName, *, snapshot: str | None = None
+) -> MachineRecord:
+    """Copy a stopped machine's writes and settings into a new machine with a uid range of its own; or,
+    from `snapshot`, the writes and settings that snapshot of it holds (the machine may run)."""
     from veneer.images.transfer import copy_tree
+    from veneer.machines.snapshots import load_snapshot, refuse_missing_revision
 
     prepare_store(layout)
     _refuse_existing(layout, name)
     with machine_lock(layout, source):
         original = load_machine(layout, source)
-        refuse_if_running(layout, source)
-        check_upper(layout, source)
+        if snapshot is None:
+            refuse_if_running(layout, source)
+            check_upper(layout, source)
+            settings, upper = original, layout.machine_upper(source)
+        else:
+            taken = load_snapshot(layout, source, snapshot)
+            refuse_missing_revision(layout, taken, verb="clone")
+            settings, upper = taken.record, layout.snapshot_dir(source, snapshot) / "upper"
         with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
             _make_machine_dirs(stage, original.uid_base)
-            copy_tree(layout.machine_upper(source), stage / "upper", allow_whiteouts=True)
+            copy_tree(upper, stage / "upper", allow_whiteouts=True)
             record = MachineRecord(
                 name=name,
-                image=original.image,
-                revision=original.revision,
+                image=settings.image,
+                revision=settings.revision,
                 created=time.time(),
                 machine_id=random_hex(16),
                 uid_base=original.uid_base,
-                network=original.network,
-                binds=original.binds,
+                network=settings.network,
+                binds=settings.binds,
             )
             record = _publish_machine(layout, stage, record)
     logger.debug("Cloned machine '%s' into '%s'.", source, name)

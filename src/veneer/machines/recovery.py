@@ -8,8 +8,8 @@ the exit status. It runs from the supervisor when nspawn ends (`veneer _reap`), 
 the next command that finds the machine dead (`recover_machine`).
 
 This module builds on records (`machines.state`, `machines.uids`), network setup, cgroups, the
-supervisor, the overlay and the rebase journal only; it never imports the verbs (lifecycle, run, boot,
-rebase), which import it.
+supervisor, the overlay, the rebase journal, the restore steps and the freezer only; it never imports the
+verbs (lifecycle, run, boot, rebase, snapshots), which import it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import Error, MachineBusy, RebaseError
 from veneer.images.store import load_image, lower_dirs
+from veneer.machines import restoring
+from veneer.machines.freeze import thaw_abandoned
 from veneer.machines.netsetup import detach_machine
+from veneer.machines.restoring import restore_interrupted
 from veneer.machines.state import (
     ExitRecord,
     MachineRecord,
@@ -67,6 +70,9 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
             load_machine(layout, name)  # still there now that it is ours
             if rebase_interrupted(layout.machine_dir(name)):
                 resume_rebase(layout, name)
+            if restore_interrupted(layout, name):
+                resume_restore(layout, name)
+            thaw_abandoned(layout, name)
             yield
     except MachineBusy:
         runtime = load_runtime(layout, name)
@@ -185,6 +191,14 @@ def rebase_interrupted(machine_dir: Path) -> bool:
         return (machine_dir / "rebase" / "state").read_text().strip() != "applied"
     except FileNotFoundError:
         return (machine_dir / "rebase.new").exists()
+
+
+def resume_restore(layout: Layout, name: MachineName) -> None:
+    """Finish a restore that was killed after its commit; forget one killed before."""
+    restoring.discard_pending(layout, name)
+    if layout.restore_dir(name).exists():
+        snapshot = restoring.finish_restore(layout, name)
+        logger.info("Finished the interrupted restore of '%s' from snapshot '%s'.", name, snapshot)
 
 
 def trasher(layout: Layout) -> Callable[[Path], Path]:

@@ -34,6 +34,7 @@ from veneer.machines.idshift import shift_ownership
 from veneer.machines.lifecycle import create_machine, remove_machine
 from veneer.machines.recovery import machine_lock, refuse_if_running
 from veneer.machines.run import RunOptions, run_machine
+from veneer.machines.snapshots import snapshot_revisions
 from veneer.machines.state import list_machine_names, load_machine, process_start_time
 from veneer.machines.upper import check_upper
 from veneer.overlay.layers import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX
@@ -170,8 +171,9 @@ def rollback_image(layout: Layout, name: str, to: int | None = None) -> ImageRec
 
 
 def revisions_in_use(layout: Layout) -> set[tuple[str, int]]:
-    """(image, revision) pairs a machine stands on, or that a machine's last rebase may go back to."""
-    used: set[tuple[str, int]] = set()
+    """(image, revision) pairs a machine stands on, that a machine's last rebase may go back to, or that
+    a snapshot was taken on (its restore goes back to it)."""
+    used = snapshot_revisions(layout)
     for machine in list_machine_names(layout):
         with contextlib.suppress(MachineNotFound):
             record = load_machine(layout, machine)

@@ -50,6 +50,18 @@ def link_exists(name: str) -> bool:
     return os.path.lexists(f"/sys/class/net/{name}")
 
 
+def link_counters(name: str) -> dict[str, int] | None:
+    """The kernel's rx/tx byte and packet counters of a host link (as the host sees them), or None if
+    there is no such link."""
+    counters = {}
+    for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+        try:
+            counters[key] = int(Path(f"/sys/class/net/{name}/statistics/{key}").read_text())
+        except (OSError, ValueError):
+            return None
+    return counters
+
+
 def _ip(*args: str, netns: str | None = None, ok: tuple[int, ...] = (0,)) -> str:
     argv = ["ip", *(("-n", netns) if netns else ()), *args]
     return run(argv, capture=True, ok_returncodes=ok).stdout

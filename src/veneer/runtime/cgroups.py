@@ -32,7 +32,7 @@ class Hierarchies:
     """Where the cgroup hierarchies are mounted on this host."""
 
     unified: Path | None  # the v2 hierarchy: /sys/fs/cgroup (v2 hosts) or /sys/fs/cgroup/unified (hybrid)
-    v1: dict[str, Path]  # v1 hierarchy by controller: memory, cpu, pids, and name=systemd
+    v1: dict[str, Path]  # v1 hierarchy by controller: memory, cpu, pids, blkio, and name=systemd
 
     @classmethod
     def detect(cls, mounts: Sequence[MountInfo] | None = None) -> Hierarchies:
@@ -43,7 +43,8 @@ class Hierarchies:
             if fstype == "cgroup2":
                 unified = Path(point)
             elif fstype == "cgroup":
-                for controller in ("memory", "cpu", "pids"):
+                # blkio: for `stats` only (block I/O of hybrid hosts is accounted there).
+                for controller in ("memory", "cpu", "pids", "blkio"):
                     if controller in options:
                         v1[controller] = Path(point)
                 if "name=systemd" in options:
@@ -141,6 +142,18 @@ def kill_cgroups(cgroup: str, *, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
+
+
+def set_frozen(directory: Path, frozen: bool, *, timeout: float = 10.0) -> None:
+    """Freeze (or thaw) everything in a cgroup v2 directory and its children, and wait until the kernel
+    says it is done (`cgroup.events`: a task in an uninterruptible sleep is frozen when it leaves it)."""
+    (directory / "cgroup.freeze").write_text("1" if frozen else "0")
+    want = f"frozen {int(frozen)}"
+    deadline = time.monotonic() + timeout
+    while want not in (directory / "cgroup.events").read_text().splitlines():
+        if time.monotonic() > deadline:
+            raise OSError(errno.ETIME, f"cgroup '{directory}' is not {'frozen' if frozen else 'thawed'}")
+        time.sleep(0.01)
 
 
 def remove_cgroups(cgroup: str) -> None:

@@ -6,6 +6,7 @@ machine's cgroups are veneer's own (`runtime.cgroups`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import time
@@ -51,6 +52,15 @@ class Keeper:
 
     def cgroup(self, name: str) -> str:
         return self.layout.cgroup(name)
+
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        unified = cgroups.Hierarchies.detect().unified
+        if unified is None:
+            raise OSError(errno.ENOTSUP, "no cgroup v2 hierarchy is mounted: its freezer is needed")
+        cgroups.set_frozen(unified / self.cgroup(name), frozen)
+
+    def accounting_cgroup(self, name: str, *, boot: bool) -> str:
+        return self.cgroup(name)  # a run and a boot alike
 
     def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> list[str]:
         dirs = cgroups.setup_cgroups(self.cgroup(name), limits)

@@ -124,6 +124,15 @@ class Supervisor(Protocol):
         """Change the limits of the running machine."""
         ...
 
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        """Freeze (or thaw) every process of the running machine; return once the kernel has."""
+        ...
+
+    def accounting_cgroup(self, name: str, *, boot: bool) -> str:
+        """The cgroup that holds all a running machine runs (a boot, or a `run` with `boot` False),
+        relative to the unified hierarchy (and the v1 ones, standalone): what `stats` reads."""
+        ...
+
     def read_log(self, name: str, *, lines: int | None) -> bytes:
         """The console output of the machine's current or last boot (its last `lines` lines)."""
         ...

@@ -209,6 +209,15 @@ class SystemdUnits:
     def set_limits(self, name: str, limits: Limits) -> None:
         proc.run(["systemctl", "set-property", "--runtime", self.unit(name), *limit_properties(limits)])
 
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        # systemd freezes the unit's cgroup (cgroup.freeze) and waits until the kernel reports it frozen.
+        proc.run(["systemctl", "freeze" if frozen else "thaw", self.unit(name)], capture=True)
+
+    def accounting_cgroup(self, name: str, *, boot: bool) -> str:
+        # The whole unit (nspawn, the payload and the control processes); a `run` is a scope (`confine`).
+        unit = self.unit(name) if boot else self.unit(name).removesuffix(".service") + ".scope"
+        return f"{SLICE}/{unit}"
+
     def _journal_argv(self, name: str) -> list[str]:
         return ["journalctl", f"--unit={self.unit(name)}", "--output=cat", "--no-pager", "--quiet"]
 
