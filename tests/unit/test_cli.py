@@ -165,7 +165,7 @@ def test_help_shows_defaults_and_hides_internal_commands(capsys: pytest.CaptureF
          "Did you mean '--memory'? See 'veneer create --help'."),
         (["image", "craete", "x"], "Unknown command 'craete' for 'veneer image'",
          "Did you mean 'create'? See 'veneer image --help'."),
-        (["strat", "m"], "Unknown command 'strat' for 'veneer'",
+        (["strt", "m"], "Unknown command 'strt' for 'veneer'",
          "Did you mean 'start'? See 'veneer --help'."),
         (["create", "m", "--from", "bb", "extra"], "Unexpected argument(s): extra",
          "See 'veneer create --help'."),
