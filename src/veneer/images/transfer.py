@@ -732,14 +732,15 @@ def copy_tree(source: Path, dest: Path, *, allow_whiteouts: bool = False) -> Non
         raise ImageError(
             f"Cannot copy into '{dest}': not an empty directory", hint="Copy into a new, empty directory."
         )
-    src, dst = source.resolve(), dest.resolve()
-    src_stat = src.stat()
+    dst = dest.resolve()
+    # `source` as given, never resolved: it may be a view that follows no symlinks (`overlay.view`), whose
+    # /proc path resolves to nothing useful.
+    src_stat = source.stat()
     if any(os.path.samestat(src_stat, p.stat()) for p in (dst, *dst.parents)):
         raise ImageError(
             f"Cannot copy '{source}' into '{dest}': the destination is inside the source",
             hint="Choose a destination outside the source tree.",
         )
-    # `source` as given, not resolved: it may be a view that follows no symlinks (`overlay.view`).
     check_tree(source, allow_whiteouts=allow_whiteouts)
     logger.debug("Copying '%s' into '%s'", source, dst)
     try:

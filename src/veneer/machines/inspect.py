@@ -16,6 +16,7 @@ from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
 from veneer.machines.recovery import machine_lock, rebase_interrupted, recover_machine
+from veneer.machines.restoring import restore_interrupted
 from veneer.machines.snapshots import list_snapshots
 from veneer.machines.state import (
     RuntimeMode,
@@ -93,8 +94,11 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     """The status of one machine; a run or boot whose processes died counts as stopped (or failed)."""
     record = load_machine(layout, name)
     runtime = load_runtime(layout, name)
-    if runtime is None and rebase_interrupted(layout.machine_dir(name)):
-        with contextlib.suppress(MachineBusy), machine_lock(layout, name):  # taking it finishes the rebase
+    if runtime is None and (
+        rebase_interrupted(layout.machine_dir(name)) or restore_interrupted(layout, name)
+    ):
+        # Taking the lock finishes the rebase or restore.
+        with contextlib.suppress(MachineBusy), machine_lock(layout, name):
             record = load_machine(layout, name)
     if runtime is not None and not is_alive(runtime):
         # Something was killed without cleaning up: report the truth and clean up, unless another
