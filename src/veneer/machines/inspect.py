@@ -94,10 +94,11 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     """The status of one machine; a run or boot whose processes died counts as stopped (or failed)."""
     record = load_machine(layout, name)
     runtime = load_runtime(layout, name)
-    if runtime is None and (
+    unfinished = runtime is None and (
         rebase_interrupted(layout.machine_dir(name)) or restore_interrupted(layout, name)
-    ):
-        # Taking the lock finishes the rebase or restore.
+    )
+    if unfinished or layout.freeze_record(name).exists():
+        # Taking the lock finishes the rebase or restore, and thaws a machine a killed snapshot froze.
         with contextlib.suppress(MachineBusy), machine_lock(layout, name):
             record = load_machine(layout, name)
     if runtime is not None and not is_alive(runtime):
