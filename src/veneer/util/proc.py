@@ -25,6 +25,7 @@ StrPath = str | os.PathLike[str]
 Completed = subprocess.CompletedProcess[str]
 Process = subprocess.Popen[bytes]
 DEVNULL = subprocess.DEVNULL
+PIPE = subprocess.PIPE
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
