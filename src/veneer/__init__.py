@@ -66,6 +66,14 @@ _EXPORTS = {
     "Ownership": "veneer.machines.copy",
     "copy_into": "veneer.machines.copy",
     "copy_from": "veneer.machines.copy",
+    "parse_snapshot_name": "veneer.config.settings",
+    "take_snapshot": "veneer.machines.snapshots",
+    "list_snapshots": "veneer.machines.snapshots",
+    "remove_snapshot": "veneer.machines.snapshots",
+    "restore_snapshot": "veneer.machines.snapshots",
+    "machine_stats": "veneer.machines.stats",
+    "format_openmetrics": "veneer.machines.stats",
+    "format_prometheus": "veneer.machines.stats",
 }
 
 __all__ = [
@@ -125,11 +133,25 @@ __all__ = [
     "Ownership",
     "copy_from",
     "copy_into",
+    "parse_snapshot_name",
+    "take_snapshot",
+    "list_snapshots",
+    "remove_snapshot",
+    "restore_snapshot",
+    "machine_stats",
+    "format_openmetrics",
+    "format_prometheus",
 ]
 
 if TYPE_CHECKING:
     from veneer.config.layout import Layout
-    from veneer.config.settings import Bind, NetworkMode, parse_image_name, parse_machine_name
+    from veneer.config.settings import (
+        Bind,
+        NetworkMode,
+        parse_image_name,
+        parse_machine_name,
+        parse_snapshot_name,
+    )
     from veneer.errors import Error
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
     from veneer.images.export import ExportFormat, export_image
@@ -168,7 +190,9 @@ if TYPE_CHECKING:
         update_image,
     )
     from veneer.machines.run import RunOptions, run_machine
+    from veneer.machines.snapshots import list_snapshots, remove_snapshot, restore_snapshot, take_snapshot
     from veneer.machines.state import machines_on
+    from veneer.machines.stats import format_openmetrics, format_prometheus, machine_stats
     from veneer.rebase.merge import Prefer
 
 

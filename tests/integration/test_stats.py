@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as classic_families
 
 from tests.integration.helpers import Store
 from veneer.config.layout import Layout
@@ -162,6 +163,12 @@ def test_openmetrics_watch_and_errors(machine: Store) -> None:
     ]
     assert families["veneer_machine_memory_limit_bytes"].samples[0].value == 256 * 1024 * 1024
     assert families["veneer_machine_network_receive_bytes"].samples[0].value > 0
+    # The classic text format for node_exporter's textfile collector: TYPE names the `_total` sample.
+    classic = store.veneer("stats", "--format", "prometheus").stdout
+    assert "# EOF" not in classic and "# UNIT" not in classic
+    parsed = {f.name: f for f in classic_families(classic)}
+    assert parsed["veneer_machine_cpu_seconds"].type == "counter"
+    assert "# TYPE veneer_machine_cpu_seconds_total counter" in classic
     # --watch: a reading per interval, a JSON line each, until interrupted.
     watch = proc.spawn_piped(
         store.argv("stats", "--watch", "0.1", "--json"),

@@ -117,3 +117,37 @@ def test_debian_machine_boots_under_machined_with_its_journal(d1: VirtualMachine
     assert stopped["state"] == "stopped" and stopped["pid"] is None
     assert not machined_knows(vm, "d1")
     assert_nothing_left(vm, "d1")
+
+
+def test_stats_and_a_running_snapshot_read_and_freeze_the_unit(m1: VirtualMachine) -> None:
+    vm = m1
+    vm.veneer("start", "m1", "--wait")
+    unit, cgroup = "veneer-m1.service", "/sys/fs/cgroup/machine.slice/veneer-m1.service"
+    files = ("cpu.stat", "memory.current", "pids.current", "io.stat")
+    vm.run(["systemctl", "freeze", unit])  # the figures hold still while both sides read them
+    try:
+        (reading,) = json.loads(vm.veneer("stats", "m1", "--json").stdout)
+        script = "; ".join(f"echo @@{f}; cat {cgroup}/{f} 2>/dev/null || echo none" for f in files)
+        raw = dict(part.split("\n", 1) for part in vm.run(["sh", "-c", script]).stdout.split("@@")[1:])
+    finally:
+        vm.run(["systemctl", "thaw", unit])
+    assert reading["supervisor"] == "systemd" and reading["cgroup"] == f"machine.slice/{unit}"
+    cpu = dict(line.split() for line in raw["cpu.stat"].splitlines())
+    assert reading["cpu_seconds"] == int(cpu["usage_usec"]) / 1e6 > 0
+    assert reading["memory_bytes"] == int(raw["memory.current"]) > 0
+    assert reading["pids"] == int(raw["pids.current"]) > 0
+    if raw["io.stat"].strip() == "none":  # no io controller on this unit: no block figures
+        assert reading["block_read_bytes"] is None
+    else:
+        stat = [dict(f.split("=") for f in line.split()[1:]) for line in raw["io.stat"].splitlines()]
+        assert reading["block_read_bytes"] == sum(int(d.get("rbytes", 0)) for d in stat)
+    assert reading["net_rx_bytes"] == int(vm.run(["cat", "/sys/class/net/vb-m1/statistics/tx_bytes"]).stdout)
+    assert vm.veneer("stats", "--format", "openmetrics").stdout.endswith("# EOF\n")
+    # A snapshot of the running machine freezes the unit through systemd, and thaws it.
+    vm.veneer("exec", "m1", "--", "sh", "-c", "echo live > /root/live")
+    assert "frozen while its files were copied" in vm.veneer("snapshot", "m1", "live").stdout
+    assert vm.run(["systemctl", "show", "-P", "FreezerState", unit]).stdout.strip() == "running"
+    assert vm.veneer("exec", "m1", "--", "cat", "/root/live").stdout == "live\n"
+    vm.veneer("stop", "m1")
+    vm.veneer("restore", "m1", "live")
+    assert vm.veneer("run", "m1", "--", "cat", "/root/live").stdout == "live\n"

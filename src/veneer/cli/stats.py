@@ -16,7 +16,7 @@ from veneer.errors import UsageError
 if TYPE_CHECKING:
     from veneer.machines.stats import MachineStats
 
-FORMATS = ("table", "json", "openmetrics")
+FORMATS = ("table", "json", "openmetrics", "prometheus")
 
 
 def register(verbs: Any) -> None:
@@ -24,7 +24,9 @@ def register(verbs: Any) -> None:
     stats.add_argument("names", nargs="*", type=parse_machine_name, metavar="NAME")
     stats.add_argument("--json", action="store_true")
     stats.add_argument(
-        "--format", choices=FORMATS, help="table, json, or openmetrics (Prometheus; ends with '# EOF')"
+        "--format",
+        choices=FORMATS,
+        help="table, json, openmetrics (a Prometheus scrape), prometheus (node_exporter's textfiles)",
     )
     stats.add_argument(
         "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
@@ -56,10 +58,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _show(
     fmt: str, readings: list[MachineStats], previous: dict[str, MachineStats], *, watching: bool
 ) -> None:
-    from veneer.machines.stats import cpu_percent, format_openmetrics
+    from veneer.machines.stats import cpu_percent, format_openmetrics, format_prometheus
 
     if fmt == "openmetrics":
         sys.stdout.write(format_openmetrics(readings))
+    elif fmt == "prometheus":
+        sys.stdout.write(format_prometheus(readings))
     elif fmt == "json" and watching:  # one line per reading, for a consumer that reads lines
         print(json.dumps([r.to_json() for r in readings], sort_keys=True))
     elif fmt == "json":

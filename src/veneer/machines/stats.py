@@ -138,8 +138,18 @@ def _label(value: str) -> str:
 
 
 def format_openmetrics(readings: Sequence[MachineStats]) -> str:
-    """The readings as OpenMetrics text (for Prometheus: a scrape, or node_exporter's textfile collector),
-    ending with `# EOF`. A figure the host does not account has no sample."""
+    """The readings as OpenMetrics text (for a Prometheus scrape), ending with `# EOF`. A figure the host
+    does not account has no sample."""
+    return _format(readings, openmetrics=True)
+
+
+def format_prometheus(readings: Sequence[MachineStats]) -> str:
+    """The readings in Prometheus' classic text format, which node_exporter's textfile collector reads
+    (it does not read OpenMetrics): no UNIT, no EOF, and TYPE names the sample (`..._total`)."""
+    return _format(readings, openmetrics=False)
+
+
+def _format(readings: Sequence[MachineStats], *, openmetrics: bool) -> str:
     rows = [(reading.name, reading.to_json()) for reading in readings]
     lines = [
         "# TYPE veneer_machine_info gauge",
@@ -148,13 +158,17 @@ def format_openmetrics(readings: Sequence[MachineStats]) -> str:
           for name, data in rows),
     ]  # fmt: skip
     for family, kind, unit, help_text, key in _FAMILIES:
-        lines.append(f"# TYPE {family} {kind}")
-        if unit:
-            lines.append(f"# UNIT {family} {unit}")
-        lines.append(f"# HELP {family} {help_text}")
-        suffix = "_total" if kind == "counter" else ""
-        for name, data in rows:
-            if data[key] is not None:
-                lines.append(f'{family}{suffix}{{machine="{_label(name)}"}} {data[key]}')
-    lines.append("# EOF")
+        sample = f"{family}_total" if kind == "counter" else family
+        named = family if openmetrics else sample
+        lines.append(f"# TYPE {named} {kind}")
+        if unit and openmetrics:
+            lines.append(f"# UNIT {named} {unit}")
+        lines.append(f"# HELP {named} {help_text}")
+        lines += [
+            f'{sample}{{machine="{_label(name)}"}} {data[key]}'
+            for name, data in rows
+            if data[key] is not None
+        ]
+    if openmetrics:
+        lines.append("# EOF")
     return "\n".join(lines) + "\n"
