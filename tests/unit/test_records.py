@@ -179,3 +179,41 @@ def test_liveness_needs_same_start_time() -> None:
     # The same pid and start time in another boot of the host (a runtime dir on a disk): not alive.
     assert is_alive(replace(alive, boot_id=current_boot_id()))
     assert not is_alive(replace(alive, boot_id="0" * 32))
+
+
+def test_snapshot_record_round_trip(tmp_path: Path) -> None:
+    from veneer.config.settings import SnapshotName
+    from veneer.machines.snapshots import Snapshot, load_snapshot
+
+    snapshot = Snapshot(
+        machine=MachineName("web1"),
+        name=SnapshotName("before"),
+        created=1700000001.0,
+        size_bytes=8192,
+        frozen=True,
+        record=MACHINE,
+    )
+    golden = {
+        "version": 1,
+        "machine": "web1",
+        "name": "before",
+        "created": 1700000001.0,
+        "size_bytes": 8192,
+        "frozen": True,
+        "image": "debian",
+        "revision": 0,
+        "record": MACHINE_JSON,
+    }
+    assert snapshot.to_json() == golden
+    assert Snapshot.from_json(golden) == snapshot
+    layout = Layout(root=tmp_path, run=tmp_path / "run")
+    layout.machine_dir("web1").mkdir(parents=True)
+    save_machine(layout.machine_record("web1"), MACHINE)
+    layout.snapshot_dir("web1", "before").mkdir(parents=True)
+    (layout.snapshot_dir("web1", "before") / "snapshot.json").write_text(json.dumps(golden))
+    assert load_snapshot(layout, MachineName("web1"), "before") == snapshot
+    (layout.snapshot_dir("web1", "before") / "snapshot.json").write_text(
+        json.dumps({**golden, "version": 9})
+    )
+    with pytest.raises(StateCorrupt):
+        load_snapshot(layout, MachineName("web1"), "before")
