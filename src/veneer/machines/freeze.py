@@ -41,7 +41,14 @@ def frozen(layout: Layout, name: MachineName) -> Iterator[None]:
             ) from e
         yield
     finally:
-        supervisor.set_frozen(name, False)
+        try:
+            supervisor.set_frozen(name, False)
+        except (OSError, Error) as e:
+            # The record stays: the next command on the machine tries again (`thaw_abandoned`).
+            raise MachineError(
+                f"Failed to thaw machine '{name}': {e}",
+                hint=f"Run 'veneer status {name}' to try again; 'veneer kill {name}' ends it frozen or not.",
+            ) from e
         record.unlink(missing_ok=True)
 
 
