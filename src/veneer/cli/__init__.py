@@ -93,7 +93,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import completion, copy, image, machine, network, rebase, running, snapshot, stats
+    from veneer.cli import completion, copy, hosts, image, machine, network, rebase, running, snapshot, stats
     from veneer.cli.help import document
 
     parser = _Parser(
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     copy.register(verbs)
     snapshot.register(verbs)
     stats.register(verbs)
+    hosts.register(verbs)
     completion.register(verbs, parser)
     document(parser)
     return parser

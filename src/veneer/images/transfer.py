@@ -8,7 +8,10 @@ unlinked first and files are created with O_EXCL, so an existing entry is never 
 
 `copy_tree()` trusts its source (a directory the administrator points at) and delegates to `cp -a`.
 
-This module knows nothing about the image store; it imports `veneer.errors` and `veneer.util.proc` only.
+`extract_sections()` extracts one stream into several directories (a machine sent from another host).
+
+This module knows nothing about the image store; it imports `veneer.errors`, `veneer.util.proc` and the
+id arithmetic of `veneer.config.uidrange` only.
 `zstandard` is imported lazily, when a zstd archive is opened.
 """
 
@@ -28,9 +31,12 @@ import shutil
 import stat
 import tarfile
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, Self
 
+from veneer.config.uidrange import ACL_XATTRS, acl_ids
 from veneer.errors import CommandFailed, ImageError, UnsafeArchive
 from veneer.util.proc import run
 
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 UNSAFE_HINT = "The archive is not a safe root filesystem tarball; nothing was imported."
 UNSAFE_TREE_HINT = "The directory is not a plain root filesystem; nothing was copied."
+_STREAM_HINT = "The stream holds what veneer does not accept; nothing was stored."
 DAMAGED_HINT = "The archive is damaged or not a tarball; download or create it again. Nothing was imported."
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -223,11 +230,20 @@ def _copy_data(source: IO[bytes], fd: int, *, sparse: bool) -> None:
 class _Extractor:
     """Creates members below one directory fd, never following a symlink that an earlier member planted."""
 
-    def __init__(self, root_fd: int, *, archive: Path, allow_whiteouts: bool, oci_whiteouts: bool) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        *,
+        archive: Path,
+        allow_whiteouts: bool,
+        oci_whiteouts: bool,
+        kept_xattrs: tuple[str, ...] | None = None,
+    ) -> None:
         self.root_fd = root_fd
         self.archive = archive
         self.allow_whiteouts = allow_whiteouts
         self.oci_whiteouts = oci_whiteouts
+        self.kept_xattrs = kept_xattrs
         self.privileged = os.geteuid() == 0
         # Paths of regular files extracted so far: the only valid hard link targets.
         self.regular: set[tuple[str, ...]] = set()
@@ -280,12 +296,15 @@ class _Extractor:
             if not key.startswith(_XATTR_PREFIX):
                 continue
             name = key.removeprefix(_XATTR_PREFIX)
-            # trusted.overlay.* changes how overlayfs reads a lower layer; only layers may carry it.
-            if (
-                name == "security.capability"
-                or name.startswith("user.")
-                or (self.allow_whiteouts and name.startswith("trusted.overlay."))
-            ):
+            if self.kept_xattrs is not None:
+                kept = any(name == k or (k.endswith(".") and name.startswith(k)) for k in self.kept_xattrs)
+            else:  # trusted.overlay.* changes how overlayfs reads a lower layer; only layers may carry it.
+                kept = (
+                    name == "security.capability"
+                    or name.startswith("user.")
+                    or (self.allow_whiteouts and name.startswith("trusted.overlay."))
+                )
+            if kept:
                 # tarfile decoded the raw value with surrogateescape; this restores the exact bytes.
                 result.append((name, value.encode("utf-8", "surrogateescape")))
             else:
@@ -686,6 +705,115 @@ def _extract(
                     hint="The image is damaged or was tampered with; nothing was imported.",
                 )
         extractor.finish()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Section:
+    """Where the members of a sectioned stream below one prefix go, and what they may be."""
+
+    dest: Path  # an empty directory
+    whiteouts: bool  # overlay whiteouts (0/0 character devices) allowed
+    ids: range | None = None  # the only owners (and ids named in ACLs) allowed; None: any
+    xattrs: tuple[str, ...] | None = None  # the xattrs restored (a trailing '.' for a prefix); None: default
+
+
+def extract_sections(
+    stream: IO[bytes], sections: Mapping[str, Section], *, what: str, max_bytes: int
+) -> None:
+    """Extract a tar stream whose members each lie below one of the prefixes of `sections` ("upper",
+    "layers/ab12") into that section's directory, as hostile as any archive (see `extract_tar`), and
+    ending with a member named `END_MEMBER`: a stream cut short, even between two members, is refused.
+    Nothing is written outside the sections' directories; on failure the caller removes them."""
+    source = Path(what)
+    reader = _ArchiveReader(stream, archive=source, errors=(OSError,))
+    reader.limit = max_bytes
+    extractors: dict[str, _Extractor] = {}
+    with contextlib.ExitStack() as stack:
+        for prefix, section in sections.items():
+            fd = os.open(section.dest, _DIR_FLAGS)
+            stack.callback(os.close, fd)
+            extractors[prefix] = _Extractor(
+                fd, archive=source, allow_whiteouts=section.whiteouts, oci_whiteouts=False,
+                kept_xattrs=section.xattrs,
+            )  # fmt: skip
+        try:
+            tf = stack.enter_context(
+                tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")
+            )
+            ended = False
+            while (member := tf.next()) is not None:
+                del tf.members[:]  # type: ignore[attr-defined]  # as in _extract
+                if ended:
+                    raise UnsafeArchive(
+                        f"Refusing {what}: member '{member.name}' follows its end", hint=_STREAM_HINT
+                    )
+                if member.name == END_MEMBER and member.isreg() and member.size == 0:
+                    ended = True
+                    continue
+                prefix = _section_of(member, sections, what)
+                _check_section_ids(member, sections[prefix], what)
+                extractors[prefix].add(tf, member)
+        except (tarfile.TarError, _HeaderRefused, ValueError, EOFError) as e:
+            raise ImageError(f"{what} is not a valid tar stream: {e}", hint=DAMAGED_HINT) from e
+        if not ended:
+            raise ImageError(f"{what} ended early", hint="The transfer was cut short; nothing was stored.")
+        for extractor in extractors.values():
+            extractor.finish()
+
+
+END_MEMBER = ".end"
+
+
+def _section_of(member: tarfile.TarInfo, sections: Mapping[str, Section], what: str) -> str:
+    """The prefix of the section `member` lies below; its name (and hard link target) made relative to it."""
+
+    def split(name: str) -> tuple[str, str] | None:
+        parts = [part for part in name.split("/") if part not in ("", ".")]
+        for length in (1, 2):
+            prefix = "/".join(parts[:length])
+            if prefix in sections and not name.startswith("/"):
+                return prefix, "/".join(parts[length:])
+        return None
+
+    found = split(member.name)
+    if found is None:
+        raise UnsafeArchive(
+            f"Refusing {what}: member '{member.name}' lies outside what it may write", hint=_STREAM_HINT
+        )
+    prefix, member.name = found
+    if member.islnk():
+        target = split(member.linkname)
+        if target is None or target[0] != prefix:
+            raise UnsafeArchive(
+                f"Refusing {what}: member '{member.name}' is a hard link out of its section '{prefix}'",
+                hint=_STREAM_HINT,
+            )
+        member.linkname = target[1]
+    return prefix
+
+
+def _check_section_ids(member: tarfile.TarInfo, section: Section, what: str) -> None:
+    if section.ids is None:
+        return
+    # overlayfs makes whiteouts with the credentials of whoever mounted it: host root.
+    whiteout = member.ischr() and member.devmajor == 0 and member.devminor == 0
+    named = [] if whiteout and member.uid == member.gid == 0 else [member.uid, member.gid]
+    for name in ACL_XATTRS:
+        acl = member.pax_headers.get(_XATTR_PREFIX + name)
+        if acl is not None:
+            ids = acl_ids(acl.encode("utf-8", "surrogateescape"))
+            if ids is None:
+                raise UnsafeArchive(
+                    f"Refusing {what}: member '{member.name}' has a malformed {name}", hint=_STREAM_HINT
+                )
+            named += ids
+    for value in named:
+        if value not in section.ids:
+            raise UnsafeArchive(
+                f"Refusing {what}: member '{member.name}' names id {value}, outside "
+                f"{section.ids.start}-{section.ids.stop - 1}",
+                hint=_STREAM_HINT,
+            )
 
 
 def check_tree(source: Path, *, allow_whiteouts: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""Moving a tree of files from one uid/gid range to another (a cloned machine gets a range of its own)."""
+"""Moving a tree of files from one uid/gid range to another (a cloned or copied machine gets a range of its
+own): owners, file capabilities and the ids named in POSIX ACLs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from veneer.config.uidrange import shifted
+from veneer.config.uidrange import ACL_XATTRS, shifted, shifted_acl
 
 CAPABILITY_XATTR = "security.capability"
 CAP_V3_SIZE = 24  # struct vfs_ns_cap_data: magic, two 8-byte sets, rootid
@@ -31,6 +32,7 @@ def shift_ownership(tree: Path, source: int, target: int) -> None:
     for path in paths:
         st = os.lstat(path)
         uid, gid = shifted(st.st_uid, source, target), shifted(st.st_gid, source, target)
+        _shift_acls(path, st, source, target)
         if (uid, gid) == (st.st_uid, st.st_gid):
             continue
         capability = _capability(path, st)
@@ -43,3 +45,16 @@ def shift_ownership(tree: Path, source: int, target: int) -> None:
                 rootid = shifted(int.from_bytes(capability[20:24], "little"), source, target)
                 capability = capability[:20] + rootid.to_bytes(4, "little")
             os.setxattr(path, CAPABILITY_XATTR, capability)
+
+
+def _shift_acls(path: Path, st: os.stat_result, source: int, target: int) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        return
+    for name in ACL_XATTRS:
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue  # none, or a file system without ACLs
+        moved = shifted_acl(value, source, target)
+        if moved != value:
+            os.setxattr(path, name, moved, follow_symlinks=False)

@@ -70,7 +70,7 @@ from veneer.util.walk import TreeBudget
 logger = logging.getLogger(__name__)
 
 
-def _refuse_existing(layout: Layout, name: MachineName) -> None:
+def refuse_existing_machine(layout: Layout, name: MachineName) -> None:
     if layout.machine_dir(name).exists():
         raise MachineExists(
             f"Machine '{name}' exists already",
@@ -81,17 +81,23 @@ def _refuse_existing(layout: Layout, name: MachineName) -> None:
 def _publish_machine(layout: Layout, stage: Path, record: MachineRecord) -> MachineRecord:
     """Give a staged machine its uid range and rename it into place; the store lock must not be held."""
     with locked(layout.lock, what="The veneer store", wait=True):
-        _refuse_existing(layout, record.name)
-        load_image(layout, record.image).layers_of(record.revision)  # the image may be gone meanwhile
-        if record.network.mode is NetworkMode.NAT and record.address is None:
-            record = replace(record, address=allocate_machine_address(layout))
-        if record.uid_base is not None:
-            base = allocate_uid_range(layout, record.name)
-            if base != record.uid_base:
-                shift_ownership(stage / "upper", record.uid_base, base)
-            record = replace(record, uid_base=base)
-        save_machine(stage / "machine.json", record)
-        os.rename(stage, layout.machine_dir(record.name))
+        return publish_staged_machine(layout, stage, record)
+
+
+def publish_staged_machine(layout: Layout, stage: Path, record: MachineRecord) -> MachineRecord:
+    """Give the machine staged in `stage` (its upper dir owned in the range `record.uid_base`) a uid range
+    of its own and an address, and rename it into place; the caller holds the store lock."""
+    refuse_existing_machine(layout, record.name)
+    load_image(layout, record.image).layers_of(record.revision)  # the image may be gone meanwhile
+    if record.network.mode is NetworkMode.NAT and record.address is None:
+        record = replace(record, address=allocate_machine_address(layout))
+    if record.uid_base is not None:
+        base = allocate_uid_range(layout, record.name)
+        if base != record.uid_base:
+            shift_ownership(stage / "upper", record.uid_base, base)
+        record = replace(record, uid_base=base)
+    save_machine(stage / "machine.json", record)
+    os.rename(stage, layout.machine_dir(record.name))
     return record
 
 
@@ -111,7 +117,7 @@ def create_machine(
     """Make a machine as an empty overlay child of an image revision (no copy, whatever the base size)."""
     prepare_store(layout)
     sweep_ephemeral(layout)
-    _refuse_existing(layout, name)
+    refuse_existing_machine(layout, name)
     refuse_missing_bridge(network)
     image = load_image(layout, image_name)
     rev = image.latest if revision is None else revision
@@ -119,7 +125,7 @@ def create_machine(
     with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
         # A provisional range: the real one is allocated under the store lock when publishing.
         uid_base = None if privileged else UID_RANGE_FIRST
-        _make_machine_dirs(stage, uid_base)
+        make_machine_dirs(stage, uid_base)
         record = MachineRecord(
             name=name,
             image=image.name,
@@ -138,7 +144,7 @@ def create_machine(
     return record
 
 
-def _make_machine_dirs(stage: Path, uid_base: int | None) -> None:
+def make_machine_dirs(stage: Path, uid_base: int | None) -> None:
     upper, work, root = stage / "upper", stage / "work", stage / "root"
     upper.mkdir(mode=0o755)
     work.mkdir(mode=0o700)
@@ -158,7 +164,7 @@ def clone_machine(
     from veneer.machines.snapshots import load_snapshot, refuse_missing_revision
 
     prepare_store(layout)
-    _refuse_existing(layout, name)
+    refuse_existing_machine(layout, name)
     with machine_lock(layout, source):
         original = load_machine(layout, source)
         if snapshot is None:
@@ -170,7 +176,7 @@ def clone_machine(
             refuse_missing_revision(layout, taken, verb="clone")
             settings, upper = taken.record, layout.snapshot_dir(source, snapshot) / "upper"
         with staging_dir(layout.staging, layout.lock, f"machine-{name}") as stage:
-            _make_machine_dirs(stage, original.uid_base)
+            make_machine_dirs(stage, original.uid_base)
             copy_tree(upper, stage / "upper", allow_whiteouts=True)
             record = MachineRecord(
                 name=name,
@@ -193,7 +199,7 @@ def rename_machine(layout: Layout, old: MachineName, new: MachineName) -> None:
         refuse_if_running(layout, old)
         refuse_if_mounted(layout, old)
         with locked(layout.lock, what="The veneer store", wait=True):
-            _refuse_existing(layout, new)
+            refuse_existing_machine(layout, new)
             # One rename: the record takes its name from the directory (see load_machine).
             os.rename(layout.machine_dir(old), layout.machine_dir(new))
             base = load_machine(layout, new).uid_base
