@@ -141,7 +141,7 @@ def test_cut_short_transfer_leaves_nothing_on_either_side(
     try:
         assert proc.wait_until(lambda: stall.exists() and stall.read_text().strip() != "", timeout=60)
         assert proc.wait_until(
-            lambda: bool(list((remote.root / "staging").glob("receive-m1-*"))), timeout=60
+            lambda: bool(list((remote.root / ".staging").glob("receive-m1-*"))), timeout=60
         )
         ssh = [pid for pid in proc.child_pids(sender.pid) if "ssh" in Path(f"/proc/{pid}/comm").read_text()]
         assert len(ssh) == 1
@@ -158,7 +158,7 @@ def test_cut_short_transfer_leaves_nothing_on_either_side(
     assert (local.upper("m1") / "big").stat().st_size == 4 << 20
     remote.veneer("image", "prune")  # any command of the store's removes what a killed one left
     assert remote.veneer("list", "--json").stdout.strip() == "[]"
-    assert not list((remote.root / "staging").iterdir())
+    assert not list((remote.root / ".staging").iterdir())
     assert not (remote.root / "images" / "bb").exists()
     assert not list((remote.root / "layers").iterdir())
 
@@ -230,7 +230,7 @@ def test_hostile_stream_is_refused_without_writing_outside_staging(
     assert "Refusing" in result[1] or "ended early" in result[1], result
     assert not list(outside.iterdir())
     assert not (tmp_path / "escaped").exists() and not (busybox.root / "escaped").exists()
-    assert not list((busybox.root / "staging").iterdir())
+    assert not list((busybox.root / ".staging").iterdir())
     assert sorted(p.name for p in busybox.root.rglob("*")) == before
     assert "evil" not in busybox.veneer("list").stdout
 

@@ -24,6 +24,7 @@ LAZY_IMPORTS = {
     ("veneer.cli.copy", "*"),
     ("veneer.cli.snapshot", "*"),
     ("veneer.cli.stats", "*"),
+    ("veneer.cli.hosts", "*"),
     # Each distribution's module is loaded when a tree of that distribution is built (mkosi's registry).
     ("veneer.images.distros", "veneer.images.distros.busybox"),
     ("veneer.images.distros", "veneer.images.distros.debian"),
