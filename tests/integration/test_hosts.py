@@ -39,6 +39,11 @@ def acl(user: int) -> bytes:
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
+def capability(*, rootid: int) -> bytes:
+    """A v3 file capability (CAP_NET_RAW, effective) of the user namespace whose root is `rootid`."""
+    return struct.pack("<IIIIII", 0x03000001, 1 << 13, 0, 0, 0, rootid)
+
+
 def remote_wrapper(store: Store, path: Path, *, stall: Path | None = None) -> Path:
     """The veneer command of the second host. With `stall`, `_receive` gets the first 64 KiB of the stream
     and then nothing more: it waits until the pid in `stall` (a sleep the test ends) is gone."""
@@ -86,6 +91,7 @@ def test_copy_then_move_keeps_files_owners_and_sends_only_missing_layers(
     upper = local.upper("m1")
     os.setxattr(upper / "srv/data/a", "user.note", b"kept")
     os.setxattr(upper / "srv/data/a", "system.posix_acl_access", acl(base + 33))
+    os.setxattr(upper / "srv/data/hard", "security.capability", capability(rootid=base))
     options = [*ssh_options(ssh_host), "--remote-veneer", str(wrapper)]
 
     first = local.veneer("copy", "m1", "root@127.0.0.1:c1", *options).stdout
@@ -99,6 +105,7 @@ def test_copy_then_move_keeps_files_owners_and_sends_only_missing_layers(
     assert (got / "srv/data/a").stat().st_ino == (got / "srv/data/hard").stat().st_ino
     assert os.getxattr(got / "srv/data/a", "user.note") == b"kept"
     assert os.getxattr(got / "srv/data/a", "system.posix_acl_access") == acl(remote_base + 33)
+    assert os.getxattr(got / "srv/data/a", "security.capability") == capability(rootid=remote_base)
     assert stat.S_ISFIFO((got / "srv/fifo").lstat().st_mode)
     assert os.readlink(got / "srv/link") == "/etc/passwd"
     whiteout = (got / "etc/inittab").lstat()
@@ -116,6 +123,14 @@ def test_copy_then_move_keeps_files_owners_and_sends_only_missing_layers(
     assert owners(remote, "m2", "/srv/data/a") == "1000:1001"
     images = json.loads(remote.veneer("image", "list", "--json").stdout)
     assert [(i["name"], sorted(i["machines"])) for i in images] == [("bb", ["c1", "m2"])], images
+
+    # Back again, fetched by this host: copy --from and move --from.
+    fetched = local.veneer("copy", "--from", "root@127.0.0.1", "c1", "back", *options).stdout
+    assert "as 'back' (0 image layers received)" in fetched, fetched
+    assert owners(local, "back", "/srv/data/a") == "1000:1001"
+    local.veneer("move", "--from", "root@127.0.0.1", "m2", *options)
+    assert "m2" not in remote.veneer("list").stdout
+    assert owners(local, "m2", "/srv/data/a") == "1000:1001"
 
     again = local.veneer("copy", "m1", "root@127.0.0.1:c1", *options, ok=(1,))
     assert "Machine 'c1' exists already" in again.stderr

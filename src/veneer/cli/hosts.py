@@ -12,16 +12,24 @@ from typing import Any
 from veneer.cli.output import human_size
 from veneer.config.layout import Layout
 from veneer.config.settings import parse_machine_name
+from veneer.errors import UsageError
 
 
 def register(verbs: Any) -> None:
     for verb, summary in (
-        ("copy", "copy a stopped machine to another host over SSH"),
-        ("move", "move a stopped machine to another host over SSH (removed here once it arrived)"),
+        ("copy", "copy a stopped machine to another host over SSH, or from one with --from"),
+        ("move", "move a stopped machine to another host over SSH, or from one with --from"),
     ):
-        parser = verbs.add_parser(verb, help=summary)
+        parser = verbs.add_parser(
+            verb, help=summary,
+            usage=f"veneer {verb} [OPTIONS] NAME [USER@]HOST[:NEWNAME]\n"
+            f"       veneer {verb} [OPTIONS] --from [USER@]HOST NAME [NEWNAME]",
+        )  # fmt: skip
         parser.add_argument("name", type=parse_machine_name, metavar="NAME")
-        parser.add_argument("dest", metavar="[USER@]HOST[:NEWNAME]")
+        parser.add_argument("dest", nargs="?", metavar="[USER@]HOST[:NEWNAME] | NEWNAME")
+        parser.add_argument(
+            "--from", dest="source", metavar="[USER@]HOST", help="fetch machine NAME of HOST to this host"
+        )
         parser.add_argument("-p", "--port", type=int, help="the SSH port of HOST")
         parser.add_argument("-i", "--identity", type=Path, metavar="FILE", help="the SSH key to log in with")
         parser.add_argument(
@@ -35,20 +43,57 @@ def register(verbs: Any) -> None:
     receive = verbs.add_parser("_receive")  # the other end of copy and move, run over SSH
     receive.add_argument("--layers", action="store_true", help="answer which layers this host has")
     receive.set_defaults(handler=cmd_receive)
+    send = verbs.add_parser("_send")  # the other end of copy --from and move --from, run over SSH
+    send.add_argument("name", type=parse_machine_name)
+    send.add_argument("--as", dest="new_name", type=parse_machine_name, required=True)
+    send.add_argument("--layers", action="store_true", help="print the layers of the machine's revision")
+    send.add_argument("--have", default="-", help="the layers the other host has, comma-separated (-: none)")
+    send.add_argument("--move", action="store_true", help="remove the machine once the other host confirms")
+    send.set_defaults(handler=cmd_send_stream)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from veneer.machines.send import SshOptions, parse_destination, send_machine
+    from veneer.machines.send import SshOptions, fetch_machine, parse_destination, send_machine
 
     layout = Layout.from_env(args.root)
     ssh = SshOptions(
         port=args.port, identity=args.identity, options=tuple(args.ssh_option), veneer=args.remote_veneer
     )
+    done = "Moved" if args.move else "Copied"
+    if args.source is not None:
+        source = parse_destination(args.source)
+        if source.name is not None:
+            raise UsageError("--from names a host only", hint="Use --from [USER@]HOST NAME [NEWNAME].")
+        new_name = None if args.dest is None else parse_machine_name(args.dest)
+        received = fetch_machine(layout, source, args.name, new_name=new_name, ssh=ssh, move=args.move)
+        print(
+            f"{done} machine '{args.name}' of {source.target} here as '{received.record.name}' "
+            f"({received.layers_received} image layers received)."
+        )
+        return 0
+    if args.dest is None:
+        raise UsageError(
+            "Where to? Name the other host", hint="Use: veneer copy NAME [USER@]HOST[:NEWNAME]."
+        )
     sent = send_machine(layout, args.name, parse_destination(args.dest), ssh=ssh, move=args.move)
     print(
-        f"{'Moved' if args.move else 'Copied'} machine '{args.name}' to {sent.target} as '{sent.name}' "
+        f"{done} machine '{args.name}' to {sent.target} as '{sent.name}' "
         f"({sent.layers_sent} of {sent.layers_total} image layers sent, {human_size(sent.bytes_sent)})."
     )
+    return 0
+
+
+def cmd_send_stream(args: argparse.Namespace) -> int:
+    from veneer.machines.send import machine_layers, serve_machine
+
+    layout = Layout.from_env(args.root)
+    if args.layers:
+        print(json.dumps(machine_layers(layout, args.name, args.new_name).to_json()))
+        return 0
+    have = [] if args.have == "-" else args.have.split(",")
+    sys.stdout.flush()
+    serve_machine(layout, args.name, new_name=args.new_name, have=have, move=args.move,
+                  out=sys.stdout.buffer, confirmations=sys.stdin.buffer)  # fmt: skip
     return 0
 
 

@@ -18,20 +18,29 @@ import shlex
 import stat
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName, parse_machine_name
-from veneer.errors import CommandFailed, MachineError, UsageError
-from veneer.images.store import load_image
+from veneer.errors import CommandFailed, Error, MachineError, UsageError
+from veneer.images.store import ImageRecord, load_image
 from veneer.images.transfer import END_MEMBER
+from veneer.machines.receive import Received, layers_present, receive_machine
 from veneer.machines.recovery import discard_machine, machine_lock, refuse_if_mounted, refuse_if_running
 from veneer.machines.state import MachineRecord, load_machine
 from veneer.machines.upper import check_upper
-from veneer.machines.wire import KEPT_XATTRS, UPPER, LayerQuestion, Manifest, layer_prefix
+from veneer.machines.wire import (
+    COMMITTED,
+    KEPT_XATTRS,
+    UPPER,
+    LayerQuestion,
+    Manifest,
+    layer_prefix,
+    parse_question,
+)
 from veneer.overlay.view import nofollow_view
 from veneer.util import proc
 from veneer.util.fs import random_hex
@@ -126,6 +135,38 @@ def _remote_failure(destination: Destination, name: str, error: str) -> MachineE
     )
 
 
+@contextlib.contextmanager
+def _outgoing(layout: Layout, name: MachineName) -> Iterator[tuple[MachineRecord, ImageRecord]]:
+    """The machine, locked (so it stays stopped) while it is sent, and its image."""
+    with machine_lock(layout, name):
+        refuse_if_running(layout, name)
+        refuse_if_mounted(layout, name)
+        check_upper(layout, name)
+        record = load_machine(layout, name)
+        _refuse_untravelled(record)
+        yield record, load_image(layout, record.image)
+
+
+def _manifest(
+    record: MachineRecord, image: ImageRecord, *, new_name: str, have: Iterable[str], move: bool
+) -> Manifest:
+    """What travels: the record under its new name, with a new machine id unless it moves and without an
+    address of this host's pool; the layers the other host does not `have`."""
+    travelling = replace(
+        record, name=parse_machine_name(new_name), address=None,
+        machine_id=record.machine_id if move else random_hex(16),
+    )  # fmt: skip
+    stack = image.layers_of(record.revision)
+    present = set(have)
+    return Manifest(
+        machine=travelling,
+        image_created=image.created,
+        revision=image.revision(record.revision),
+        layers=stack,
+        sent=tuple(x.id for x in stack if x.id not in present),
+    )
+
+
 def send_machine(
     layout: Layout,
     name: MachineName,
@@ -137,32 +178,95 @@ def send_machine(
     """Copy (or, with `move`, move) a stopped machine to another host; only the image layers that host
     lacks are sent, and it gets a uid range (and, unless it moves, a machine id) of its own there."""
     new_name = destination.name or name
-    with machine_lock(layout, name):
-        refuse_if_running(layout, name)
-        refuse_if_mounted(layout, name)
-        check_upper(layout, name)
-        record = load_machine(layout, name)
-        _refuse_untravelled(record)
-        image = load_image(layout, record.image)
-        stack = image.layers_of(record.revision)
-        question = LayerQuestion(name=new_name, layers=tuple((x.id, x.key) for x in stack))
-        have = set(_ask_layers(destination, ssh, question))
-        travelling = replace(
-            record, name=parse_machine_name(new_name), address=None,
-            machine_id=record.machine_id if move else random_hex(16),
-        )  # fmt: skip
-        manifest = Manifest(
-            machine=travelling,
-            image_created=image.created,
-            revision=image.revision(record.revision),
-            layers=stack,
-            sent=tuple(x.id for x in stack if x.id not in have),
+    with _outgoing(layout, name) as (record, image):
+        question = LayerQuestion(
+            name=new_name, layers=tuple((x.id, x.key) for x in image.layers_of(record.revision))
         )
+        have = _ask_layers(destination, ssh, question)
+        manifest = _manifest(record, image, new_name=new_name, have=have, move=move)
         sent = _send_stream(layout, name, destination, ssh, manifest)
         if move:
             discard_machine(layout, name)
     logger.debug("%s machine '%s' to %s.", "Moved" if move else "Copied", name, destination.target)
     return sent
+
+
+def machine_layers(layout: Layout, name: MachineName, new_name: str) -> LayerQuestion:
+    """The layers a machine's image revision stacks (`veneer _send --layers`, for a host fetching it)."""
+    record = load_machine(layout, name)
+    _refuse_untravelled(record)
+    stack = load_image(layout, record.image).layers_of(record.revision)
+    return LayerQuestion(name=new_name, layers=tuple((x.id, x.key) for x in stack))
+
+
+def serve_machine(
+    layout: Layout,
+    name: MachineName,
+    *,
+    new_name: str,
+    have: Iterable[str],
+    move: bool,
+    out: IO[bytes],
+    confirmations: IO[bytes],
+) -> None:
+    """Write a machine's stream to `out` for a host fetching it (`veneer _send`); with `move`, remove the
+    machine once that host confirms (a line "committed" on `confirmations`)."""
+    with _outgoing(layout, name) as (record, image):
+        manifest = _manifest(record, image, new_name=new_name, have=have, move=move)
+        write_stream(layout, name, manifest, out)
+        out.flush()
+        if move and confirmations.readline().strip() == COMMITTED:
+            discard_machine(layout, name)
+
+
+def fetch_machine(
+    layout: Layout,
+    source: Destination,
+    name: MachineName,
+    *,
+    new_name: MachineName | None = None,
+    ssh: SshOptions = SshOptions(),
+    move: bool = False,
+) -> Received:
+    """Copy (or move) machine `name` of another host here, as `new_name`: the other host sends only the
+    layers this one lacks."""
+    here = new_name or name
+    asked = _run_remote(source, ssh, ["_send", "--layers", name, "--as", here], here)
+    have = layers_present(layout, parse_question(asked.encode()))
+    argv = ssh_argv(
+        source,
+        ssh,
+        ["_send", name, "--as", here, *(["--move"] if move else []), "--have", ",".join(have) or "-"],
+    )
+    with tempfile.TemporaryFile() as errors:
+        process = proc.spawn_piped(argv, stdin=proc.PIPE, stdout=proc.PIPE, stderr=errors.fileno(),
+                                   env=_ssh_env())  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            received = receive_machine(layout, process.stdout)
+        except Error as e:
+            process.stdout.close()  # the other host may be writing still: it gets EPIPE
+            process.stdin.close()
+            said = _read_all(errors) if process.wait() != 0 else ""
+            if "veneer: " in said:  # it failed first and said why
+                raise _remote_failure(source, name, said) from e
+            raise
+        process.stdout.close()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(COMMITTED + b"\n")
+            process.stdin.close()
+        if process.wait() != 0 and move:
+            raise MachineError(
+                f"Machine '{name}' was copied from {source.target} as '{here}', but was not removed there: "
+                + _read_all(errors).strip(),
+                hint=f"Remove it there yourself ('veneer rm {name}' on {source.target}).",
+            )
+    return received
+
+
+def _read_all(file: IO[bytes]) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
 
 
 def _refuse_untravelled(record: MachineRecord) -> None:
@@ -179,12 +283,19 @@ def _refuse_untravelled(record: MachineRecord) -> None:
         )
 
 
-def _ask_layers(destination: Destination, ssh: SshOptions, question: LayerQuestion) -> list[str]:
-    argv = ssh_argv(destination, ssh, ["_receive", "--layers"])
+def _run_remote(
+    destination: Destination, ssh: SshOptions, remote: Sequence[str], name: str, *, input: str | None = None
+) -> str:
     try:
-        out = proc.run(argv, capture=True, input=json.dumps(question.to_json()), env=_ssh_env()).stdout
+        return proc.run(ssh_argv(destination, ssh, remote), capture=True, input=input, env=_ssh_env()).stdout
     except CommandFailed as e:
-        raise _remote_failure(destination, question.name, e.stderr) from e
+        raise _remote_failure(destination, name, e.stderr) from e
+
+
+def _ask_layers(destination: Destination, ssh: SshOptions, question: LayerQuestion) -> list[str]:
+    out = _run_remote(
+        destination, ssh, ["_receive", "--layers"], question.name, input=json.dumps(question.to_json())
+    )
     try:
         answer = json.loads(out)
         return [str(x) for x in answer["have"]]
@@ -219,16 +330,14 @@ def _send_stream(
         writer = _CountingWriter(process.stdin)
         try:
             with contextlib.suppress(BrokenPipeError):  # the other side ended: its status says why
-                writer.write(json.dumps(manifest.to_json()).encode() + b"\n")
-                _write_tar(layout, source, manifest, writer)
+                write_stream(layout, source, manifest, writer)
                 process.stdin.close()
             out = process.stdout.read()
         finally:
             with contextlib.suppress(BrokenPipeError):
                 process.stdin.close()
             status = process.wait()
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace")
+        stderr = _read_all(errors)
     if status != 0:
         raise _remote_failure(destination, name, stderr)
     try:
@@ -240,7 +349,9 @@ def _send_stream(
                 layers_total=len(manifest.layers), bytes_sent=writer.size)  # fmt: skip
 
 
-def _write_tar(layout: Layout, source: str, manifest: Manifest, out: _CountingWriter) -> None:
+def write_stream(layout: Layout, source: str, manifest: Manifest, out: IO[bytes] | _CountingWriter) -> None:
+    """The stream of `machines.wire`: the manifest line, the layers to send, machine `source`'s upper dir."""
+    out.write(json.dumps(manifest.to_json()).encode() + b"\n")
     with tarfile.open(mode="w|", fileobj=out, format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
         for layer_id in manifest.sent:
             _add_tree(tf, layout.layer_tree(layer_id), layer_prefix(layer_id))

@@ -34,6 +34,7 @@ KEPT_XATTRS = (
     "system.posix_acl_access",
     "system.posix_acl_default",
 )
+COMMITTED = b"committed"  # what a host fetching a machine that moves answers once it is published
 STREAM_HINT = "The sending host or machine sent what veneer does not accept; nothing was stored."
 
 _LAYER_ID = re.compile(r"[0-9a-f]{8,64}")
