@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +173,101 @@ def test_playbook_and_inventory_across_two_hosts(
     finally:
         local.veneer("stop", "a1", "--timeout", "5", ok=(0, 1))
         remote.veneer("stop", "r1", "--timeout", "5", ok=(0, 1))
+
+
+APT_PLAY = """
+- hosts: local
+  gather_facts: false
+  module_defaults:
+    veneer.machines.veneer_machine: {{veneer_command: {local_veneer}}}
+  tasks:
+    - veneer.machines.veneer_machine: {{name: d1, image: deb, network: none, state: stopped}}
+
+- hosts: ssh_hosts
+  gather_facts: false
+  module_defaults:
+    veneer.machines.veneer_machine: {{veneer_command: {remote_veneer}}}
+  tasks:
+    - name: Copied from the first host (the test's sshd again, in front of the first store), started
+      veneer.machines.veneer_machine:
+        name: d1
+        copy_from: root@127.0.0.1
+        copy_options: {copy_options}
+        state: started
+
+- hosts: remote_machines
+  gather_facts: false
+  tasks:
+    - ansible.builtin.copy: {{src: repo/, dest: /srv/repo/}}
+    - ansible.builtin.copy:
+        content: "deb [trusted=yes] file:/srv/repo ./\\n"
+        dest: /etc/apt/sources.list
+    - ansible.builtin.apt: {{name: veneer-hello, update_cache: true}}
+    - ansible.builtin.command: veneer-hello
+      register: hello
+      changed_when: false
+    - ansible.builtin.assert:
+        that: hello.stdout == "hello from a local repository"
+"""
+
+
+def test_playbook_installs_with_apt_and_copies_a_debian_machine_across_hosts(
+    store: Store, debian_tree: Path, ssh_host: SshHost, tmp_path: Path
+) -> None:
+    from tests.integration.test_rebase_debian import build_deb
+
+    local = store
+    with private_store(tmp_path / "second") as own:
+        remote = Store(root=own.root, run=own.run, uids=local.uids)
+        # Ansible's modules need python3 and python3-apt in the machine: from the Debian mirror, once.
+        local.veneer("image", "create", "deb", "--from-dir", str(debian_tree))
+        local.veneer("image", "update", "deb", "--", "sh", "-c",
+                     "apt-get update -q && apt-get install -y -q --no-install-recommends python3 "
+                     "python3-apt && apt-get clean && rm -rf /var/lib/apt/lists/*")  # fmt: skip
+        work = tmp_path / "ansible"
+        repo = work / "repo"
+        repo.mkdir(parents=True)
+        build_deb(repo, "veneer-hello", "1.0", 'echo "hello from a local repository"')
+        for built in repo.iterdir():
+            if built.is_dir():
+                proc.run(["rm", "-rf", "--", str(built)])
+        packages = proc.run(["dpkg-scanpackages", "--multiversion", "."], cwd=repo, capture=True).stdout
+        (repo / "Packages").write_text(packages)
+        local_veneer = write_wrapper(local, work / "veneer-local")
+        remote_veneer = write_wrapper(remote, work / "veneer-remote")
+        keys = tmp_path / "ssh"
+        known = f"UserKnownHostsFile={keys / 'known_hosts'}"
+        copy_options = ["-p", str(ssh_host.port), "-i", str(keys / "client_key"), "-o",
+                        "IdentitiesOnly=yes", "-o", known, "--remote-veneer", str(local_veneer)]  # fmt: skip
+        (work / "hosts.ini").write_text(
+            f"[local]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+            f"[ssh_hosts]\nsecond ansible_host=127.0.0.1 ansible_port={ssh_host.port} ansible_user=root "
+            f"ansible_ssh_private_key_file={keys / 'client_key'} "
+            f"ansible_ssh_common_args='-o IdentitiesOnly=yes -o {known}' "
+            f"ansible_python_interpreter={sys.executable}\n"
+            f"[remote_machines]\nd1@second ansible_connection=veneer.machines.veneer "
+            f"ansible_veneer_machine=d1 ansible_veneer_host=root@127.0.0.1 "
+            f"ansible_veneer_command={remote_veneer} ansible_veneer_ssh_args='{ssh_host.ssh_args}' "
+            "ansible_python_interpreter=/usr/bin/python3\n"
+        )
+        play = APT_PLAY.format(local_veneer=local_veneer, remote_veneer=remote_veneer,
+                               copy_options=json.dumps(copy_options))  # fmt: skip
+        (work / "play.yml").write_text(play)
+        # No ssh master left behind to linger after the test (Ansible's default is ControlPersist=60s).
+        env = {**ansible_env(work), "ANSIBLE_SSH_ARGS": "-o ControlMaster=no", "ANSIBLE_PIPELINING": "1"}
+        run = [tool("ansible-playbook"), "-i", "hosts.ini", "play.yml"]
+        try:
+            first = proc.run(run, cwd=work, capture=True, check=False, env=env)
+            assert first.returncode == 0, first.stdout + first.stderr
+            assert "d1@second                  : ok=5    changed=3" in first.stdout, first.stdout
+            assert "second                     : ok=1    changed=1" in first.stdout, first.stdout
+            assert json.loads(remote.veneer("status", "d1", "--json").stdout)["state"] == "running"
+            assert json.loads(local.veneer("status", "d1", "--json").stdout)["state"] == "stopped"
+            installed = remote.veneer("exec", "d1", "--", "dpkg-query", "-W", "veneer-hello").stdout
+            assert installed.split() == ["veneer-hello", "1.0"]
+            again = proc.run(run, cwd=work, capture=True, check=False, env=env)
+            assert again.returncode == 0 and again.stdout.count("changed=0") == 3, (
+                again.stdout + again.stderr
+            )
+        finally:
+            remote.veneer("stop", "d1", "--timeout", "20", ok=(0, 1))

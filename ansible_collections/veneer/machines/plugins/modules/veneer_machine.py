@@ -26,8 +26,21 @@ options:
     choices: [present, started, stopped, absent]
     default: started
   image:
-    description: The image a new machine is a child of. Required to create one.
+    description: The image a new machine is a child of. Required to create one (unless O(copy_from)).
     type: str
+  copy_from:
+    description:
+      - C([user@]host) of another veneer host: when the machine is absent here, it is copied from that host
+        (C(veneer copy --from), which sends only the image layers this host lacks) instead of created.
+      - The machine must be stopped there. Present here, it is left as it is (no second copy).
+    type: str
+  copy_options:
+    description:
+      - More options for C(veneer copy --from), such as V(["-p", "2222", "-i", "/root/.ssh/id_ed25519"]),
+        V(--remote-veneer) and its command, or V(-o) and an ssh option.
+    type: list
+    elements: str
+    default: []
   network:
     description: V(nat), V(host), V(none) or V(bridge:BR). Changing it restarts a running machine.
     type: str
@@ -79,6 +92,12 @@ EXAMPLES = r"""
   veneer.machines.veneer_machine:
     name: web
     rebased: true
+
+- name: Copied from node1 if this host does not have it yet, then started
+  veneer.machines.veneer_machine:
+    name: web
+    copy_from: root@node1
+    copy_options: ["-p", "22"]
 
 - name: Gone
   veneer.machines.veneer_machine:
@@ -175,6 +194,8 @@ def main() -> None:
             "name": {"type": "str", "required": True},
             "state": {"type": "str", "default": "started", "choices": ["present", "started", "stopped", "absent"]},
             "image": {"type": "str"},
+            "copy_from": {"type": "str"},
+            "copy_options": {"type": "list", "elements": "str", "default": []},
             "network": {"type": "str"},
             "ports": {"type": "list", "elements": "str"},
             "memory": {"type": "str"},
@@ -197,22 +218,28 @@ def main() -> None:
         if before is not None:
             veneer.change("rm", name)
     else:
-        if before is None:
+        present = before
+        if before is None and params["copy_from"]:
+            veneer.change("copy", "--from", params["copy_from"], name, *params["copy_options"])
+            # Its settings came with it: what the task asks for differently is set below.
+            present = veneer.status(name) if not module.check_mode else None
+        elif before is None:
             if not params["image"]:
-                module.fail_json(msg=f"Machine '{name}' does not exist: give 'image' to create it")
+                module.fail_json(msg=f"Machine '{name}' does not exist: give 'image' to create it, or "
+                                 "'copy_from' to copy it from another host")  # fmt: skip
             ports = [a for p in params["ports"] or [] for a in ("--port", p)]
             veneer.change("create", name, "--from", params["image"], *ports, *_settings_args(params, None))
-        else:
-            if params["image"] and before.get("image") != params["image"]:
-                module.fail_json(msg=f"Machine '{name}' is a child of '{before.get('image')}', not of "
+        if present is not None:
+            if params["image"] and present.get("image") != params["image"]:
+                module.fail_json(msg=f"Machine '{name}' is a child of '{present.get('image')}', not of "
                                  f"'{params['image']}'; remove it first to change its image")  # fmt: skip
-            changes = _settings_args(params, before)
-            if changes or (params["rebased"] and _behind(veneer, before)):
+            changes = _settings_args(params, present)
+            if changes or (params["rebased"] and _behind(veneer, present)):
                 if running:
                     veneer.change("stop", name)
                 if changes:
                     veneer.change("set", name, *changes)
-                if params["rebased"] and _behind(veneer, before):
+                if params["rebased"] and _behind(veneer, present):
                     veneer.change("rebase", name, "--no-restart")
                 running = False
         if state == "started" and not running:
