@@ -30,7 +30,7 @@ options:
     type: str
   copy_from:
     description:
-      - C([user@]host) of another veneer host: when the machine is absent here, it is copied from that host
+      - C([user@]host) of another veneer host. When the machine is absent here, it is copied from that host
         (C(veneer copy --from), which sends only the image layers this host lacks) instead of created.
       - The machine must be stopped there. Present here, it is left as it is (no second copy).
     type: str
