@@ -71,7 +71,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "veneer stats --format openmetrics",
         "veneer stats --format prometheus > /var/lib/node_exporter/textfile/veneer.prom.tmp",
     ),
-    "copy": ("veneer copy web1 root@host2", "veneer copy -p 2222 web1 admin@10.0.0.2:web1-copy"),
+    "copy": (
+        "veneer copy web1 root@host2",
+        "veneer copy -p 2222 web1 admin@10.0.0.2:web1-copy",
+        "veneer copy --from root@host2 web1 web1-here",
+    ),
     "move": ("veneer move web1 root@host2", "veneer move web1 root@host2 --remote-veneer 'sudo veneer'"),
     "rename": ("veneer rename web1 www",),
     "diff": ("veneer diff web1", "veneer diff web1 --json"),
