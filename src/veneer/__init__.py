@@ -74,6 +74,11 @@ _EXPORTS = {
     "machine_stats": "veneer.machines.stats",
     "format_openmetrics": "veneer.machines.stats",
     "format_prometheus": "veneer.machines.stats",
+    "Destination": "veneer.machines.send",
+    "SshOptions": "veneer.machines.send",
+    "parse_destination": "veneer.machines.send",
+    "send_machine": "veneer.machines.send",
+    "fetch_machine": "veneer.machines.send",
 }
 
 __all__ = [
@@ -141,6 +146,11 @@ __all__ = [
     "machine_stats",
     "format_openmetrics",
     "format_prometheus",
+    "Destination",
+    "SshOptions",
+    "fetch_machine",
+    "parse_destination",
+    "send_machine",
 ]
 
 if TYPE_CHECKING:
@@ -190,6 +200,7 @@ if TYPE_CHECKING:
         update_image,
     )
     from veneer.machines.run import RunOptions, run_machine
+    from veneer.machines.send import Destination, SshOptions, fetch_machine, parse_destination, send_machine
     from veneer.machines.snapshots import list_snapshots, remove_snapshot, restore_snapshot, take_snapshot
     from veneer.machines.state import machines_on
     from veneer.machines.stats import format_openmetrics, format_prometheus, machine_stats
