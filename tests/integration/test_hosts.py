@@ -259,3 +259,38 @@ def _receive(store: Store, stream: bytes) -> tuple[int, str]:
         out, err = child.communicate()
     path.unlink()
     return child.returncode, err.decode()
+
+
+def test_veneer_machine_copies_an_absent_machine_once_and_plans_it_in_check_mode(
+    busybox: Store, second_store: Store, ssh_host: SshHost, tmp_path: Path
+) -> None:
+    from tests.integration.test_ansible import ansible_env, tool, write_wrapper
+
+    local, remote = busybox, second_store
+    local.veneer("create", "src1", "--from", "bb", "--network", "none")
+    local_veneer = write_wrapper(local, tmp_path / "veneer-local")
+    remote_veneer = write_wrapper(remote, tmp_path / "veneer-remote")
+    options = [*ssh_options(ssh_host), "--remote-veneer", str(local_veneer)]
+    (tmp_path / "play.yml").write_text(f"""
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: {sys.executable}
+  tasks:
+    - veneer.machines.veneer_machine:
+        name: src1
+        state: present
+        copy_from: root@127.0.0.1
+        copy_options: {json.dumps(options)}
+        veneer_command: {remote_veneer}
+""")  # fmt: skip
+    run = [tool("ansible-playbook"), "-i", "localhost,", "play.yml"]
+    check = proc.run([*run, "--check"], cwd=tmp_path, capture=True, check=False, env=ansible_env(tmp_path))
+    assert check.returncode == 0 and "changed=1" in check.stdout, check.stdout + check.stderr
+    assert "src1" not in remote.veneer("list").stdout, "check mode copies nothing"
+    first = proc.run(run, cwd=tmp_path, capture=True, check=False, env=ansible_env(tmp_path))
+    assert first.returncode == 0 and "changed=1" in first.stdout, first.stdout + first.stderr
+    assert json.loads(remote.veneer("status", "src1", "--json").stdout)["state"] == "stopped"
+    again = proc.run(run, cwd=tmp_path, capture=True, check=False, env=ansible_env(tmp_path))
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout + again.stderr
