@@ -1,10 +1,12 @@
-"""`veneer copy` and `veneer move`: a stopped machine to another host over SSH.
+"""`veneer copy` and `veneer move`: a stopped machine to another host over SSH, or from one (`--from`).
 
-Two SSH commands run `veneer _receive` on the other host: the first asks which of the machine's image
-layers it has (by id, or by content key), the second sends the stream of `machines.wire` (the manifest,
-the missing layers, the upper dir) and prints what was published. The receiver stages everything and
-publishes in one step; a move removes the machine here only once the other host has confirmed that.
-The machine stays locked (so stopped) meanwhile. This module does not print.
+Sending, two SSH commands run `veneer _receive` on the other host: the first asks which of the machine's
+image layers it has (by id, or by content key), the second sends the stream of `machines.wire` (the
+manifest, the missing layers, the upper dir) and prints what was published. Fetching, `veneer _send`
+there names the layers, then writes the stream, which `machines.receive` reads here. The receiving end
+stages everything and publishes in one step; a move removes the machine where it was only once the
+receiving end has confirmed that. The machine stays locked (so stopped) meanwhile. This module does not
+print.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ _DESTINATION = re.compile(
     r"(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])"
     r"(?::(?P<name>.*))?"
 )
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
