@@ -117,6 +117,10 @@ def test_copy_then_move_keeps_files_owners_and_sends_only_missing_layers(
 
     # The image's layer is there now: a move sends none, and removes the machine here once it arrived.
     local.veneer("clone", "m1", "m2")
+    local.veneer("snapshot", "m2", "s1")
+    refused = local.veneer("move", "m2", "root@127.0.0.1", *options, ok=(1,))
+    assert "Machine 'm2' has snapshots, which do not travel" in refused.stderr
+    local.veneer("snapshot", "rm", "m2", "s1")
     second = local.veneer("move", "m2", "root@127.0.0.1", *options).stdout
     assert "(0 of 1 image layers sent" in second, second
     assert "m2" not in local.veneer("list").stdout

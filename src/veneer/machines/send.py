@@ -137,12 +137,21 @@ def _remote_failure(destination: Destination, name: str, error: str) -> MachineE
 
 
 @contextlib.contextmanager
-def _outgoing(layout: Layout, name: MachineName) -> Iterator[tuple[MachineRecord, ImageRecord]]:
+def _outgoing(
+    layout: Layout, name: MachineName, *, move: bool
+) -> Iterator[tuple[MachineRecord, ImageRecord]]:
     """The machine, locked (so it stays stopped) while it is sent, and its image."""
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         refuse_if_mounted(layout, name)
         check_upper(layout, name)
+        snapshots = layout.snapshots(name)
+        if move and snapshots.is_dir() and any(snapshots.iterdir()):
+            raise MachineError(
+                f"Machine '{name}' has snapshots, which do not travel: moving it would delete them",
+                hint=f"Copy it instead ('veneer copy'), or remove its snapshots first "
+                f"('veneer snapshot list {name}', 'veneer snapshot rm {name} SNAP...').",
+            )
         record = load_machine(layout, name)
         _refuse_untravelled(record)
         yield record, load_image(layout, record.image)
@@ -179,7 +188,7 @@ def send_machine(
     """Copy (or, with `move`, move) a stopped machine to another host; only the image layers that host
     lacks are sent, and it gets a uid range (and, unless it moves, a machine id) of its own there."""
     new_name = destination.name or name
-    with _outgoing(layout, name) as (record, image):
+    with _outgoing(layout, name, move=move) as (record, image):
         question = LayerQuestion(
             name=new_name, layers=tuple((x.id, x.key) for x in image.layers_of(record.revision))
         )
@@ -212,7 +221,7 @@ def serve_machine(
 ) -> None:
     """Write a machine's stream to `out` for a host fetching it (`veneer _send`); with `move`, remove the
     machine once that host confirms (a line "committed" on `confirmations`)."""
-    with _outgoing(layout, name) as (record, image):
+    with _outgoing(layout, name, move=move) as (record, image):
         manifest = _manifest(record, image, new_name=new_name, have=have, move=move)
         write_stream(layout, name, manifest, out)
         out.flush()
