@@ -266,24 +266,43 @@ class AgentError(Exception):
     """The guest agent refused a request, or did not answer in time."""
 
 
+class AgentFailed(Exception):
+    """A request the agent runs without answering (guest-shutdown) failed."""
+
+
+class AgentRestarted(AgentError):
+    """The agent that ran a command is gone: the guest rebooted, or its agent was restarted."""
+
+
 class Agent:
-    """A client of qemu-guest-agent's JSON protocol on the unix socket qemu connects to its port."""
+    """A client of qemu-guest-agent's JSON protocol on the unix socket qemu connects to its port.
+
+    Every request carries an id that the agent copies into its answer, and only the answer with the
+    request's id is taken: a reboot leaves answers behind that belong to no request still waiting. qemu
+    holds what is written to the socket while no agent has the port open, so the agent of the next boot
+    reads requests sent to the last one (a `guest-exec-status` of a pid it never started) and answers
+    them; an agent killed by the shutdown answers none of those it had read.
+    """
 
     def __init__(self, path: Path) -> None:
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket.connect(os.fspath(path))
         self.buffer = b""
-        self.next_id = int(time.time())
+        self.next_id = int(time.time() * 1000)
 
     def close(self) -> None:
         self.socket.close()
 
-    def send(self, command: str, arguments: dict[str, object] | None = None, *, reset: bool = False) -> None:
-        request: dict[str, object] = {"execute": command}
+    def send(self, command: str, arguments: dict[str, object] | None = None, *, reset: bool = False) -> int:
+        """Send a request; return its id."""
+        self.next_id += 1
+        request: dict[str, object] = {"execute": command, "id": self.next_id}
         if arguments is not None:
             request["arguments"] = arguments
         # 0xFF is never valid JSON: the agent drops what it had read so far (a request cut by a reboot).
         self.socket.sendall((b"\xff" if reset else b"") + json.dumps(request).encode() + b"\n")
+        logger.debug("agent <- %s #%d", command, self.next_id)
+        return self.next_id
 
     def receive(self, timeout: float) -> dict[str, object]:
         """The next JSON message, without the 0xFF that precedes a delimited sync's answer."""
@@ -301,33 +320,60 @@ class Agent:
                 raise AgentError("qemu closed the guest agent's socket")
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
-        line = line.strip(b"\xff \r\t")
+        # The 0xFF before a sync's answer starts a new message (an agent killed mid-write left half of one).
+        line = line[line.rfind(b"\xff") + 1 :].strip()
         if not line:
             return self.receive(max(deadline - time.monotonic(), 0.01))
-        message: dict[str, object] = json.loads(line)
+        try:
+            message: dict[str, object] = json.loads(line)
+        except ValueError:
+            logger.debug("agent -> unreadable %r, dropped", line)
+            return self.receive(max(deadline - time.monotonic(), 0.01))
         return message
 
-    def sync(self, timeout: float) -> bool:
-        """Whether the agent answered a fresh sync in time; answers to older requests are dropped."""
-        self.next_id += 1
-        self.send("guest-sync-delimited", {"id": self.next_id}, reset=True)
+    def answer(self, request: int, command: str, timeout: float) -> object:
+        """The "return" value of the answer to `request`; answers to other requests are dropped."""
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                message = self.receive(remaining)
-            except AgentError:
-                return False
-            if message.get("return") == self.next_id:
-                return True
-        return False
+        while True:
+            message = self.receive(max(deadline - time.monotonic(), 0.0))
+            if message.get("id") != request:
+                logger.debug("agent -> %s, not #%d: dropped", message, request)
+                continue
+            if "error" in message:
+                error = message["error"]
+                desc = str(error.get("desc", "")) if isinstance(error, dict) else ""
+                if command == "guest-exec-status" and desc.endswith("does not exist"):
+                    raise AgentRestarted(f"{command}: {error}")
+                raise AgentError(f"{command}: {error}")
+            return message["return"]
+
+    def sync(self, timeout: float) -> bool:
+        """Whether the agent answered a fresh sync in time."""
+        request = self.send("guest-sync-delimited", {"id": self.next_id + 1}, reset=True)
+        try:
+            return self.answer(request, "guest-sync-delimited", timeout) == request
+        except AgentError:
+            return False
 
     def execute(self, command: str, arguments: dict[str, object], *, timeout: float = 30.0) -> object:
         """Send one request and return its answer's "return" value."""
-        self.send(command, arguments)
-        message = self.receive(timeout)
-        if "error" in message:
-            raise AgentError(f"{command}: {message['error']}")
-        return message["return"]
+        return self.answer(self.send(command, arguments), command, timeout)
+
+    def execute_unanswered(
+        self, command: str, arguments: dict[str, object], *, timeout: float = 30.0
+    ) -> None:
+        """Send a request that is answered only when it fails (guest-shutdown), and raise if it did.
+
+        The agent runs one request at a time, so a sync sent after it is answered once it has run; an
+        agent that does not answer the sync was stopped by what the request started.
+        """
+        request = self.send(command, arguments)
+        sync = self.send("guest-sync-delimited", {"id": self.next_id + 1})
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(AgentError):
+            while (message := self.receive(max(deadline - time.monotonic(), 0.0))).get("id") != sync:
+                if message.get("id") == request:
+                    raise AgentFailed(f"{command}: {message.get('error')}")
 
 
 GUEST_ENV = (
@@ -405,17 +451,22 @@ class VirtualMachine:
     def reboot(self, *, timeout: float = BOOT_TIMEOUT) -> None:
         """Reboot the guest (its disk's writes stay) and wait until the new boot is ready."""
         before = self.boot_id()
-        self.agent.send("guest-shutdown", {"mode": "reboot"})  # answers nothing when it works
+        self.agent.execute_unanswered("guest-shutdown", {"mode": "reboot"})
         deadline = time.monotonic() + timeout
+        # The old agent answers until the shutdown stops it, the new one once the guest is up again: only
+        # a boot id other than the old one says the reboot happened.
         while not self._booted_since(before):
             assert time.monotonic() < deadline, f"the VM did not reboot:\n{self.console_tail()}"
         self.wait_ready(timeout=max(deadline - time.monotonic(), 1.0))
 
     def _booted_since(self, boot_id: str) -> bool:
         """Whether the agent answers, from a boot other than `boot_id`."""
-        with contextlib.suppress(AgentError):
+        try:
             return self.agent.sync(5.0) and self.boot_id() != boot_id
-        return False
+        except AgentError as e:
+            # An agent stopped by the shutdown between a guest-exec and its status, or slow to start.
+            logger.debug("Not booted yet: %s", e)
+            return False
 
 
 def _decode(data: object) -> str:
