@@ -16,6 +16,7 @@ from tests.integration.conftest import DEBIAN_USER, remove_tree
 from tests.integration.helpers import mounts_under
 from veneer.config.layout import Layout
 from veneer.images.bootstrap import PLACEHOLDERS, BuildSpec, Provisioning, SourceKind, build_tree
+from veneer.images.distros import busybox
 from veneer.util import proc
 
 pytestmark = [pytest.mark.root]
@@ -72,7 +73,7 @@ def test_busybox_tree_runs_commands(work: Path) -> None:
     provisioning = Provisioning(users=("alice:wheel,audio", "bob"), run=("echo ran > /root/ran",))
     build_tree(BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning), tree, layout=layout_in(work))
     assert_no_build_identity(tree)
-    assert (tree / "sbin/init").resolve() == (tree / "bin/busybox").resolve()
+    assert (tree / "sbin/init").resolve() == tree / busybox.INIT_PATH
     assert (tree / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert (tree / "root").stat().st_mode & 0o777 == 0o700
     out = probe(tree, "cat /etc/os-release; id; id alice; id bob; cat /root/ran; stat -c %U /home/alice")
@@ -86,7 +87,7 @@ def test_busybox_tree_runs_commands(work: Path) -> None:
 def test_busybox_tree_boots_and_powers_off(work: Path) -> None:
     tree = new_tree(work)
     build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree, layout=layout_in(work))
-    # The console shell that inittab respawns reads these lines; busybox `poweroff` signals init (SIGUSR2).
+    # The console shell that the init respawns reads these lines; busybox `poweroff` signals init (SIGUSR2).
     result = proc.run(
         ["timeout", "--kill-after=5", "30", *BOOT, f"--directory={tree}", "--console=pipe"],
         input="echo booted-$((40+2))\npoweroff\n",
@@ -96,30 +97,47 @@ def test_busybox_tree_boots_and_powers_off(work: Path) -> None:
     assert mounts_under(tree) == []
 
 
-def test_busybox_init_powers_off_on_sigusr2(work: Path) -> None:
+POWEROFF, REBOOT = 0, 133  # nspawn's exit status when its container powered off, rebooted
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "status"),
+    [
+        (signal.SIGUSR2, POWEROFF),  # what `veneer stop` has nspawn send (--kill-signal)
+        (signal.SIGRTMIN + 3, POWEROFF),  # nspawn's default kill signal, systemd's halt
+        (signal.SIGRTMIN + 4, POWEROFF),  # machinectl poweroff
+        (signal.SIGINT, REBOOT),  # machinectl reboot
+        (signal.SIGRTMIN + 5, REBOOT),
+    ],
+)
+def test_busybox_init_ends_on_the_signals_of_busybox_systemd_and_machinectl(
+    work: Path, signal_number: int, status: int
+) -> None:
     from veneer.machines.guest import find_leader
 
     tree = new_tree(work)
     build_tree(BuildSpec(source=SourceKind.BUSYBOX), tree, layout=layout_in(work))
-    # As `veneer stop` does: nspawn, sent SIGTERM, passes SIGUSR2 to busybox init, which powers off;
-    # nspawn then exits 0 (the default SIGRTMIN+3 would be ignored and nspawn would have to be killed).
-    nspawn = proc.spawn([*BOOT, f"--directory={tree}", "--kill-signal=SIGUSR2"])
+    # From the host, as machined sends them: the init of a PID namespace gets only the signals it handles.
+    nspawn = proc.spawn([*BOOT, f"--directory={tree}"])
     try:
-        # A signal that comes before busybox init has its handlers is lost; it sets them up before it
-        # starts its first child (the console shell), which is what `start --wait` waits for too.
-        def init_started_a_child() -> bool:
+        # A signal that comes before the init has its handlers is lost; it sets them up before it starts
+        # its first child (the console shell), which is what `start --wait` waits for too.
+        def init_started_a_child() -> int | None:
             leader = find_leader(nspawn.pid)
-            return leader is not None and bool(
-                Path(f"/proc/{leader}/task/{leader}/children").read_text().split()
-            )
+            if leader is None or not Path(f"/proc/{leader}/task/{leader}/children").read_text().split():
+                return None
+            return leader
 
-        assert proc.wait_until(init_started_a_child, timeout=30, interval=0.05), "busybox init never started"
-        nspawn.send_signal(signal.SIGTERM)
-        assert nspawn.wait(timeout=30) == 0
+        assert proc.wait_until(lambda: init_started_a_child() is not None, timeout=30, interval=0.05)
+        leader = init_started_a_child()
+        assert leader is not None
+        os.kill(leader, signal_number)
+        assert nspawn.wait(timeout=60) == status
     finally:
         if nspawn.poll() is None:
             nspawn.kill()
             nspawn.wait()
+    assert mounts_under(tree) == []
 
 
 def test_debian_tree_has_no_build_host_identity(debian_tree: Path) -> None:

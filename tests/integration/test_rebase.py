@@ -42,14 +42,14 @@ def layer_of(store: Store, revision: int, name: str = "bb") -> Path:
 
 def test_update_publishes_only_what_the_command_changed(busybox: Store) -> None:
     store = busybox
-    update(store, "echo v2 > /etc/version; mkdir -p /srv/app; chown 1000:1000 /srv/app; rm /etc/inittab")
+    update(store, "echo v2 > /etc/version; mkdir -p /srv/app; chown 1000:1000 /srv/app; rm /usr/bin/getent")
     assert revisions(store) == [0, 1] and image(store)["current"] == 1
     tree = layer_of(store, 1)
     assert (tree / "etc/version").read_text() == "v2\n"
     # Layers hold real ids, not the update's uid range; the machine's identity stays out.
     assert os.stat(tree / "etc/version").st_uid == 0 and os.stat(tree / "srv/app").st_uid == 1000
     assert not (tree / "etc/machine-id").exists()
-    assert os.stat(tree / "etc/inittab").st_rdev == 0, "a deletion is a whiteout in the layer"
+    assert os.stat(tree / "usr/bin/getent").st_rdev == 0, "a deletion is a whiteout in the layer"
     assert store.veneer("list", "--json").stdout.strip() == "[]", "the update's throwaway machine is gone"
     store.veneer("create", "new", "--from", "bb", "--network", "none")
     assert sh(store, "new", "cat /etc/version") == "v2\n"
@@ -118,7 +118,7 @@ def test_commit_makes_an_image_or_a_revision(busybox: Store) -> None:
         store,
         "m1",
         "echo app > /etc/app; echo svc:x:1500:1500::/home/svc:/bin/sh >> /etc/passwd; mkdir /home/svc;"
-        " chown 1500 /home/svc; rm /etc/inittab; echo id > /etc/hostname",
+        " chown 1500 /home/svc; rm /usr/bin/getent; echo id > /etc/hostname",
     )
     store.veneer("commit", "m1", "app")
     app = json.loads((store.root / "images/app/image.json").read_text())
@@ -129,7 +129,8 @@ def test_commit_makes_an_image_or_a_revision(busybox: Store) -> None:
     assert not (tree / "etc/hostname").exists(), "a machine's identity is not committed"
     store.veneer("create", "m2", "--from", "app", "--network", "none")
     assert (
-        sh(store, "m2", "cat /etc/app; id -u svc; test -e /etc/inittab || echo gone") == "app\n1500\ngone\n"
+        sh(store, "m2", "cat /etc/app; id -u svc; test -e /usr/bin/getent || echo gone")
+        == "app\n1500\ngone\n"
     )
     store.veneer("commit", "m1", "--revision")
     assert revisions(store) == [0, 1]

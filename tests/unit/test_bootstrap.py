@@ -383,6 +383,18 @@ def test_inittab() -> None:
     assert not any("mount" in line for line in lines)
 
 
+def test_busybox_init_passes_on_the_signals_of_systemd_and_busybox() -> None:
+    passed = {
+        line.split("'")[1].split()[1]: line.split("'")[2].split()
+        for line in busybox.INIT.splitlines()
+        if line.startswith("trap 'pass ")
+    }
+    # SIGRTMIN+3 (halt), +4 (machinectl poweroff), +5 (reboot) with glibc's SIGRTMIN, 34.
+    assert passed == {"USR2": ["USR2", "37", "38"], "USR1": ["USR1"], "TERM": ["TERM", "39"],
+                      "INT": ["INT"], "HUP": ["HUP"]}  # fmt: skip
+    assert "(exec -a linuxrc /bin/busybox) 0<&3 3<&- &" in busybox.INIT
+
+
 def test_base_accounts() -> None:
     assert busybox.PASSWD.startswith("root:x:0:0:")
     root_shadow = busybox.SHADOW.splitlines()[0].split(":")

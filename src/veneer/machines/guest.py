@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.errors import MachineError
+from veneer.images.distros.busybox import INIT_PATH as BUSYBOX_INIT_PATH
 from veneer.util.inroot import read_in_root
 from veneer.util.proc import child_pids
 
@@ -24,9 +25,9 @@ class InitKind(enum.StrEnum):
 
     def kill_signal(self) -> str:
         """The signal nspawn sends PID 1 when veneer asks it to stop (SIGTERM to nspawn)."""
-        # systemd powers off on SIGRTMIN+3; busybox init on SIGUSR2 (it ignores SIGRTMIN+3); sysvinit has
-        # no poweroff signal: SIGINT runs its ctrlaltdel action, which veneer's stop replaces with
-        # `telinit 0` run inside (see stop_command).
+        # systemd powers off on SIGRTMIN+3; busybox init on SIGUSR2 (it ignores SIGRTMIN+3; veneer's init
+        # of busybox images takes both); sysvinit has no poweroff signal: SIGINT runs its ctrlaltdel
+        # action, which veneer's stop replaces with `telinit 0` run inside (see stop_command).
         return {InitKind.SYSTEMD: "SIGRTMIN+3", InitKind.BUSYBOX: "SIGUSR2"}.get(self, "SIGINT")
 
     def stop_command(self) -> tuple[str, ...] | None:
@@ -68,7 +69,8 @@ def detect_init(root: Path) -> InitKind:
     name = init.name
     if name == "systemd" or "systemd" in init.parts[-3:-1]:
         return InitKind.SYSTEMD
-    if name == "busybox":
+    # veneer's busybox images have an init of their own (busybox.INIT), older ones busybox's.
+    if name == "busybox" or init == root / BUSYBOX_INIT_PATH:
         return InitKind.BUSYBOX
     if name == "init" and (root / "etc/inittab").exists():
         return InitKind.SYSVINIT

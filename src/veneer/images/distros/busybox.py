@@ -1,9 +1,10 @@
 """Busybox images: the built-in default, made in an instant and offline from the host's busybox-static.
 
-A tree holds bin/busybox, one symlink per applet, an inittab that boots under `systemd-nspawn --boot`,
-and minimal account files. There is no package manager and no locale or time zone data, and users are
-added by editing passwd, group and shadow directly (there is no useradd): the pure editing functions
-live here and are unit-tested.
+A tree holds bin/busybox, one symlink per applet, an init that boots under `systemd-nspawn --boot` and
+powers off on the signals of busybox's and systemd's (busybox init behind a shell that passes them on,
+see INIT), and minimal account files. There is no package manager and no locale or time zone data, and
+users are added by editing passwd, group and shadow directly (there is no useradd): the pure editing
+functions live here and are unit-tested.
 
 Imports `veneer.images.distros` for the base class; must not import `veneer.images.bootstrap`.
 """
@@ -34,15 +35,13 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "apt-get install busybox-static"
 
-# Busybox init reads this at boot. Under nspawn it runs as PID 1 in a container whose /proc, /sys, /dev,
-# /dev/pts, /dev/shm, /run and /tmp nspawn has mounted already, and whose hostname nspawn has set, so
-# there is no sysinit action at all.
+# Busybox init reads this at boot. Under nspawn it runs in a container whose /proc, /sys, /dev, /dev/pts,
+# /dev/shm, /run and /tmp nspawn has mounted already, and whose hostname nspawn has set, so there is no
+# sysinit action at all.
 #
 # Busybox init halts on SIGUSR1, powers off on SIGUSR2 and reboots on SIGTERM; SIGINT runs ctrlaltdel.
-# It ignores SIGRTMIN+3, which nspawn sends by default to shut a booted container down (systemd's
-# poweroff signal), so whoever stops a busybox machine must send SIGUSR2 (nspawn --kill-signal=SIGUSR2).
-# Its poweroff then ends in reboot(2) inside the PID namespace, which the kernel turns into the death of
-# PID 1 by SIGINT: nspawn reads that as a poweroff and exits 0 (a reboot, SIGHUP, exits 133).
+# Its poweroff ends in reboot(2) inside the PID namespace, which the kernel turns into the death of PID 1
+# by SIGINT: nspawn reads that as a poweroff and exits 0 (a reboot, SIGHUP, exits 133).
 #
 # The console shell has no id field, so it inherits init's console. With "console::" init would open
 # /dev/console for it, which nspawn's pipe console mode does not provide: the shell never starts there.
@@ -51,8 +50,48 @@ INITTAB = """\
 ::respawn:-/bin/sh
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/bin/sync
-::restart:/sbin/init
 """
+
+# /sbin/init: busybox's shell as PID 1, with busybox init (as `linuxrc`, the name under which it runs as
+# another PID) doing the work. The init of a PID namespace gets only the signals it has a handler for, and
+# busybox init has none for those systemd sends a container's init (SIGRTMIN+3 halt, +4 poweroff, +5
+# reboot), so `machinectl poweroff` did nothing to a busybox machine whose PID 1 it was. This PID 1 traps
+# them by number (busybox's shell knows no RTMIN names; glibc's SIGRTMIN, systemd's, is 34) and passes
+# them on as busybox init's own: a halt is a poweroff (a container has no halted state), SIGINT is
+# ctrl-alt-del (`machinectl reboot`). busybox `poweroff`, `halt` and `reboot` signal PID 1 and are passed
+# on too. busybox init's poweroff kills every process but PID 1, then calls reboot(2), which ends PID 1.
+#
+# busybox init sets its handlers before it starts its first child (the console shell): a signal is held
+# back until then, as the default action of one that came earlier would end busybox init. A background
+# job of a script gets /dev/null as its input, unless redirected: the console, saved in fd 3, is given
+# back. (It also ignores SIGINT and SIGQUIT, for which busybox init sets handlers of its own and which it
+# resets for the console shell.) Waiting, the shell reaps every child, so the orphans the machine's
+# processes leave to PID 1 too. Should busybox init end otherwise (killed), PID 1 ends with it: the
+# machine powers off.
+INIT = """\
+#!/bin/sh
+# /sbin/init of a busybox image made by veneer: see veneer/images/distros/busybox.py.
+pass() {
+    children=/proc/$init/task/$init/children
+    while [ -e "$children" ] && [ -z "$(cat "$children")" ]; do
+        usleep 20000
+    done
+    kill -"$1" "$init" 2>/dev/null
+}
+trap 'pass USR2' USR2 37 38
+trap 'pass USR1' USR1
+trap 'pass TERM' TERM 39
+trap 'pass INT' INT
+trap 'pass HUP' HUP
+exec 3<&0
+(exec -a linuxrc /bin/busybox) 0<&3 3<&- &
+init=$!
+exec 3<&-
+while kill -0 "$init" 2>/dev/null; do
+    wait "$init"
+done
+"""
+INIT_PATH = "usr/lib/veneer/init"
 
 # systemd-nspawn --user looks the user up inside the machine with "getent passwd NAME" and "getent
 # initgroups NAME" (nspawn-setuid.c), and busybox has no getent applet.
@@ -253,6 +292,10 @@ def bootstrap(tree: Path) -> None:
     (tree / "lib").symlink_to("usr/lib")
     (tree / "etc/os-release").symlink_to("../usr/lib/os-release")
     write_tree_text(tree, "etc/inittab", INITTAB)
+    write_tree_text(tree, INIT_PATH, INIT, mode=0o755)
+    init = tree / "sbin/init"
+    init.unlink()
+    init.symlink_to(os.path.relpath(INIT_PATH, "sbin"))
     write_tree_text(tree, "usr/bin/getent", GETENT, mode=0o755)
     save_account_files(tree, AccountFiles(passwd=PASSWD, group=GROUP, shadow=SHADOW))
 
