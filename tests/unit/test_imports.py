@@ -32,6 +32,8 @@ LAZY_IMPORTS = {
     # Tar and the compressors: only `clone` of all the lifecycle verbs copies a tree.
     ("veneer.machines.lifecycle", "veneer.images.transfer"),
     ("veneer.machines.lifecycle", "veneer.machines.snapshots"),  # for `clone --from-snapshot`, as above
+    # An enabled machine's unit (systemd hosts only) is rewritten by `set` alone; units.py loads shutil.
+    ("veneer.machines.lifecycle", "veneer.machines.units"),
     # The supervisor of this host, one of two (as the distributions' registry).
     ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
     ("veneer.runtime.supervisor", "veneer.runtime.keeper"),

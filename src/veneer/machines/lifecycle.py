@@ -219,7 +219,8 @@ def change_machine(
     pids: int | None = None,
 ) -> MachineRecord:
     """Change the settings of a machine; what is not given stays. The limits of a running machine change
-    at once (its supervisor applies them); its network and ports only while it is stopped."""
+    at once (its supervisor applies them), and an enabled machine's unit is rewritten with them; its
+    network and ports change only while it is stopped."""
     if network is not None:
         refuse_missing_bridge(network)
     with machine_lock(layout, name):
@@ -236,8 +237,9 @@ def change_machine(
             cpus=old.cpus if cpus is None else cpus,
             pids=old.pids if pids is None else pids,
         )
+        supervisor = supervisor_for(layout)
         if runtime is not None:
-            supervisor_for(layout).set_limits(name, limits)
+            supervisor.set_limits(name, limits)
         record = replace(record, network=network or record.network, limits=limits)
         if ports is not None:
             record = replace(record, ports=tuple(ports))
@@ -245,6 +247,10 @@ def change_machine(
             with locked(layout.lock, what="The veneer store", wait=True):
                 record = replace(record, address=allocate_machine_address(layout))
         save_machine(layout.machine_record(name), record)
+        if supervisor.enabled(name):
+            from veneer.machines.units import refresh_unit
+
+            refresh_unit(layout, name)
     return record
 
 

@@ -1,6 +1,6 @@
 """Starting machines at host boot: `veneer enable` writes `veneer-NAME.service` to /etc/systemd/system,
 the persistent form of the unit the systemd supervisor makes for `start` (`runtime.systemd_unit`), and
-enables it; `disable` disables and removes it.
+enables it; `disable` disables and removes it; `set` rewrites it (`refresh_unit`).
 
 The unit runs the machine itself, `Type=notify`: `veneer _boot` mounts the overlay and sets up the
 network as `start` does, then execs nspawn, which stays the unit's main process (so the unit is active
@@ -101,6 +101,14 @@ def enable_machine(layout: Layout, name: MachineName) -> Path:
     run(["systemctl", "daemon-reload"])
     run(["systemctl", "enable", "--quiet", unit])
     return path
+
+
+def refresh_unit(layout: Layout, name: MachineName) -> None:
+    """Rewrite an enabled machine's unit from its record, after `veneer set` changed its limits."""
+    path = UNIT_DIR / unit_name(layout, name)
+    if path.exists():
+        atomic_write(path, unit_text(layout, name, veneer_argv()))
+        run(["systemctl", "daemon-reload"])
 
 
 def disable_machine(layout: Layout, name: MachineName) -> None:
