@@ -10,7 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_systemd_host import assert_nothing_left, machine, machined_knows
+from tests.integration.test_systemd_host import (
+    assert_nothing_left,
+    machine,
+    machined_knows,
+    veneer_processes,
+)
 from tests.integration.vms import VirtualMachine
 
 pytestmark = [pytest.mark.root]
@@ -193,3 +198,88 @@ def test_an_enabled_machine_runs_again_after_a_reboot_and_disable_undoes_it(
         vm.veneer("disable", "atboot", ok=None)
         vm.veneer("stop", "atboot", ok=None)
         vm.veneer("rm", "atboot", ok=None)
+
+
+def wait_for_unit_gone(vm: VirtualMachine, name: str) -> None:
+    deadline = time.monotonic() + 120
+    while unit(vm, name, "LoadState")["LoadState"] != "not-found":
+        assert time.monotonic() < deadline, "the unit outlived its machine"
+        time.sleep(1)
+
+
+def test_machinectl_poweroff_stops_a_busybox_machine_and_veneer_follows(busybox_vm: VirtualMachine) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "po", "--from", "bb")
+    try:
+        before = cgroup_top(vm)
+        vm.veneer("start", "po", "--wait")
+        # machined sends the init SIGRTMIN+4, which busybox's own init ignores (the machine ran on).
+        vm.run(["machinectl", "poweroff", "po"])
+        wait_for_state(vm, "po", ("stopped",))
+        wait_for_unit_gone(vm, "po")
+        assert machine(vm, "po")["pid"] is None
+        assert not machined_knows(vm, "po")
+        assert_nothing_left(vm, "po")
+        assert cgroup_top(vm) - before <= {"machine.slice"}
+    finally:
+        vm.veneer("stop", "po", ok=None)
+        vm.veneer("rm", "po", ok=None)
+
+
+def test_set_rewrites_the_unit_of_an_enabled_machine(busybox_vm: VirtualMachine) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "setm", "--from", "bb", "--pids", "64")
+    path = "/etc/systemd/system/veneer-setm.service"
+    try:
+        vm.veneer("enable", "setm")
+        # Stopped: the unit file is all there is, and the next start (or host boot) reads it.
+        vm.veneer("set", "setm", "--pids", "48", "--memory", "96M")
+        text = vm.run(["cat", path]).stdout
+        assert "TasksMax=48\n" in text and f"MemoryMax={96 << 20}\n" in text
+        assert unit(vm, "setm", "NeedDaemonReload") == {"NeedDaemonReload": "no"}
+        vm.veneer("start", "setm", "--wait")
+        assert unit(vm, "setm", "TasksMax", "MemoryMax", "FragmentPath") == {
+            "TasksMax": "48", "MemoryMax": str(96 << 20), "FragmentPath": path,
+        }  # fmt: skip
+        # Running: the unit at once, and its file for the next boot.
+        vm.veneer("set", "setm", "--pids", "32")
+        assert unit(vm, "setm", "TasksMax") == {"TasksMax": "32"}
+        assert cgroup_file(vm, "setm", "pids.max").strip() == "32"
+        assert "TasksMax=32\n" in vm.run(["cat", path]).stdout
+        assert unit(vm, "setm", "NeedDaemonReload") == {"NeedDaemonReload": "no"}
+        vm.veneer("stop", "setm")
+        assert_nothing_left(vm, "setm")
+    finally:
+        vm.veneer("disable", "setm", ok=None)
+        vm.veneer("stop", "setm", ok=None)
+        vm.veneer("rm", "setm", ok=None)
+
+
+def test_run_confines_a_command_in_a_scope_of_machine_slice(busybox_vm: VirtualMachine) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "r1", "--from", "bb", "--memory", "64M", "--pids", "64")
+    try:
+        before = cgroup_top(vm)
+        ran = vm.veneer("run", "r1", "--", "sh", "-c", "hostname; cat /proc/self/cgroup; exit 3", ok=(3,))
+        lines = ran.stdout.split()
+        assert lines[0] == "r1"
+        assert any(line.startswith("0::/") for line in lines[1:]), ran.stdout
+        # Its limits hold: a memory hog is killed, the command's status comes back.
+        hog = vm.veneer(
+            "run", "r1", "--", "sh", "-c", "dd if=/dev/zero of=/dev/null bs=200M count=1; echo dd=$?"
+        )
+        assert hog.stdout.strip().splitlines()[-1] == "dd=137"
+        assert machine(vm, "r1")["state"] == "stopped"
+        assert unit(vm, "r1", "LoadState") == {"LoadState": "not-found"}
+        assert vm.run(["systemctl", "show", "veneer-r1.scope", "--property=LoadState"]).stdout.strip() == (
+            "LoadState=not-found"
+        )
+        assert_nothing_left(vm, "r1")
+        # A throwaway machine: made, run and gone.
+        eph = vm.veneer("run", "--ephemeral", "--from", "bb", "--", "sh", "-c", "echo eph-$((6*7))")
+        assert eph.stdout.strip() == "eph-42"
+        assert [m["name"] for m in json.loads(vm.veneer("list", "--json").stdout)] == ["r1"]
+        assert veneer_processes(vm) == []
+        assert cgroup_top(vm) - before <= {"machine.slice"}
+    finally:
+        vm.veneer("rm", "r1", ok=None)
