@@ -297,6 +297,39 @@ def stat_fields(pid: int) -> list[str]:
     return []
 
 
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The process's memory totals in kB: Rss, Pss, Private_Clean, Private_Dirty and the others."""
+    totals: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value, *_ = line.split()
+        totals[key.rstrip(":")] = int(value)
+    return totals
+
+
+def memory_row(label: str, processes: list[dict[str, Any]], per: int) -> dict[str, Any]:
+    """Totals of `processes` divided by `per` (machines or supervisors), in MB."""
+    return {
+        "label": label,
+        "processes_per_machine": len(processes) / per,
+        **{
+            f"{key}_mb": sum(p[f"{key}_kb"] for p in processes) / 1024 / per
+            for key in ("pss", "private", "rss")
+        },
+    }
+
+
+def measure_process(pid: int, **labels: str) -> dict[str, Any]:
+    totals = smaps_rollup(pid)
+    return {
+        **labels,
+        "pid": pid,
+        "name": process_name(pid),
+        "rss_kb": totals["Rss"],
+        "pss_kb": totals["Pss"],
+        "private_kb": totals["Private_Clean"] + totals["Private_Dirty"],
+    }
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot: with the pid, it names one process."""
     fields = stat_fields(pid)

@@ -46,6 +46,8 @@ from harness import (
     loadavg,
     log,
     machine_info,
+    measure_process,
+    memory_row,
     mounts_under,
     podman_flags,
     process_name,
@@ -127,15 +129,6 @@ def busybox_ready(nspawn_pid: int) -> bool:
     ready, busybox init having no way to say so itself."""
     init = container_init(nspawn_pid)
     return init is not None and executable(init) != "systemd-nspawn" and bool(child_pids(init))
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """The process's memory totals in kB: Rss, Pss, Private_Clean, Private_Dirty and the others."""
-    totals: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value, *_ = line.split()
-        totals[key.rstrip(":")] = int(value)
-    return totals
 
 
 def processes_using(paths: Sequence[Path]) -> dict[int, str]:
@@ -918,30 +911,6 @@ MEMORY_MACHINES = 5
 # A Python supervisor at its barest: the interpreter and the modules such a supervisor would need, asleep.
 SUPERVISOR = "import os, select, socket, signal, time; time.sleep(60)"
 SETTLE_SECONDS = 1.0
-
-
-def memory_row(label: str, processes: list[dict[str, Any]], per: int) -> dict[str, Any]:
-    """Totals of `processes` divided by `per` (machines or supervisors), in MB."""
-    return {
-        "label": label,
-        "processes_per_machine": len(processes) / per,
-        **{
-            f"{key}_mb": sum(p[f"{key}_kb"] for p in processes) / 1024 / per
-            for key in ("pss", "private", "rss")
-        },
-    }
-
-
-def measure_process(pid: int, **labels: str) -> dict[str, Any]:
-    totals = smaps_rollup(pid)
-    return {
-        **labels,
-        "pid": pid,
-        "name": process_name(pid),
-        "rss_kb": totals["Rss"],
-        "pss_kb": totals["Pss"],
-        "private_kb": totals["Private_Clean"] + totals["Private_Dirty"],
-    }
 
 
 def memory_survey(bench: Bench, bases: Bases) -> dict[str, Any]:
