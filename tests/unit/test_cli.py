@@ -227,3 +227,34 @@ def test_help_topic_prints_the_command_s_help(capsys: pytest.CaptureFixture[str]
     assert main(["help", "image", "rm"]) == 0
     assert capsys.readouterr().out.startswith("usage: veneer image rm")
     assert main(["help", "nosuch"]) == 2
+
+
+def test_each_command_is_built_alone_by_the_module_that_declares_it() -> None:
+    from veneer.cli import CLI_MODULES, VERB_MODULES, build_parser
+    from veneer.cli.help import subcommands
+
+    whole = {words: sub.format_help() for words, _, sub in subcommands(build_parser())}
+    verbs = {words.split()[0] for words in whole}
+    # help, completion and _complete read the whole parser: they are built with it.
+    assert verbs - VERB_MODULES.keys() == {"help", "completion", "_complete"}
+    assert set(VERB_MODULES) <= verbs and set(VERB_MODULES.values()) <= set(CLI_MODULES)
+    for verb in VERB_MODULES:
+        alone = {words: sub.format_help() for words, _, sub in subcommands(build_parser([verb]))}
+        assert {w: h for w, h in whole.items() if w.split()[0] == verb}.items() <= alone.items()
+
+
+@pytest.mark.parametrize(
+    ("argv", "verb"),
+    [
+        (["list"], "list"),
+        (["--debug", "--root", "/x", "status", "m1"], "status"),
+        (["--root=/x", "image", "list"], "image"),
+        (["--help"], None),
+        (["--root"], None),
+        ([], None),
+    ],
+)
+def test_named_verb(argv: list[str], verb: str | None) -> None:
+    from veneer.cli import named_verb
+
+    assert named_verb(argv) == verb

@@ -34,6 +34,17 @@ LAZY_IMPORTS = {
     ("veneer.machines.lifecycle", "veneer.machines.snapshots"),  # for `clone --from-snapshot`, as above
     # An enabled machine's unit (systemd hosts only) is rewritten by `set` alone; units.py loads shutil.
     ("veneer.machines.lifecycle", "veneer.machines.units"),
+    # Listings load the cleanup after a dead machine (and the network, cgroups and mounts under it) only
+    # when a machine needs it, and the rebase journal only for a machine that was rebased.
+    ("veneer.machines.inspect", "veneer.machines.recovery"),
+    ("veneer.machines.inspect", "veneer.rebase.journal"),
+    ("veneer.machines.inspect", "veneer.images.store"),
+    ("veneer.machines.inspect", "veneer.machines.snapshots"),  # only for a machine that has snapshots
+    ("veneer.machines.restoring", "veneer.rebase"),  # to finish a restore, not to ask if one was cut short
+    ("veneer.machines.restoring", "veneer.rebase.journal"),
+    ("veneer.machines.sweep", "veneer.machines.recovery"),
+    ("veneer.machines.sweep", "veneer.runtime.cgroups"),
+    ("veneer.machines.sweep", "veneer.runtime.supervisor"),
     # The supervisor of this host, one of two (as the distributions' registry).
     ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
     ("veneer.runtime.supervisor", "veneer.runtime.keeper"),
@@ -168,6 +179,7 @@ def test_recovery_is_below_the_verbs_and_the_verbs_do_not_import_each_other() ->
     verbs = {"lifecycle", "run", "boot", "rebase", "sweep"}
     assert imports("recovery") & verbs == set()
     assert {"recovery"} <= imports("lifecycle") & imports("boot") & imports("rebase")
+    assert "recovery" not in imports("inspect") | imports("sweep")  # loaded only to recover something
     assert imports("lifecycle") & {"boot", "rebase"} == set()
     assert imports("boot") & {"lifecycle", "rebase", "run"} == set()
     # A rebase stops a running machine and starts it again afterwards: it builds on boot, never the reverse.

@@ -92,8 +92,67 @@ class _Parser(argparse.ArgumentParser):
         super()._check_value(action, value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from veneer.cli import completion, copy, hosts, image, machine, network, rebase, running, snapshot, stats
+# The module that declares each command, in the order `--help` lists them. A command line that names one
+# builds that module's part of the parser alone (building all of it is a fifth of `veneer list`); anything
+# else (`--help`, `help`, completion, a mistyped command) builds all. Unit tests check the table against
+# the whole parser.
+VERB_MODULES = {
+    "image": "image",
+    "export": "image",
+    **dict.fromkeys(
+        (
+            "create",
+            "set",
+            "list",
+            "status",
+            "rm",
+            "clone",
+            "rename",
+            "diff",
+            "mount",
+            "umount",
+            "tree",
+            "run",
+        ),
+        "machine",
+    ),
+    **dict.fromkeys(
+        ("start", "stop", "restart", "kill", "exec", "shell", "console", "logs", "journal", "enable"),
+        "running",
+    ),
+    **dict.fromkeys(("disable", "_boot", "_started", "_reap"), "running"),
+    "network": "network",
+    "doctor": "network",
+    "rebase": "rebase",
+    "commit": "rebase",
+    "cp": "copy",
+    "snapshot": "snapshot",
+    "restore": "snapshot",
+    "stats": "stats",
+    **dict.fromkeys(("copy", "move", "_receive", "_send"), "hosts"),
+}
+CLI_MODULES = (
+    "image", "machine", "running", "network", "rebase", "copy", "snapshot", "stats", "hosts", "completion",
+)  # fmt: skip
+
+
+def named_verb(argv: Sequence[str]) -> str | None:
+    """The command a command line names, if it has one of the global options at most before it."""
+    words = iter(argv)
+    for word in words:
+        if word == "--root":
+            next(words, None)
+        elif word == "--debug" or word.startswith("--root="):
+            continue
+        else:
+            return None if word.startswith("-") else word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: all of it, or the part that parses `argv`'s command."""
+    from importlib import import_module
+
     from veneer.cli.help import document
 
     parser = _Parser(
@@ -107,16 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log every command run; tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     verbs.required = True
-    image.register(verbs)
-    machine.register(verbs)
-    running.register(verbs)
-    network.register(verbs)
-    rebase.register(verbs)
-    copy.register(verbs)
-    snapshot.register(verbs)
-    stats.register(verbs)
-    hosts.register(verbs)
-    completion.register(verbs, parser)
+    verb = None if argv is None else named_verb(argv)
+    for name in (VERB_MODULES[verb],) if verb in VERB_MODULES else CLI_MODULES:
+        module = import_module(f"veneer.cli.{name}")
+        if name == "completion":
+            module.register(verbs, parser)  # reads the whole parser
+        else:
+            module.register(verbs)
     document(parser)
     return parser
 
@@ -127,9 +183,21 @@ def _setup_logging(debug: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
+def _cache_argparse_translations() -> None:
+    """argparse translates its headings through gettext for each of the ~50 parsers made per command, and
+    gettext searches the disk for a catalogue every time (a third of building the parser): remember the
+    answers, which cannot change within one command."""
+    import functools
+    import gettext
+
+    if not hasattr(argparse._, "cache_info"):  # type: ignore[attr-defined]
+        argparse._ = functools.cache(gettext.gettext)  # type: ignore[attr-defined]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the veneer command line; return the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    _cache_argparse_translations()
     previous = {sig: signal.signal(sig, _end_early) for sig in ENDING_SIGNALS}
     try:
         return _run(args_list)
@@ -142,7 +210,7 @@ def _run(args_list: list[str]) -> int:
     debug = "--debug" in args_list
     try:
         try:
-            args = build_parser().parse_args(args_list)
+            args = build_parser(args_list).parse_args(args_list)
         except SystemExit as e:  # after --help: argparse printed, and it ignores a write that failed
             sys.stdout.flush()
             return e.code if isinstance(e.code, int) else 0

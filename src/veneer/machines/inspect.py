@@ -8,16 +8,13 @@ import enum
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy, StateCorrupt
-from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
-from veneer.machines.recovery import machine_lock, rebase_interrupted, recover_machine
 from veneer.machines.restoring import restore_interrupted
-from veneer.machines.snapshots import list_snapshots
 from veneer.machines.state import (
     RuntimeMode,
     is_alive,
@@ -25,11 +22,14 @@ from veneer.machines.state import (
     load_exit,
     load_machine,
     load_runtime,
+    rebase_interrupted,
 )
 from veneer.machines.sweep import sweep_ephemeral
 from veneer.machines.upper import upper_disk_bytes
 from veneer.overlay.mount import is_mounted
-from veneer.rebase import journal
+
+if TYPE_CHECKING:
+    from veneer.machines.snapshots import Snapshot
 
 
 class MachineState(enum.StrEnum):
@@ -92,6 +92,8 @@ class MachineStatus:
 
 def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     """The status of one machine; a run or boot whose processes died counts as stopped (or failed)."""
+    # Recovery (and the network, cgroup and mount code under it) is loaded only when there is something to
+    # recover: `list` and `status` of machines that are fine stay cheap to start.
     record = load_machine(layout, name)
     runtime = load_runtime(layout, name)
     unfinished = runtime is None and (
@@ -99,11 +101,15 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     )
     if unfinished or layout.freeze_record(name).exists():
         # Taking the lock finishes the rebase or restore, and thaws a machine a killed snapshot froze.
+        from veneer.machines.recovery import machine_lock
+
         with contextlib.suppress(MachineBusy), machine_lock(layout, name):
             record = load_machine(layout, name)
     if runtime is not None and not is_alive(runtime):
         # Something was killed without cleaning up: report the truth and clean up, unless another
         # command holds the machine and is about to.
+        from veneer.machines.recovery import machine_lock, recover_machine
+
         with contextlib.suppress(MachineBusy):
             with machine_lock(layout, name):
                 recover_machine(layout, name)
@@ -122,7 +128,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     if running and runtime is not None:
         leader = find_leader(runtime.pid) if runtime.mode is RuntimeMode.BOOT else runtime.pid
     upper = layout.machine_upper(name)
-    snapshots = list_snapshots(layout, name)
+    snapshots = _snapshots(layout, name)
     return MachineStatus(
         name=name,
         image=record.image,
@@ -148,11 +154,21 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
     )
 
 
+def _snapshots(layout: Layout, name: MachineName) -> list[Snapshot]:
+    if not layout.snapshots(name).is_dir():
+        return []  # most machines: no need to load the snapshot machinery (copies, freezer) to say so
+    from veneer.machines.snapshots import list_snapshots
+
+    return list_snapshots(layout, name)
+
+
 def _last_rebase(machine_dir: Path) -> dict[str, Any] | None:
     if not (machine_dir / "rebase" / "head.json").exists():
         return None
+    from veneer.rebase.journal import load_report  # only for machines that were rebased
+
     with contextlib.suppress(StateCorrupt, KeyError):
-        report = journal.load_report(machine_dir, head=True)
+        report = load_report(machine_dir, head=True)
         return {key: report[key] for key in ("from", "to", "summary", "created")}
     return None
 
@@ -164,6 +180,8 @@ def list_machines(layout: Layout) -> list[MachineStatus]:
 
 def store_tree(layout: Layout) -> list[dict[str, Any]]:
     """Images, their revisions, and the machines on each revision."""
+    from veneer.images.store import list_images
+
     machines = list_machines(layout)
     tree = []
     for image in list_images(layout):

@@ -38,6 +38,7 @@ from veneer.machines.state import (
     is_alive,
     load_machine,
     load_runtime,
+    rebase_interrupted,
     remove_runtime,
     save_exit,
     save_machine,
@@ -183,14 +184,6 @@ def discard_machine(layout: Layout, name: MachineName, *, retire_range: bool = T
             release_uid_range(layout, name, base, retire=retire_range)
     remove_runtime(layout, name)
     remove_tree(gone)
-
-
-def rebase_interrupted(machine_dir: Path) -> bool:
-    """Whether a rebase or its undo was cut short (a cheap check: two stats in the usual case)."""
-    try:
-        return (machine_dir / "rebase" / "state").read_text().strip() != "applied"
-    except FileNotFoundError:
-        return (machine_dir / "rebase.new").exists()
 
 
 def resume_restore(layout: Layout, name: MachineName) -> None:

@@ -22,7 +22,6 @@ from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import StateCorrupt
 from veneer.machines.state import MachineRecord, save_machine
-from veneer.rebase import journal
 from veneer.util.fs import fsync_dir, remove_tree, save_json
 from veneer.util.staging import trash
 
@@ -62,6 +61,8 @@ def finish_restore(layout: Layout, name: MachineName) -> str:
         record = MachineRecord.from_json(data["record"])
         save_machine(layout.machine_record(name), record)
         # The last rebase's undo would put back files of the upper dir that was just replaced.
+        from veneer.rebase import journal  # not for `restore_interrupted`, which every listing asks
+
         journal.discard(layout.machine_dir(name), trash=lambda path: trash(path, layout.staging))
         remove_tree(trash(restore, layout.staging))
     return str(data["snapshot"])

@@ -275,3 +275,12 @@ def load_exit(layout: Layout, name: MachineName) -> ExitRecord | None:
 
 def save_exit(layout: Layout, name: MachineName, record: ExitRecord) -> None:
     save_json(layout.exit_record(name), record.to_json())
+
+
+def rebase_interrupted(machine_dir: Path) -> bool:
+    """Whether a rebase or its undo was cut short (a cheap check: two stats in the usual case); recovery
+    resumes it."""
+    try:
+        return (machine_dir / "rebase" / "state").read_text().strip() != "applied"
+    except FileNotFoundError:
+        return (machine_dir / "rebase.new").exists()
