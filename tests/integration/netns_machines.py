@@ -11,11 +11,17 @@ from pathlib import Path
 
 from veneer.errors import NetworkError
 from veneer.network.ipam import Pool
-from veneer.network.links import _failing, _ip, _replace_addresses, link_exists, mac_for
+from veneer.network.links import _failing, link_exists, mac_for
+from veneer.network.netlink import Netlink
 from veneer.util.proc import run
 
 NETNS_DIR = Path("/run/netns")
 GUEST_INTERFACE = "host0"
+
+
+def _ip(*args: str, netns: str | None = None, ok: tuple[int, ...] = (0,)) -> str:
+    argv = ["ip", *(("-n", netns) if netns else ()), *args]
+    return run(argv, capture=True, ok_returncodes=ok).stdout
 
 
 def host_interface(machine: str) -> str:
@@ -82,9 +88,11 @@ def setup_machine_link(machine: str, *, bridge: str, address: IPv4Address, pool:
             _ip("link", "set", "dev", GUEST_INTERFACE, "address", mac_for(machine), netns=netns)
         _ip("link", "set", "dev", host, "master", bridge, "up")
         _ip("link", "set", "dev", "lo", "up", netns=netns)
-        _replace_addresses(GUEST_INTERFACE, pool.interface(address), netns=netns)
-        _ip("link", "set", "dev", GUEST_INTERFACE, "up", netns=netns)
-        _ip("route", "replace", "default", "via", str(pool.gateway), "dev", GUEST_INTERFACE, netns=netns)
+        # As veneer sets a machine's address: over netlink, in the namespace.
+        with Netlink(netns=path) as netlink:
+            netlink.replace_addresses(GUEST_INTERFACE, pool.interface(address))
+            netlink.set_link(GUEST_INTERFACE, up=True)
+            netlink.replace_default_route(GUEST_INTERFACE, pool.gateway)
     return path
 
 

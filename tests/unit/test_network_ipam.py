@@ -1,7 +1,7 @@
 """Pool choice, address allocation, host route parsing and the network config's JSON round trip."""
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -11,14 +11,14 @@ from veneer.network.ipam import (
     CANDIDATE_POOLS,
     NetworkConfig,
     Pool,
+    address_networks,
     allocate_address,
     choose_pool,
     load_network_config,
-    parse_addr_addresses,
-    parse_addr_networks,
-    parse_route_networks,
+    route_networks,
     save_network_config,
 )
+from veneer.network.netlink import Address, Route
 
 N = IPv4Network
 A = IPv4Address
@@ -30,11 +30,6 @@ def test_pool_from_subnet() -> None:
     assert pool.prefixlen == 24
     assert str(pool.gateway_interface) == "10.87.0.1/24"
     assert str(pool.interface(A("10.87.0.9"))) == "10.87.0.9/24"
-
-
-def test_addr_addresses_are_every_address() -> None:
-    assert parse_addr_addresses(ADDRS) == [A("127.0.0.1"), A("192.0.2.2"), A("10.87.0.1"), A("10.99.1.7")]
-    assert parse_addr_addresses("") == []
 
 
 @pytest.mark.parametrize("gateway", ["10.87.0.0", "10.87.0.255", "10.88.0.1"])
@@ -75,40 +70,37 @@ def test_choose_pool_fails_with_a_hint_when_all_overlap() -> None:
     assert e.value.hint
 
 
-ROUTES = json.dumps(
-    [
-        {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},
-        {"dst": "192.0.2.0/24", "dev": "eth0", "protocol": "kernel"},
-        {"dst": "10.87.0.0/24", "dev": "veneer0", "protocol": "kernel"},
-        {"type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
-        {"type": "local", "dst": "192.0.2.2", "dev": "eth0", "table": "local"},
-        {"type": "unreachable", "dst": "10.200.0.0/16", "table": "main"},
-        {"dst": "0.0.0.0/0", "dev": "wg0", "table": "51820"},
-    ]
-)
-ADDRS = json.dumps(
-    [
-        {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
-        {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "192.0.2.2", "prefixlen": 24}]},
-        {"ifname": "veneer0", "addr_info": [{"family": "inet", "local": "10.87.0.1", "prefixlen": 24}]},
-        {"ifname": "wg0", "addr_info": [{"family": "inet", "local": "10.99.1.7", "prefixlen": 32}]},
-    ]
-)
+# Interface indexes: 1 lo, 2 eth0, 3 veneer0, 4 wg0; 0 for a route through no link (unreachable).
+ROUTES = [
+    Route(destination=N("0.0.0.0/0"), index=2),
+    Route(destination=N("192.0.2.0/24"), index=2),
+    Route(destination=N("10.87.0.0/24"), index=3),
+    Route(destination=N("127.0.0.0/8"), index=1),
+    Route(destination=N("192.0.2.2/32"), index=2),
+    Route(destination=N("10.200.0.0/16"), index=0),
+    Route(destination=N("0.0.0.0/0"), index=4),
+]
+ADDRS = [
+    Address(index=1, interface=IPv4Interface("127.0.0.1/8")),
+    Address(index=2, interface=IPv4Interface("192.0.2.2/24")),
+    Address(index=3, interface=IPv4Interface("10.87.0.1/24")),
+    Address(index=4, interface=IPv4Interface("10.99.1.7/32")),
+]
 
 
 def test_route_networks_skip_defaults_and_the_bridge() -> None:
-    assert parse_route_networks(ROUTES, exclude_dev="veneer0") == [
+    assert route_networks(ROUTES, exclude_index=3) == [
         N("192.0.2.0/24"),
         N("127.0.0.0/8"),
         N("192.0.2.2/32"),
         N("10.200.0.0/16"),
     ]
-    assert N("10.87.0.0/24") in parse_route_networks(ROUTES, exclude_dev="other0")
-    assert parse_route_networks("", exclude_dev="veneer0") == []
+    assert N("10.87.0.0/24") in route_networks(ROUTES, exclude_index=None)
+    assert route_networks([], exclude_index=3) == []
 
 
 def test_addr_networks_skip_the_bridge() -> None:
-    assert parse_addr_networks(ADDRS, exclude_dev="veneer0") == [
+    assert address_networks(ADDRS, exclude_index=3) == [
         N("127.0.0.0/8"),
         N("192.0.2.0/24"),
         N("10.99.1.7/32"),

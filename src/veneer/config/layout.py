@@ -146,6 +146,9 @@ class Layout:
     def boot_status(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.status"
 
+    def address_gate(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.gate"
+
     def notify_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.notify"
 

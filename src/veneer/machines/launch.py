@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Bind
@@ -40,6 +41,7 @@ def prepare_launch(
     env: Sequence[tuple[str, str]] = (),
     binds: Sequence[Bind] = (),
     supervisor: Supervisor,
+    address_gate: Path | None = None,
 ) -> Launch:
     """Set up the machine's network and the command line that launches nspawn running `command`, or
     booting `init`, confined by `supervisor` (its cgroups and limits)."""
@@ -56,6 +58,7 @@ def prepare_launch(
         nat_bridge=net.bridge,
         resolv_conf=net.resolv_conf,
         binds_ro=net.binds_ro,
+        address_gate=address_gate,
         interactive=interactive,
         user=user,
         workdir=workdir,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -33,8 +33,8 @@ from veneer.network.ipam import (
     load_network_config,
     save_network_config,
 )
+from veneer.network.netlink import Netlink
 from veneer.util.fs import atomic_write, locked
-from veneer.util.proc import run
 
 logger = logging.getLogger(__name__)
 
@@ -210,18 +210,26 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
 
 
 def configure_address(layout: Layout, record: MachineRecord, pid: int) -> None:
-    """Give host0 in the namespace of process `pid` (nspawn's container) the machine's address and route."""
+    """Give host0 in the namespace of process `pid` (nspawn's container) the machine's address and route;
+    OSError (ENODEV) while nspawn has not moved host0 there yet."""
     config = load_network_config(layout.network_config)
     if record.network.mode is not NetworkMode.NAT or config is None or record.address is None:
         return
-    enter = ["nsenter", f"--target={pid}", "--net", "ip"]
-    prefix = config.pool.subnet.prefixlen
-    # The one MAC the bridge lets this machine send from (nat.ruleset), instead of nspawn's (which derives
-    # from the host's machine-id as well).
-    run([*enter, "link", "set", "host0", "address", links.mac_for(record.name)])
-    run([*enter, "addr", "replace", f"{record.address}/{prefix}", "dev", "host0"])
-    run([*enter, "link", "set", "host0", "up"])
-    run([*enter, "route", "replace", "default", "via", str(config.pool.gateway), "dev", "host0"])
+    with _failing_in(record.name), Netlink(netns=f"/proc/{pid}/ns/net") as netlink:
+        # The one MAC the bridge lets this machine send from (nat.ruleset), instead of nspawn's (which
+        # derives from the host's machine-id as well); a veth takes a new MAC only while it is down, and
+        # the kernel sets the address before the flags.
+        netlink.set_link("host0", mac=links.mac_for(record.name), up=True)
+        netlink.replace_addresses("host0", config.pool.interface(IPv4Address(record.address)))
+        netlink.replace_default_route("host0", config.pool.gateway)
+
+
+@contextlib.contextmanager
+def _failing_in(name: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise NetworkError(f"Failed to set the address of '{name}': {e}", hint="See 'veneer doctor'.") from e
 
 
 def detach_machine(layout: Layout, name: MachineName) -> None:
@@ -232,7 +240,8 @@ def detach_machine(layout: Layout, name: MachineName) -> None:
     with locked(layout.network_run / "lock", what="The nat network", wait=True):
         # nspawn's veth goes with the container's namespace; a killed nspawn may leave its host side.
         if links.link_exists(links.machine_port(name)):
-            run(["ip", "link", "del", links.machine_port(name)], check=False, capture=True)
+            with contextlib.suppress(OSError), Netlink() as netlink:
+                netlink.delete_link(links.machine_port(name))
         config = load_network_config(layout.network_config)
         if config is None:
             return

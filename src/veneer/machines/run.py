@@ -11,12 +11,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from veneer.config.layout import Layout
-from veneer.config.settings import Bind, MachineName, Network
-from veneer.errors import CommandFailed
+from veneer.config.settings import Bind, MachineName, Network, NetworkMode
+from veneer.errors import NetworkError
 from veneer.machines.guest import find_leader
 from veneer.machines.launch import prepare_launch
 from veneer.machines.netsetup import configure_address
@@ -65,11 +66,12 @@ def run_machine(
         owns_mount = not is_mounted(root)
         # Record before mounting, so a crash from here on is found and cleaned up by the next command.
         _save_runtime(layout, name, os.getpid(), owns_mount)
+        if options.network is not None:
+            record = replace(record, network=options.network)
+        gate_path = layout.address_gate(name) if record.network.mode is NetworkMode.NAT else None
         try:
             if owns_mount:
                 mount_overlay_of(layout, record)
-            if options.network is not None:
-                record = replace(record, network=options.network)
             launch = prepare_launch(
                 layout,
                 record,
@@ -80,29 +82,63 @@ def run_machine(
                 env=options.env,
                 binds=options.binds,
                 supervisor=supervisor_for(layout),
+                address_gate=gate_path,
             )
             env = dict(NSPAWN_ENV)
             if "TERM" in os.environ:
                 env["TERM"] = os.environ["TERM"]
-            process = spawn(launch.argv, env=env)
-            _save_runtime(layout, name, process.pid, owns_mount)
-            if launch.nat:
-                _configure_when_ready(layout, record, process.pid)
-            return wait_forwarding(process)
+            with _address_gate(gate_path, owner=record.uid_base) as gate:
+                process = spawn(launch.argv, env=env)
+                _save_runtime(layout, name, process.pid, owns_mount)
+                if gate is not None:
+                    _configure_when_ready(layout, record, process.pid)
+                    _open_gate(gate)
+                return wait_forwarding(process)
         finally:
             end_run(layout, name, owns_mount=owns_mount)
 
 
+@contextlib.contextmanager
+def _address_gate(path: Path | None, *, owner: int | None) -> Iterator[int | None]:
+    """A FIFO that a nat run's command waits on until its address is set (`runtime.nspawn`), held open
+    read-write for the whole run: the guest's open never blocks, and the line written stays until read."""
+    if path is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a veneer that was killed
+    os.mkfifo(path, 0o600)
+    if owner is not None:  # the machine's root, who reads it
+        os.chown(path, owner, owner)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _open_gate(gate: int) -> None:
+    # Non-blocking: the machine can write to the gate too, and must not make veneer wait on a full pipe.
+    with contextlib.suppress(BlockingIOError):
+        os.write(gate, b"\n")
+
+
 def _configure_when_ready(layout: Layout, record: MachineRecord, nspawn_pid: int) -> None:
-    """Set the address of a run's nat network once nspawn has made the container (its command waits)."""
+    """Set the address of a run's nat network once nspawn has made the container (its command waits at
+    the gate). Reading /proc costs no process, so the wait can be short."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and process_start_time(nspawn_pid) is not None:
         leader = find_leader(nspawn_pid)
         if leader is not None:
-            with contextlib.suppress(CommandFailed):  # host0 may not be there yet: try again
+            with contextlib.suppress(NetworkError):  # host0 may not be there yet: try again
                 configure_address(layout, record, leader)
                 return
-        time.sleep(0.005)
+        time.sleep(0.001)
 
 
 def _save_runtime(layout: Layout, name: MachineName, pid: int, owns_mount: bool) -> None:

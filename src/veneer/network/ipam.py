@@ -16,9 +16,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from veneer.errors import CommandFailed, NetworkError, StateCorrupt
+from veneer.errors import NetworkError, StateCorrupt
+from veneer.network.netlink import Address, Netlink, Route
 from veneer.util.fs import save_json
-from veneer.util.proc import run
 
 CONFIG_VERSION = 1
 DEFAULT_BRIDGE = "veneer0"
@@ -85,66 +85,34 @@ def choose_pool(taken: Sequence[IPv4Network]) -> Pool:
     )
 
 
-def parse_route_networks(text: str, *, exclude_dev: str) -> list[IPv4Network]:
-    """The destinations of `ip -4 -j route show table all` output, but default routes and `exclude_dev`'s."""
-    networks = []
-    for route in json.loads(text or "[]"):
-        dst = route.get("dst", "")
-        if dst == "default" or route.get("dev") == exclude_dev:
-            continue
-        try:
-            network = IPv4Network(dst, strict=False)
-        except ValueError:
-            continue
-        if network.prefixlen > 0:
-            networks.append(network)
-    return networks
+def route_networks(routes: Sequence[Route], *, exclude_index: int | None) -> list[IPv4Network]:
+    """The destinations of routes (all tables), but default routes and those through `exclude_index`."""
+    return [r.destination for r in routes if r.destination.prefixlen > 0 and r.index != exclude_index]
 
 
-def parse_addr_networks(text: str, *, exclude_dev: str) -> list[IPv4Network]:
-    """The subnets of the IPv4 addresses in `ip -4 -j addr` output, but those on `exclude_dev`."""
-    networks = []
-    for link in json.loads(text or "[]"):
-        if link.get("ifname") == exclude_dev:
-            continue
-        for info in link.get("addr_info", []):
-            if info.get("family", "inet") != "inet" or "local" not in info:
-                continue
-            networks.append(IPv4Interface(f"{info['local']}/{info.get('prefixlen', 32)}").network)
-    return networks
-
-
-def parse_addr_addresses(text: str) -> list[IPv4Address]:
-    """The IPv4 addresses in `ip -4 -j addr` output."""
-    return [
-        IPv4Address(info["local"])
-        for link in json.loads(text or "[]")
-        for info in link.get("addr_info", [])
-        if info.get("family", "inet") == "inet" and "local" in info
-    ]
+def address_networks(addresses: Sequence[Address], *, exclude_index: int | None) -> list[IPv4Network]:
+    """The subnets of IPv4 addresses, but those on `exclude_index`."""
+    return [a.interface.network for a in addresses if a.index != exclude_index]
 
 
 def host_addresses() -> list[IPv4Address]:
     """The host's own IPv4 addresses, on every interface."""
     try:
-        return parse_addr_addresses(run(["ip", "-4", "-j", "addr", "show"], capture=True).stdout)
-    except CommandFailed as e:
-        raise NetworkError(
-            f"Failed to read the host's addresses: {e.message}", hint="Check that iproute2 ('ip') works."
-        ) from e
+        with Netlink() as netlink:
+            return [a.interface.ip for a in netlink.addresses()]
+    except OSError as e:
+        raise NetworkError(f"Failed to read the host's addresses: {e}", hint="See 'veneer doctor'.") from e
 
 
 def host_networks(*, bridge: str = DEFAULT_BRIDGE) -> list[IPv4Network]:
     """The networks of the host's IPv4 routes (all tables) and addresses, but those of veneer's `bridge`."""
     try:
-        routes = run(["ip", "-4", "-j", "route", "show", "table", "all"], capture=True).stdout
-        addresses = run(["ip", "-4", "-j", "addr", "show"], capture=True).stdout
-    except CommandFailed as e:
-        raise NetworkError(
-            f"Failed to read the host's routes: {e.message}", hint="Check that iproute2 ('ip') works."
-        ) from e
-    networks = parse_route_networks(routes, exclude_dev=bridge)
-    networks += parse_addr_networks(addresses, exclude_dev=bridge)
+        with Netlink() as netlink:
+            index = netlink.link_index(bridge)
+            networks = route_networks(netlink.routes(), exclude_index=index)
+            networks += address_networks(netlink.addresses(), exclude_index=index)
+    except OSError as e:
+        raise NetworkError(f"Failed to read the host's routes: {e}", hint="See 'veneer doctor'.") from e
     return sorted(set(networks))
 
 

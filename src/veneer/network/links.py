@@ -2,7 +2,8 @@
 `--network-bridge`).
 
 `setup_bridge` is idempotent and repairs what a crash left half made instead of failing; `remove_bridge`
-is idempotent too. Commands run through `ip`; sysctls are written under /proc/sys directly.
+is idempotent too. Links and addresses are set over rtnetlink (`netlink`); sysctls are written under
+/proc/sys directly.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Interface
 from pathlib import Path
 
-from veneer.errors import CommandFailed, NetworkError
+from veneer.errors import NetworkError
 from veneer.network.ipam import Pool
+from veneer.network.netlink import Netlink
 from veneer.util.fs import save_json
-from veneer.util.proc import StrPath, run
+from veneer.util.proc import StrPath
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,11 @@ def link_counters(name: str) -> dict[str, int] | None:
     return counters
 
 
-def _ip(*args: str, netns: str | None = None, ok: tuple[int, ...] = (0,)) -> str:
-    argv = ["ip", *(("-n", netns) if netns else ()), *args]
-    return run(argv, capture=True, ok_returncodes=ok).stdout
-
-
 @contextlib.contextmanager
 def _failing(what: str) -> Iterator[None]:
-    """Turn a failed command or sysctl write into a `NetworkError` saying what was being done."""
+    """Turn a failed netlink request or sysctl write into a `NetworkError` saying what was being done."""
     try:
         yield
-    except CommandFailed as e:
-        raise NetworkError(f"Failed to {what}: {e.message}", hint=_HINT) from e
     except OSError as e:
         raise NetworkError(f"Failed to {what}: {e}", hint=_HINT) from e
 
@@ -89,32 +83,19 @@ def _write_sysctl(path: StrPath, value: str) -> bool:
     return True
 
 
-def _replace_addresses(device: str, address: IPv4Interface, *, netns: str | None = None) -> None:
-    """Make `address` the device's only IPv4 address (a changed pool or machine address goes)."""
-    for link in json.loads(_ip("-4", "-j", "addr", "show", "dev", device, netns=netns) or "[]"):
-        for info in link.get("addr_info", []):
-            current = IPv4Interface(f"{info['local']}/{info['prefixlen']}")
-            if current != address:
-                # Stale ones go first: deleting a primary address takes the secondaries of its subnet
-                # along (unless promote_secondaries is set), so the new one would vanish with it.
-                _ip("addr", "del", str(current), "dev", device, netns=netns, ok=(0, 2))
-    _ip("addr", "replace", str(address), "dev", device, netns=netns)
-
-
 def setup_bridge(name: str, pool: Pool) -> bool:
     """Make the bridge `name` with the pool's gateway address, up, and the sysctls the network needs;
     whether this turned on IPv4 forwarding, host-wide."""
-    with _failing(f"set up the bridge '{name}'"):
+    with _failing(f"set up the bridge '{name}'"), Netlink() as netlink:
         if link_exists(name) and not os.path.isdir(f"/sys/class/net/{name}/bridge"):
             raise NetworkError(
                 f"Interface '{name}' exists and is no bridge",
                 hint=f"Remove it ('ip link del {name}') or set another bridge name in network.json.",
             )
-        if not link_exists(name):
-            # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports, and every machine that
-            # comes or goes could change the gateway's MAC under the others' ARP caches.
-            _ip("link", "add", "name", name, "address", mac_for(name), "type", "bridge", ok=(0, 2))
-        _replace_addresses(name, pool.gateway_interface)
+        # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports, and every machine that
+        # comes or goes could change the gateway's MAC under the others' ARP caches.
+        netlink.add_bridge(name, mac_for(name))  # or it is there already
+        netlink.replace_addresses(name, pool.gateway_interface)
         # Port forwards from 127.0.0.1 are DNATed to a machine and leave through the bridge with a loopback
         # source (masqueraded only afterwards, in postrouting); the kernel drops such packets as martians
         # unless route_localnet is set on the interface (ip_route_output_key_hash(), ip_route_input_slow()).
@@ -125,7 +106,7 @@ def setup_bridge(name: str, pool: Pool) -> bool:
         # stops accepting ICMP redirects (it acts as a router). It is left on at removal, since other tools
         # may rely on it by then; the caller records that veneer turned it on, and `doctor` says so.
         forwarding = _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
-        _ip("link", "set", "dev", name, "up")
+        netlink.set_link(name, up=True)
     return forwarding
 
 
@@ -147,6 +128,5 @@ def remove_bridge(name: str) -> None:
     """Delete the bridge; nothing happens if it is gone already."""
     if not link_exists(name):
         return
-    with _failing(f"remove the bridge '{name}'"):
-        # Status 1 with "Cannot find device": another command removed it meanwhile.
-        _ip("link", "del", "dev", name, ok=(0, 1))
+    with _failing(f"remove the bridge '{name}'"), Netlink() as netlink:
+        netlink.delete_link(name)  # or another command removed it meanwhile

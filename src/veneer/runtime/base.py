@@ -22,6 +22,9 @@ class RunSpec:
     resolv_conf: Path | None = None  # bound onto /etc/resolv.conf instead of the host's
     bind_timezone: bool = True  # the host's /etc/localtime bound over the guest's (False: the guest's own)
     binds_ro: tuple[tuple[Path, str], ...] = ()  # (host file, path in the machine), read-only
+    # A nat run's command starts once a line arrives on this FIFO: the host writes it when the machine's
+    # address is set (`machines.run`).
+    address_gate: Path | None = None
     interactive: bool = False  # stdin and stdout are a terminal
     user: str | None = None
     workdir: str | None = None

@@ -65,11 +65,11 @@ def launch_argv(nspawn: Sequence[str], *, cgroup_dirs: Sequence[Path], private_s
 
 HOST_BUSYBOX = "/bin/busybox"
 WAITER = "/run/veneer/busybox"  # named busybox: it picks its applet from argv[0]
-# Up to 5 s for host0 to get its IPv4 address, then the command (exec: it keeps PID 1).
-WAIT_FOR_ADDRESS = (
-    f"i=0; until {WAITER} ip -4 -o addr show dev host0 2>/dev/null | {WAITER} grep -q inet; do "
-    f'i=$((i+1)); [ $i -ge 500 ] && break; {WAITER} usleep 10000; done; exec "$@"'
-)
+GATE = "/run/veneer/address-gate"
+# Up to 5 s for the host to say host0 has its IPv4 address (a line on the gate, a FIFO the host holds open,
+# so the open does not block), then the command (exec: it keeps PID 1). `read` is the shell's own: no
+# process but the shell runs before the command.
+WAIT_FOR_ADDRESS = f'read -t 5 line < {GATE}; exec "$@"'
 
 
 def is_systemd_host() -> bool:
@@ -142,6 +142,8 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         if mode is NetworkMode.NAT:
             # The command must not start before its address is set: wait with the host's static busybox.
             argv += [f"--bind-ro={HOST_BUSYBOX}:{WAITER}"]
+            if spec.address_gate is not None:
+                argv += [f"--bind-ro={spec.address_gate}:{GATE}"]
             command = [WAITER, "sh", "-c", WAIT_FOR_ADDRESS, "veneer-wait", *command]
         argv += ["--", *command]
     return argv
