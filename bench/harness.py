@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -388,34 +388,59 @@ class Samples:
         return min(self.seconds)
 
 
-def time_contenders(contenders: Sequence[Contender], repeat: int, warmup: int) -> list[Samples]:
-    """Set all up, then time each in turn, repetition by repetition; tear all down whatever happens."""
-    samples = [
-        Samples(name=c.name, command=c.command, seconds=[], reference=c.reference) for c in contenders
-    ]
+class Turn(Protocol):
+    """What `take_turns` asks of a contender (both contender classes of bench/ have it)."""
+
+    def setup(self) -> None: ...
+    def prepare(self, i: int) -> None: ...
+    def reset(self, i: int) -> None: ...
+    def teardown(self) -> None: ...
+
+
+TurnT = TypeVar("TurnT", bound=Turn)
+Result = TypeVar("Result")
+
+
+def take_turns(
+    contenders: Sequence[TurnT], repeat: int, warmup: int, measure: Callable[[TurnT, int], Result]
+) -> list[list[Result]]:
+    """Set all up, then `measure` each in turn, repetition by repetition; tear all down whatever happens.
+    Returns, per contender, what `measure` returned for each timed repetition."""
+    results: list[list[Result]] = [[] for _ in contenders]
     with contextlib.ExitStack() as stack:
         for contender in contenders:
             stack.callback(contender.teardown)
             contender.setup()
-        pairs = list(zip(contenders, samples, strict=True))
+        pairs = list(zip(contenders, results, strict=True))
         for i in range(-warmup, repeat):
             # The order rotates, so that no contender always follows the one that leaves the most behind
             # (2 GB of freed blocks after `cp -a`), and each goes first as often as the others.
             shift = i % len(pairs)
-            for contender, sample in pairs[shift:] + pairs[:shift]:
+            for contender, series in pairs[shift:] + pairs[:shift]:
                 contender.prepare(i)
-                start = time.perf_counter()
-                contender.measure(i)
-                elapsed = time.perf_counter() - start
+                result = measure(contender, i)
                 contender.reset(i)
                 # Dirty pages of one contender must not be written back during the next one's turn.
                 os.sync()
                 if i >= 0:
-                    sample.seconds.append(elapsed)
+                    series.append(result)
             log(f"repetition {i + 1}/{repeat} done" if i >= 0 else "warm-up done")
-        for contender, sample in pairs:
-            sample.notes = contender.notes()
-    return samples
+    return results
+
+
+def time_contenders(contenders: Sequence[Contender], repeat: int, warmup: int) -> list[Samples]:
+    """Time each contender's `measure()` in turns (`take_turns`); the notes are taken once all are done."""
+
+    def timed(contender: Contender, i: int) -> float:
+        start = time.perf_counter()
+        contender.measure(i)
+        return time.perf_counter() - start
+
+    seconds = take_turns(contenders, repeat, warmup, timed)
+    return [
+        Samples(name=c.name, command=c.command, seconds=s, reference=c.reference, notes=c.notes())
+        for c, s in zip(contenders, seconds, strict=True)
+    ]
 
 
 def human_time(seconds: float) -> str:

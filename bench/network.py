@@ -52,6 +52,7 @@ from harness import (
     save_report,
     scratch_dir,
     spawn_logged,
+    take_turns,
 )
 
 from veneer.config.layout import Layout
@@ -828,27 +829,6 @@ BENCHMARKS = (
 )
 
 
-def interleave(contenders: Sequence[Contender], repeat: int, warmup: int) -> list[list[list[float]]]:
-    """Set all up, then measure each in turn, repetition by repetition, in a rotating order; tear all down
-    whatever happens. Returns, per contender, the samples of each timed repetition."""
-    samples: list[list[list[float]]] = [[] for _ in contenders]
-    with contextlib.ExitStack() as stack:
-        for contender in contenders:
-            stack.callback(contender.teardown)
-            contender.setup()
-        pairs = list(zip(contenders, samples, strict=True))
-        for i in range(-warmup, repeat):
-            shift = i % len(pairs)
-            for contender, series in pairs[shift:] + pairs[:shift]:
-                contender.prepare(i)
-                measured = contender.measure(i)
-                contender.reset(i)
-                if i >= 0:
-                    series.append(measured)
-            log(f"repetition {i + 1}/{repeat} done" if i >= 0 else "warm-up done")
-    return samples
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Summaries and tables.
 
@@ -1073,7 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"benchmark '{benchmark.name}': {benchmark.what}")
             repeat = args.repeat or DEFAULT_REPEAT[benchmark.name]
             contenders = benchmark.contenders(bench, topology, veneer)
-            samples = interleave(contenders, repeat, args.warmup)
+            samples = take_turns(contenders, repeat, args.warmup, lambda c, i: c.measure(i))
             results.append(summarize(benchmark, contenders, samples))
         report: dict[str, Any] = {
             "version": 1,

@@ -454,16 +454,19 @@ class PodmanCreate(Contender):
 
 
 class VeneerRun(Contender):
-    name = "veneer run"
-    command = "veneer run M -- /bin/true"
-    machine = "bench-run"
+    """`veneer run` of a busybox machine on `network` (none or nat)."""
 
-    def __init__(self, bench: Bench, bases: Bases) -> None:
-        self.bench, self.bases = bench, bases
+    def __init__(self, bench: Bench, bases: Bases, *, network: str, reference: int = 0) -> None:
+        self.bench, self.bases, self.network = bench, bases, network
+        self.name = f"veneer run, --network {network}"
+        self.command = f"veneer run M -- /bin/true (M made with --network {network})"
+        self.machine = f"bench-run-{network}"
+        self.reference = reference
         self.created = False
 
     def setup(self) -> None:
-        self.bench.veneer("create", self.machine, "--from", self.bases.busybox().image)
+        image = self.bases.busybox().image
+        self.bench.veneer("create", self.machine, "--from", image, "--network", self.network)
         self.created = True
 
     def measure(self, i: int) -> None:
@@ -474,27 +477,46 @@ class VeneerRun(Contender):
             self.bench.veneer("rm", self.machine)
 
 
-class NspawnRun(Contender):
-    """systemd-nspawn on a plain copy of the busybox tree; `isolated` adds what veneer sets up too."""
+# The address the `--network-veth` contender gives its container (TEST-NET-3: nothing is sent to it).
+VETH_ADDRESS, VETH_GATEWAY = "203.0.113.2/24", "203.0.113.1"
+# What a user of plain nspawn runs to give the container an address before the command, with the tree's
+# busybox.
+VETH_SETUP = (
+    f"ip addr add {VETH_ADDRESS} dev host0 && ip link set host0 up && "
+    f'ip route add default via {VETH_GATEWAY} && exec "$@"'
+)
 
-    def __init__(self, bench: Bench, bases: Bases, *, isolated: bool) -> None:
-        self.bench, self.bases, self.isolated = bench, bases, isolated
-        self.tree = bench.scratch / ("nspawn-isolated" if isolated else "nspawn")
+
+class NspawnRun(Contender):
+    """systemd-nspawn on a plain copy of the busybox tree; `network` adds what veneer sets up too:
+    "none" a user namespace and no network, "veth" a user namespace and a veth whose container side gets
+    an address and a default route before the command runs."""
+
+    def __init__(self, bench: Bench, bases: Bases, *, network: str | None, reference: int = 0) -> None:
+        self.bench, self.bases, self.network = bench, bases, network
+        self.reference = reference
+        self.tree = bench.scratch / f"nspawn-{network or 'plain'}"
         self.flags = ["--quiet", "--register=no", "--keep-unit", f"--directory={self.tree}", "--pipe"]
-        if isolated:
-            # veneer's defaults: a user namespace and no network.
+        self.argv = ["/bin/true"]
+        if network == "none":
             self.flags += ["--private-users=pick", "--private-network"]
-        self.name = "systemd-nspawn -U --private-network" if isolated else "systemd-nspawn"
-        self.command = "systemd-nspawn " + " ".join(f for f in self.flags if not f.startswith("--dir"))
-        self.command += " -D TREE -- /bin/true"
+            self.name = "systemd-nspawn -U --private-network"
+        elif network == "veth":
+            self.flags += ["--private-users=pick", "--network-veth"]
+            self.argv = ["/bin/sh", "-c", VETH_SETUP, "sh", "/bin/true"]
+            self.name = "systemd-nspawn -U --network-veth, address set in the container"
+        else:
+            self.name = "systemd-nspawn"
+        shown = " ".join(f for f in self.flags if not f.startswith("--dir"))
+        self.command = f"systemd-nspawn {shown} -D TREE -- {shlex.join(self.argv)}"
 
     def setup(self) -> None:
         run(["cp", "-a", self.bases.busybox().tree, self.tree], capture=True)
-        if self.isolated:
+        if self.network:
             self.measure(-1)  # --private-users=pick chowns the copy on its first run: not part of the task
 
     def measure(self, i: int) -> None:
-        run(["systemd-nspawn", *self.flags, "--", "/bin/true"], capture=True)
+        run(["systemd-nspawn", *self.flags, "--", *self.argv], capture=True)
 
     def teardown(self) -> None:
         shutil.rmtree(self.tree, ignore_errors=True)
@@ -1000,9 +1022,11 @@ def create_contenders(bench: Bench, bases: Bases) -> list[Contender]:
 
 def run_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     return [
-        VeneerRun(bench, bases),
-        NspawnRun(bench, bases, isolated=False),
-        NspawnRun(bench, bases, isolated=True),
+        VeneerRun(bench, bases, network="none"),
+        NspawnRun(bench, bases, network="none"),
+        VeneerRun(bench, bases, network="nat", reference=2),
+        NspawnRun(bench, bases, network="veth", reference=2),
+        NspawnRun(bench, bases, network=None),
         PodmanRun(bench, bases),
     ]
 
@@ -1032,9 +1056,37 @@ def many_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     ]
 
 
+class VeneerListing(Contender):
+    """`veneer list` or `veneer status M` of a store with one stopped busybox machine."""
+
+    machine = "bench-status"
+
+    def __init__(self, bench: Bench, bases: Bases, verb: str) -> None:
+        self.bench, self.bases = bench, bases
+        self.args = ["list"] if verb == "list" else ["status", self.machine]
+        self.name = self.command = f"veneer {' '.join(self.args)}"
+        self.created = False
+
+    def setup(self) -> None:
+        if self.args == ["status", self.machine]:
+            self.bench.veneer(
+                "create", self.machine, "--from", self.bases.busybox().image, "--network", "none"
+            )
+            self.created = True
+
+    def measure(self, i: int) -> None:
+        self.bench.veneer(*self.args)
+
+    def teardown(self) -> None:
+        if self.created:
+            self.bench.veneer("rm", self.machine)
+
+
 def startup_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     return [
         Command("veneer --help", lambda: bench.veneer("--help")),
+        VeneerListing(bench, bases, "list"),
+        VeneerListing(bench, bases, "status"),
         Command("python3 -c pass", lambda: run([sys.executable, "-c", "pass"], capture=True)),
     ]
 
@@ -1046,7 +1098,15 @@ BENCHMARKS: tuple[Benchmark | Survey, ...] = (
         contenders=create_contenders,
         extra_ratios=(("veneer create: big base / 2 MB base", 0, 3),),
     ),
-    Benchmark(name="run", what="run /bin/true in a busybox machine", contenders=run_contenders),
+    Benchmark(
+        name="run",
+        what="run /bin/true in a busybox machine",
+        contenders=run_contenders,
+        extra_ratios=(
+            ("veneer run, none / systemd-nspawn -U --private-network", 0, 1),
+            ("veneer run, nat / systemd-nspawn -U --network-veth + address", 2, 3),
+        ),
+    ),
     Benchmark(
         name="boot", what="boot a Debian machine until systemd reports ready", contenders=boot_contenders
     ),
@@ -1064,6 +1124,11 @@ BENCHMARKS: tuple[Benchmark | Survey, ...] = (
         name="startup",
         what="context: how much of veneer's time is starting Python and its CLI",
         contenders=startup_contenders,
+        extra_ratios=(
+            ("veneer --help / python3 -c pass", 0, 3),
+            ("veneer list / python3 -c pass", 1, 3),
+            ("veneer status M / python3 -c pass", 2, 3),
+        ),
     ),
 )
 

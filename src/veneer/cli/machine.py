@@ -375,7 +375,6 @@ def _split_run_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from veneer.machines.lifecycle import run_ephemeral
     from veneer.machines.run import RunOptions, run_machine
 
     name, command = _split_run_words(args)
@@ -387,5 +386,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         network=args.network,
     )
     if name is None:
+        from veneer.machines.lifecycle import run_ephemeral  # its imports cost a run of a machine 20 ms
+
         return run_ephemeral(_layout(args), args.image, command, options)
     return run_machine(_layout(args), parse_machine_name(name), command, options)

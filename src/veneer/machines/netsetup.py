@@ -200,11 +200,11 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
             links.save_forwarding_record(layout.network_run)
         _refresh(layout, config, _running_nat(layout, extra=record, without=None))
         resolv = layout.network_run / "resolv.conf"
-        atomic_write(resolv, dns.resolv_conf_text(config.pool))
+        atomic_write(resolv, dns.resolv_conf_text(config.pool), durable=False)
         binds: list[tuple[Path, str]] = []
         if (root / "etc/systemd/network").is_dir():
             unit = layout.network_run / "host0.network"
-            atomic_write(unit, HOST0_NETWORK)
+            atomic_write(unit, HOST0_NETWORK, durable=False)
             binds.append((unit, "/" + HOST0_NETWORK_UNIT))
     return Attachment(bridge=config.bridge, resolv_conf=resolv, binds_ro=tuple(binds))
 
@@ -244,6 +244,11 @@ def detach_machine(layout: Layout, name: MachineName) -> None:
                 netlink.delete_link(links.machine_port(name))
         config = load_network_config(layout.network_config)
         if config is None:
+            return
+        if not links.link_exists(config.bridge):
+            # The shared pieces come up in the order bridge, rules, dnsmasq (attach_machine) and go in the
+            # reverse order (below): without the bridge none is up (a machine on another network ended),
+            # unless someone deleted the bridge by hand, which the next nat machine's start and stop repair.
             return
         remaining = _running_nat(layout, extra=None, without=name)
         if remaining:

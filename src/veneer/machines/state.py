@@ -219,7 +219,10 @@ def load_runtime(layout: Layout, name: MachineName) -> RuntimeRecord | None:
 
 def save_runtime(layout: Layout, record: RuntimeRecord) -> None:
     layout.runtime_record(record.name).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(layout.runtime_record(record.name), json.dumps(record.to_json(), indent=2) + "\n")
+    # Not durable: a runtime record means nothing after a reboot (`boot_id`), and the rename alone keeps
+    # readers from seeing half of one.
+    text = json.dumps(record.to_json(), indent=2) + "\n"
+    atomic_write(layout.runtime_record(record.name), text, durable=False)
 
 
 def remove_runtime(layout: Layout, name: MachineName) -> None:

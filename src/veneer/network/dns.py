@@ -167,7 +167,7 @@ def setup_dns(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / CONFIG_NAME
     hosts_path = run_dir / HOSTS_NAME
-    atomic_write(hosts_path, hosts_text(hosts), mode=0o644)
+    atomic_write(hosts_path, hosts_text(hosts), mode=0o644, durable=False)
     user = "nobody" if _readable_by_others(hosts_path) else "root"
     config = dnsmasq_config(run_dir, bridge=bridge, pool=pool, upstream=upstream, user=user)
     pid = running_pid(run_dir)
@@ -185,7 +185,7 @@ def setup_dns(
                 pass
         else:
             _stop(pid, config_path)
-    atomic_write(config_path, config, mode=0o644)
+    atomic_write(config_path, config, mode=0o644, durable=False)
     with contextlib.suppress(FileNotFoundError):
         (run_dir / PID_NAME).unlink()
     try:

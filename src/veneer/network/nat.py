@@ -1,8 +1,8 @@
 """veneer's own nftables tables: masquerading for the nat network, port forwards, the forward policy
 for the bridge and what keeps the machines off the host's loopback (`ip <table>`), and what a machine may
 send into the bridge (`bridge <table>`). The ruleset is built as text by a pure function and applied in
-one `nft -f` transaction that replaces both tables, so applying it again is idempotent and a half-applied
-ruleset cannot exist.
+one nft transaction (libnftables in this process, as `nft -f` runs it) that replaces both tables, so
+applying it again is idempotent and a half-applied ruleset cannot exist.
 
 Other tables (the user's firewall, docker's, podman's) are never touched; `doctor` explains conflicts.
 """
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from veneer.errors import CommandFailed, NetworkError
+from veneer.errors import NetworkError
+from veneer.network import libnft
 from veneer.network.ipam import Pool
 from veneer.util.proc import run
 
@@ -185,11 +186,11 @@ def _bridge_table(table: str, guests: Sequence[Guest]) -> list[str]:
 
 
 def apply_ruleset(text: str) -> None:
-    """Load an nft script in one transaction."""
+    """Load an nft script in one transaction (libnftables, in this process)."""
     try:
-        run(["nft", "-f", "-"], input=text, capture=True)
-    except CommandFailed as e:
-        raise NetworkError(f"Failed to load veneer's nftables rules: {e.message}", hint=_HINT) from e
+        libnft.run_script(text)
+    except (OSError, libnft.NftError) as e:
+        raise NetworkError(f"Failed to load veneer's nftables rules: {e}", hint=_HINT) from e
 
 
 def remove_table(table: str = DEFAULT_TABLE) -> None:

@@ -34,8 +34,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see either the old or the new content, never a part."""
+def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` so readers see either the old or the new content, never a part; and,
+    if `durable`, so a power cut leaves one or the other too (runtime state under /run need not)."""
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -43,13 +44,15 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
             f.write(payload)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def save_json(path: Path, record: dict[str, Any]) -> None:
