@@ -460,7 +460,7 @@ class VeneerRun(Contender):
         self.bench, self.bases, self.network = bench, bases, network
         self.name = f"veneer run, --network {network}"
         self.command = f"veneer run M -- /bin/true (M made with --network {network})"
-        self.machine = f"bench-run-{network}"
+        self.machine = f"brun-{network}"
         self.reference = reference
         self.created = False
 
@@ -1059,7 +1059,7 @@ def many_contenders(bench: Bench, bases: Bases) -> list[Contender]:
 class VeneerListing(Contender):
     """`veneer list` or `veneer status M` of a store with one stopped busybox machine."""
 
-    machine = "bench-status"
+    machine = "bstatus"
 
     def __init__(self, bench: Bench, bases: Bases, verb: str) -> None:
         self.bench, self.bases = bench, bases

@@ -45,6 +45,16 @@ LAZY_IMPORTS = {
     ("veneer.machines.sweep", "veneer.machines.recovery"),
     ("veneer.machines.sweep", "veneer.runtime.cgroups"),
     ("veneer.machines.sweep", "veneer.runtime.supervisor"),
+    # The nat machinery (rtnetlink, nftables, dnsmasq) where a nat machine needs it, not in every run; the
+    # rebase journal where recovery finishes a rebase.
+    ("veneer.machines.netsetup", "veneer.network"),
+    ("veneer.machines.netsetup", "veneer.network.dns"),
+    ("veneer.machines.netsetup", "veneer.network.nat"),
+    ("veneer.machines.netsetup", "veneer.network.netlink"),
+    ("veneer.network.links", "veneer.network.netlink"),
+    ("veneer.network.ipam", "veneer.network.netlink"),
+    ("veneer.machines.recovery", "veneer.rebase"),
+    ("veneer.machines.recovery", "veneer.rebase.journal"),
     # The supervisor of this host, one of two (as the distributions' registry).
     ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
     ("veneer.runtime.supervisor", "veneer.runtime.keeper"),

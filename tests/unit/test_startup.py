@@ -123,3 +123,19 @@ def test_the_store_is_seen_by_the_listing(store: Path) -> None:
     env = {"PYTHONPATH": str(SRC), "VENEER_ROOT": str(store / "state"), "VENEER_RUN": str(store / "run")}
     listed = json.loads(proc.run([sys.executable, "-c", code], capture=True, env=env).stdout)
     assert [m["name"] for m in listed] == ["m1"]
+
+
+def test_a_run_loads_the_nat_machinery_and_the_rebase_journal_only_when_needed() -> None:
+    # What `veneer run` imports before it knows the machine's network or whether a rebase was cut short.
+    code = "import sys, veneer.cli.machine, veneer.machines.run; print(*sorted(sys.modules))"
+    loaded = set(
+        proc.run([sys.executable, "-c", code], capture=True, env={"PYTHONPATH": str(SRC)}).stdout.split()
+    )
+    assert "veneer.machines.netsetup" in loaded and "veneer.machines.recovery" in loaded
+    nat_or_rebase = (
+        "veneer.network.netlink",
+        "veneer.network.nat",
+        "veneer.network.dns",
+        "veneer.network.libnft",
+    )
+    assert sorted(loaded & {*nat_or_rebase, "veneer.rebase.journal", "veneer.machines.lifecycle"}) == []

@@ -1,5 +1,8 @@
 """A machine's network: made before nspawn starts it, removed when it ends.
 
+The nat machinery (netlink, nftables, dnsmasq) is loaded only where a nat machine needs it: a run of a
+machine on another network passes through here too, and its start-up is worth those imports' 15 ms.
+
 For `nat`, nspawn makes the machine's namespace and a veth into veneer's bridge, and veneer sets the
 machine's static address and default route from the host as soon as the container exists, so any guest
 works, with or without a DHCP client (a one-shot `run` waits for its address, see runtime.nspawn).
@@ -23,7 +26,7 @@ from veneer.config.settings import MachineName, Network, NetworkMode, Port
 from veneer.errors import NetworkError
 from veneer.images.identity import HOST0_NETWORK_UNIT
 from veneer.machines.state import MachineRecord, is_alive, list_machine_names, load_machine, load_runtime
-from veneer.network import dns, links, nat
+from veneer.network import links
 from veneer.network.ipam import (
     NetworkConfig,
     allocate_address,
@@ -33,7 +36,6 @@ from veneer.network.ipam import (
     load_network_config,
     save_network_config,
 )
-from veneer.network.netlink import Netlink
 from veneer.util.fs import atomic_write, locked
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ def _refuse_clashing_ports(machines: Sequence[MachineRecord]) -> None:
 
 def _refresh(layout: Layout, config: NetworkConfig, machines: Sequence[MachineRecord]) -> None:
     """Rules and names for exactly the machines that run now."""
+    from veneer.network import dns, nat
+
     _refuse_clashing_ports(machines)
     forwards = [
         nat.Forward(
@@ -188,6 +192,8 @@ def attach_machine(layout: Layout, record: MachineRecord, root: Path) -> Attachm
     """Put a machine that is about to start on its network."""
     if record.network.mode is not NetworkMode.NAT:
         return Attachment()
+    from veneer.network import dns
+
     layout.network_run.mkdir(parents=True, exist_ok=True)
     with locked(layout.network_run / "lock", what="The nat network", wait=True):
         config = load_network_config(layout.network_config)
@@ -215,6 +221,8 @@ def configure_address(layout: Layout, record: MachineRecord, pid: int) -> None:
     config = load_network_config(layout.network_config)
     if record.network.mode is not NetworkMode.NAT or config is None or record.address is None:
         return
+    from veneer.network.netlink import Netlink
+
     with _failing_in(record.name), Netlink(netns=f"/proc/{pid}/ns/net") as netlink:
         # The one MAC the bridge lets this machine send from (nat.ruleset), instead of nspawn's (which
         # derives from the host's machine-id as well); a veth takes a new MAC only while it is down, and
@@ -240,6 +248,8 @@ def detach_machine(layout: Layout, name: MachineName) -> None:
     with locked(layout.network_run / "lock", what="The nat network", wait=True):
         # nspawn's veth goes with the container's namespace; a killed nspawn may leave its host side.
         if links.link_exists(links.machine_port(name)):
+            from veneer.network.netlink import Netlink
+
             with contextlib.suppress(OSError), Netlink() as netlink:
                 netlink.delete_link(links.machine_port(name))
         config = load_network_config(layout.network_config)
@@ -250,6 +260,8 @@ def detach_machine(layout: Layout, name: MachineName) -> None:
             # reverse order (below): without the bridge none is up (a machine on another network ended),
             # unless someone deleted the bridge by hand, which the next nat machine's start and stop repair.
             return
+        from veneer.network import dns, nat
+
         remaining = _running_nat(layout, extra=None, without=name)
         if remaining:
             _refresh(layout, config, remaining)

@@ -9,7 +9,8 @@ the next command that finds the machine dead (`recover_machine`).
 
 This module builds on records (`machines.state`, `machines.uids`), network setup, cgroups, the
 supervisor, the overlay, the rebase journal, the restore steps and the freezer only; it never imports the
-verbs (lifecycle, run, boot, rebase, snapshots), which import it.
+verbs (lifecycle, run, boot, rebase, snapshots), which import it. The journal is loaded only when a
+rebase is to be finished: every verb passes through here, and almost never finds one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
@@ -45,12 +47,13 @@ from veneer.machines.state import (
 )
 from veneer.machines.uids import release_uid_range
 from veneer.overlay.mount import is_mounted, mount_overlay, unmount
-from veneer.rebase import journal
-from veneer.rebase.journal import Target
 from veneer.runtime import cgroups
 from veneer.runtime.supervisor import supervisor_for
 from veneer.util.fs import locked, remove_tree
 from veneer.util.staging import trash
+
+if TYPE_CHECKING:
+    from veneer.rebase.journal import Target
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +204,8 @@ def trasher(layout: Layout) -> Callable[[Path], Path]:
 
 def resume_rebase(layout: Layout, name: MachineName) -> None:
     """Finish what a killed rebase or undo started; the caller holds the machine's lock."""
+    from veneer.rebase import journal  # loaded when there is a rebase to finish (see the module doc)
+
     machine_dir = layout.machine_dir(name)
     current = journal.state(machine_dir)
     try:
@@ -223,6 +228,8 @@ def resume_rebase(layout: Layout, name: MachineName) -> None:
 
 def finish_rebase(layout: Layout, name: MachineName) -> None:
     """Apply a prepared rebase journal to the upper dir and point the record at its target."""
+    from veneer.rebase import journal  # loaded when there is a rebase to finish (see the module doc)
+
     machine_dir = layout.machine_dir(name)
     journal.apply(machine_dir, layout.machine_upper(name))
     target = _move_record(layout, name, "to")
@@ -232,6 +239,8 @@ def finish_rebase(layout: Layout, name: MachineName) -> None:
 
 def finish_undo(layout: Layout, name: MachineName) -> Target:
     """Put the upper dir back as the journal saved it and point the record at the rebase's source."""
+    from veneer.rebase import journal  # loaded when there is a rebase to finish (see the module doc)
+
     machine_dir = layout.machine_dir(name)
     journal.undo(machine_dir, layout.machine_upper(name), trash=trasher(layout))
     source = _move_record(layout, name, "from")
@@ -241,6 +250,9 @@ def finish_undo(layout: Layout, name: MachineName) -> Target:
 
 def _move_record(layout: Layout, name: MachineName, end: str) -> Target:
     """Point the machine record at the journal's source or target revision."""
+    from veneer.rebase import journal
+    from veneer.rebase.journal import Target
+
     where = Target.from_json(journal.load_report(layout.machine_dir(name), head=True)[end])
     record = replace(load_machine(layout, name), image=where.image, revision=where.revision)
     save_machine(layout.machine_record(name), record)

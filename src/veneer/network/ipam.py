@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veneer.errors import NetworkError, StateCorrupt
-from veneer.network.netlink import Address, Netlink, Route
 from veneer.util.fs import save_json
+
+if TYPE_CHECKING:
+    from veneer.network.netlink import Address, Route
 
 CONFIG_VERSION = 1
 DEFAULT_BRIDGE = "veneer0"
@@ -98,6 +100,8 @@ def address_networks(addresses: Sequence[Address], *, exclude_index: int | None)
 def host_addresses() -> list[IPv4Address]:
     """The host's own IPv4 addresses, on every interface."""
     try:
+        from veneer.network.netlink import Netlink  # not for the config, which every run reads
+
         with Netlink() as netlink:
             return [a.interface.ip for a in netlink.addresses()]
     except OSError as e:
@@ -106,6 +110,8 @@ def host_addresses() -> list[IPv4Address]:
 
 def host_networks(*, bridge: str = DEFAULT_BRIDGE) -> list[IPv4Network]:
     """The networks of the host's IPv4 routes (all tables) and addresses, but those of veneer's `bridge`."""
+    from veneer.network.netlink import Netlink
+
     try:
         with Netlink() as netlink:
             index = netlink.link_index(bridge)

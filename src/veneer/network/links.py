@@ -19,7 +19,6 @@ from pathlib import Path
 
 from veneer.errors import NetworkError
 from veneer.network.ipam import Pool
-from veneer.network.netlink import Netlink
 from veneer.util.fs import save_json
 from veneer.util.proc import StrPath
 
@@ -86,6 +85,8 @@ def _write_sysctl(path: StrPath, value: str) -> bool:
 def setup_bridge(name: str, pool: Pool) -> bool:
     """Make the bridge `name` with the pool's gateway address, up, and the sysctls the network needs;
     whether this turned on IPv4 forwarding, host-wide."""
+    from veneer.network.netlink import Netlink  # not for `link_exists` and `mac_for`, which every run uses
+
     with _failing(f"set up the bridge '{name}'"), Netlink() as netlink:
         if link_exists(name) and not os.path.isdir(f"/sys/class/net/{name}/bridge"):
             raise NetworkError(
@@ -128,5 +129,7 @@ def remove_bridge(name: str) -> None:
     """Delete the bridge; nothing happens if it is gone already."""
     if not link_exists(name):
         return
+    from veneer.network.netlink import Netlink
+
     with _failing(f"remove the bridge '{name}'"), Netlink() as netlink:
         netlink.delete_link(name)  # or another command removed it meanwhile
