@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -466,6 +467,12 @@ class VeneerRun(Contender):
 
     def setup(self) -> None:
         image = self.bases.busybox().image
+        if self.network == "nat":
+            # A subnet few others use: the bridge comes and goes with each run, and another store on the
+            # host that picks the first free candidate meanwhile would clash with ours.
+            self.bench.veneer(
+                "network", "subnet", f"10.{secrets.randbelow(50) + 200}.{secrets.randbelow(256)}.0/24"
+            )
         self.bench.veneer("create", self.machine, "--from", image, "--network", self.network)
         self.created = True
 

@@ -225,7 +225,7 @@ def check_pool(facts: HostFacts, config: NetworkConfig | None) -> Finding:
             ok=False,
             check="pool",
             message=f"Cannot read the host's routes: {facts.host_networks_error}",
-            fix="Check that iproute2 ('ip') works.",
+            fix="veneer reads them over rtnetlink (NETLINK_ROUTE): run it as root, outside a sandbox.",
         )
     if config is None:
         try:
