@@ -43,7 +43,8 @@ def clocked(label, function):
 steps = {
     "refuse_if_running": "recovery check",
     "mount_overlay_of": "mount the idmapped overlay", "prepare_launch": "network and cgroups set up, argv",
-    "spawn": "start the launch chain", "_configure_when_ready": "nat: set the address (netlink)",
+    "spawn": "start the launch chain",
+    "_configure_when_ready": "nat: wait for the container, set its address",
     "wait_forwarding": "wrappers + nspawn + /bin/true", "end_run": "clean up (unmount, cgroups, network)",
 }
 for name, label in steps.items():
