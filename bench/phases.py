@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import secrets
 import statistics
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for network in ("none", "nat"):
             machine = f"ph-{network}"
             bench.veneer("create", machine, "--from", "bb", "--network", network)
-            bench.defer(lambda machine=machine: bench.veneer("rm", machine), f"remove {machine}")
+            bench.defer(functools.partial(bench.veneer, "rm", machine), f"remove {machine}")
             phases: dict[str, list[float]] = {}
             walls = []
             for i in range(args.repeat + 1):
