@@ -185,6 +185,17 @@ def test_none_has_only_loopback_and_host_sees_the_hosts_links(busybox: Store, ou
     assert outside.uplink in store.veneer("run", "hn", "--", "ip", "-o", "link").stdout
 
 
+def test_a_run_as_any_user_starts_its_command_once_the_address_is_set(natted: Store) -> None:
+    # The command waits at the host's gate (a FIFO) as the user it runs as, which must be able to open it.
+    store = natted
+    store.veneer("create", "who", "--from", "bb")
+    for user in ("root", "nobody"):
+        done = store.veneer(
+            "run", "--user", user, "who", "--", "sh", "-c", "ip -o -4 addr show host0 | wc -l"
+        )
+        assert done.stdout.strip() == "1" and "address-gate" not in done.stderr, (user, done.stderr)
+
+
 def test_stopping_everything_leaves_links_and_rules_as_they_were(natted: Store) -> None:
     store = natted
     before = network_snapshot()

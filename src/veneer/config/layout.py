@@ -147,7 +147,7 @@ class Layout:
         return self.run / "machines" / f"{name}.status"
 
     def address_gate(self, name: str) -> Path:
-        return self.run / "machines" / f"{name}.gate"
+        return self.run / "gates" / name
 
     def notify_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.notify"

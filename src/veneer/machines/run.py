@@ -105,11 +105,14 @@ def _address_gate(path: Path | None, *, owner: int | None) -> Iterator[int | Non
     if path is None:
         yield None
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The machine's command may run as any of its users, so the FIFO is readable by all; its directory
+    # keeps the host's users away from it.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # left by a veneer that was killed
     os.mkfifo(path, 0o600)
-    if owner is not None:  # the machine's root, who reads it
+    os.chmod(path, 0o604)  # not through mkfifo's mode, which the umask narrows
+    if owner is not None:  # the machine's root
         os.chown(path, owner, owner)
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
