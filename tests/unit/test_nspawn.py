@@ -51,11 +51,16 @@ def test_network_modes() -> None:
     assert not any(a.startswith(("--private-network", "--network")) for a in host)
     nat = nspawn_argv(
         replace(SPEC, network=Network(mode=NetworkMode.NAT), nat_bridge="veneer0",
-                resolv_conf=Path("/run/veneer/network/resolv.conf"))
+                resolv_conf=Path("/run/veneer/network/resolv.conf"),
+                address_gate=Path("/run/veneer/gates/m"))
     )  # fmt: skip
     assert "--network-bridge=veneer0" in nat
     assert "--resolv-conf=off" in nat and "--bind-ro=/run/veneer/network/resolv.conf:/etc/resolv.conf" in nat
-    # A one-shot command waits for its address, with the host's busybox bound in.
+    # A one-shot command waits for its address at the host's gate, with the host's busybox bound in; the
+    # wait is the shell's own `read`, no process of its own.
+    assert "--bind-ro=/run/veneer/gates/m:/run/veneer/address-gate" in nat
+    script = nat[nat.index("--") + 4]
+    assert script.startswith("read -t 5 line < /run/veneer/address-gate;") and "ip" not in script.split()
     assert nat[nat.index("--") + 1 :][:2] == ["/run/veneer/busybox", "sh"] and nat[-3:] == [
         "sh",
         "-c",
