@@ -33,6 +33,10 @@ FRAME = {
 LISTING = {
     "veneer.cli.machine",
     "veneer.cli.output",
+    # The path of busybox's init, which `machines.guest` recognizes (a light module, as is its package).
+    "veneer.images",
+    "veneer.images.distros",
+    "veneer.images.distros.busybox",
     "veneer.config.uidrange",
     "veneer.machines",
     "veneer.machines.guest",
@@ -74,7 +78,15 @@ STARTUP_MODULES = {
     "status": FRAME | LISTING,
 }
 # Never on these paths: the machinery of other verbs, and heavy standard modules.
-NEVER = ("veneer.machines.recovery", "veneer.network", "veneer.runtime", "veneer.images", "veneer.rebase")
+NEVER = (
+    "veneer.machines.recovery",
+    "veneer.network",
+    "veneer.runtime",
+    "veneer.images.store",
+    "veneer.images.transfer",
+    "veneer.images.bootstrap",
+    "veneer.rebase",
+)
 NEVER_STDLIB = ("tarfile", "zipfile", "email", "http", "urllib.request", "asyncio", "ansible")
 
 
