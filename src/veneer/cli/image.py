@@ -22,6 +22,7 @@ from veneer.errors import UsageError
 
 if TYPE_CHECKING:
     from veneer.images.registry import Credentials
+    from veneer.images.runconfig import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def _image_json(layout: Layout, name: str) -> dict[str, Any]:
                 "command": revision.command,
                 "size_bytes": image.layers_of(revision.number)[-1].size_bytes,
                 "machines": [m.name for m in machines if m.revision == revision.number],
+                "config": None if revision.config is None else revision.config.to_oci(),
             }
             for revision in image.revisions
         ],
@@ -363,7 +365,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     print_table(("REV", "CREATED", "SIZE", "MACHINES", "COMMAND"), rows)
     print("(* current: what new machines and rebases get)")
+    config = _current_config(layout, args.name)
+    if config is not None:
+        print()
+        print("Runs as (current revision):")
+        for key, value in config.describe():
+            print(f"  {key + ':':<13} {value}")
     return 0
+
+
+def _current_config(layout: Layout, name: str) -> RunConfig | None:
+    from veneer.images.store import load_image
+
+    image = load_image(layout, name)
+    return image.config_of(image.current)
 
 
 def _update_options(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,9 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import Error, MachineBusy, MachineError, MachineRunning
-from veneer.machines.guest import InitKind, detect_init, find_leader
+from veneer.images.runconfig import signal_number
+from veneer.machines.app import AppProcess, image_run_config, resolve_app
+from veneer.machines.guest import InitKind, detect_init, find_leader, has_init
 from veneer.machines.inside import exec_in_machine
 from veneer.machines.launch import prepare_launch
 from veneer.machines.netsetup import configure_address
@@ -33,6 +35,7 @@ from veneer.machines.recovery import (
     refuse_if_running,
 )
 from veneer.machines.state import (
+    MachineRecord,
     RuntimeMode,
     RuntimeRecord,
     current_boot_id,
@@ -82,9 +85,9 @@ def start_machine(
         try:
             if owns_mount:
                 mount_overlay_of(layout, record)
-            init = detect_init(root)
+            init, app = _boot_plan(layout, record, root)
             launch = prepare_launch(
-                layout, record, init=init, interactive=supervisor.terminal, supervisor=supervisor
+                layout, record, init=init, app=app, interactive=supervisor.terminal, supervisor=supervisor
             )
             if wait and init.notifies():
                 notify = _bind_notify_socket(layout.notify_socket(name))
@@ -106,6 +109,16 @@ def start_machine(
                     layout.notify_socket(name).unlink()
     logger.debug("Started machine '%s' (%s).", name, init.value)
     return runtime
+
+
+def _boot_plan(layout: Layout, record: MachineRecord, root: Path) -> tuple[InitKind, AppProcess | None]:
+    """What a start runs in the mounted machine: its init, or, in an image without one that names a
+    command (an application image), that command as nspawn's PID 2."""
+    if not has_init(root):
+        config = image_run_config(layout, record)
+        if config is not None and config.command:
+            return InitKind.APP, resolve_app(root, config)
+    return detect_init(root), None
 
 
 def _start_enabled(
@@ -141,9 +154,11 @@ def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
         try:
             if runtime.owns_mount:
                 mount_overlay_of(layout, record)
-            init = detect_init(root)
+            init, app = _boot_plan(layout, record, root)
             supervisor = supervisor_for(layout)
-            launch = prepare_launch(layout, record, init=init, interactive=False, supervisor=supervisor)
+            launch = prepare_launch(
+                layout, record, init=init, app=app, interactive=False, supervisor=supervisor
+            )
             save_runtime(layout, replace(runtime, init=init))
         except BaseException:
             end_boot(layout, name, requested=True)
@@ -256,7 +271,9 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
         save_runtime(layout, runtime)
         init = runtime.init or InitKind.OTHER
         command = init.stop_command()
-        if command is not None:
+        if init is InitKind.APP:
+            _signal_app(layout, name, runtime.pid)
+        elif command is not None:
             with contextlib.suppress(MachineError):
                 exec_in_machine(layout, name, command, quiet=True)
         else:
@@ -271,6 +288,17 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
         end_boot(layout, name, requested=True)
     logger.debug("Stopped machine '%s'.", name)
     return True
+
+
+def _signal_app(layout: Layout, name: MachineName, nspawn_pid: int) -> None:
+    """Send an application machine's process its image's stop signal (SIGTERM if it names none), as
+    Podman does; when it exits, nspawn's stub init ends the machine."""
+    config = image_run_config(layout, load_machine(layout, name))
+    number = signal_number(config.stop_signal) if config and config.stop_signal else signal.SIGTERM
+    leader = find_leader(nspawn_pid)
+    for pid in child_pids(leader) if leader is not None else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
 
 
 def restart_machine(
