@@ -95,7 +95,7 @@ def start_machine(
             pid = _wait_for_nspawn(layout, supervisor, name, timeout=timeout)
             runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init)
             save_runtime(layout, runtime)
-            leader = _wait_for_leader(layout, name, pid, timeout=timeout)
+            leader = _wait_for_leader(layout, name, pid, app=init is InitKind.APP, timeout=timeout)
             configure_address(layout, record, leader)
             if wait:
                 _wait_until_ready(layout, supervisor, name, runtime, init, notify, timeout=timeout)
@@ -173,7 +173,8 @@ def configure_started(layout: Layout, name: MachineName, *, timeout: float = STA
         runtime = load_runtime(layout, name)
         if runtime is None or not is_alive(runtime):
             raise _failure(layout, name, "stopped while starting")
-        leader = _wait_for_leader(layout, name, runtime.pid, timeout=timeout)
+        app = runtime.init is InitKind.APP
+        leader = _wait_for_leader(layout, name, runtime.pid, app=app, timeout=timeout)
         configure_address(layout, load_machine(layout, name), leader)
 
 
@@ -213,19 +214,28 @@ def _wait_for_nspawn(layout: Layout, supervisor: Supervisor, name: MachineName, 
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
 
 
-def _wait_for_leader(layout: Layout, name: MachineName, pid: int, *, timeout: float) -> int:
+def _wait_for_leader(
+    layout: Layout, name: MachineName, pid: int, *, app: bool = False, timeout: float
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         leader = find_leader(pid)
         if leader is not None:
-            with contextlib.suppress(OSError):
-                # Until the init is exec'd, the leader is still a copy of nspawn.
-                if not os.readlink(f"/proc/{leader}/exe").endswith("systemd-nspawn"):
-                    return leader
+            # Until the init is exec'd, the leader is still a copy of nspawn; an application's leader stays
+            # one (nspawn's stub init), and its child becomes the application.
+            if any(not _is_nspawn(p) for p in (child_pids(leader) if app else [leader])):
+                return leader
         if process_start_time(pid) is None:
             raise _failure(layout, name, "stopped while starting")
         time.sleep(0.02)
     raise _failure(layout, name, f"did not start its init within {timeout:.0f} s")
+
+
+def _is_nspawn(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn")
+    except OSError:
+        return True  # gone, or not exec'd yet: not the guest's own process
 
 
 def _wait_until_ready(
