@@ -147,11 +147,17 @@ def register(verbs: Any) -> None:
     )
     prune.set_defaults(handler=cmd_prune)
 
-    machine_export = verbs.add_parser("export", help="a stopped machine's root filesystem as a tarball")
+    machine_export = verbs.add_parser(
+        "export", help="a stopped machine as a root filesystem tarball or a systemd .mstack directory"
+    )
     machine_export.add_argument("machine", type=parse_machine_name)
     machine_export.add_argument(
-        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress)"
+        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress) or directory (mstack)"
     )
+    machine_export.add_argument(
+        "--format", choices=("tar", "mstack"), default="tar",
+        help="tar (default) or mstack: layers and rw/ for systemd-nspawn >= 260 (--mstack=DEST)",
+    )  # fmt: skip
     machine_export.set_defaults(handler=cmd_export_machine)
 
     rm = sub.add_parser("rm", help="remove images no machine uses")
@@ -289,9 +295,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_machine(args: argparse.Namespace) -> int:
-    from veneer.machines.export import export_machine
+    from veneer.machines.export import MachineExportFormat, export_machine
 
-    export_machine(Layout.from_env(args.root), args.machine, args.dest)
+    export_machine(Layout.from_env(args.root), args.machine, args.dest, fmt=MachineExportFormat(args.format))
     print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 

@@ -164,7 +164,7 @@ def merged_view(layout: Layout, lowers: Sequence[Path], what: str) -> Iterator[P
 
 
 @contextlib.contextmanager
-def _replacing(dest: Path, *, directory: bool) -> Iterator[Path]:
+def replacing(dest: Path, *, directory: bool) -> Iterator[Path]:
     """A temporary path next to `dest`, renamed to `dest` if the block succeeds, removed otherwise."""
     if dest.exists() or dest.is_symlink():
         raise ImageError(f"'{dest}' exists already", hint="Choose a new destination, or remove it first.")
@@ -202,7 +202,7 @@ def _open_compressed(raw: IO[bytes], name: str, stack: contextlib.ExitStack) -> 
 
 def write_rootfs_tar(root: Path, dest: Path, *, uid_base: int | None = None) -> None:
     """The tree `root` as a root filesystem tarball at `dest` (compressed by its name)."""
-    with _replacing(dest, directory=False) as tmp, open(tmp, "wb") as raw, contextlib.ExitStack() as stack:
+    with replacing(dest, directory=False) as tmp, open(tmp, "wb") as raw, contextlib.ExitStack() as stack:
         out = _open_compressed(raw, dest.name, stack)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             add_tree(tf, root, layer=False, uid_base=uid_base)
@@ -316,7 +316,7 @@ def write_docker_archive(
         layer_names = [f"{oci.digest_hex(b.diff_id)}.tar" for b in written]
         manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]
         with (
-            _replacing(dest, directory=False) as tmp,
+            replacing(dest, directory=False) as tmp,
             tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf,
         ):
             tf.add(scratch / oci.digest_hex(config_digest), arcname=config_name)
@@ -352,7 +352,7 @@ def write_oci_archive(
         layout_dir = scratch / "layout"
         write_oci_layout(layers, history, layout_dir, ref_name=ref_name, run=run)
         with (
-            _replacing(dest, directory=False) as tmp,
+            replacing(dest, directory=False) as tmp,
             tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf,
         ):
             for name in sorted(os.listdir(layout_dir)):
@@ -381,7 +381,7 @@ def export_image(
         with merged_view(layout, trees, f"image '{name}'") as root:
             write_rootfs_tar(root, dest)
     elif fmt is ExportFormat.OCI:
-        with _replacing(dest, directory=True) as tmp:
+        with replacing(dest, directory=True) as tmp:
             write_oci_layout(trees, history, tmp, ref_name=reference, run=run)
     elif fmt is ExportFormat.OCI_ARCHIVE:
         write_oci_archive(trees, history, dest, ref_name=reference, run=run)

@@ -28,6 +28,7 @@ from veneer.config.settings import ImageName
 from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
 from veneer.images.blobs import file_digest
+from veneer.images.mstack import is_mstack, layer_builder, read_mstack
 from veneer.images.runconfig import RunConfig
 from veneer.images.store import (
     ImageRecord,
@@ -71,6 +72,7 @@ class SourceFormat(StrEnum):
     OCI_ARCHIVE = "oci-archive"
     DOCKER_ARCHIVE = "docker-archive"
     DISK = "disk"
+    MSTACK = "mstack"
 
 
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")
@@ -93,8 +95,11 @@ def detect_format(source: Path) -> SourceFormat:
     if source.is_dir():
         if (source / "oci-layout").is_file() and (source / "index.json").is_file():
             return SourceFormat.OCI_LAYOUT
+        if is_mstack(source):
+            return SourceFormat.MSTACK
         raise ImageError(
-            f"'{source}' is a directory but not an OCI image layout (no oci-layout and index.json)",
+            f"'{source}' is a directory but neither an OCI image layout (no oci-layout and index.json) "
+            "nor an mstack (no layer@ directories)",
             hint=f"For a root filesystem directory: 'veneer image create NAME --from-dir {source}'.",
         )
     try:
@@ -152,6 +157,8 @@ def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageReco
             )
     if kind is SourceFormat.OCI_LAYOUT:
         return _import_unpacked(layout, name, source, spec, origin=f"import OCI layout {source}")
+    if kind is SourceFormat.MSTACK:
+        return _import_mstack(layout, name, source)
     with staging_dir(layout.staging, layout.lock, f"import-{name}") as stage:
         unpacked = stage / "archive"
         unpacked.mkdir()
@@ -185,6 +192,16 @@ def _import_unpacked(
         for i, (blob, diff_id) in enumerate(layers)
     ]
     return create_image_from_layers(layout, name, origin=origin, layers=sources, config=config)
+
+
+def _import_mstack(layout: Layout, name: ImageName, source: Path) -> ImageRecord:
+    stack = read_mstack(source)
+    origin = f"import mstack {source}"
+    sources = [
+        LayerSource(key=layer.key, origin=f"{origin} {layer.name}", build=layer_builder(layer))
+        for layer in stack
+    ]
+    return create_image_from_layers(layout, name, origin=origin, layers=sources)
 
 
 def _builder(blob: Path, diff_id: str, position: str, max_bytes: int) -> Callable[[Path], None]:
