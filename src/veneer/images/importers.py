@@ -98,7 +98,7 @@ def detect_format(source: Path) -> SourceFormat:
         if is_mstack(source):
             return SourceFormat.MSTACK
         raise ImageError(
-            f"'{source}' is a directory but neither an OCI image layout (no oci-layout and index.json) "
+            f"'{source}' is a directory but not an OCI image layout (no oci-layout and index.json) "
             "nor an mstack (no layer@ directories)",
             hint=f"For a root filesystem directory: 'veneer image create NAME --from-dir {source}'.",
         )
