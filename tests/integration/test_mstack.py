@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import Store
+from tests.integration.layouts import stack as image_stack
 from veneer.util import proc
 
 pytestmark = [pytest.mark.root]
@@ -112,3 +113,38 @@ def test_mstack_with_host_owners_or_devices_is_refused(store: Store, tmp_path: P
     (stack / "layer@1.raw").write_text("")
     assert "does not import" in store.veneer("image", "import", "bad", str(stack), ok=(1,)).stderr
     assert "bad" not in store.veneer("image", "list").stdout
+
+
+def test_importctl_pull_oci_layout_imports_with_shared_layers_and_config(
+    store: Store, tmp_path: Path
+) -> None:
+    """As importctl pull-oci leaves it: NAME.mstack/layer@N -> ../.oci-sha256:HEX (foreign UID range, read
+    only), an empty rw/, and NAME.oci-config beside it."""
+    machines = tmp_path / "machines"
+    base = machines / f".oci-sha256:{'1' * 64}"
+    (base / "bin").mkdir(parents=True)
+    (base / "usr").mkdir()
+    proc.run(["cp", "/bin/busybox", base / "bin/busybox"])
+    (base / "bin/sh").symlink_to("busybox")
+    (base / "bin/cat").symlink_to("busybox")
+    top = machines / f".oci-sha256:{'2' * 64}"
+    top.mkdir()
+    (top / "app").write_text("app\n")
+    for index, name in enumerate(("one", "two")):
+        stack = machines / f"{name}.mstack"
+        (stack / "rw").mkdir(parents=True)
+        (stack / "layer@0").symlink_to(f"../{base.name}")
+        if index:
+            (stack / "layer@1").symlink_to(f"../{top.name}")
+    (machines / "two.oci-config").write_text(
+        '{"config": {"Cmd": ["cat", "/app"], "User": "0"}, "rootfs": {"type": "layers", "diff_ids": []}}'
+    )
+    foreign = 0x7FFE0000
+    for path in (base, *base.rglob("*"), top, *top.rglob("*")):
+        os.chown(path, foreign, foreign, follow_symlinks=False)
+    store.veneer("image", "import", "one", str(machines / "one.mstack"))
+    store.veneer("image", "import", "two", str(machines / "two.mstack"))
+    # The shared layer is stored once.
+    assert image_stack(store.root, "one") == image_stack(store.root, "two")[:1]
+    store.veneer("create", "m", "--from", "two", "--network", "none")
+    assert store.veneer("run", "m").stdout == "app\n"  # its Cmd, from two.oci-config

@@ -29,7 +29,7 @@ from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
 from veneer.images.blobs import file_digest
 from veneer.images.mstack import is_mstack, layer_builder, read_mstack
-from veneer.images.runconfig import RunConfig
+from veneer.images.runconfig import RunConfig, parse_run_config
 from veneer.images.store import (
     ImageRecord,
     LayerSource,
@@ -201,7 +201,14 @@ def _import_mstack(layout: Layout, name: ImageName, source: Path) -> ImageRecord
         LayerSource(key=layer.key, origin=f"{origin} {layer.name}", build=layer_builder(layer))
         for layer in stack
     ]
-    return create_image_from_layers(layout, name, origin=origin, layers=sources)
+    # importctl pull-oci keeps the image's config beside the stack: NAME.oci-config for NAME.mstack.
+    config_path = source.with_suffix(".oci-config")
+    config = None
+    if config_path.is_file() and not config_path.is_symlink():
+        what = f"'{config_path}'"
+        document = oci.load_json(config_path.read_bytes()[: oci.MAX_JSON + 1], what)
+        config = parse_run_config(document.get("config"), what)
+    return create_image_from_layers(layout, name, origin=origin, layers=sources, config=config)
 
 
 def _builder(blob: Path, diff_id: str, position: str, max_bytes: int) -> Callable[[Path], None]:

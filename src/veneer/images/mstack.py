@@ -14,13 +14,17 @@ the attributes as trees cross over, and moves owners between ranges:
   systemd's unprivileged tools write); the foreign range is moved back to image ids. Any other owner
   outside 0-65535 is refused: the image would carry host ids.
 
-An imported layer that is a symlink to a directory named by a digest (`sha256-HEX` or `sha256:HEX`,
-as layers shared between mstacks are) gets that digest as its content key, so images share it.
+An imported layer that is a symlink to a directory named by a digest (importctl pull-oci links
+`layer@N` to `../.oci-sha256:HEX`, HEX the layer blob's digest, the layer's diff_id when uncompressed)
+gets that digest as its content key, so images imported from mstacks sharing a layer share it too.
+Whiteouts written as attributes (what unprivileged tools make on Linux 6.7+) become 0/0 devices, which
+every kernel veneer supports reads.
 Imports are as hostile as any archive: `transfer.copy_tree` refuses device nodes outside dev/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -40,7 +44,10 @@ FOREIGN_UID_BASE = 0x7FFE0000  # systemd's foreign UID range (docs/UIDS-GIDS.md)
 LAYER_PREFIX = "layer@"
 TRUSTED_OVERLAY = "trusted.overlay."
 USER_OVERLAY = "user.overlay."
-_DIGEST_NAME_RE = re.compile(r"sha256[-:_]([0-9a-f]{64})")
+# How importctl pull-oci names the layer directories its mstacks link to (`.oci-sha256:HEX`).
+_DIGEST_NAME_RE = re.compile(r"(?:\.oci-)?sha256[-:_]([0-9a-f]{64})")
+WHITEOUT_XATTR = "trusted.overlay.whiteout"  # Linux 6.7+: a whiteout as an empty file with this attribute
+WHITEOUTS_XATTR = "trusted.overlay.whiteouts"  # ... in a directory marked with this one
 
 
 def version_key(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -150,11 +157,28 @@ def layer_builder(layer: StackLayer) -> Callable[[Path], None]:
         logger.info("Copying mstack layer %s", layer.name)
         copy_tree(layer.path.resolve(), tree, allow_whiteouts=True)
         rename_overlay_xattrs(tree, source=USER_OVERLAY, target=TRUSTED_OVERLAY)
+        _device_whiteouts(tree)
         if tree.stat().st_uid >= FOREIGN_UID_BASE:
             shift_ownership(tree, FOREIGN_UID_BASE, 0)
         _check_owners(tree, layer.name)
 
     return build
+
+
+def _device_whiteouts(tree: Path) -> None:
+    for dirpath, _, filenames in os.walk(tree):
+        with contextlib.suppress(OSError):
+            os.removexattr(dirpath, WHITEOUTS_XATTR, follow_symlinks=False)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or WHITEOUT_XATTR not in os.listxattr(
+                path, follow_symlinks=False
+            ):
+                continue
+            os.unlink(path)
+            os.mknod(path, stat.S_IFCHR | 0o000, 0)
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _check_owners(tree: Path, name: str) -> None:
