@@ -56,8 +56,15 @@ def test_machine_exports_as_mstack_and_imports_back(busybox: Store, tmp_path: Pa
     assert not [x for x in os.listxattr(opaque) if x.startswith("trusted.")]
     whiteout = (dest / "rw/data/bin/cat").lstat()
     assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
+    foreign = 0x7FFE0000  # systemd's foreign UID range, what --private-users=managed maps
     owned = (dest / "rw/data/srv/opaque/b").stat()
-    assert (owned.st_uid, owned.st_gid) == (1234, 5678)  # image ids, not the machine's range
+    assert (owned.st_uid, owned.st_gid) == (foreign + 1234, foreign + 5678)
+    assert (dest / "layer@0/bin/busybox").stat().st_uid == foreign
+    assert (dest / "rw/work").stat().st_uid == foreign
+    image_owned = tmp_path / "image-ids.mstack"
+    store.veneer("export", "m", str(image_owned), "--format", "mstack", "--owner", "image")
+    assert (image_owned / "rw/data/srv/opaque/b").stat().st_uid == 1234
+    assert (image_owned / "layer@0/bin/busybox").stat().st_uid == 0
 
     merged = tmp_path / "merged"
     mount_mstack(dest, merged)

@@ -158,6 +158,11 @@ def register(verbs: Any) -> None:
         "--format", choices=("tar", "mstack"), default="tar",
         help="tar (default) or mstack: layers and rw/ for systemd-nspawn >= 260 (--mstack=DEST)",
     )  # fmt: skip
+    machine_export.add_argument(
+        "--owner", choices=("foreign", "image"), default="foreign",
+        help="mstack ids: systemd's foreign range (default; nspawn --private-users=managed) or image ids "
+        "(--private-users=no)",
+    )  # fmt: skip
     machine_export.set_defaults(handler=cmd_export_machine)
 
     rm = sub.add_parser("rm", help="remove images no machine uses")
@@ -295,9 +300,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_machine(args: argparse.Namespace) -> int:
+    from veneer.images.mstack import MstackOwner
     from veneer.machines.export import MachineExportFormat, export_machine
 
-    export_machine(Layout.from_env(args.root), args.machine, args.dest, fmt=MachineExportFormat(args.format))
+    layout = Layout.from_env(args.root)
+    fmt, owner = MachineExportFormat(args.format), MstackOwner(args.owner)
+    export_machine(layout, args.machine, args.dest, fmt=fmt, owner=owner)
     print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 

@@ -8,8 +8,9 @@ option, carry `trusted.overlay.opaque`; whiteouts are 0/0 character devices in b
 the attributes as trees cross over, and moves owners between ranges:
 
 - veneer's layers hold image ids (0-65535) and a machine's upper dir its own range; an exported mstack
-  holds image ids throughout, as a directory tree for `systemd-nspawn --directory` does, so nspawn's
-  `--private-users` maps it as it maps any tree.
+  holds systemd's foreign UID range (0x7FFE0000 + image id) throughout, which nspawn maps into a user
+  namespace of its own with `--private-users=managed` (nspawn refuses an mstack with any other user
+  namespacing but none), or image ids on request, for `--private-users=no`.
 - an imported mstack may hold image ids or systemd's foreign UID range (0x7FFE0000 onwards, what
   systemd's unprivileged tools write); the foreign range is moved back to image ids. Any other owner
   outside 0-65535 is refused: the image would carry host ids.
@@ -31,6 +32,7 @@ import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE
@@ -70,13 +72,31 @@ def rename_overlay_xattrs(tree: Path, *, source: str, target: str) -> None:
                 os.removexattr(path, name, follow_symlinks=False)
 
 
-def write_mstack(layers: Sequence[Path], upper: Path | None, dest: Path, *, uid_base: int | None) -> None:
-    """Fill the empty directory `dest` as an mstack: copies of `layers` (bottom first, image ids) and of
-    `upper`, a machine's upper dir owned in the range at `uid_base`, as `rw/data`."""
+class MstackOwner(StrEnum):
+    """Whose ids an exported mstack holds (`export --owner`)."""
+
+    # systemd's foreign UID range: what `systemd-nspawn --mstack=DIR --private-users=managed` boots in a
+    # user namespace of its own (nspawn 262 refuses an mstack with any other user namespacing).
+    FOREIGN = "foreign"
+    # Image ids 0-65535: for `--private-users=no`, container root being host root.
+    IMAGE = "image"
+
+    def base(self) -> int:
+        return FOREIGN_UID_BASE if self is MstackOwner.FOREIGN else 0
+
+
+def write_mstack(
+    layers: Sequence[Path], upper: Path | None, dest: Path, *, uid_base: int | None, owner: MstackOwner
+) -> None:
+    """Fill the empty directory `dest` as an mstack owned as `owner` says: copies of `layers` (bottom
+    first, image ids) and of `upper`, a machine's upper dir owned in the range at `uid_base` (None: image
+    ids), as `rw/data`, with an empty `rw/work`."""
+    base = owner.base()
     width = len(str(max(len(layers) - 1, 0)))
     for index, tree in enumerate(layers):
         target = dest / f"{LAYER_PREFIX}{index:0{width}d}"
         _copy_layer(tree, target, source=TRUSTED_OVERLAY, target_prefix=USER_OVERLAY)
+        shift_ownership(target, 0, base)
     rw = dest / "rw"
     rw.mkdir(mode=0o755)
     data = rw / "data"
@@ -84,9 +104,10 @@ def write_mstack(layers: Sequence[Path], upper: Path | None, dest: Path, *, uid_
         data.mkdir(mode=0o755)
     else:
         _copy_layer(upper, data, source=TRUSTED_OVERLAY, target_prefix=USER_OVERLAY)
-        if uid_base is not None:
-            shift_ownership(data, uid_base, 0)
+    shift_ownership(data, 0 if uid_base is None else uid_base, base)
     (rw / "work").mkdir(mode=0o755)
+    for path in (rw, rw / "work"):
+        os.chown(path, base, base)
 
 
 def _copy_layer(tree: Path, target: Path, *, source: str, target_prefix: str) -> None:

@@ -15,7 +15,7 @@ from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy
 from veneer.images.export import merged_view, replacing, write_rootfs_tar
-from veneer.images.mstack import write_mstack
+from veneer.images.mstack import MstackOwner, write_mstack
 from veneer.images.store import load_image, lower_dirs
 from veneer.machines.recovery import machine_lock
 from veneer.machines.state import load_machine
@@ -33,10 +33,15 @@ class MachineExportFormat(StrEnum):
 
 
 def export_machine(
-    layout: Layout, name: MachineName, dest: Path, *, fmt: MachineExportFormat = MachineExportFormat.TAR
+    layout: Layout,
+    name: MachineName,
+    dest: Path,
+    *,
+    fmt: MachineExportFormat = MachineExportFormat.TAR,
+    owner: MstackOwner = MstackOwner.FOREIGN,
 ) -> None:
     """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball, or
-    its image layers and upper dir as an mstack directory."""
+    its image layers and upper dir as an mstack directory owned as `owner` says."""
     # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
     with machine_lock(layout, name):
         record = load_machine(layout, name)
@@ -51,7 +56,7 @@ def export_machine(
         upper = layout.machine_upper(name)
         if fmt is MachineExportFormat.MSTACK:
             with replacing(dest.absolute(), directory=True) as tmp:
-                write_mstack(layers, upper, tmp, uid_base=record.uid_base)
+                write_mstack(layers, upper, tmp, uid_base=record.uid_base, owner=owner)
         else:
             with merged_view(layout, [*layers, upper], f"machine '{name}'") as root:
                 write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
