@@ -1,11 +1,12 @@
 """Integration tests: every test here is marked `integration`; those marked `root` skip unless uid 0;
-those that take `systemd_vm` are marked `vm`.
+those that take `systemd_vm` or `sid_vm` are marked `vm`.
 
 `debian_tree` debootstraps Debian bookworm (minbase) once per test run, for every test that needs a
 real distribution tree. Tests must not change it: copy it first (`cp -a`).
 
 `systemd_vm` boots a QEMU VM with systemd as PID 1 on cgroup v2 once per suite and test run (`vms.py`);
-`busybox_vm` and `debian_vm` are that VM with an image made in it.
+`busybox_vm` and `debian_vm` are that VM with an image made in it. `sid_vm` is Debian sid, for what only
+systemd's newest does (.mstack).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import pytest
 
 from tests.integration.helpers import Store, private_store
 from tests.integration.registries import BuiltImages, build_test_images
-from tests.integration.vms import GUEST_DEBIAN_TREE, SUITES, Recipe, VirtualMachine, booted_vm, cached_image
+from tests.integration.vms import (
+    GUEST_DEBIAN_TREE,
+    SID,
+    SUITES,
+    Recipe,
+    VirtualMachine,
+    booted_vm,
+    cached_image,
+)
 from veneer.config.layout import Layout
 from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
 from veneer.util import proc
@@ -35,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not item.path.resolve().is_relative_to(HERE):
             continue
         item.add_marker(pytest.mark.integration)
-        if "systemd_vm" in getattr(item, "fixturenames", ()):
+        if {"systemd_vm", "sid_vm"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vm)
         if os.geteuid() != 0 and item.get_closest_marker("root") is not None:
             item.add_marker(not_root)
@@ -101,6 +110,15 @@ def systemd_vm(
     suite: str = request.param
     image = cached_image(Recipe(suite=suite))
     with booted_vm(image, tmp_path_factory.mktemp(f"vm-{suite}")) as vm:
+        yield vm
+
+
+@pytest.fixture(scope="session")
+def sid_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualMachine]:
+    """A Debian sid VM (systemd >= 260), booted once for the few tests that need systemd's newest."""
+    if os.geteuid() != 0:
+        pytest.skip("building the VM image needs root (uid 0)")
+    with booted_vm(cached_image(Recipe(suite=SID)), tmp_path_factory.mktemp("vm-sid")) as vm:
         yield vm
 
 

@@ -56,9 +56,10 @@ def write_layout(
     *,
     diff_ids: list[str] | None = None,
     tamper: Callable[[bytes], bytes] | None = None,
+    run_config: dict[str, object] | None = None,
 ) -> Path:
-    """An OCI image layout holding one image of gzip `layers`; `tamper` changes the last layer blob
-    after its digest was taken."""
+    """An OCI image layout holding one image of gzip `layers` (with `run_config` as the config's `config`
+    object); `tamper` changes the last layer blob after its digest was taken."""
     blobs = path / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -74,11 +75,13 @@ def write_layout(
         descriptors.append(
             {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(blob, stored=stored)}
         )
-    config = {
+    config: dict[str, object] = {
         "architecture": "amd64" if os.uname().machine == "x86_64" else "arm64",
         "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha(t) for t in layers]},
     }
+    if run_config is not None:
+        config["config"] = run_config
     manifest: dict[str, object] = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",

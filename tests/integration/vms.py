@@ -53,6 +53,8 @@ MIRROR = "http://deb.debian.org/debian"
 GUEST_CHECKOUT = "/veneer"
 # Debian's stable and testing: systemd 252 and 257, Linux 6.1 and 6.12.
 SUITES = ("bookworm", "trixie")
+# Debian unstable (systemd >= 260: .mstack machines), booted only by the tests that need it (`sid_vm`).
+SID = "sid"
 BOOT_TIMEOUT = 600.0  # seconds: a VM is ready in 25-45 s here, a busy CI host may take many times that
 
 PACKAGES = (

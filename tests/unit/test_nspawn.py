@@ -1,10 +1,17 @@
 from dataclasses import replace
 from pathlib import Path
 
-from veneer.config.settings import Bind, Network, NetworkMode
+from veneer.config.settings import DEFAULT_NETWORK, Bind, Network, NetworkMode
 from veneer.runtime.base import RunSpec
 from veneer.runtime.cgroups import Hierarchies, join_argv
-from veneer.runtime.nspawn import NSPAWN_STATE_DIR, launch_argv, nspawn_argv
+from veneer.runtime.nspawn import (
+    HOST_BUSYBOX,
+    NSPAWN_STATE_DIR,
+    WAIT_FOR_ADDRESS,
+    WAITER,
+    launch_argv,
+    nspawn_argv,
+)
 from veneer.util.mountinfo import parse_mountinfo
 from veneer.util.proc import run
 
@@ -155,3 +162,14 @@ def test_cgroup_hierarchies_of_a_hybrid_host_with_escaped_mount_points() -> None
         "blkio": Path("/sys/fs/cgroup/blkio"),
     }
     assert hierarchies.machine_dirs("veneer/m")[0] == Path("/sys/fs/cgroup/unified/veneer/m")
+
+
+def test_application_runs_as_pid2_and_switches_ids_with_the_hosts_busybox() -> None:
+    spec = replace(SPEC, as_pid2=True, kill_signal="SIGRTMIN+3", ids=(1000, 1001), network=DEFAULT_NETWORK)
+    argv = nspawn_argv(spec)
+    assert "--as-pid2" in argv and "--boot" not in argv and "--kill-signal=SIGRTMIN+3" in argv
+    assert f"--bind-ro={HOST_BUSYBOX}:{WAITER}" in argv
+    command = argv[argv.index("--") + 1 :]
+    assert command[:4] == [WAITER, "sh", "-c", WAIT_FOR_ADDRESS]
+    assert command[5:] == [WAITER, "nsenter", "-S", "1000", "-G", "1001", "--", "sh", "-c", "echo hi"]
+    assert argv.count(f"--bind-ro={HOST_BUSYBOX}:{WAITER}") == 1

@@ -9,6 +9,7 @@ import pytest
 from veneer.config.layout import Layout
 from veneer.config.settings import Bind, ImageName, MachineName, Network, NetworkMode, Port
 from veneer.errors import MachineNotFound, StateCorrupt
+from veneer.images.runconfig import RunConfig
 from veneer.images.store import ImageRecord, LayerRecord, Revision, load_image
 from veneer.machines.guest import InitKind
 from veneer.machines.state import (
@@ -217,3 +218,32 @@ def test_snapshot_record_round_trip(tmp_path: Path) -> None:
     )
     with pytest.raises(StateCorrupt):
         load_snapshot(layout, MachineName("web1"), "before")
+
+
+def test_image_revision_with_run_config_golden() -> None:
+    config = RunConfig(
+        entrypoint=("/bin/app",),
+        cmd=("--serve",),
+        env=(("PATH", "/bin"), ("MODE", "a=b")),
+        user="app:app",
+        working_dir="/srv",
+        exposed_ports=("80/tcp", "53/udp"),
+        labels=(("org.example", "x"),),
+        stop_signal="SIGQUIT",
+    )
+    revision = replace(REVISION, config=config)
+    data = {
+        **IMAGE_JSON["revisions"][0],  # type: ignore[index]
+        "config": {
+            "Entrypoint": ["/bin/app"],
+            "Cmd": ["--serve"],
+            "Env": ["PATH=/bin", "MODE=a=b"],
+            "User": "app:app",
+            "WorkingDir": "/srv",
+            "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
+            "Labels": {"org.example": "x"},
+            "StopSignal": "SIGQUIT",
+        },
+    }
+    assert json.loads(json.dumps(revision.to_json())) == data
+    assert Revision.from_json(data).config == replace(config, exposed_ports=("53/udp", "80/tcp"))

@@ -22,6 +22,7 @@ from veneer.errors import UsageError
 
 if TYPE_CHECKING:
     from veneer.images.registry import Credentials
+    from veneer.images.runconfig import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +147,22 @@ def register(verbs: Any) -> None:
     )
     prune.set_defaults(handler=cmd_prune)
 
-    machine_export = verbs.add_parser("export", help="a stopped machine's root filesystem as a tarball")
+    machine_export = verbs.add_parser(
+        "export", help="a stopped machine as a root filesystem tarball or a systemd .mstack directory"
+    )
     machine_export.add_argument("machine", type=parse_machine_name)
     machine_export.add_argument(
-        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress)"
+        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress) or directory (mstack)"
     )
+    machine_export.add_argument(
+        "--format", choices=("tar", "mstack"), default="tar",
+        help="tar (default) or mstack: layers and rw/ for systemd-nspawn >= 260 (--mstack=DEST)",
+    )  # fmt: skip
+    machine_export.add_argument(
+        "--owner", choices=("foreign", "image"), default="foreign",
+        help="mstack ids: systemd's foreign range (default; nspawn --private-users=managed) or image ids "
+        "(--private-users=no)",
+    )  # fmt: skip
     machine_export.set_defaults(handler=cmd_export_machine)
 
     rm = sub.add_parser("rm", help="remove images no machine uses")
@@ -288,9 +300,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_machine(args: argparse.Namespace) -> int:
-    from veneer.machines.export import export_machine
+    from veneer.images.mstack import MstackOwner
+    from veneer.machines.export import MachineExportFormat, export_machine
 
-    export_machine(Layout.from_env(args.root), args.machine, args.dest)
+    layout = Layout.from_env(args.root)
+    fmt, owner = MachineExportFormat(args.format), MstackOwner(args.owner)
+    export_machine(layout, args.machine, args.dest, fmt=fmt, owner=owner)
     print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 
@@ -315,6 +330,7 @@ def _image_json(layout: Layout, name: str) -> dict[str, Any]:
                 "command": revision.command,
                 "size_bytes": image.layers_of(revision.number)[-1].size_bytes,
                 "machines": [m.name for m in machines if m.revision == revision.number],
+                "config": None if revision.config is None else revision.config.to_oci(),
             }
             for revision in image.revisions
         ],
@@ -363,7 +379,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     print_table(("REV", "CREATED", "SIZE", "MACHINES", "COMMAND"), rows)
     print("(* current: what new machines and rebases get)")
+    config = _current_config(layout, args.name)
+    if config is not None:
+        print()
+        print("Runs as (current revision):")
+        for key, value in config.describe():
+            print(f"  {key + ':':<13} {value}")
     return 0
+
+
+def _current_config(layout: Layout, name: str) -> RunConfig | None:
+    from veneer.images.store import load_image
+
+    image = load_image(layout, name)
+    return image.config_of(image.current)
 
 
 def _update_options(parser: argparse.ArgumentParser) -> None:

@@ -107,8 +107,8 @@ def register(verbs: Any) -> None:
     run = verbs.add_parser(
         "run",
         help="run a command in a machine, in the foreground",
-        usage="veneer run [OPTIONS] NAME [--] CMD...\n"
-        "       veneer run [OPTIONS] --ephemeral --from IMAGE [--] CMD...",
+        usage="veneer run [OPTIONS] NAME [[--] CMD...]\n"
+        "       veneer run [OPTIONS] --ephemeral --from IMAGE [[--] CMD...]",
     )
     run.add_argument("--ephemeral", action="store_true", help="in a throwaway child of --from IMAGE")
     run.add_argument("--from", dest="image", type=parse_image_name, metavar="IMAGE", help="with --ephemeral")
@@ -118,6 +118,10 @@ def register(verbs: Any) -> None:
         help="set a variable for the command (repeatable)",
     )  # fmt: skip
     run.add_argument("--workdir", "-w", help="working directory inside the machine")
+    run.add_argument(
+        "--entrypoint", type=parse_entrypoint, metavar="CMD|JSON",
+        help="instead of the image's entrypoint (and Cmd): a program, or a JSON array; '' for none",
+    )  # fmt: skip
     run.add_argument(
         "--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]",
         help="bind a host path for this run (repeatable)",
@@ -369,9 +373,22 @@ def _split_run_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
             f"Option '{words[0]}' after the machine name",
             hint="Options go before the name: veneer run [OPTIONS] NAME -- CMD.",
         )
-    if not words:
-        raise UsageError("Missing command to run", hint="Use: veneer run NAME -- CMD...")
     return name, words
+
+
+def parse_entrypoint(text: str) -> tuple[str, ...]:
+    """`--entrypoint`: one program, a JSON array of strings (as Podman takes it), or '' for none."""
+    if not text.startswith("["):
+        return (text,) if text else ()
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError(f"invalid entrypoint {text!r}: not a JSON array of strings")
+    return tuple(value)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -384,6 +401,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         env=tuple(args.env),
         binds=tuple(args.bind),
         network=args.network,
+        app=True,
+        entrypoint=args.entrypoint,
     )
     if name is None:
         from veneer.machines.lifecycle import run_ephemeral  # its imports cost a run of a machine 20 ms

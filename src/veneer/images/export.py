@@ -33,6 +33,7 @@ from veneer.config.layout import Layout
 from veneer.config.uidrange import to_image_id
 from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
+from veneer.images.runconfig import RunConfig
 from veneer.images.store import load_image
 from veneer.overlay.layers import OPAQUE_XATTR, is_whiteout
 from veneer.overlay.mount import overlay_options
@@ -163,7 +164,7 @@ def merged_view(layout: Layout, lowers: Sequence[Path], what: str) -> Iterator[P
 
 
 @contextlib.contextmanager
-def _replacing(dest: Path, *, directory: bool) -> Iterator[Path]:
+def replacing(dest: Path, *, directory: bool) -> Iterator[Path]:
     """A temporary path next to `dest`, renamed to `dest` if the block succeeds, removed otherwise."""
     if dest.exists() or dest.is_symlink():
         raise ImageError(f"'{dest}' exists already", hint="Choose a new destination, or remove it first.")
@@ -201,7 +202,7 @@ def _open_compressed(raw: IO[bytes], name: str, stack: contextlib.ExitStack) -> 
 
 def write_rootfs_tar(root: Path, dest: Path, *, uid_base: int | None = None) -> None:
     """The tree `root` as a root filesystem tarball at `dest` (compressed by its name)."""
-    with _replacing(dest, directory=False) as tmp, open(tmp, "wb") as raw, contextlib.ExitStack() as stack:
+    with replacing(dest, directory=False) as tmp, open(tmp, "wb") as raw, contextlib.ExitStack() as stack:
         out = _open_compressed(raw, dest.name, stack)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             add_tree(tf, root, layer=False, uid_base=uid_base)
@@ -243,14 +244,16 @@ def _write_json_blob(blobs: Path, document: dict[str, Any]) -> tuple[str, int]:
     return digest, len(data)
 
 
-def _config(diff_ids: Sequence[str], history: Sequence[str]) -> dict[str, Any]:
+def _config(diff_ids: Sequence[str], history: Sequence[str], run: RunConfig | None) -> dict[str, Any]:
     platform = oci.host_platform_of()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     config: dict[str, Any] = {
         "created": created,
         "architecture": platform.architecture,
         "os": platform.os,
-        "config": {"Env": [_DEFAULT_ENV], "Cmd": ["/bin/sh"]},
+        # The image's own run config, so that other runtimes run it as it ran here; a system image
+        # made by veneer gets a shell.
+        "config": run.to_oci() if run is not None else {"Env": [_DEFAULT_ENV], "Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         "history": [{"created": created, "created_by": h} for h in history],
     }
@@ -259,12 +262,20 @@ def _config(diff_ids: Sequence[str], history: Sequence[str]) -> dict[str, Any]:
     return config
 
 
-def write_oci_layout(layers: Sequence[Path], history: Sequence[str], dest: Path, *, ref_name: str) -> None:
+def write_oci_layout(
+    layers: Sequence[Path],
+    history: Sequence[str],
+    dest: Path,
+    *,
+    ref_name: str,
+    run: RunConfig | None = None,
+) -> None:
     """Write the layer trees as one image in a new OCI image layout directory `dest`."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     written = [_write_layer(tree, blobs, compress=True) for tree in layers]
-    config_digest, config_size = _write_json_blob(blobs, _config([b.diff_id for b in written], history))
+    document = _config([b.diff_id for b in written], history, run)
+    config_digest, config_size = _write_json_blob(blobs, document)
     manifest = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_MANIFEST,
@@ -289,18 +300,23 @@ def write_oci_layout(layers: Sequence[Path], history: Sequence[str], dest: Path,
 
 
 def write_docker_archive(
-    layers: Sequence[Path], history: Sequence[str], dest: Path, *, repo_tag: str
+    layers: Sequence[Path],
+    history: Sequence[str],
+    dest: Path,
+    *,
+    repo_tag: str,
+    run: RunConfig | None = None,
 ) -> None:
     """Write the layer trees as a `docker save` archive (uncompressed layers) to the file `dest`."""
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(_scratch_dir(dest.parent)))
         written = [_write_layer(tree, scratch, compress=False) for tree in layers]
-        config_digest, _ = _write_json_blob(scratch, _config([b.diff_id for b in written], history))
+        config_digest, _ = _write_json_blob(scratch, _config([b.diff_id for b in written], history, run))
         config_name = f"{oci.digest_hex(config_digest)}.json"
         layer_names = [f"{oci.digest_hex(b.diff_id)}.tar" for b in written]
         manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]
         with (
-            _replacing(dest, directory=False) as tmp,
+            replacing(dest, directory=False) as tmp,
             tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf,
         ):
             tf.add(scratch / oci.digest_hex(config_digest), arcname=config_name)
@@ -323,13 +339,20 @@ def _scratch_dir(parent: Path) -> Iterator[Path]:
         remove_tree(path)
 
 
-def write_oci_archive(layers: Sequence[Path], history: Sequence[str], dest: Path, *, ref_name: str) -> None:
+def write_oci_archive(
+    layers: Sequence[Path],
+    history: Sequence[str],
+    dest: Path,
+    *,
+    ref_name: str,
+    run: RunConfig | None = None,
+) -> None:
     """An OCI image layout, as an (uncompressed) tar file `dest`."""
     with _scratch_dir(dest.parent) as scratch:
         layout_dir = scratch / "layout"
-        write_oci_layout(layers, history, layout_dir, ref_name=ref_name)
+        write_oci_layout(layers, history, layout_dir, ref_name=ref_name, run=run)
         with (
-            _replacing(dest, directory=False) as tmp,
+            replacing(dest, directory=False) as tmp,
             tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf,
         ):
             for name in sorted(os.listdir(layout_dir)):
@@ -347,7 +370,9 @@ def export_image(
 ) -> None:
     """Export an image revision (default: the latest) to `dest` in `fmt`."""
     image = load_image(layout, name)
-    layers = image.layers_of(image.latest if revision is None else revision)
+    number = image.latest if revision is None else revision
+    layers = image.layers_of(number)
+    run = image.config_of(number)
     trees = [layout.layer_tree(layer.id) for layer in layers]
     history = [layer.origin for layer in layers]
     dest = dest.absolute()
@@ -356,10 +381,10 @@ def export_image(
         with merged_view(layout, trees, f"image '{name}'") as root:
             write_rootfs_tar(root, dest)
     elif fmt is ExportFormat.OCI:
-        with _replacing(dest, directory=True) as tmp:
-            write_oci_layout(trees, history, tmp, ref_name=reference)
+        with replacing(dest, directory=True) as tmp:
+            write_oci_layout(trees, history, tmp, ref_name=reference, run=run)
     elif fmt is ExportFormat.OCI_ARCHIVE:
-        write_oci_archive(trees, history, dest, ref_name=reference)
+        write_oci_archive(trees, history, dest, ref_name=reference, run=run)
     else:
-        write_docker_archive(trees, history, dest, repo_tag=reference)
+        write_docker_archive(trees, history, dest, repo_tag=reference, run=run)
     logger.debug("Exported image '%s' to '%s' (%s).", name, dest, fmt)

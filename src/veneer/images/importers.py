@@ -28,6 +28,8 @@ from veneer.config.settings import ImageName
 from veneer.errors import CommandFailed, ImageError
 from veneer.images import oci
 from veneer.images.blobs import file_digest
+from veneer.images.mstack import is_mstack, layer_builder, read_mstack
+from veneer.images.runconfig import RunConfig, parse_run_config
 from veneer.images.store import (
     ImageRecord,
     LayerSource,
@@ -70,6 +72,7 @@ class SourceFormat(StrEnum):
     OCI_ARCHIVE = "oci-archive"
     DOCKER_ARCHIVE = "docker-archive"
     DISK = "disk"
+    MSTACK = "mstack"
 
 
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")
@@ -92,8 +95,11 @@ def detect_format(source: Path) -> SourceFormat:
     if source.is_dir():
         if (source / "oci-layout").is_file() and (source / "index.json").is_file():
             return SourceFormat.OCI_LAYOUT
+        if is_mstack(source):
+            return SourceFormat.MSTACK
         raise ImageError(
-            f"'{source}' is a directory but not an OCI image layout (no oci-layout and index.json)",
+            f"'{source}' is a directory but not an OCI image layout (no oci-layout and index.json) "
+            "nor an mstack (no layer@ directories)",
             hint=f"For a root filesystem directory: 'veneer image create NAME --from-dir {source}'.",
         )
     try:
@@ -151,6 +157,8 @@ def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageReco
             )
     if kind is SourceFormat.OCI_LAYOUT:
         return _import_unpacked(layout, name, source, spec, origin=f"import OCI layout {source}")
+    if kind is SourceFormat.MSTACK:
+        return _import_mstack(layout, name, source)
     with staging_dir(layout.staging, layout.lock, f"import-{name}") as stage:
         unpacked = stage / "archive"
         unpacked.mkdir()
@@ -164,9 +172,9 @@ def _import_unpacked(
 ) -> ImageRecord:
     what = f"'{spec.source}'"
     if (directory / "oci-layout").is_file() and (directory / "index.json").is_file():
-        layers = oci_layout_layers(directory, tag=spec.tag, platform=spec.platform, what=what)
+        layers, config = oci_layout_layers(directory, tag=spec.tag, platform=spec.platform, what=what)
     elif (directory / "manifest.json").is_file():
-        layers = docker_archive_layers(directory, tag=spec.tag, what=what)
+        layers, config = docker_archive_layers(directory, tag=spec.tag, what=what)
     else:
         raise ImageError(
             f"{what} holds neither an OCI layout nor a docker-archive manifest.json",
@@ -183,7 +191,24 @@ def _import_unpacked(
         )
         for i, (blob, diff_id) in enumerate(layers)
     ]
-    return create_image_from_layers(layout, name, origin=origin, layers=sources)
+    return create_image_from_layers(layout, name, origin=origin, layers=sources, config=config)
+
+
+def _import_mstack(layout: Layout, name: ImageName, source: Path) -> ImageRecord:
+    stack = read_mstack(source)
+    origin = f"import mstack {source}"
+    sources = [
+        LayerSource(key=layer.key, origin=f"{origin} {layer.name}", build=layer_builder(layer))
+        for layer in stack
+    ]
+    # importctl pull-oci keeps the image's config beside the stack: NAME.oci-config for NAME.mstack.
+    config_path = source.with_suffix(".oci-config")
+    config = None
+    if config_path.is_file() and not config_path.is_symlink():
+        what = f"'{config_path}'"
+        document = oci.load_json(config_path.read_bytes()[: oci.MAX_JSON + 1], what)
+        config = parse_run_config(document.get("config"), what)
+    return create_image_from_layers(layout, name, origin=origin, layers=sources, config=config)
 
 
 def _builder(blob: Path, diff_id: str, position: str, max_bytes: int) -> Callable[[Path], None]:
@@ -221,8 +246,9 @@ def _blob(directory: Path, descriptor: oci.Descriptor, what: str) -> Path:
 
 def oci_layout_layers(
     directory: Path, *, tag: str | None, platform: oci.Platform | None, what: str
-) -> list[tuple[Path, str]]:
-    """(checked layer blob, diff_id) of the image chosen in an OCI layout, bottom first."""
+) -> tuple[list[tuple[Path, str]], RunConfig | None]:
+    """(checked layer blob, diff_id) of the image chosen in an OCI layout, bottom first, and its run
+    config."""
     index = oci.load_json(_inside(directory, "index.json", what).read_bytes(), f"{what} index.json")
     entries = oci.parse_index(index, what)
     raw = index.get("manifests") or []
@@ -259,13 +285,17 @@ def oci_layout_layers(
     manifest = oci.parse_manifest(document, what)
     config = oci.parse_config(_blob(directory, manifest.config, what).read_bytes(), f"The config of {what}")
     oci.check_layers(manifest, config, what)
-    return [
+    layers = [
         (_blob(directory, layer, what), d) for layer, d in zip(manifest.layers, config.diff_ids, strict=True)
     ]
+    return layers, config.run
 
 
-def docker_archive_layers(directory: Path, *, tag: str | None, what: str) -> list[tuple[Path, str]]:
-    """(checked layer file, diff_id) of the image chosen in an unpacked `docker save` archive."""
+def docker_archive_layers(
+    directory: Path, *, tag: str | None, what: str
+) -> tuple[list[tuple[Path, str]], RunConfig | None]:
+    """(checked layer file, diff_id) of the image chosen in an unpacked `docker save` archive, and its run
+    config."""
     data = json.loads(_inside(directory, "manifest.json", what).read_bytes())
     if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
         raise ImageError(f"{what} has an invalid manifest.json", hint="Export it again.")
@@ -301,7 +331,7 @@ def docker_archive_layers(directory: Path, *, tag: str | None, what: str) -> lis
             hint="Export it again.",
         )
     # Each layer is checked against its diff_id while it is applied (docker-archive layers are plain tar).
-    return list(zip(layers, config.diff_ids, strict=True))
+    return list(zip(layers, config.diff_ids, strict=True)), config.run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veneer.errors import ImageError, UsageError
+from veneer.images.runconfig import RunConfig, parse_run_config
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -192,6 +193,7 @@ class ImageConfig:
 
     diff_ids: tuple[str, ...]
     platform: Platform
+    run: RunConfig | None
     raw: dict[str, Any]
 
 
@@ -284,7 +286,8 @@ def parse_config(data: bytes, what: str) -> ImageConfig:
         architecture=str(document.get("architecture", "")),
         variant=document.get("variant"),
     )
-    return ImageConfig(diff_ids=diff_ids, platform=platform, raw=document)
+    run = parse_run_config(document.get("config"), what)
+    return ImageConfig(diff_ids=diff_ids, platform=platform, run=run, raw=document)
 
 
 def select_platform(entries: tuple[Descriptor, ...], wanted: Platform, what: str) -> Descriptor:

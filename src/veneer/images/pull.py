@@ -181,7 +181,9 @@ def pull_image(
         )
         for index, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True))
     ]
-    return create_image_from_layers(layout, name, origin=f"pull {ref} ({digest})", layers=sources)
+    return create_image_from_layers(
+        layout, name, origin=f"pull {ref} ({digest})", layers=sources, config=config.run
+    )
 
 
 def download_all(

@@ -18,6 +18,7 @@ from typing import Any
 from veneer.config.layout import Layout
 from veneer.config.settings import ImageName
 from veneer.errors import ImageError, ImageInUse, ImageNotFound, StateCorrupt
+from veneer.images.runconfig import RunConfig, parse_run_config
 from veneer.util.fs import dir_size, locked, make_private_dir, random_hex, remove_tree, save_json
 from veneer.util.staging import staging_dir, sweep_staging, trash
 
@@ -75,14 +76,19 @@ class Revision:
     created: float
     command: str
     layers: tuple[str, ...]
+    # How the image says it runs (an OCI image's config); a revision built on another inherits it.
+    config: RunConfig | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "number": self.number,
             "created": self.created,
             "command": self.command,
             "layers": list(self.layers),
         }
+        if self.config is not None:
+            data["config"] = self.config.to_oci()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Revision:
@@ -91,6 +97,7 @@ class Revision:
             created=float(data["created"]),
             command=str(data["command"]),
             layers=tuple(str(layer) for layer in data["layers"]),
+            config=parse_run_config(data.get("config"), f"Revision {data['number']}"),
         )
 
 
@@ -130,6 +137,10 @@ class ImageRecord:
             f"Image '{self.name}' has no revision {number}",
             hint=f"Its revisions are {known}; see 'veneer image show {self.name}'.",
         )
+
+    def config_of(self, number: int) -> RunConfig | None:
+        """How a revision says it runs (None: as a system, or as the caller says)."""
+        return self.revision(number).config
 
     def layers_of(self, number: int) -> tuple[LayerRecord, ...]:
         """The layers of a revision, bottom first."""
@@ -250,7 +261,14 @@ def create_image(
 
 
 def _publish_image(
-    layout: Layout, stage: Path, name: ImageName, layer_dir: Path, layer: LayerRecord, *, base: Sequence[str]
+    layout: Layout,
+    stage: Path,
+    name: ImageName,
+    layer_dir: Path,
+    layer: LayerRecord,
+    *,
+    base: Sequence[str],
+    config: RunConfig | None = None,
 ) -> ImageRecord:
     """Publish a staged layer and a new image whose revision 0 stacks it on the layers `base`, which must
     still exist (checked under the store lock)."""
@@ -264,7 +282,11 @@ def _publish_image(
             )
         layers = (*(stored[layer_id] for layer_id in base), layer)
         revision = Revision(
-            number=0, created=layer.created, command=layer.origin, layers=tuple(x.id for x in layers)
+            number=0,
+            created=layer.created,
+            command=layer.origin,
+            layers=tuple(x.id for x in layers),
+            config=config,
         )
         record = ImageRecord(
             name=name, created=layer.created, layers=layers, revisions=(revision,), current=0
@@ -313,7 +335,11 @@ def add_revision(
             image.revision(base.number)  # or pruned the parent
             layers = (layer.id,) if flatten else (*base.layers, layer.id)
             revision = Revision(
-                number=image.next_number, created=layer.created, command=command, layers=layers
+                number=image.next_number,
+                created=layer.created,
+                command=command,
+                layers=layers,
+                config=base.config,
             )
             record = image.with_revision(revision, [layer])
             layer_dir.rename(layout.layer_dir(layer.id))
@@ -332,7 +358,7 @@ def add_image_from_revision(
     base = load_image(layout, source).revision(parent)
     with staging_dir(layout.staging, layout.lock, f"image-{name}") as stage:
         layer_dir, layer = _build_layer(stage, origin=command, build=build)
-        record = _publish_image(layout, stage, name, layer_dir, layer, base=base.layers)
+        record = _publish_image(layout, stage, name, layer_dir, layer, base=base.layers, config=base.config)
     logger.debug("Created image '%s' (%s).", name, command)
     return record
 
@@ -403,7 +429,12 @@ class LayerSource:
 
 
 def create_image_from_layers(
-    layout: Layout, name: ImageName, *, origin: str, layers: Sequence[LayerSource]
+    layout: Layout,
+    name: ImageName,
+    *,
+    origin: str,
+    layers: Sequence[LayerSource],
+    config: RunConfig | None = None,
 ) -> ImageRecord:
     """Publish a new image whose revision 0 is the given stack (bottom first), atomically; layers with a
     known key are shared.
@@ -480,7 +511,9 @@ def create_image_from_layers(
                         hint="Run the command again.",
                     )
             created = time.time()
-            revision = Revision(number=0, created=created, command=origin, layers=tuple(x.id for x in stack))
+            revision = Revision(
+                number=0, created=created, command=origin, layers=tuple(x.id for x in stack), config=config
+            )
             image = ImageRecord(
                 name=name, created=created, layers=tuple(stack), revisions=(revision,), current=0
             )

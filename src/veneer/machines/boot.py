@@ -21,7 +21,9 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import Error, MachineBusy, MachineError, MachineRunning
-from veneer.machines.guest import InitKind, detect_init, find_leader
+from veneer.images.runconfig import signal_number
+from veneer.machines.app import AppProcess, image_run_config, resolve_app
+from veneer.machines.guest import InitKind, detect_init, find_leader, has_init
 from veneer.machines.inside import exec_in_machine
 from veneer.machines.launch import prepare_launch
 from veneer.machines.netsetup import configure_address
@@ -33,6 +35,7 @@ from veneer.machines.recovery import (
     refuse_if_running,
 )
 from veneer.machines.state import (
+    MachineRecord,
     RuntimeMode,
     RuntimeRecord,
     current_boot_id,
@@ -82,9 +85,9 @@ def start_machine(
         try:
             if owns_mount:
                 mount_overlay_of(layout, record)
-            init = detect_init(root)
+            init, app = _boot_plan(layout, record, root)
             launch = prepare_launch(
-                layout, record, init=init, interactive=supervisor.terminal, supervisor=supervisor
+                layout, record, init=init, app=app, interactive=supervisor.terminal, supervisor=supervisor
             )
             if wait and init.notifies():
                 notify = _bind_notify_socket(layout.notify_socket(name))
@@ -92,7 +95,7 @@ def start_machine(
             pid = _wait_for_nspawn(layout, supervisor, name, timeout=timeout)
             runtime = replace(placeholder, pid=pid, start_time=process_start_time(pid) or 0, init=init)
             save_runtime(layout, runtime)
-            leader = _wait_for_leader(layout, name, pid, timeout=timeout)
+            leader = _wait_for_leader(layout, name, pid, app=init is InitKind.APP, timeout=timeout)
             configure_address(layout, record, leader)
             if wait:
                 _wait_until_ready(layout, supervisor, name, runtime, init, notify, timeout=timeout)
@@ -106,6 +109,16 @@ def start_machine(
                     layout.notify_socket(name).unlink()
     logger.debug("Started machine '%s' (%s).", name, init.value)
     return runtime
+
+
+def _boot_plan(layout: Layout, record: MachineRecord, root: Path) -> tuple[InitKind, AppProcess | None]:
+    """What a start runs in the mounted machine: its init, or, in an image without one that names a
+    command (an application image), that command as nspawn's PID 2."""
+    if not has_init(root):
+        config = image_run_config(layout, record)
+        if config is not None and config.command:
+            return InitKind.APP, resolve_app(root, config)
+    return detect_init(root), None
 
 
 def _start_enabled(
@@ -141,9 +154,11 @@ def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
         try:
             if runtime.owns_mount:
                 mount_overlay_of(layout, record)
-            init = detect_init(root)
+            init, app = _boot_plan(layout, record, root)
             supervisor = supervisor_for(layout)
-            launch = prepare_launch(layout, record, init=init, interactive=False, supervisor=supervisor)
+            launch = prepare_launch(
+                layout, record, init=init, app=app, interactive=False, supervisor=supervisor
+            )
             save_runtime(layout, replace(runtime, init=init))
         except BaseException:
             end_boot(layout, name, requested=True)
@@ -158,7 +173,8 @@ def configure_started(layout: Layout, name: MachineName, *, timeout: float = STA
         runtime = load_runtime(layout, name)
         if runtime is None or not is_alive(runtime):
             raise _failure(layout, name, "stopped while starting")
-        leader = _wait_for_leader(layout, name, runtime.pid, timeout=timeout)
+        app = runtime.init is InitKind.APP
+        leader = _wait_for_leader(layout, name, runtime.pid, app=app, timeout=timeout)
         configure_address(layout, load_machine(layout, name), leader)
 
 
@@ -198,19 +214,28 @@ def _wait_for_nspawn(layout: Layout, supervisor: Supervisor, name: MachineName, 
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
 
 
-def _wait_for_leader(layout: Layout, name: MachineName, pid: int, *, timeout: float) -> int:
+def _wait_for_leader(
+    layout: Layout, name: MachineName, pid: int, *, app: bool = False, timeout: float
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         leader = find_leader(pid)
         if leader is not None:
-            with contextlib.suppress(OSError):
-                # Until the init is exec'd, the leader is still a copy of nspawn.
-                if not os.readlink(f"/proc/{leader}/exe").endswith("systemd-nspawn"):
-                    return leader
+            # Until the init is exec'd, the leader is still a copy of nspawn; an application's leader stays
+            # one (nspawn's stub init), and its child becomes the application.
+            if any(not _is_nspawn(p) for p in (child_pids(leader) if app else [leader])):
+                return leader
         if process_start_time(pid) is None:
             raise _failure(layout, name, "stopped while starting")
         time.sleep(0.02)
     raise _failure(layout, name, f"did not start its init within {timeout:.0f} s")
+
+
+def _is_nspawn(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn")
+    except OSError:
+        return True  # gone, or not exec'd yet: not the guest's own process
 
 
 def _wait_until_ready(
@@ -256,7 +281,9 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
         save_runtime(layout, runtime)
         init = runtime.init or InitKind.OTHER
         command = init.stop_command()
-        if command is not None:
+        if init is InitKind.APP:
+            _signal_app(layout, name, runtime.pid)
+        elif command is not None:
             with contextlib.suppress(MachineError):
                 exec_in_machine(layout, name, command, quiet=True)
         else:
@@ -271,6 +298,17 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
         end_boot(layout, name, requested=True)
     logger.debug("Stopped machine '%s'.", name)
     return True
+
+
+def _signal_app(layout: Layout, name: MachineName, nspawn_pid: int) -> None:
+    """Send an application machine's process its image's stop signal (SIGTERM if it names none), as
+    Podman does; when it exits, nspawn's stub init ends the machine."""
+    config = image_run_config(layout, load_machine(layout, name))
+    number = signal_number(config.stop_signal) if config and config.stop_signal else signal.SIGTERM
+    leader = find_leader(nspawn_pid)
+    for pid in child_pids(leader) if leader is not None else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
 
 
 def restart_machine(

@@ -1,17 +1,21 @@
-"""Exporting a stopped machine's merged tree (its image revision plus its own writes) as a rootfs tarball.
+"""Exporting a stopped machine: its merged tree (its image revision plus its own writes) as a rootfs
+tarball, or its layers and upper dir as a systemd `.mstack` directory.
 
-The tar and overlay mechanics are `images.export`'s; this module adds the machine's lock and uid range.
+The tar, overlay and mstack mechanics are `images.export`'s and `images.mstack`'s; this module adds the
+machine's lock and uid range.
 """
 
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import MachineBusy
-from veneer.images.export import merged_view, write_rootfs_tar
+from veneer.images.export import merged_view, replacing, write_rootfs_tar
+from veneer.images.mstack import MstackOwner, write_mstack
 from veneer.images.store import load_image, lower_dirs
 from veneer.machines.recovery import machine_lock
 from veneer.machines.state import load_machine
@@ -21,8 +25,23 @@ from veneer.overlay.mount import is_mounted
 logger = logging.getLogger(__name__)
 
 
-def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
-    """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball."""
+class MachineExportFormat(StrEnum):
+    """What `veneer export --format` writes."""
+
+    TAR = "tar"
+    MSTACK = "mstack"
+
+
+def export_machine(
+    layout: Layout,
+    name: MachineName,
+    dest: Path,
+    *,
+    fmt: MachineExportFormat = MachineExportFormat.TAR,
+    owner: MstackOwner = MstackOwner.FOREIGN,
+) -> None:
+    """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball, or
+    its image layers and upper dir as an mstack directory owned as `owner` says."""
     # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
     with machine_lock(layout, name):
         record = load_machine(layout, name)
@@ -33,7 +52,12 @@ def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
             )
         check_upper(layout, name)  # tar walks it all
         image = load_image(layout, record.image)
-        lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
-        with merged_view(layout, lowers, f"machine '{name}'") as root:
-            write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
-    logger.debug("Exported machine '%s' to '%s'.", name, dest)
+        layers = lower_dirs(layout, image, record.revision)
+        upper = layout.machine_upper(name)
+        if fmt is MachineExportFormat.MSTACK:
+            with replacing(dest.absolute(), directory=True) as tmp:
+                write_mstack(layers, upper, tmp, uid_base=record.uid_base, owner=owner)
+        else:
+            with merged_view(layout, [*layers, upper], f"machine '{name}'") as root:
+                write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
+    logger.debug("Exported machine '%s' to '%s' (%s).", name, dest, fmt)

@@ -22,13 +22,19 @@ class InitKind(enum.StrEnum):
     BUSYBOX = "busybox"
     SYSVINIT = "sysvinit"
     OTHER = "other"
+    # No init: the image's application runs as PID 2 under nspawn's stub init (`machines.app`).
+    APP = "app"
 
     def kill_signal(self) -> str:
         """The signal nspawn sends PID 1 when veneer asks it to stop (SIGTERM to nspawn)."""
         # systemd powers off on SIGRTMIN+3; busybox init on SIGUSR2 (it ignores SIGRTMIN+3; veneer's init
         # of busybox images takes both); sysvinit has no poweroff signal: SIGINT runs its ctrlaltdel
-        # action, which veneer's stop replaces with `telinit 0` run inside (see stop_command).
-        return {InitKind.SYSTEMD: "SIGRTMIN+3", InitKind.BUSYBOX: "SIGUSR2"}.get(self, "SIGINT")
+        # action, which veneer's stop replaces with `telinit 0` run inside (see stop_command). nspawn's stub
+        # init ends its payload on SIGRTMIN+3 (veneer first sends the application its own stop signal:
+        # `machines.boot`).
+        return {InitKind.SYSTEMD: "SIGRTMIN+3", InitKind.BUSYBOX: "SIGUSR2", InitKind.APP: "SIGRTMIN+3"}.get(
+            self, "SIGINT"
+        )
 
     def stop_command(self) -> tuple[str, ...] | None:
         """A command run inside the machine to power it off, where no signal does."""
@@ -56,6 +62,11 @@ def resolve_in_root(root: Path, relative: str, *, depth: int = 0) -> Path | None
             return None
         path = candidate
     return path
+
+
+def has_init(root: Path) -> bool:
+    """Whether the mounted machine has an /sbin/init to boot."""
+    return resolve_in_root(root, "sbin/init") is not None
 
 
 def detect_init(root: Path) -> InitKind:
@@ -90,7 +101,7 @@ def find_leader(nspawn_pid: int) -> int | None:
     return None
 
 
-def _read_account_file(root: Path, path: str) -> str:
+def read_account_file(root: Path, path: str) -> str:
     """A file of the machine as the machine sees it (`read_in_root`): no symlink leads to the host's."""
     try:
         return read_in_root(root, path, limit=ACCOUNTS_LIMIT_BYTES).decode(errors="replace")
@@ -105,7 +116,7 @@ def _read_account_file(root: Path, path: str) -> str:
 def lookup_groups(root: Path, name: str) -> tuple[int, ...]:
     """The supplementary groups of user `name` in /etc/group of the machine at `root` (as initgroups)."""
     gids = []
-    for line in _read_account_file(root, "/etc/group").splitlines():
+    for line in read_account_file(root, "/etc/group").splitlines():
         fields = line.split(":")
         if len(fields) >= 4 and fields[2].isdigit() and name in fields[3].split(","):
             gids.append(int(fields[2]))
@@ -125,7 +136,7 @@ class Account:
 
 def lookup_user(root: Path, user: str) -> Account:
     """A user in /etc/passwd of the machine at `root`, by name or number."""
-    for line in _read_account_file(root, "/etc/passwd").splitlines():
+    for line in read_account_file(root, "/etc/passwd").splitlines():
         fields = line.split(":")
         if (
             len(fields) >= 7

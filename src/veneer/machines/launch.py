@@ -13,6 +13,7 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Bind
+from veneer.machines.app import AppProcess
 from veneer.machines.guest import InitKind
 from veneer.machines.netsetup import attach_machine
 from veneer.machines.state import MachineRecord
@@ -40,13 +41,18 @@ def prepare_launch(
     workdir: str | None = None,
     env: Sequence[tuple[str, str]] = (),
     binds: Sequence[Bind] = (),
+    app: AppProcess | None = None,
     supervisor: Supervisor,
     address_gate: Path | None = None,
 ) -> Launch:
-    """Set up the machine's network and the command line that launches nspawn running `command`, or
-    booting `init`, confined by `supervisor` (its cgroups and limits)."""
+    """Set up the machine's network and the command line that launches nspawn running `command` (or
+    `app`'s), or booting `init` (`InitKind.APP`: `app` under nspawn's stub init), confined by `supervisor`
+    (its cgroups and limits)."""
     name = record.name
     root = layout.machine_root(name)
+    if app is not None:
+        command, workdir, env = app.command, app.workdir, app.env
+    boot = init is not None and init is not InitKind.APP
     net = attach_machine(layout, record, root)
     spec = RunSpec(
         name=name,
@@ -65,7 +71,9 @@ def prepare_launch(
         env=tuple(env),
         binds=record.binds + tuple(binds),
         register=supervisor.registers,
-        boot=init is not None,
+        boot=boot,
+        as_pid2=init is InitKind.APP,
+        ids=None if app is None else app.ids,
         kill_signal=None if init is None else init.kill_signal(),
         notify_ready=init is not None and init.notifies(),
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import Bind, MachineName, Network, NetworkMode
 from veneer.errors import NetworkError
+from veneer.machines.app import image_run_config, resolve_app
 from veneer.machines.guest import find_leader
 from veneer.machines.launch import prepare_launch
 from veneer.machines.netsetup import configure_address
@@ -48,6 +49,10 @@ class RunOptions:
     env: tuple[tuple[str, str], ...] = ()
     binds: tuple[Bind, ...] = field(default_factory=tuple)
     network: Network | None = None  # this run only, instead of the machine's own (`veneer cp`: none)
+    # Run as the image's run config says (`veneer run`), the settings above overriding it; else only
+    # the command given, as root.
+    app: bool = False
+    entrypoint: tuple[str, ...] | None = None  # with `app`: instead of the image's (Cmd is then dropped)
 
 
 def run_machine(
@@ -72,15 +77,27 @@ def run_machine(
         try:
             if owns_mount:
                 mount_overlay_of(layout, record)
+            app = None
+            if options.app:
+                app = resolve_app(
+                    root,
+                    image_run_config(layout, record),
+                    command=command,
+                    entrypoint=options.entrypoint,
+                    user=options.user,
+                    workdir=options.workdir,
+                    env=options.env,
+                )
             launch = prepare_launch(
                 layout,
                 record,
                 command=command,
                 interactive=sys.stdin.isatty() and sys.stdout.isatty(),
-                user=options.user,
+                user=None if options.app else options.user,
                 workdir=options.workdir,
                 env=options.env,
                 binds=options.binds,
+                app=app,
                 supervisor=supervisor_for(layout),
                 address_gate=gate_path,
             )

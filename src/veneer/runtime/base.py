@@ -32,5 +32,7 @@ class RunSpec:
     binds: tuple[Bind, ...] = field(default_factory=tuple)
     register: bool = False  # register with machined (the machine's supervisor is a systemd unit)
     boot: bool = False  # run the machine's init instead of `command`
+    as_pid2: bool = False  # run `command` under nspawn's stub init (an application machine)
+    ids: tuple[int, int] | None = None  # (uid, gid) the command runs as, switched to inside the machine
     kill_signal: str | None = None  # what nspawn sends the init when asked to stop (SIGTERM to nspawn)
     notify_ready: bool = False  # the init reports READY=1 (systemd), nspawn passes it on

@@ -131,6 +131,10 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
         if spec.kill_signal:
             argv += [f"--kill-signal={spec.kill_signal}"]
         argv += [f"--notify-ready={'yes' if spec.notify_ready else 'no'}"]
+    elif spec.as_pid2:
+        argv += ["--as-pid2"]
+        if spec.kill_signal:
+            argv += [f"--kill-signal={spec.kill_signal}"]
     if spec.user:
         argv += [f"--user={spec.user}"]
     if spec.workdir:
@@ -139,11 +143,17 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
     argv += [bind.argument() for bind in spec.binds]
     if not spec.boot:
         command = list(spec.command)
+        if spec.ids is not None:
+            # nspawn's --user needs the guest's getent, which application images rarely have: the ids
+            # are resolved by veneer and set by the host's static busybox (no supplementary groups).
+            uid, gid = spec.ids
+            command = [WAITER, "nsenter", "-S", str(uid), "-G", str(gid), "--", *command]
         if mode is NetworkMode.NAT:
             # The command must not start before its address is set: wait with the host's static busybox.
-            argv += [f"--bind-ro={HOST_BUSYBOX}:{WAITER}"]
             if spec.address_gate is not None:
                 argv += [f"--bind-ro={spec.address_gate}:{GATE}"]
             command = [WAITER, "sh", "-c", WAIT_FOR_ADDRESS, "veneer-wait", *command]
+        if spec.ids is not None or mode is NetworkMode.NAT:
+            argv += [f"--bind-ro={HOST_BUSYBOX}:{WAITER}"]
         argv += ["--", *command]
     return argv
