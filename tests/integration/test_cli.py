@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 from collections.abc import Iterator
@@ -107,6 +108,71 @@ def test_a_terminal_sees_each_result_once(store: Store) -> None:
     assert on_terminal("clone", "m1", "m2") == ["Cloned machine 'm1' into 'm2'."]
     assert on_terminal("rm", "m1", "m2") == ["Removed machine 'm1'.", "Removed machine 'm2'."]
     assert on_terminal("image", "update", "bb", "--", "touch", "/x") == ["Image 'bb' is at revision 1."]
+
+
+def test_long_work_in_a_pipe_says_its_phases_in_short_lines(busybox: Store, tmp_path: Path) -> None:
+    def phases(*args: str) -> list[str]:
+        stderr = busybox.veneer(*args).stderr
+        assert "\r" not in stderr
+        return stderr.splitlines()
+
+    assert phases("image", "create", "b2", "--busybox") == [
+        "Creating a busybox tree from '/usr/bin/busybox'"
+    ]
+    archive, oci = tmp_path / "bb.tar.gz", tmp_path / "bb.oci.tar"
+    assert phases("image", "export", "bb", str(archive)) == ["Writing 'bb.tar.gz'"]
+    assert phases("image", "import", "b3", str(archive)) == ["Extracting 'bb.tar.gz'"]
+    assert phases("image", "export", "bb", str(oci), "--format", "oci-archive") == [
+        "Writing layer 1/1",
+        "Writing 'bb.oci.tar'",
+    ]
+    assert phases("image", "import", "b4", str(oci)) == [
+        "Extracting 'bb.oci.tar'",
+        "Checking the blobs of 'bb.oci.tar'",
+        "Applying layer 1/1",
+    ]
+    assert phases("image", "update", "bb", "--", "touch", "/x") == [
+        "Saving what 'touch /x' changed as a new revision of 'bb'"
+    ]
+    busybox.veneer("create", "m1", "--from", "bb")
+    assert phases("rebase", "m1", "--to", "0") == ["Rebasing 'm1' (1/1)"]
+
+
+def test_long_work_on_a_terminal_shows_bytes_and_percent_on_one_line(busybox: Store, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "data").write_bytes(os.urandom(8 << 20))  # random: gzip cannot make it small
+    archive = tmp_path / "big.tar.gz"
+    proc.run(["tar", "-C", str(tree), "-czf", str(archive), "."])
+
+    def on_terminal(*args: str) -> str:
+        status, output = run_in_pty(busybox.argv(*args), busybox.env())
+        assert status == 0, output
+        # The line is rewritten with carriage returns, never ended: only the result has a newline.
+        assert output.count("\n") == 1, output
+        drawn, _, _ = output.rpartition("\r")
+        assert not drawn.rpartition("\r")[2].strip(), "the line is blanked before the result"
+        return output
+
+    imported = on_terminal("image", "import", "big", str(archive))
+    assert "\rExtracting 'big.tar.gz': " in imported and "MiB of " in imported and "(100%)" in imported
+    assert imported.endswith("\rImported image 'big' (1 layers, 8.0 MiB).\n")
+    exported = on_terminal("image", "export", "big", str(tmp_path / "out.tar"))
+    assert "\rWriting 'out.tar': 8.0 MiB of 8.0 MiB (100%)" in exported
+
+
+@pytest.mark.network
+def test_debootstrap_on_a_terminal_counts_its_packages(store: Store) -> None:
+    # A minbase bookworm from the Debian mirror (about a minute): the only way to see debootstrap's lines.
+    status, output = run_in_pty(
+        store.argv("image", "create", "deb", "--debootstrap", "bookworm"), store.env()
+    )
+    assert status == 0, output
+    assert "\rRetrieving packages: 1 packages " in output
+    for phase in ("Extracting", "Unpacking", "Configuring"):
+        assert re.search(rf"\r{phase} packages: \d+ of \d+ \(\d+%\) [a-z]", output), phase
+    assert "I: " not in output
+    assert re.search(r"\rCreated image 'deb' \([0-9.]+ MiB\)\.\n$", output), output[-300:]
 
 
 def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:

@@ -86,7 +86,13 @@ def test_image_update_passes_binds_to_the_command(
     calls: list[tuple[str, list[str], RunOptions | None]] = []
 
     def update_image(
-        layout: object, name: str, command: list[str], *, network: object, options: RunOptions | None
+        layout: object,
+        name: str,
+        command: list[str],
+        *,
+        network: object,
+        options: RunOptions | None,
+        progress: object,
     ) -> SimpleNamespace:
         calls.append((name, command, options))
         return SimpleNamespace(current=2)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from veneer.cli.output import ProgressLine, human_size, print_json, print_table, when
+from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.cli.progress import stderr_progress
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
 from veneer.config.settings import (
@@ -229,12 +230,13 @@ def cmd_create(args: argparse.Namespace) -> int:
     else:
         spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
     layout = Layout.from_env(args.root)
-    record = create_image(
-        layout,
-        name,
-        origin=spec.describe(),
-        build=lambda tree: build_tree(spec, tree, layout=layout, progress=sys.stderr.isatty()),
-    )
+    with stderr_progress() as progress:
+        record = create_image(
+            layout,
+            name,
+            origin=spec.describe(),
+            build=lambda tree: build_tree(spec, tree, layout=layout, progress=progress),
+        )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
     return 0
 
@@ -251,12 +253,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         authfile=args.authfile,
         max_layer_bytes=args.max_layer_size,
     )
-    line = ProgressLine() if sys.stderr.isatty() else None
-    try:
-        record = pull_image(Layout.from_env(args.root), args.name, spec, progress=line)
-    finally:
-        if line is not None:
-            line.end()
+    with stderr_progress() as progress:
+        record = pull_image(Layout.from_env(args.root), args.name, spec, progress=progress)
     print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -271,7 +269,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         platform=parse_platform(args.platform) if args.platform else None,
         max_layer_bytes=args.max_layer_size,
     )
-    record = import_image(Layout.from_env(args.root), args.name, spec)
+    with stderr_progress() as progress:
+        record = import_image(Layout.from_env(args.root), args.name, spec, progress=progress)
     print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -280,9 +279,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from veneer.images.export import ExportFormat, export_image
 
     fmt = ExportFormat(args.fmt)
-    export_image(
-        Layout.from_env(args.root), args.name, args.dest, fmt=fmt, revision=args.revision, tag=args.tag
-    )
+    with stderr_progress() as progress:
+        export_image(
+            Layout.from_env(args.root),
+            args.name,
+            args.dest,
+            fmt=fmt,
+            revision=args.revision,
+            tag=args.tag,
+            progress=progress,
+        )
     print(f"Exported image '{args.name}' to '{args.dest}' ({fmt}).")
     return 0
 
@@ -290,7 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_export_machine(args: argparse.Namespace) -> int:
     from veneer.machines.export import export_machine
 
-    export_machine(Layout.from_env(args.root), args.machine, args.dest)
+    with stderr_progress() as progress:
+        export_machine(Layout.from_env(args.root), args.machine, args.dest, progress=progress)
     print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 
@@ -408,7 +415,10 @@ def cmd_update(args: argparse.Namespace) -> int:
         raise UsageError("No command to run", hint="veneer image update NAME -- apt-get -y upgrade")
     layout = Layout.from_env(args.root)
     options = RunOptions(binds=tuple(args.bind))
-    record = update_image(layout, name, command, network=args.network, options=options)
+    with stderr_progress() as progress:
+        record = update_image(
+            layout, name, command, network=args.network, options=options, progress=progress
+        )
     print(f"Image '{name}' is at revision {record.current}.")
     if args.rebase:
         rebase_and_print(layout, list(machines_on(layout, name)), args, dry_run=False)

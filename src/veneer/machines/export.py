@@ -17,11 +17,12 @@ from veneer.machines.recovery import machine_lock
 from veneer.machines.state import load_machine
 from veneer.machines.upper import check_upper
 from veneer.overlay.mount import is_mounted
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
 
-def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
+def export_machine(layout: Layout, name: MachineName, dest: Path, *, progress: Progress = QUIET) -> None:
     """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball."""
     # The machine's lock keeps it from starting while its upper dir serves as a lower layer here.
     with machine_lock(layout, name):
@@ -35,5 +36,5 @@ def export_machine(layout: Layout, name: MachineName, dest: Path) -> None:
         image = load_image(layout, record.image)
         lowers = [*lower_dirs(layout, image, record.revision), layout.machine_upper(name)]
         with merged_view(layout, lowers, f"machine '{name}'") as root:
-            write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
+            write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base, progress=progress)
     logger.debug("Exported machine '%s' to '%s'.", name, dest)
