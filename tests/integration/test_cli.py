@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import pty
 import re
 import shlex
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,7 +103,8 @@ def test_a_terminal_sees_each_result_once(store: Store) -> None:
     def on_terminal(*args: str) -> list[str]:
         status, output = run_in_pty(store.argv(*args), store.env())
         assert status == 0, output
-        return output.splitlines()
+        # What stays on the screen: a progress line is overwritten after a carriage return.
+        return [line.rpartition("\r")[2] for line in output.split("\n")[:-1]]
 
     created = [line for line in on_terminal("image", "create", "bb", "--busybox") if "Created" in line]
     assert len(created) == 1 and created[0].startswith("Created image 'bb' (")
@@ -173,6 +177,77 @@ def test_debootstrap_on_a_terminal_counts_its_packages(store: Store) -> None:
         assert re.search(rf"\r{phase} packages: \d+ of \d+ \(\d+%\) [a-z]", output), phase
     assert "I: " not in output
     assert re.search(r"\rCreated image 'deb' \([0-9.]+ MiB\)\.\n$", output), output[-300:]
+
+
+# What the user types, and the line after TAB: commands, options, choices, images and machines.
+COMPLETIONS = [
+    ("veneer ima", "veneer image "),
+    ("veneer image cr", "veneer image create "),
+    ("veneer create web --fr", "veneer create web --from "),
+    ("veneer create web --from b", "veneer create web --from bb "),
+    ("veneer start m", "veneer start m1 "),
+    ("veneer rebase --prefer b", "veneer rebase --prefer base "),
+]
+
+
+def _veneer_on_path(store: Store, tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "veneer"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(store.argv())} "$@"\n')
+    wrapper.chmod(0o755)
+    return {**store.env(), "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def test_bash_completes_commands_options_images_and_machines(busybox: Store, tmp_path: Path) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    env = _veneer_on_path(busybox, tmp_path)
+    # bash's own variables, as its completion sets them, and the function the script defines.
+    complete = (
+        'eval "$(veneer completion bash)"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _veneer; '
+        'echo "${COMPREPLY[*]}"'
+    )
+    for typed, line in COMPLETIONS:
+        words = typed.split()
+        result = proc.run(["bash", "-c", complete, "bash", *words], capture=True, env=env)
+        assert f"{' '.join(words[:-1])} {result.stdout.strip()} " == line, typed
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):  # EIO: zsh is gone
+        while os.read(fd, 4096):
+            pass
+    os.close(fd)
+
+
+def test_zsh_completes_commands_options_images_and_machines(busybox: Store, tmp_path: Path) -> None:
+    # A real interactive zsh with compinit on a pseudo-terminal: it is typed to, TAB and all, and a key
+    # bound to a widget of the test's own appends the edited line to a file.
+    busybox.veneer("create", "m1", "--from", "bb")
+    env = _veneer_on_path(busybox, tmp_path)
+    lines = tmp_path / "lines"
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.execve("/usr/bin/zsh", ["zsh", "-f", "-i"], {**env, "TERM": "dumb"})
+    # zsh echoes what it is typed; read it, so that it never blocks on a full terminal.
+    threading.Thread(target=_drain, args=(terminal,), daemon=True).start()
+    try:
+        setup = (
+            'autoload -U compinit; compinit -u -D; eval "$(veneer completion zsh)"; '
+            f'show() {{ print -r -- "$BUFFER" >> {lines}; BUFFER= }}; zle -N show; bindkey "^X" show\n'
+        )
+        os.write(terminal, setup.encode())
+
+        def shown(count: int) -> bool:
+            return lines.exists() and len(lines.read_text().splitlines()) == count
+
+        for number, (typed, _) in enumerate(COMPLETIONS, 1):
+            os.write(terminal, typed.encode() + b"\t\x18")
+            assert proc.wait_until(functools.partial(shown, number), timeout=60), typed
+        assert lines.read_text().splitlines() == [line for _, line in COMPLETIONS]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:
