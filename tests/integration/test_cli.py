@@ -11,6 +11,7 @@ import pty
 import re
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +249,26 @@ def test_zsh_completes_commands_options_images_and_machines(busybox: Store, tmp_
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_cp_to_a_closed_pipe_ends_quietly_and_run_on_a_started_machine_points_at_exec(
+    busybox: Store, tmp_path: Path
+) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    # stdout is a pipe whose reader is gone, as for `veneer cp m1:/bin - | head -c1` once head exited.
+    closed_pipe = (
+        "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'veneer', *sys.argv[1:]])"
+    )
+    for words in (["cp", "m1:/bin", "-"], ["cp", "--uid", "5", "m1:/bin", "-"]):
+        argv = [sys.executable, "-c", closed_pipe, *words]
+        result = proc.run(argv, check=False, capture=True, env=busybox.env())
+        assert (result.returncode, result.stderr) == (141, ""), words
+    busybox.veneer("start", "m1")
+    refused = busybox.veneer("run", "m1", "--", "true", ok=(1,)).stderr.splitlines()
+    assert (
+        refused[1] == "  Stop it first ('veneer stop m1'), or run a command in it: 'veneer exec m1 -- CMD'."
+    )
 
 
 def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:

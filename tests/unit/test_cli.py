@@ -124,6 +124,8 @@ os.execv(sys.executable, [sys.executable, "-m", "veneer", *sys.argv[1:]])
         ["network", "ls", "--json"],
         ["--help"],
         ["image", "create", "--help"],
+        ["help", "image", "create"],  # longer than stdout's buffer: argparse's own write met the EPIPE
+        ["completion", "zsh"],
     ],
 )
 def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path) -> None:
@@ -131,6 +133,16 @@ def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path
     result = proc.run([sys.executable, "-c", CLOSED_PIPE, *words], check=False, capture=True, env=env)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize("words", [["image", "export", "bb", "-"], ["export", "m1", "-"]])
+def test_export_refuses_stdout_rather_than_write_a_file_named_dash(
+    words: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--root", str(tmp_path / "state"), *words]) == 2
+    assert "veneer: Export writes a file, not stdout ('-')" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
 
 
 @pytest.mark.parametrize("count", ["-3", "x", "1.5"])

@@ -55,6 +55,12 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse ignores a failed write: a help longer than stdout's buffer into a closed pipe would
+        # end with status 0 and the text lost. Raised, it ends as every closed pipe does (141).
+        if message:
+            (file or sys.stderr).write(message)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, hint=f"See '{self.prog} --help'.")
 

@@ -102,7 +102,9 @@ def register(verbs: Any) -> None:
 
     exp = sub.add_parser("export", help="write an image as a tarball, OCI layout/archive or docker-archive")
     exp.add_argument("name", type=parse_image_name)
-    exp.add_argument("dest", metavar="DEST", type=Path, help="a new file (a new directory for --format oci)")
+    exp.add_argument(
+        "dest", metavar="DEST", type=parse_export_dest, help="a new file (a new directory for --format oci)"
+    )
     exp.add_argument(
         "--format",
         dest="fmt",
@@ -150,7 +152,7 @@ def register(verbs: Any) -> None:
     machine_export = verbs.add_parser("export", help="a stopped machine's root filesystem as a tarball")
     machine_export.add_argument("machine", type=parse_machine_name)
     machine_export.add_argument(
-        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress)"
+        "dest", metavar="DEST", type=parse_export_dest, help="a new file (.gz, .xz, .zst compress)"
     )
     machine_export.set_defaults(handler=cmd_export_machine)
 
@@ -158,6 +160,16 @@ def register(verbs: Any) -> None:
     rm.add_argument("names", nargs="+", type=parse_image_name, metavar="NAME")
     rm.add_argument("--force", "-f", action="store_true", help="stop and remove the machines using them too")
     rm.set_defaults(handler=cmd_rm)
+
+
+def parse_export_dest(text: str) -> Path:
+    """An export's destination: a path, never '-', which would be a file of that name, not stdout."""
+    if text == "-":
+        raise UsageError(
+            "Export writes a file, not stdout ('-')",
+            hint="Name a new file, such as deb.tar.gz (compressed by its name), and read it from there.",
+        )
+    return Path(text)
 
 
 def _parse_layer_size(text: str) -> int:
