@@ -271,6 +271,20 @@ def test_cp_to_a_closed_pipe_ends_quietly_and_run_on_a_started_machine_points_at
     )
 
 
+def test_a_missing_bind_source_is_named_before_nspawn_runs(busybox: Store, tmp_path: Path) -> None:
+    missing = tmp_path / "nosuchdir"
+    busybox.veneer("create", "m1", "--from", "bb", "--network", "none")
+    refused = busybox.veneer("run", "--bind", f"{missing}:/mnt", "m1", "--", "true", ok=(1,))
+    assert refused.stderr.splitlines() == [
+        f"veneer: Cannot bind '{missing}' into machine 'm1': it does not exist on the host",
+        "  Create it first, or leave out that --bind.",
+    ]
+    busybox.veneer("create", "m2", "--from", "bb", "--bind", f"{missing}:/mnt", "--network", "none")
+    assert busybox.veneer("start", "m2", ok=(1,)).stderr.startswith(f"veneer: Cannot bind '{missing}'")
+    missing.mkdir()
+    busybox.veneer("run", "--bind", f"{missing}:/mnt", "m1", "--", "true")
+
+
 def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:
     busybox.veneer("create", "m1", "--from", "bb", "--port", "8080:80", "--memory", "256M", "--pids", "99")
     busybox.veneer("start", "m1")

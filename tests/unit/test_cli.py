@@ -145,6 +145,14 @@ def test_export_refuses_stdout_rather_than_write_a_file_named_dash(
     assert not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize("verb", ["run", "exec"])
+def test_a_relative_workdir_is_a_usage_error(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(tmp_path), verb, "--workdir", "srv", "m1", "--", "pwd"]) == 2
+    assert "veneer: Invalid working directory 'srv': not an absolute path" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("count", ["-3", "x", "1.5"])
 def test_logs_wants_a_count_of_lines(count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--root", str(tmp_path), "logs", "m1", "-n", count]) == 2

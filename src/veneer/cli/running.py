@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_env, parse_machine_name
+from veneer.config.settings import parse_env, parse_machine_name, parse_workdir
 from veneer.errors import UsageError
 
 
@@ -63,7 +63,11 @@ def register(verbs: Any) -> None:
         help="set a variable for the command (repeatable)",
     )  # fmt: skip
     exe.add_argument(
-        "--workdir", "-w", metavar="DIR", help="working directory inside the machine (default: /)"
+        "--workdir",
+        "-w",
+        type=parse_workdir,
+        metavar="DIR",
+        help="working directory inside the machine (default: /)",
     )
     exe.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     exe.set_defaults(handler=cmd_exec)

@@ -218,6 +218,16 @@ def parse_bind(text: str) -> Bind:
     )
 
 
+def parse_workdir(text: str) -> str:
+    """Parse `--workdir DIR`: an absolute path inside the machine."""
+    if not text.startswith("/"):
+        raise UsageError(
+            f"Invalid working directory '{text}': not an absolute path",
+            hint=f"Give the path inside the machine from its root, e.g. /{text.lstrip('./') or 'root'}.",
+        )
+    return text
+
+
 def parse_env(text: str) -> tuple[str, str]:
     """Parse `--env NAME=VALUE`."""
     name, sep, value = text.partition("=")
