@@ -364,6 +364,39 @@ def test_a_signal_to_veneer_ends_what_it_started_and_leaves_nothing(
     assert mounts_under(busybox.root, busybox.run) == []
 
 
+FOREGROUND = {
+    "image update": ["image", "update", "bb", "--network", "none", "--", "sleep", "3401"],
+    "run": ["run", "m1", "--", "sleep", "3402"],
+    "exec": ["exec", "m1", "--", "sleep", "3403"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(FOREGROUND))
+def test_sigterm_to_a_foreground_verb_ends_it_as_interrupted(
+    busybox: Store, tmp_path: Path, verb: str
+) -> None:
+    # Passed on to nspawn or to the command, then veneer ends as the signal asks: not "the update failed".
+    busybox.veneer("create", "m1", "--from", "bb", "--network", "none")
+    if verb == "exec":
+        busybox.veneer("start", "m1")
+    words = FOREGROUND[verb]
+    started = start_in_background(busybox.argv(*words), busybox.env(), tmp_path / "output", terminal=False)
+    try:
+        assert proc.wait_until(lambda: _sleeping(started.pid, words[-1]) is not None, timeout=120)
+        os.kill(started.pid, signal.SIGTERM)
+        status, output = started.wait()
+        assert proc.wait_until(lambda: _sleeping(1, words[-1]) is None, timeout=60), "the command is gone"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(started.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(started.pid, 0)
+    assert status == 128 + signal.SIGTERM, output
+    assert "veneer: interrupted by SIGTERM" in output and "Failed" not in output
+    assert [m["name"] for m in json.loads(busybox.veneer("list", "--json").stdout)] == ["m1"]
+    assert json.loads(busybox.veneer("image", "show", "bb", "--json").stdout)["current"] == 0
+
+
 def test_shell_gives_a_terminal_of_the_machine_s_own(busybox: Store) -> None:
     busybox.veneer("create", "m1", "--from", "bb")
     busybox.veneer("start", "m1")

@@ -145,6 +145,15 @@ def test_export_refuses_stdout_rather_than_write_a_file_named_dash(
     assert not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize("verb", ["start", "stop", "restart"])
+@pytest.mark.parametrize("timeout", ["-5", "abc", "nan", "inf"])
+def test_a_timeout_is_seconds_0_or_more(
+    verb: str, timeout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(tmp_path), verb, "m1", "--timeout", timeout]) == 2
+    assert f"veneer: Invalid timeout '{timeout}'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("verb", ["run", "exec"])
 def test_a_relative_workdir_is_a_usage_error(
     verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

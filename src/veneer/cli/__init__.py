@@ -7,6 +7,7 @@ their handlers, so `veneer --help` and simple listings stay cheap to start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -175,9 +176,11 @@ def _run(args_list: list[str]) -> int:
     except (KeyboardInterrupt, Terminated) as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         name = signal.Signals(signum).name
-        print(
-            f"veneer: interrupted by {name}; what it had started was ended and cleaned up.", file=sys.stderr
-        )
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            print(
+                f"veneer: interrupted by {name}; what it had started was ended and cleaned up.",
+                file=sys.stderr,
+            )
         return 128 + signum
     except Exception as e:  # the one place that turns any failure into a message
         if debug:

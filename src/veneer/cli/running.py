@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_env, parse_machine_name, parse_workdir
+from veneer.config.settings import parse_env, parse_machine_name, parse_seconds, parse_workdir
 from veneer.errors import UsageError
 
 
@@ -36,18 +36,24 @@ def register(verbs: Any) -> None:
     start = verbs.add_parser("start", help="boot machines in the background")
     start.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
     start.add_argument("--wait", action="store_true", help="return once the machine reports ready")
-    start.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
+    start.add_argument(
+        "--timeout", type=parse_seconds, default=60.0, metavar="S", help="give up after S seconds"
+    )
     start.set_defaults(handler=cmd_start)
 
     stop = verbs.add_parser("stop", help="power machines off (killed after --timeout)")
     stop.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
-    stop.add_argument("--timeout", type=float, default=30.0, metavar="S", help="kill after S seconds")
+    stop.add_argument(
+        "--timeout", type=parse_seconds, default=30.0, metavar="S", help="kill after S seconds"
+    )
     stop.set_defaults(handler=cmd_stop)
 
     restart = verbs.add_parser("restart", help="stop, then start")
     restart.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
     restart.add_argument("--wait", action="store_true", help="return once the machine reports ready")
-    restart.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
+    restart.add_argument(
+        "--timeout", type=parse_seconds, default=60.0, metavar="S", help="give up after S seconds"
+    )
     restart.set_defaults(handler=cmd_restart)
 
     kill = verbs.add_parser("kill", help="send a signal to every process of a running machine")

@@ -211,12 +211,16 @@ def wait_forwarding(process: subprocess.Popen[bytes] | int) -> int:
     on to it; return its exit status.
 
     SIGINT and SIGQUIT are ignored meanwhile: the terminal delivers them to the child's process group too,
-    and the child decides what they mean (nspawn forwards them into the container).
+    and the child decides what they mean (nspawn forwards them into the container). A SIGTERM or SIGHUP
+    that was passed on is raised again here once the child has ended, so veneer ends as that signal
+    asks, through the caller's own handler (its cleanup, its exit status), not as if the child failed.
     """
     forwarded = (signal.SIGTERM, signal.SIGHUP)
     ignored = (signal.SIGINT, signal.SIGQUIT)
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             if isinstance(process, int):
                 os.kill(process, signum)
@@ -236,6 +240,8 @@ def wait_forwarding(process: subprocess.Popen[bytes] | int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received:
+        signal.raise_signal(received[0])
     # A child killed by a signal exits like a shell reports it: 128 + the signal number.
     return 128 - returncode if returncode < 0 else returncode
 
