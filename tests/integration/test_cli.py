@@ -87,6 +87,15 @@ def test_verbs_repeat_as_systemctl_does(busybox: Store) -> None:
     assert busybox.veneer("list", "--json").stdout.strip() == "[]"
 
 
+def test_disable_of_a_machine_that_is_not_enabled_succeeds_on_any_host(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    for _ in range(2):
+        assert busybox.veneer("disable", "m1").stdout == "Machine 'm1' was not enabled.\n"
+    assert busybox.veneer("disable", "nosuch", ok=(1,)).stderr.startswith(
+        "veneer: No machine named 'nosuch'"
+    )
+
+
 def test_a_bridge_network_needs_the_bridge_at_create(busybox: Store) -> None:
     result = busybox.veneer("create", "m1", "--from", "bb", "--network", "bridge:nosuchbr0", ok=(1,))
     assert result.stderr.splitlines() == [

@@ -266,6 +266,8 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_disable(args: argparse.Namespace) -> int:
     from veneer.machines.units import disable_machine
 
-    disable_machine(_layout(args), args.name)
-    print(f"Machine '{args.name}' no longer starts at boot.")
+    if disable_machine(_layout(args), args.name):
+        print(f"Machine '{args.name}' no longer starts at boot.")
+    else:
+        print(f"Machine '{args.name}' was not enabled.")
     return 0
