@@ -446,11 +446,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_squash(args: argparse.Namespace) -> int:
+    from veneer.images.store import load_image
     from veneer.machines.revisions import squash_image
 
-    record = squash_image(Layout.from_env(args.root), args.name)
+    layout = Layout.from_env(args.root)
+    before = load_image(layout, args.name).current
+    with stderr_progress() as progress:
+        record = squash_image(layout, args.name, progress=progress)
     size = human_size(record.layers_of(record.current)[0].size_bytes)
-    print(f"Image '{record.name}' revision {record.current} is one layer of {size}.")
+    already = " already" if record.current == before else ""
+    print(f"Image '{record.name}' revision {record.current} is one layer{already} ({size}).")
     return 0
 
 

@@ -311,7 +311,8 @@ def bootstrap_tree(
             arch.bootstrap(tree, packages=packages, pacman_conf=spec.pacman_conf, progress=progress)
         case SourceKind.DIR:
             assert spec.path is not None
-            progress.phase(f"Copying '{spec.path.name}'")
+            if spec.path.is_dir():  # else copy_tree says what is wrong, alone
+                progress.phase(f"Copying '{spec.path.name}'")
             transfer.copy_tree(spec.path, tree)
         case SourceKind.TAR:
             assert spec.path is not None

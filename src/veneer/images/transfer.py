@@ -648,8 +648,9 @@ def extract_tar(
             `trusted.overlay.*` attributes, as image layers need.
         progress: gets the phase "Extracting ARCHIVE" and the bytes of the archive read so far.
     """
-    if progress is not None:
-        progress.phase(f"Extracting '{archive.name}'", total=_size_or_none(archive))
+    size = _size_or_none(archive)
+    if progress is not None and size is not None:  # else the extraction says what is wrong, alone
+        progress.phase(f"Extracting '{archive.name}'", total=size)
     _extract_into(
         archive,
         dest,

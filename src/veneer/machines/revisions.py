@@ -132,10 +132,14 @@ def commit_machine(
         )
 
 
-def squash_image(layout: Layout, name: str) -> ImageRecord:
-    """Flatten the current revision's layers into one new layer, published as the next revision."""
+def squash_image(layout: Layout, name: str, *, progress: Progress = QUIET) -> ImageRecord:
+    """Flatten the current revision's layers into one new layer, published as the next revision; a
+    current revision of one layer is left as it is (squash is repeatable)."""
     image = load_image(layout, name)
     lowers = lower_dirs(layout, image, image.current)
+    if len(lowers) == 1:
+        return image
+    progress.phase(f"Flattening the {len(lowers)} layers of revision {image.current} of '{name}'")
 
     def flatten(tree: Path, scratch: Path) -> None:
         # Read through the kernel's own overlay (no upper is written): whiteouts and opaque dirs are
