@@ -96,6 +96,15 @@ def test_disable_of_a_machine_that_is_not_enabled_succeeds_on_any_host(busybox: 
     )
 
 
+def test_a_machine_moved_off_nat_shows_no_address(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    assert busybox.machine_json("m1")["address"]  # reserved on the nat network
+    busybox.veneer("set", "m1", "--network", "none")
+    busybox.veneer("start", "m1")
+    assert "Address:   -" in busybox.veneer("status", "m1").stdout.splitlines()
+    assert json.loads(busybox.veneer("status", "m1", "--json").stdout)["addresses"] == []
+
+
 def test_a_bridge_network_needs_the_bridge_at_create(busybox: Store) -> None:
     result = busybox.veneer("create", "m1", "--from", "bb", "--network", "bridge:nosuchbr0", ok=(1,))
     assert result.stderr.splitlines() == [

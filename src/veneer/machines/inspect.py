@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName
+from veneer.config.settings import MachineName, NetworkMode
 from veneer.errors import MachineBusy, StateCorrupt
 from veneer.images.store import list_images
 from veneer.machines.guest import find_leader
@@ -123,6 +123,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         leader = find_leader(runtime.pid) if runtime.mode is RuntimeMode.BOOT else runtime.pid
     upper = layout.machine_upper(name)
     snapshots = list_snapshots(layout, name)
+    nat = record.network.mode is NetworkMode.NAT
     return MachineStatus(
         name=name,
         image=record.image,
@@ -133,7 +134,8 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         started=runtime.started if running and runtime is not None else None,
         init=runtime.init if running and runtime is not None else None,
         network=str(record.network),
-        addresses=[record.address] if running and record.address else [],
+        # Only nat gives the machine its recorded address: one moved to another network keeps it reserved.
+        addresses=[record.address] if running and record.address and nat else [],
         ports=[str(p) for p in record.ports],
         privileged=record.privileged,
         uid_base=record.uid_base,
