@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,30 @@ def test_a_followed_command_passes_its_lines_and_keeps_its_last_ones_for_errors(
         proc.run(["sh", "-c", script], on_line=seen.append)
     assert seen == ["one", "two", "E: three"]
     assert failed.value.message.endswith("E: three")
+
+
+def test_extracting_counts_the_bytes_of_a_file_and_reads_a_pipe_without_them(tmp_path: Path) -> None:
+    import tarfile
+    import threading
+
+    from veneer.images.transfer import extract_tar
+
+    archive = tmp_path / "a.tar"
+    (tmp_path / "f").write_bytes(b"x" * 100_000)
+    with tarfile.open(archive, "w") as tf:
+        tf.add(tmp_path / "f", arcname="f")
+    recorder = Recorder()
+    (tmp_path / "file").mkdir()
+    extract_tar(archive, tmp_path / "file", progress=recorder)
+    assert recorder.reports[0] == ("phase", "Extracting 'a.tar'", archive.stat().st_size, Unit.BYTES)
+    done = [int(str(report[1])) for report in recorder.reports[1:]]
+    assert done == sorted(done) and 100_000 < done[-1] <= archive.stat().st_size
+    # A pipe (as `veneer cp` extracts from) cannot tell where it is: no byte counts, no failure.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(archive.read_bytes()))
+    writer.start()
+    (tmp_path / "piped").mkdir()
+    extract_tar(fifo, tmp_path / "piped", progress=Recorder())
+    writer.join()
+    assert (tmp_path / "piped/f").read_bytes() == b"x" * 100_000

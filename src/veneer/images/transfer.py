@@ -730,8 +730,9 @@ def _extract(
             ) from e
         reader = _open_decompressed(raw, archive, stack)
         reader.limit = max_bytes
-        # How far into the (compressed) file the decompressor has read: its size is the known total.
-        reader.on_read = lambda: progress.advance(raw.tell())
+        if progress is not QUIET and raw.seekable():  # not a stream (`veneer cp` extracts from a pipe)
+            # How far into the (compressed) file the decompressor has read: its size is the known total.
+            reader.on_read = lambda: progress.advance(raw.tell())
         try:
             tf = stack.enter_context(
                 tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")
