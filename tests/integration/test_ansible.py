@@ -168,8 +168,16 @@ def test_modules_are_idempotent_with_check_mode(busybox: Store, tmp_path: Path) 
 @pytest.mark.network
 def test_debian_machine_runs_modules_copies_fetches_and_becomes(store: Store, tmp_path: Path) -> None:
     # python3 for Ansible's modules; debootstrap from the Debian mirror (about 90 seconds).
-    store.veneer("image", "create", "deb", "--debootstrap", "bookworm", "--variant", "minbase",
-                 "--packages", "python3")  # fmt: skip
+    created = store.veneer("image", "create", "deb", "--debootstrap", "bookworm", "--variant", "minbase",
+                           "--packages", "python3")  # fmt: skip
+    # Piped, debootstrap's progress is its phases, once each: no carriage returns, no line per package.
+    assert created.stderr.splitlines() == [
+        "Bootstrapping Debian bookworm",
+        "Retrieving packages",
+        "Extracting packages",
+        "Unpacking packages",
+        "Configuring packages",
+    ]
     store.veneer("create", "d1", "--from", "deb", "--network", "none")
     store.veneer("start", "d1", "--wait", "--timeout", "60")
     try:

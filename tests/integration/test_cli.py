@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import pty
+import re
 import shlex
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +87,24 @@ def test_verbs_repeat_as_systemctl_does(busybox: Store) -> None:
     assert busybox.veneer("list", "--json").stdout.strip() == "[]"
 
 
+def test_disable_of_a_machine_that_is_not_enabled_succeeds_on_any_host(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    for _ in range(2):
+        assert busybox.veneer("disable", "m1").stdout == "Machine 'm1' was not enabled.\n"
+    assert busybox.veneer("disable", "nosuch", ok=(1,)).stderr.startswith(
+        "veneer: No machine named 'nosuch'"
+    )
+
+
+def test_a_machine_moved_off_nat_shows_no_address(busybox: Store) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    assert busybox.machine_json("m1")["address"]  # reserved on the nat network
+    busybox.veneer("set", "m1", "--network", "none")
+    busybox.veneer("start", "m1")
+    assert "Address:   -" in busybox.veneer("status", "m1").stdout.splitlines()
+    assert json.loads(busybox.veneer("status", "m1", "--json").stdout)["addresses"] == []
+
+
 def test_a_bridge_network_needs_the_bridge_at_create(busybox: Store) -> None:
     result = busybox.veneer("create", "m1", "--from", "bb", "--network", "bridge:nosuchbr0", ok=(1,))
     assert result.stderr.splitlines() == [
@@ -99,7 +122,8 @@ def test_a_terminal_sees_each_result_once(store: Store) -> None:
     def on_terminal(*args: str) -> list[str]:
         status, output = run_in_pty(store.argv(*args), store.env())
         assert status == 0, output
-        return output.splitlines()
+        # What stays on the screen: a progress line is overwritten after a carriage return.
+        return [line.rpartition("\r")[2] for line in output.split("\n")[:-1]]
 
     created = [line for line in on_terminal("image", "create", "bb", "--busybox") if "Created" in line]
     assert len(created) == 1 and created[0].startswith("Created image 'bb' (")
@@ -107,6 +131,176 @@ def test_a_terminal_sees_each_result_once(store: Store) -> None:
     assert on_terminal("clone", "m1", "m2") == ["Cloned machine 'm1' into 'm2'."]
     assert on_terminal("rm", "m1", "m2") == ["Removed machine 'm1'.", "Removed machine 'm2'."]
     assert on_terminal("image", "update", "bb", "--", "touch", "/x") == ["Image 'bb' is at revision 1."]
+
+
+def test_long_work_in_a_pipe_says_its_phases_in_short_lines(busybox: Store, tmp_path: Path) -> None:
+    def phases(*args: str) -> list[str]:
+        stderr = busybox.veneer(*args).stderr
+        assert "\r" not in stderr
+        return stderr.splitlines()
+
+    assert phases("image", "create", "b2", "--busybox") == [
+        "Creating a busybox tree from '/usr/bin/busybox'"
+    ]
+    archive, oci = tmp_path / "bb.tar.gz", tmp_path / "bb.oci.tar"
+    assert phases("image", "export", "bb", str(archive)) == ["Writing 'bb.tar.gz'"]
+    assert phases("image", "import", "b3", str(archive)) == ["Extracting 'bb.tar.gz'"]
+    assert phases("image", "export", "bb", str(oci), "--format", "oci-archive") == [
+        "Writing layer 1/1",
+        "Writing 'bb.oci.tar'",
+    ]
+    assert phases("image", "import", "b4", str(oci)) == [
+        "Extracting 'bb.oci.tar'",
+        "Checking the blobs of 'bb.oci.tar'",
+        "Applying layer 1/1",
+    ]
+    assert phases("image", "update", "bb", "--", "touch", "/x") == [
+        "Saving what 'touch /x' changed as a new revision of 'bb'"
+    ]
+    busybox.veneer("create", "m1", "--from", "bb")
+    assert phases("rebase", "m1", "--to", "0") == ["Rebasing 'm1' (1/1)"]
+
+
+def test_long_work_on_a_terminal_shows_bytes_and_percent_on_one_line(busybox: Store, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "data").write_bytes(os.urandom(8 << 20))  # random: gzip cannot make it small
+    archive = tmp_path / "big.tar.gz"
+    proc.run(["tar", "-C", str(tree), "-czf", str(archive), "."])
+
+    def on_terminal(*args: str) -> str:
+        status, output = run_in_pty(busybox.argv(*args), busybox.env())
+        assert status == 0, output
+        # The line is rewritten with carriage returns, never ended: only the result has a newline.
+        assert output.count("\n") == 1, output
+        drawn, _, _ = output.rpartition("\r")
+        assert not drawn.rpartition("\r")[2].strip(), "the line is blanked before the result"
+        return output
+
+    imported = on_terminal("image", "import", "big", str(archive))
+    assert "\rExtracting 'big.tar.gz': " in imported and "MiB of " in imported and "(100%)" in imported
+    assert imported.endswith("\rImported image 'big' (1 layers, 8.0 MiB).\n")
+    exported = on_terminal("image", "export", "big", str(tmp_path / "out.tar"))
+    assert "\rWriting 'out.tar': 8.0 MiB of 8.0 MiB (100%)" in exported
+
+
+@pytest.mark.network
+def test_debootstrap_on_a_terminal_counts_its_packages(store: Store) -> None:
+    # A minbase bookworm from the Debian mirror (about a minute): the only way to see debootstrap's lines.
+    status, output = run_in_pty(
+        store.argv("image", "create", "deb", "--debootstrap", "bookworm"), store.env()
+    )
+    assert status == 0, output
+    assert "\rRetrieving packages: 1 packages " in output
+    for phase in ("Extracting", "Unpacking", "Configuring"):
+        assert re.search(rf"\r{phase} packages: \d+ of \d+ \(\d+%\) [a-z]", output), phase
+    assert "I: " not in output
+    assert re.search(r"\rCreated image 'deb' \([0-9.]+ MiB\)\.\n$", output), output[-300:]
+
+
+# What the user types, and the line after TAB: commands, options, choices, images and machines.
+COMPLETIONS = [
+    ("veneer ima", "veneer image "),
+    ("veneer image cr", "veneer image create "),
+    ("veneer create web --fr", "veneer create web --from "),
+    ("veneer create web --from b", "veneer create web --from bb "),
+    ("veneer start m", "veneer start m1 "),
+    ("veneer rebase --prefer b", "veneer rebase --prefer base "),
+]
+
+
+def _veneer_on_path(store: Store, tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "veneer"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(store.argv())} "$@"\n')
+    wrapper.chmod(0o755)
+    return {**store.env(), "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def test_bash_completes_commands_options_images_and_machines(busybox: Store, tmp_path: Path) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    env = _veneer_on_path(busybox, tmp_path)
+    # bash's own variables, as its completion sets them, and the function the script defines.
+    complete = (
+        'eval "$(veneer completion bash)"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _veneer; '
+        'echo "${COMPREPLY[*]}"'
+    )
+    for typed, line in COMPLETIONS:
+        words = typed.split()
+        result = proc.run(["bash", "-c", complete, "bash", *words], capture=True, env=env)
+        assert f"{' '.join(words[:-1])} {result.stdout.strip()} " == line, typed
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):  # EIO: zsh is gone
+        while os.read(fd, 4096):
+            pass
+    os.close(fd)
+
+
+def test_zsh_completes_commands_options_images_and_machines(busybox: Store, tmp_path: Path) -> None:
+    # A real interactive zsh with compinit on a pseudo-terminal: it is typed to, TAB and all, and a key
+    # bound to a widget of the test's own appends the edited line to a file.
+    busybox.veneer("create", "m1", "--from", "bb")
+    env = _veneer_on_path(busybox, tmp_path)
+    lines = tmp_path / "lines"
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.execve("/usr/bin/zsh", ["zsh", "-f", "-i"], {**env, "TERM": "dumb"})
+    # zsh echoes what it is typed; read it, so that it never blocks on a full terminal.
+    threading.Thread(target=_drain, args=(terminal,), daemon=True).start()
+    try:
+        setup = (
+            'autoload -U compinit; compinit -u -D; eval "$(veneer completion zsh)"; '
+            f'show() {{ print -r -- "$BUFFER" >> {lines}; BUFFER= }}; zle -N show; bindkey "^X" show\n'
+        )
+        os.write(terminal, setup.encode())
+
+        def shown(count: int) -> bool:
+            return lines.exists() and len(lines.read_text().splitlines()) == count
+
+        for number, (typed, _) in enumerate(COMPLETIONS, 1):
+            os.write(terminal, typed.encode() + b"\t\x18")
+            assert proc.wait_until(functools.partial(shown, number), timeout=60), typed
+        assert lines.read_text().splitlines() == [line for _, line in COMPLETIONS]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_cp_to_a_closed_pipe_ends_quietly_and_run_on_a_started_machine_points_at_exec(
+    busybox: Store, tmp_path: Path
+) -> None:
+    busybox.veneer("create", "m1", "--from", "bb")
+    # stdout is a pipe whose reader is gone, as for `veneer cp m1:/bin - | head -c1` once head exited.
+    closed_pipe = (
+        "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'veneer', *sys.argv[1:]])"
+    )
+    for words in (["cp", "m1:/bin", "-"], ["cp", "--uid", "5", "m1:/bin", "-"]):
+        argv = [sys.executable, "-c", closed_pipe, *words]
+        result = proc.run(argv, check=False, capture=True, env=busybox.env())
+        assert (result.returncode, result.stderr) == (141, ""), words
+    busybox.veneer("start", "m1")
+    refused = busybox.veneer("run", "m1", "--", "true", ok=(1,)).stderr.splitlines()
+    assert (
+        refused[1] == "  Stop it first ('veneer stop m1'), or run a command in it: 'veneer exec m1 -- CMD'."
+    )
+
+
+def test_a_missing_bind_source_is_named_before_nspawn_runs(busybox: Store, tmp_path: Path) -> None:
+    missing = tmp_path / "nosuchdir"
+    busybox.veneer("create", "m1", "--from", "bb", "--network", "none")
+    refused = busybox.veneer("run", "--bind", f"{missing}:/mnt", "m1", "--", "true", ok=(1,))
+    assert refused.stderr.splitlines() == [
+        f"veneer: Cannot bind '{missing}' into machine 'm1': it does not exist on the host",
+        "  Create it first, or leave out that --bind.",
+    ]
+    busybox.veneer("create", "m2", "--from", "bb", "--bind", f"{missing}:/mnt", "--network", "none")
+    assert busybox.veneer("start", "m2", ok=(1,)).stderr.startswith(f"veneer: Cannot bind '{missing}'")
+    missing.mkdir()
+    busybox.veneer("run", "--bind", f"{missing}:/mnt", "m1", "--", "true")
 
 
 def test_status_says_where_a_machine_is_how_long_it_ran_and_why_it_failed(busybox: Store) -> None:
@@ -186,6 +380,39 @@ def test_a_signal_to_veneer_ends_what_it_started_and_leaves_nothing(
     assert list((busybox.root / ".staging").iterdir()) == []
     assert json.loads(busybox.veneer("image", "list", "--json").stdout)[0]["name"] == "bb"
     assert mounts_under(busybox.root, busybox.run) == []
+
+
+FOREGROUND = {
+    "image update": ["image", "update", "bb", "--network", "none", "--", "sleep", "3401"],
+    "run": ["run", "m1", "--", "sleep", "3402"],
+    "exec": ["exec", "m1", "--", "sleep", "3403"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(FOREGROUND))
+def test_sigterm_to_a_foreground_verb_ends_it_as_interrupted(
+    busybox: Store, tmp_path: Path, verb: str
+) -> None:
+    # Passed on to nspawn or to the command, then veneer ends as the signal asks: not "the update failed".
+    busybox.veneer("create", "m1", "--from", "bb", "--network", "none")
+    if verb == "exec":
+        busybox.veneer("start", "m1")
+    words = FOREGROUND[verb]
+    started = start_in_background(busybox.argv(*words), busybox.env(), tmp_path / "output", terminal=False)
+    try:
+        assert proc.wait_until(lambda: _sleeping(started.pid, words[-1]) is not None, timeout=120)
+        os.kill(started.pid, signal.SIGTERM)
+        status, output = started.wait()
+        assert proc.wait_until(lambda: _sleeping(1, words[-1]) is None, timeout=60), "the command is gone"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(started.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(started.pid, 0)
+    assert status == 128 + signal.SIGTERM, output
+    assert "veneer: interrupted by SIGTERM" in output and "Failed" not in output
+    assert [m["name"] for m in json.loads(busybox.veneer("list", "--json").stdout)] == ["m1"]
+    assert json.loads(busybox.veneer("image", "show", "bb", "--json").stdout)["current"] == 0
 
 
 def test_shell_gives_a_terminal_of_the_machine_s_own(busybox: Store) -> None:

@@ -97,6 +97,8 @@ def test_rollback_branches_squash_flattens_prune_keeps_what_is_used(busybox: Sto
     assert sh(store, "m3", "cat /etc/one /etc/three; test ! -e /etc/two && echo no-two") == "1\n3\nno-two\n"
     store.veneer("image", "squash", "bb")
     assert image(store)["current"] == 4
+    again = store.veneer("image", "squash", "bb").stdout  # repeatable: one layer stays as it is
+    assert again.startswith("Image 'bb' revision 4 is one layer already (") and image(store)["current"] == 4
     record = json.loads((store.root / "images/bb/image.json").read_text())
     assert len(record["revisions"][-1]["layers"]) == 1
     store.veneer("create", "m4", "--from", "bb", "--network", "none")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from veneer.errors import ImageError
-from veneer.images.blobs import BlobCache, Progress
+from veneer.images.blobs import BlobCache, Downloads
 from veneer.images.oci import Descriptor
 
 DATA = bytes(range(256)) * 4096
@@ -37,7 +37,7 @@ class FakeServer:
 def test_fetch_checks_and_caches(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path)
     server = FakeServer(DATA)
-    progress = Progress(len(DATA), None)
+    progress = Downloads(len(DATA), None)
     path = cache.fetch(descriptor(), server, progress=progress)
     assert path.read_bytes() == DATA and progress.done == len(DATA)
     assert cache.fetch(descriptor(), server) == path and server.asked == [0]  # the second time: cached
@@ -72,7 +72,7 @@ def test_fetch_refuses_bad_truncated_and_oversized_blobs(tmp_path: Path) -> None
 
 def test_cancelled_download_stops_and_keeps_what_it_has(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path)
-    progress = Progress(len(DATA), None)
+    progress = Downloads(len(DATA), None)
     progress.cancelled.set()
     with pytest.raises(ImageError, match="cancelled"):
         cache.fetch(descriptor(), FakeServer(DATA), progress=progress)

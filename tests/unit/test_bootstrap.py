@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -276,7 +276,7 @@ class FakeRunner:
         *,
         setenv: Mapping[str, str] | None = None,
         network: bool = False,
-        progress: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.calls.append((list(command), dict(setenv or {}), network))
 

@@ -86,7 +86,13 @@ def test_image_update_passes_binds_to_the_command(
     calls: list[tuple[str, list[str], RunOptions | None]] = []
 
     def update_image(
-        layout: object, name: str, command: list[str], *, network: object, options: RunOptions | None
+        layout: object,
+        name: str,
+        command: list[str],
+        *,
+        network: object,
+        options: RunOptions | None,
+        progress: object,
     ) -> SimpleNamespace:
         calls.append((name, command, options))
         return SimpleNamespace(current=2)
@@ -118,6 +124,8 @@ os.execv(sys.executable, [sys.executable, "-m", "veneer", *sys.argv[1:]])
         ["network", "ls", "--json"],
         ["--help"],
         ["image", "create", "--help"],
+        ["help", "image", "create"],  # longer than stdout's buffer: argparse's own write met the EPIPE
+        ["completion", "zsh"],
     ],
 )
 def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path) -> None:
@@ -125,6 +133,33 @@ def test_a_closed_pipe_ends_the_command_quietly(words: list[str], tmp_path: Path
     result = proc.run([sys.executable, "-c", CLOSED_PIPE, *words], check=False, capture=True, env=env)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize("words", [["image", "export", "bb", "-"], ["export", "m1", "-"]])
+def test_export_refuses_stdout_rather_than_write_a_file_named_dash(
+    words: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--root", str(tmp_path / "state"), *words]) == 2
+    assert "veneer: Export writes a file, not stdout ('-')" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("verb", ["start", "stop", "restart"])
+@pytest.mark.parametrize("timeout", ["-5", "abc", "nan", "inf"])
+def test_a_timeout_is_seconds_0_or_more(
+    verb: str, timeout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(tmp_path), verb, "m1", "--timeout", timeout]) == 2
+    assert f"veneer: Invalid timeout '{timeout}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["run", "exec"])
+def test_a_relative_workdir_is_a_usage_error(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(tmp_path), verb, "--workdir", "srv", "m1", "--", "pwd"]) == 2
+    assert "veneer: Invalid working directory 'srv': not an absolute path" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("count", ["-3", "x", "1.5"])

@@ -54,6 +54,7 @@ LISTING = {
     "veneer.util.inroot",
     "veneer.util.mountinfo",
     "veneer.util.proc",
+    "veneer.util.progress",  # the interface long work reports into (distros' builders): an enum
     "veneer.util.staging",
     "veneer.util.walk",
 }
@@ -73,7 +74,15 @@ ALL_CLI = {
     )
 }
 STARTUP_MODULES = {
-    "--help": FRAME | ALL_CLI | {"veneer.cli.output", "veneer.config.uidrange"},
+    "--help": FRAME
+    | ALL_CLI
+    | {
+        "veneer.cli.output",
+        "veneer.cli.progress",
+        "veneer.config.uidrange",
+        "veneer.util",
+        "veneer.util.progress",
+    },
     "list": FRAME | LISTING,
     "status": FRAME | LISTING,
 }

@@ -7,6 +7,7 @@ their handlers, so `veneer --help` and simple listings stay cheap to start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -54,6 +55,12 @@ class _Parser(argparse.ArgumentParser):
 
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse ignores a failed write: a help longer than stdout's buffer into a closed pipe would
+        # end with status 0 and the text lost. Raised, it ends as every closed pipe does (141).
+        if message:
+            (file or sys.stderr).write(message)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, hint=f"See '{self.prog} --help'.")
@@ -237,9 +244,11 @@ def _run(args_list: list[str]) -> int:
     except (KeyboardInterrupt, Terminated) as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         name = signal.Signals(signum).name
-        print(
-            f"veneer: interrupted by {name}; what it had started was ended and cleaned up.", file=sys.stderr
-        )
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            print(
+                f"veneer: interrupted by {name}; what it had started was ended and cleaned up.",
+                file=sys.stderr,
+            )
         return 128 + signum
     except Exception as e:  # the one place that turns any failure into a message
         if debug:

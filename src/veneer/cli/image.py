@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from veneer.cli.output import ProgressLine, human_size, print_json, print_table, when
+from veneer.cli.output import human_size, print_json, print_table, when
+from veneer.cli.progress import stderr_progress
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
 from veneer.config.settings import (
@@ -102,7 +103,9 @@ def register(verbs: Any) -> None:
 
     exp = sub.add_parser("export", help="write an image as a tarball, OCI layout/archive or docker-archive")
     exp.add_argument("name", type=parse_image_name)
-    exp.add_argument("dest", metavar="DEST", type=Path, help="a new file (a new directory for --format oci)")
+    exp.add_argument(
+        "dest", metavar="DEST", type=parse_export_dest, help="a new file (a new directory for --format oci)"
+    )
     exp.add_argument(
         "--format",
         dest="fmt",
@@ -152,7 +155,10 @@ def register(verbs: Any) -> None:
     )
     machine_export.add_argument("machine", type=parse_machine_name)
     machine_export.add_argument(
-        "dest", metavar="DEST", type=Path, help="a new file (.gz, .xz, .zst compress) or directory (mstack)"
+        "dest",
+        metavar="DEST",
+        type=parse_export_dest,
+        help="a new file (.gz, .xz, .zst compress) or directory (mstack)",
     )
     machine_export.add_argument(
         "--format", choices=("tar", "mstack"), default="tar",
@@ -169,6 +175,16 @@ def register(verbs: Any) -> None:
     rm.add_argument("names", nargs="+", type=parse_image_name, metavar="NAME")
     rm.add_argument("--force", "-f", action="store_true", help="stop and remove the machines using them too")
     rm.set_defaults(handler=cmd_rm)
+
+
+def parse_export_dest(text: str) -> Path:
+    """An export's destination: a path, never '-', which would be a file of that name, not stdout."""
+    if text == "-":
+        raise UsageError(
+            "Export writes a file, not stdout ('-')",
+            hint="Name a new file, such as deb.tar.gz (compressed by its name), and read it from there.",
+        )
+    return Path(text)
 
 
 def _parse_layer_size(text: str) -> int:
@@ -241,12 +257,13 @@ def cmd_create(args: argparse.Namespace) -> int:
     else:
         spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
     layout = Layout.from_env(args.root)
-    record = create_image(
-        layout,
-        name,
-        origin=spec.describe(),
-        build=lambda tree: build_tree(spec, tree, layout=layout, progress=sys.stderr.isatty()),
-    )
+    with stderr_progress() as progress:
+        record = create_image(
+            layout,
+            name,
+            origin=spec.describe(),
+            build=lambda tree: build_tree(spec, tree, layout=layout, progress=progress),
+        )
     print(f"Created image '{record.name}' ({human_size(record.size_bytes)}).")
     return 0
 
@@ -263,12 +280,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         authfile=args.authfile,
         max_layer_bytes=args.max_layer_size,
     )
-    line = ProgressLine() if sys.stderr.isatty() else None
-    try:
-        record = pull_image(Layout.from_env(args.root), args.name, spec, progress=line)
-    finally:
-        if line is not None:
-            line.end()
+    with stderr_progress() as progress:
+        record = pull_image(Layout.from_env(args.root), args.name, spec, progress=progress)
     print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -283,7 +296,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         platform=parse_platform(args.platform) if args.platform else None,
         max_layer_bytes=args.max_layer_size,
     )
-    record = import_image(Layout.from_env(args.root), args.name, spec)
+    with stderr_progress() as progress:
+        record = import_image(Layout.from_env(args.root), args.name, spec, progress=progress)
     print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -292,9 +306,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from veneer.images.export import ExportFormat, export_image
 
     fmt = ExportFormat(args.fmt)
-    export_image(
-        Layout.from_env(args.root), args.name, args.dest, fmt=fmt, revision=args.revision, tag=args.tag
-    )
+    with stderr_progress() as progress:
+        export_image(
+            Layout.from_env(args.root),
+            args.name,
+            args.dest,
+            fmt=fmt,
+            revision=args.revision,
+            tag=args.tag,
+            progress=progress,
+        )
     print(f"Exported image '{args.name}' to '{args.dest}' ({fmt}).")
     return 0
 
@@ -305,7 +326,8 @@ def cmd_export_machine(args: argparse.Namespace) -> int:
 
     layout = Layout.from_env(args.root)
     fmt, owner = MachineExportFormat(args.format), MstackOwner(args.owner)
-    export_machine(layout, args.machine, args.dest, fmt=fmt, owner=owner)
+    with stderr_progress() as progress:
+        export_machine(layout, args.machine, args.dest, fmt=fmt, owner=owner, progress=progress)
     print(f"Exported machine '{args.machine}' to '{args.dest}'.")
     return 0
 
@@ -437,7 +459,10 @@ def cmd_update(args: argparse.Namespace) -> int:
         raise UsageError("No command to run", hint="veneer image update NAME -- apt-get -y upgrade")
     layout = Layout.from_env(args.root)
     options = RunOptions(binds=tuple(args.bind))
-    record = update_image(layout, name, command, network=args.network, options=options)
+    with stderr_progress() as progress:
+        record = update_image(
+            layout, name, command, network=args.network, options=options, progress=progress
+        )
     print(f"Image '{name}' is at revision {record.current}.")
     if args.rebase:
         rebase_and_print(layout, list(machines_on(layout, name)), args, dry_run=False)
@@ -453,11 +478,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_squash(args: argparse.Namespace) -> int:
+    from veneer.images.store import load_image
     from veneer.machines.revisions import squash_image
 
-    record = squash_image(Layout.from_env(args.root), args.name)
+    layout = Layout.from_env(args.root)
+    before = load_image(layout, args.name).current
+    with stderr_progress() as progress:
+        record = squash_image(layout, args.name, progress=progress)
     size = human_size(record.layers_of(record.current)[0].size_bytes)
-    print(f"Image '{record.name}' revision {record.current} is one layer of {size}.")
+    already = " already" if record.current == before else ""
+    print(f"Image '{record.name}' revision {record.current} is one layer{already} ({size}).")
     return 0
 
 

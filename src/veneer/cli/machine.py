@@ -22,6 +22,7 @@ from veneer.config.settings import (
     parse_pids,
     parse_port,
     parse_snapshot_name,
+    parse_workdir,
 )
 from veneer.config.uidrange import last_id
 from veneer.errors import UsageError
@@ -117,7 +118,9 @@ def register(verbs: Any) -> None:
         "--env", "-e", action="append", type=parse_env, default=[], metavar="NAME=VALUE",
         help="set a variable for the command (repeatable)",
     )  # fmt: skip
-    run.add_argument("--workdir", "-w", help="working directory inside the machine")
+    run.add_argument(
+        "--workdir", "-w", type=parse_workdir, metavar="DIR", help="working directory inside the machine"
+    )
     run.add_argument(
         "--entrypoint", type=parse_entrypoint, metavar="CMD|JSON",
         help="instead of the image's entrypoint (and Cmd): a program, or a JSON array; '' for none",

@@ -44,23 +44,3 @@ def duration(seconds: float) -> str:
 
 def when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
-class ProgressLine:
-    """One line on a terminal, rewritten at most a few times a second; `end()` leaves it."""
-
-    def __init__(self) -> None:
-        self._last = 0.0
-        self._drawn = False
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last < 0.2 and done < total:
-            return
-        self._last = now
-        self._drawn = True
-        print(f"\r{what}: {done / 1e6:.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
-
-    def end(self) -> None:
-        if self._drawn:
-            print(file=sys.stderr)

@@ -60,10 +60,12 @@ def rebase_and_print(
     layout: Layout, names: list[str], args: argparse.Namespace, *, dry_run: bool
 ) -> list[RebaseResult]:
     """Rebase (or plan) each machine in turn (`machines.rebase.rebase_all`), printing as it goes."""
+    from veneer.cli.progress import stderr_progress
     from veneer.machines.rebase import RebaseFailure, rebase_all
     from veneer.rebase.merge import Prefer
 
     def report(outcome: RebaseResult | RebaseFailure) -> None:
+        progress.clear()
         if isinstance(outcome, RebaseFailure):
             e = outcome.error
             print(
@@ -73,10 +75,11 @@ def rebase_and_print(
         elif not args.json:
             _print_result(outcome)
 
-    return rebase_all(
-        layout, names, image=args.image, to=args.to, prefer=Prefer(args.prefer), restart=args.restart,
-        dry_run=dry_run, report=report,
-    )  # fmt: skip
+    with stderr_progress() as progress:
+        return rebase_all(
+            layout, names, image=args.image, to=args.to, prefer=Prefer(args.prefer), restart=args.restart,
+            dry_run=dry_run, report=report, progress=progress,
+        )  # fmt: skip
 
 
 def _print_result(result: RebaseResult) -> None:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_env, parse_machine_name
+from veneer.config.settings import parse_env, parse_machine_name, parse_seconds, parse_workdir
 from veneer.errors import UsageError
 
 
@@ -36,18 +36,24 @@ def register(verbs: Any) -> None:
     start = verbs.add_parser("start", help="boot machines in the background")
     start.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
     start.add_argument("--wait", action="store_true", help="return once the machine reports ready")
-    start.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
+    start.add_argument(
+        "--timeout", type=parse_seconds, default=60.0, metavar="S", help="give up after S seconds"
+    )
     start.set_defaults(handler=cmd_start)
 
     stop = verbs.add_parser("stop", help="power machines off (killed after --timeout)")
     stop.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
-    stop.add_argument("--timeout", type=float, default=30.0, metavar="S", help="kill after S seconds")
+    stop.add_argument(
+        "--timeout", type=parse_seconds, default=30.0, metavar="S", help="kill after S seconds"
+    )
     stop.set_defaults(handler=cmd_stop)
 
     restart = verbs.add_parser("restart", help="stop, then start")
     restart.add_argument("names", nargs="+", type=parse_machine_name, metavar="NAME")
     restart.add_argument("--wait", action="store_true", help="return once the machine reports ready")
-    restart.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
+    restart.add_argument(
+        "--timeout", type=parse_seconds, default=60.0, metavar="S", help="give up after S seconds"
+    )
     restart.set_defaults(handler=cmd_restart)
 
     kill = verbs.add_parser("kill", help="send a signal to every process of a running machine")
@@ -63,7 +69,11 @@ def register(verbs: Any) -> None:
         help="set a variable for the command (repeatable)",
     )  # fmt: skip
     exe.add_argument(
-        "--workdir", "-w", metavar="DIR", help="working directory inside the machine (default: /)"
+        "--workdir",
+        "-w",
+        type=parse_workdir,
+        metavar="DIR",
+        help="working directory inside the machine (default: /)",
     )
     exe.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     exe.set_defaults(handler=cmd_exec)
@@ -256,6 +266,8 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_disable(args: argparse.Namespace) -> int:
     from veneer.machines.units import disable_machine
 
-    disable_machine(_layout(args), args.name)
-    print(f"Machine '{args.name}' no longer starts at boot.")
+    if disable_machine(_layout(args), args.name):
+        print(f"Machine '{args.name}' no longer starts at boot.")
+    else:
+        print(f"Machine '{args.name}' was not enabled.")
     return 0

@@ -218,6 +218,27 @@ def parse_bind(text: str) -> Bind:
     )
 
 
+def parse_seconds(text: str) -> float:
+    """Parse a `--timeout` in seconds: a number, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(f"Invalid timeout '{text}'", hint="Give a number of seconds, 0 or more, e.g. 30.")
+    return seconds
+
+
+def parse_workdir(text: str) -> str:
+    """Parse `--workdir DIR`: an absolute path inside the machine."""
+    if not text.startswith("/"):
+        raise UsageError(
+            f"Invalid working directory '{text}': not an absolute path",
+            hint=f"Give the path inside the machine from its root, e.g. /{text.lstrip('./') or 'root'}.",
+        )
+    return text
+
+
 def parse_env(text: str) -> tuple[str, str]:
     """Parse `--env NAME=VALUE`."""
     name, sep, value = text.partition("=")

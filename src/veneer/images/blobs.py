@@ -34,7 +34,7 @@ class _Stream(Protocol):
 Opener = Callable[[int], tuple[_Stream, int]]
 
 
-class Progress:
+class Downloads:
     """Bytes received by all download threads together, for a progress line."""
 
     def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
@@ -70,7 +70,7 @@ class BlobCache:
         except FileNotFoundError:
             return False
 
-    def fetch(self, descriptor: Descriptor, opener: Opener, *, progress: Progress | None = None) -> Path:
+    def fetch(self, descriptor: Descriptor, opener: Opener, *, progress: Downloads | None = None) -> Path:
         """Return the cached blob, downloading (or resuming) it with `opener` if it is missing."""
         final = self.path(descriptor.digest)
         if self.has(descriptor):
@@ -103,7 +103,7 @@ class BlobCache:
             os.close(fd)
         return final
 
-    def _download(self, fd: int, descriptor: Descriptor, opener: Opener, progress: Progress | None) -> None:
+    def _download(self, fd: int, descriptor: Descriptor, opener: Opener, progress: Downloads | None) -> None:
         sha = hashlib.sha256()
         offset = os.fstat(fd).st_size
         if offset > descriptor.size:

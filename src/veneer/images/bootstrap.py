@@ -43,6 +43,7 @@ from veneer.images.distros import (
     write_tree_text,
 )
 from veneer.util.proc import run
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class BuildSpec:
         return f"{text} + {provisioning}" if provisioning else text
 
 
-def build_tree(spec: BuildSpec, tree: Path, *, layout: Layout, progress: bool = False) -> None:
+def build_tree(spec: BuildSpec, tree: Path, *, layout: Layout, progress: Progress = QUIET) -> None:
     """Fill the empty directory `tree` with the root filesystem `spec` describes.
 
     Bootstrap, provision, then scrub the build host's identity. On failure `tree` is left as it is:
@@ -262,8 +263,8 @@ def build_tree(spec: BuildSpec, tree: Path, *, layout: Layout, progress: bool = 
 
     Args:
         layout: the store whose runtime dir holds the build's uid range reservation.
-        progress: show the output of the package managers and of the commands run in the tree (for a
-            terminal); without it, output is logged at debug level and kept for error messages.
+        progress: where the phases of the build and the package managers' counts are reported; the
+            output of the commands run is logged at debug level and its end kept for error messages.
     """
     if not tree.is_dir() or any(tree.iterdir()):
         raise ImageError(f"Cannot build an image in '{tree}': not an empty directory")
@@ -278,7 +279,9 @@ def build_tree(spec: BuildSpec, tree: Path, *, layout: Layout, progress: bool = 
     scrub_identity(tree)
 
 
-def bootstrap_tree(spec: BuildSpec, tree: Path, *, runner: CommandRunner, progress: bool = False) -> None:
+def bootstrap_tree(
+    spec: BuildSpec, tree: Path, *, runner: CommandRunner, progress: Progress = QUIET
+) -> None:
     """Make the bare root filesystem of `spec` in the empty directory `tree`.
 
     Debootstrap and pacstrap also install the packages the provisioning asks for, and those its locale
@@ -291,7 +294,7 @@ def bootstrap_tree(spec: BuildSpec, tree: Path, *, runner: CommandRunner, progre
         extra += distribution.installer().locale_packages(prov.locale)
     match spec.source:
         case SourceKind.BUSYBOX:
-            busybox.bootstrap(tree)
+            busybox.bootstrap(tree, progress=progress)
         case SourceKind.DEBOOTSTRAP:
             assert spec.suite is not None
             debian.bootstrap(
@@ -308,10 +311,12 @@ def bootstrap_tree(spec: BuildSpec, tree: Path, *, runner: CommandRunner, progre
             arch.bootstrap(tree, packages=packages, pacman_conf=spec.pacman_conf, progress=progress)
         case SourceKind.DIR:
             assert spec.path is not None
+            if spec.path.is_dir():  # else copy_tree says what is wrong, alone
+                progress.phase(f"Copying '{spec.path.name}'")
             transfer.copy_tree(spec.path, tree)
         case SourceKind.TAR:
             assert spec.path is not None
-            transfer.extract_tar(spec.path, tree)
+            transfer.extract_tar(spec.path, tree, progress=progress)
 
 
 def provision_tree(
@@ -320,7 +325,7 @@ def provision_tree(
     *,
     distribution: Distribution | None,
     runner: CommandRunner,
-    progress: bool = False,
+    progress: Progress = QUIET,
 ) -> None:
     """Apply `provisioning` to the tree of `distribution` (None: unknown, only generic steps work); the
     tree's own programs run through `runner`."""
@@ -333,14 +338,15 @@ def provision_tree(
         set_timezone(tree, provisioning.timezone)
     for text in provisioning.users:
         user = parse_user(text)
-        logger.info("Adding user '%s'", user.name)
+        progress.phase(f"Adding user '{user.name}'")
         installer.add_user(tree, name=user.name, group=user.group, groups=user.groups, runner=runner)
     if provisioning.enable:
+        progress.phase(f"Enabling {', '.join(provisioning.enable)}")
         enable_units(tree, provisioning.enable)
     for command in provisioning.run:
-        logger.info("Running '%s' in the image", command)
+        progress.phase(f"Running '{command}' in the image")
         # The host's network: commands like these install packages (see veneer.images.buildbox).
-        runner(["/bin/sh", "-c", command], network=True, progress=progress)
+        runner(["/bin/sh", "-c", command], network=True)
 
 
 def set_timezone(tree: Path, timezone: str) -> None:
@@ -371,7 +377,6 @@ def enable_units(tree: Path, units: Sequence[str]) -> None:
         raise ImageError(
             f"Cannot enable {', '.join(units)}: the image has no systemd", hint="Leave out --enable."
         )
-    logger.info("Enabling %s", ", ".join(units))
     run(systemctl_enable_argv(tree, units), capture=True)
 
 

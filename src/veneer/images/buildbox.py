@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -52,6 +52,11 @@ from veneer.util.fs import random_hex
 from veneer.util.proc import run
 
 logger = logging.getLogger(__name__)
+
+
+def _log_line(line: str) -> None:
+    logger.debug("%s", line)
+
 
 # nspawn makes the base directories, the /usr-merge symlinks, its mount points and bind-mount targets as
 # host root, before it enters the user namespace; host root owns nothing in the idmapped tree (EOVERFLOW),
@@ -176,11 +181,12 @@ class BuildBox:
         *,
         setenv: Mapping[str, str] | None = None,
         network: bool = False,
-        progress: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Run `command` as root of the box; `network`: the host's network, else loopback only.
 
-        Output is shown only with `progress`; else it is logged at debug level and kept for errors.
+        Output goes line by line to `on_line` (a progress parser), else it is logged at debug level; its
+        last lines are kept for errors.
         """
         uid_base = self._reserve()
         logger.debug("In '%s' (uids %#x+): %s", self.tree, uid_base, shlex.join(command))
@@ -201,7 +207,7 @@ class BuildBox:
 
             # In that namespace: nspawn's private state dir, where it needs one (see runtime.nspawn).
             argv = state_dir_argv(nspawn_argv(spec)) if private_state else nspawn_argv(spec)
-            result = run(argv, capture=not progress, env=NSPAWN_ENV, before_exec=before_exec)
+            run(argv, env=NSPAWN_ENV, before_exec=before_exec, on_line=on_line or _log_line)
         except CommandFailed as e:
             # nspawn passes the command's exit status on; its own failures are in the stderr tail.
             tail = "".join(f"\n  {line}" for line in e.stderr.strip().splitlines()[-5:])
@@ -211,8 +217,6 @@ class BuildBox:
             ) from e
         finally:
             os.close(tree_fd)
-        if not progress and result.stdout:
-            logger.debug("%s", result.stdout.rstrip())
 
     def _open_idmapped_tree(self, uid_base: int) -> int:
         """A detached, writable, idmapped clone of the tree's mount, as an fd."""

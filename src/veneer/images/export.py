@@ -39,6 +39,7 @@ from veneer.overlay.layers import OPAQUE_XATTR, is_whiteout
 from veneer.overlay.mount import overlay_options
 from veneer.util.fs import random_hex, remove_tree
 from veneer.util.proc import run
+from veneer.util.progress import QUIET, Progress
 from veneer.util.staging import staging_dir
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,26 @@ class _HashingWriter(io.RawIOBase):
         return f"sha256:{self.sha256.hexdigest()}"
 
 
-def add_tree(tf: tarfile.TarFile, root: Path, *, layer: bool, uid_base: int | None = None) -> None:
+def add_tree(
+    tf: tarfile.TarFile,
+    root: Path,
+    *,
+    layer: bool,
+    uid_base: int | None = None,
+    progress: Progress = QUIET,
+    what: str = "",
+) -> None:
     """Add everything below `root` (not `root` itself) to `tf`, in sorted order.
 
     Args:
         layer: `root` is a layer tree: write its whiteouts and opaque directories in OCI form.
         uid_base: ids in [uid_base, uid_base+65536) are written as seen inside that user namespace.
+        progress: gets the phase `what` with the bytes of the files in `root` as total, then the bytes
+            written so far.
     """
+    if what:
+        progress.phase(what, total=_content_bytes(root))
+    done = 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         relative_dir = os.path.relpath(dirpath, root)
@@ -111,8 +125,21 @@ def add_tree(tf: tarfile.TarFile, root: Path, *, layer: bool, uid_base: int | No
             if info.isreg():
                 with open(path, "rb") as f:
                     tf.addfile(info, f)
+                done += st.st_size
+                progress.advance(done)
             else:
                 tf.addfile(info)
+
+
+def _content_bytes(root: Path) -> int:
+    """The bytes of the regular files below `root`: what writing it as a tar takes longest over."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 def _empty_member(name: str) -> tarfile.TarInfo:
@@ -200,12 +227,16 @@ def _open_compressed(raw: IO[bytes], name: str, stack: contextlib.ExitStack) -> 
     return stream  # type: ignore[no-any-return]
 
 
-def write_rootfs_tar(root: Path, dest: Path, *, uid_base: int | None = None) -> None:
+def write_rootfs_tar(
+    root: Path, dest: Path, *, uid_base: int | None = None, progress: Progress = QUIET
+) -> None:
     """The tree `root` as a root filesystem tarball at `dest` (compressed by its name)."""
     with replacing(dest, directory=False) as tmp, open(tmp, "wb") as raw, contextlib.ExitStack() as stack:
         out = _open_compressed(raw, dest.name, stack)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-            add_tree(tf, root, layer=False, uid_base=uid_base)
+            add_tree(
+                tf, root, layer=False, uid_base=uid_base, progress=progress, what=f"Writing '{dest.name}'"
+            )
         stack.close()
         raw.flush()
         os.fsync(raw.fileno())
@@ -218,7 +249,15 @@ class _Blob:
     diff_id: str
 
 
-def _write_layer(tree: Path, blobs: Path, *, compress: bool) -> _Blob:
+def _write_layers(layers: Sequence[Path], blobs: Path, *, compress: bool, progress: Progress) -> list[_Blob]:
+    count = len(layers)
+    return [
+        _write_layer(tree, blobs, compress=compress, progress=progress, what=f"Writing layer {i}/{count}")
+        for i, tree in enumerate(layers, 1)
+    ]
+
+
+def _write_layer(tree: Path, blobs: Path, *, compress: bool, progress: Progress, what: str) -> _Blob:
     """Write one layer tree as a tar (gzip if `compress`) blob named by its digest in `blobs`."""
     tmp = blobs / f".layer-{random_hex(4)}.tmp"
     with open(tmp, "wb") as raw:
@@ -231,7 +270,7 @@ def _write_layer(tree: Path, blobs: Path, *, compress: bool) -> _Blob:
                 )
             inner = _HashingWriter(stream)
             with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-                add_tree(tf, tree, layer=True)
+                add_tree(tf, tree, layer=True, progress=progress, what=what)
     blob = _Blob(digest=outer.digest, size=outer.size, diff_id=inner.digest)
     os.rename(tmp, blobs / oci.digest_hex(blob.digest))
     return blob
@@ -269,11 +308,12 @@ def write_oci_layout(
     *,
     ref_name: str,
     run: RunConfig | None = None,
+    progress: Progress = QUIET,
 ) -> None:
     """Write the layer trees as one image in a new OCI image layout directory `dest`."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True)
-    written = [_write_layer(tree, blobs, compress=True) for tree in layers]
+    written = _write_layers(layers, blobs, compress=True, progress=progress)
     document = _config([b.diff_id for b in written], history, run)
     config_digest, config_size = _write_json_blob(blobs, document)
     manifest = {
@@ -306,11 +346,13 @@ def write_docker_archive(
     *,
     repo_tag: str,
     run: RunConfig | None = None,
+    progress: Progress = QUIET,
 ) -> None:
     """Write the layer trees as a `docker save` archive (uncompressed layers) to the file `dest`."""
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(_scratch_dir(dest.parent)))
-        written = [_write_layer(tree, scratch, compress=False) for tree in layers]
+        written = _write_layers(layers, scratch, compress=False, progress=progress)
+        progress.phase(f"Writing '{dest.name}'")
         config_digest, _ = _write_json_blob(scratch, _config([b.diff_id for b in written], history, run))
         config_name = f"{oci.digest_hex(config_digest)}.json"
         layer_names = [f"{oci.digest_hex(b.diff_id)}.tar" for b in written]
@@ -346,11 +388,13 @@ def write_oci_archive(
     *,
     ref_name: str,
     run: RunConfig | None = None,
+    progress: Progress = QUIET,
 ) -> None:
     """An OCI image layout, as an (uncompressed) tar file `dest`."""
     with _scratch_dir(dest.parent) as scratch:
         layout_dir = scratch / "layout"
-        write_oci_layout(layers, history, layout_dir, ref_name=ref_name, run=run)
+        write_oci_layout(layers, history, layout_dir, ref_name=ref_name, run=run, progress=progress)
+        progress.phase(f"Writing '{dest.name}'")
         with (
             replacing(dest, directory=False) as tmp,
             tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf,
@@ -367,8 +411,9 @@ def export_image(
     fmt: ExportFormat,
     revision: int | None = None,
     tag: str | None = None,
+    progress: Progress = QUIET,
 ) -> None:
-    """Export an image revision (default: the latest) to `dest` in `fmt`."""
+    """Export an image revision (default: the latest) to `dest` in `fmt`, reporting into `progress`."""
     image = load_image(layout, name)
     number = image.latest if revision is None else revision
     layers = image.layers_of(number)
@@ -379,12 +424,12 @@ def export_image(
     reference = tag or f"localhost/{name}:latest"
     if fmt is ExportFormat.TAR:
         with merged_view(layout, trees, f"image '{name}'") as root:
-            write_rootfs_tar(root, dest)
+            write_rootfs_tar(root, dest, progress=progress)
     elif fmt is ExportFormat.OCI:
         with replacing(dest, directory=True) as tmp:
-            write_oci_layout(trees, history, tmp, ref_name=reference, run=run)
+            write_oci_layout(trees, history, tmp, ref_name=reference, run=run, progress=progress)
     elif fmt is ExportFormat.OCI_ARCHIVE:
-        write_oci_archive(trees, history, dest, ref_name=reference, run=run)
+        write_oci_archive(trees, history, dest, ref_name=reference, run=run, progress=progress)
     else:
-        write_docker_archive(trees, history, dest, repo_tag=reference, run=run)
+        write_docker_archive(trees, history, dest, repo_tag=reference, run=run, progress=progress)
     logger.debug("Exported image '%s' to '%s' (%s).", name, dest, fmt)

@@ -45,6 +45,7 @@ from veneer.images.transfer import (
     member_names,
 )
 from veneer.util.proc import run
+from veneer.util.progress import QUIET, Progress
 from veneer.util.staging import staging_dir
 
 logger = logging.getLogger(__name__)
@@ -136,15 +137,20 @@ class ImportSpec:
     max_layer_bytes: int | None = None  # how long a layer's tar may be, decompressed (None: the default)
 
 
-def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageRecord:
-    """Import `spec.source` as the image `name`."""
+def import_image(
+    layout: Layout, name: ImageName, spec: ImportSpec, *, progress: Progress = QUIET
+) -> ImageRecord:
+    """Import `spec.source` as the image `name`, reporting its phases and bytes into `progress`."""
     refuse_existing_image(layout, name)
     source = spec.source.absolute()
     kind = detect_format(source)
     logger.debug("'%s' is %s", source, kind)
     if kind is SourceFormat.TAR:
         return create_image(
-            layout, name, origin=f"import {source}", build=lambda tree: extract_tar(source, tree)
+            layout,
+            name,
+            origin=f"import {source}",
+            build=lambda tree: extract_tar(source, tree, progress=progress),
         )
     if kind is SourceFormat.DISK:
         # The mount point lives in a staging dir of its own, never inside the layer being published.
@@ -153,24 +159,29 @@ def import_image(layout: Layout, name: ImageName, spec: ImportSpec) -> ImageReco
                 layout,
                 name,
                 origin=f"import disk image {source}",
-                build=lambda tree: copy_disk(source, tree, mountpoint=scratch),
+                build=lambda tree: copy_disk(source, tree, mountpoint=scratch, progress=progress),
             )
     if kind is SourceFormat.OCI_LAYOUT:
-        return _import_unpacked(layout, name, source, spec, origin=f"import OCI layout {source}")
+        return _import_unpacked(
+            layout, name, source, spec, origin=f"import OCI layout {source}", progress=progress
+        )
     if kind is SourceFormat.MSTACK:
         return _import_mstack(layout, name, source)
     with staging_dir(layout.staging, layout.lock, f"import-{name}") as stage:
         unpacked = stage / "archive"
         unpacked.mkdir()
-        extract_tar(source, unpacked)
+        extract_tar(source, unpacked, progress=progress)
         fmt = "oci-archive" if (unpacked / "oci-layout").is_file() else "docker-archive"
-        return _import_unpacked(layout, name, unpacked, spec, origin=f"import {fmt} {source}")
+        return _import_unpacked(
+            layout, name, unpacked, spec, origin=f"import {fmt} {source}", progress=progress
+        )
 
 
 def _import_unpacked(
-    layout: Layout, name: ImageName, directory: Path, spec: ImportSpec, *, origin: str
+    layout: Layout, name: ImageName, directory: Path, spec: ImportSpec, *, origin: str, progress: Progress
 ) -> ImageRecord:
     what = f"'{spec.source}'"
+    progress.phase(f"Checking the blobs of '{spec.source.name}'")
     if (directory / "oci-layout").is_file() and (directory / "index.json").is_file():
         layers, config = oci_layout_layers(directory, tag=spec.tag, platform=spec.platform, what=what)
     elif (directory / "manifest.json").is_file():
@@ -186,7 +197,11 @@ def _import_unpacked(
             key=diff_id,
             origin=f"{origin} layer {i + 1}/{count}",
             build=_builder(
-                blob, diff_id, f"{i + 1}/{count}", spec.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES
+                blob,
+                diff_id,
+                f"{i + 1}/{count}",
+                spec.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
+                progress,
             ),
         )
         for i, (blob, diff_id) in enumerate(layers)
@@ -211,10 +226,13 @@ def _import_mstack(layout: Layout, name: ImageName, source: Path) -> ImageRecord
     return create_image_from_layers(layout, name, origin=origin, layers=sources, config=config)
 
 
-def _builder(blob: Path, diff_id: str, position: str, max_bytes: int) -> Callable[[Path], None]:
+def _builder(
+    blob: Path, diff_id: str, position: str, max_bytes: int, progress: Progress
+) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
-        logger.info("Applying layer %s (%s)", position, diff_id)
-        extract_image_layer(blob, tree, diff_id=diff_id, position=position, max_bytes=max_bytes)
+        extract_image_layer(
+            blob, tree, diff_id=diff_id, position=position, max_bytes=max_bytes, progress=progress
+        )
 
     return build
 
@@ -385,7 +403,7 @@ def _loop_device(image: Path, *, offset: int, size: int | None) -> Iterator[str]
         run(["losetup", "--detach", device], check=False, capture=True)
 
 
-def copy_disk(image: Path, tree: Path, *, mountpoint: Path) -> None:
+def copy_disk(image: Path, tree: Path, *, mountpoint: Path, progress: Progress = QUIET) -> None:
     """Copy the root file system of a raw disk image (partitioned or not) into `tree`, mounting it
     read-only on the empty directory `mountpoint` meanwhile."""
     result = run(["sfdisk", "--json", image], check=False, capture=True)
@@ -409,6 +427,7 @@ def copy_disk(image: Path, tree: Path, *, mountpoint: Path) -> None:
                 hint="Check that it holds a file system this kernel knows (ext4, xfs, btrfs).",
             ) from e
         try:
+            progress.phase(f"Copying the root file system of '{image.name}'")
             copy_tree(mountpoint, tree)
         finally:
             run(["umount", mountpoint], check=False, capture=True)

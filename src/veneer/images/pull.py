@@ -9,7 +9,6 @@ nothing is visible; a failure leaves only verified blobs in the cache and partia
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import threading
@@ -21,7 +20,7 @@ from veneer.config.layout import Layout
 from veneer.config.settings import ImageName
 from veneer.errors import ImageError
 from veneer.images import oci
-from veneer.images.blobs import BlobCache, Opener, Progress
+from veneer.images.blobs import BlobCache, Downloads, Opener
 from veneer.images.registry import Credentials, RegistryClient, Response, client_for
 from veneer.images.store import (
     ImageRecord,
@@ -31,6 +30,7 @@ from veneer.images.store import (
     refuse_existing_image,
 )
 from veneer.images.transfer import DEFAULT_MAX_LAYER_BYTES, extract_image_layer, format_size
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class PullSpec:
     plain_http: bool = False
     authfile: Path | None = None  # where the credentials are, if not in `creds` or the usual auth files
     max_layer_bytes: int | None = None  # how long a layer's tar may be, decompressed (None: the default)
-
-
-# (what, bytes done, bytes in all): how a pull reports its downloads; the CLI draws it.
-PullProgress = Callable[[str, int, int], None]
 
 
 def _manifest(client: RegistryClient, reference: str, what: str) -> tuple[dict[str, object], str, str]:
@@ -113,9 +109,10 @@ def _opener(client: RegistryClient, descriptor: oci.Descriptor) -> Opener:
 
 
 def pull_image(
-    layout: Layout, name: ImageName, spec: PullSpec, *, progress: PullProgress | None = None
+    layout: Layout, name: ImageName, spec: PullSpec, *, progress: Progress = QUIET
 ) -> ImageRecord:
-    """Pull `spec.reference` from its registry and publish it as the image `name`."""
+    """Pull `spec.reference` from its registry and publish it as the image `name`, reporting the
+    downloads and the layers applied into `progress`."""
     ref = oci.parse_reference(spec.reference)
     refuse_existing_image(layout, name)
     platform = spec.platform or oci.host_platform_of()
@@ -160,10 +157,11 @@ def pull_image(
 
     if wanted:
         total = sum(layer.size for layer in wanted.values())
-        what = f"Pulling {len(wanted)} layer(s) of {ref}"
-        report = None if progress is None else functools.partial(progress, what)
+        progress.phase(f"Pulling {len(wanted)} layer(s) of {ref}", total=total)
         logger.debug("Downloading %d blobs, %d bytes", len(wanted), total)
-        download_all(cache, client, list(wanted.values()), Progress(total, report))
+        download_all(
+            cache, client, list(wanted.values()), Downloads(total, lambda done, _: progress.advance(done))
+        )
 
     count = len(manifest.layers)
     pinned = f"{ref.registry}/{ref.repository}@{digest}"
@@ -177,6 +175,7 @@ def pull_image(
                 diff_id,
                 f"{index + 1}/{count}",
                 spec.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
+                progress,
             ),
         )
         for index, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True))
@@ -187,7 +186,7 @@ def pull_image(
 
 
 def download_all(
-    cache: BlobCache, client: RegistryClient, blobs: list[oci.Descriptor], progress: Progress
+    cache: BlobCache, client: RegistryClient, blobs: list[oci.Descriptor], progress: Downloads
 ) -> None:
     """Download `blobs` into the cache, `_PARALLEL` at a time; the first failure stops the others.
 
@@ -227,15 +226,16 @@ def download_all(
 
 
 def _layer_builder(
-    cache: BlobCache, layer: oci.Descriptor, diff_id: str, position: str, max_bytes: int
+    cache: BlobCache, layer: oci.Descriptor, diff_id: str, position: str, max_bytes: int, progress: Progress
 ) -> Callable[[Path], None]:
     def build(tree: Path) -> None:
-        logger.info("Applying layer %s (%s)", position, diff_id)
         blob = cache.path(layer.digest)
         if not cache.has(layer):
             raise ImageError(
                 f"Blob {layer.digest} left the cache during the pull", hint="Run the pull again."
             )
-        extract_image_layer(blob, tree, diff_id=diff_id, position=position, max_bytes=max_bytes)
+        extract_image_layer(
+            blob, tree, diff_id=diff_id, position=position, max_bytes=max_bytes, progress=progress
+        )
 
     return build

@@ -10,8 +10,8 @@ unlinked first and files are created with O_EXCL, so an existing entry is never 
 
 `extract_sections()` extracts one stream into several directories (a machine sent from another host).
 
-This module knows nothing about the image store; it imports `veneer.errors`, `veneer.util.proc` and the
-id arithmetic of `veneer.config.uidrange` only.
+This module knows nothing about the image store; it imports `veneer.errors`, `veneer.util` and the id
+arithmetic of `veneer.config.uidrange` only.
 `zstandard` is imported lazily, when a zstd archive is opened.
 """
 
@@ -31,7 +31,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, Self
@@ -39,6 +39,7 @@ from typing import IO, Protocol, Self
 from veneer.config.uidrange import ACL_XATTRS, acl_ids
 from veneer.errors import CommandFailed, ImageError, UnsafeArchive
 from veneer.util.proc import run
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class _ArchiveReader:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.limit: int | None = None
+        # Called after each read, to report how far the archive is read (a big member takes long).
+        self.on_read: Callable[[], None] = _nothing
 
     def read(self, size: int, /) -> bytes:
         try:
@@ -148,6 +151,7 @@ class _ArchiveReader:
         self.size += len(data)
         if self.limit is not None and self.size > self.limit:
             raise LayerTooLarge(self.limit)
+        self.on_read()
         return data
 
     def drain(self) -> None:
@@ -166,6 +170,10 @@ class _ArchiveReader:
 
     def close(self) -> object:
         return None
+
+
+def _nothing() -> None:
+    pass
 
 
 def _open_decompressed(raw: io.BufferedReader, archive: Path, stack: contextlib.ExitStack) -> _ArchiveReader:
@@ -585,7 +593,12 @@ def member_names(archive: Path, *, limit: int) -> list[str]:
 
 
 def extract_layer(
-    blob: Path, dest: Path, *, diff_id: str | None, max_bytes: int = DEFAULT_MAX_LAYER_BYTES
+    blob: Path,
+    dest: Path,
+    *,
+    diff_id: str | None,
+    max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
+    progress: Progress = QUIET,
 ) -> None:
     """Apply an OCI/Docker image layer (a tar, plain, gzip or zstd) to the empty directory `dest`, in
     overlayfs upper-dir form: OCI whiteouts become 0/0 character devices and opaque directories.
@@ -595,15 +608,25 @@ def extract_layer(
     A layer whose tar stream is longer than `max_bytes` raises `LayerTooLarge` and leaves `dest` empty.
     """
     _extract_into(
-        blob, dest, allow_whiteouts=False, oci_whiteouts=True, diff_id=diff_id, max_bytes=max_bytes
+        blob,
+        dest,
+        allow_whiteouts=False,
+        oci_whiteouts=True,
+        diff_id=diff_id,
+        max_bytes=max_bytes,
+        progress=progress,
     )
 
 
-def extract_image_layer(blob: Path, dest: Path, *, diff_id: str, position: str, max_bytes: int) -> None:
+def extract_image_layer(
+    blob: Path, dest: Path, *, diff_id: str, position: str, max_bytes: int, progress: Progress = QUIET
+) -> None:
     """`extract_layer` for the layer at `position` ("2/5") of an image being pulled or imported: a layer over
     `max_bytes` is an `ImageError` that names it."""
+    logger.debug("Applying layer %s (%s)", position, diff_id)
+    progress.phase(f"Applying layer {position}", total=blob.stat().st_size)
     try:
-        extract_layer(blob, dest, diff_id=diff_id, max_bytes=max_bytes)
+        extract_layer(blob, dest, diff_id=diff_id, max_bytes=max_bytes, progress=progress)
     except LayerTooLarge as e:
         raise ImageError(
             f"Layer {position} ({diff_id}) decompresses to more than {format_size(max_bytes)}, the limit; "
@@ -612,7 +635,9 @@ def extract_image_layer(blob: Path, dest: Path, *, diff_id: str, position: str, 
         ) from e
 
 
-def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> None:
+def extract_tar(
+    archive: Path, dest: Path, *, allow_whiteouts: bool = False, progress: Progress | None = None
+) -> None:
     """Extract a root filesystem tarball (plain, gzip, xz, bzip2 or zstd) into the empty directory `dest`.
 
     Members that would write outside `dest` or are not allowed in a root filesystem raise `UnsafeArchive`;
@@ -621,10 +646,27 @@ def extract_tar(archive: Path, dest: Path, *, allow_whiteouts: bool = False) -> 
     Args:
         allow_whiteouts: accept overlay whiteouts (character devices 0/0) anywhere and restore
             `trusted.overlay.*` attributes, as image layers need.
+        progress: gets the phase "Extracting ARCHIVE" and the bytes of the archive read so far.
     """
+    size = _size_or_none(archive)
+    if progress is not None and size is not None:  # else the extraction says what is wrong, alone
+        progress.phase(f"Extracting '{archive.name}'", total=size)
     _extract_into(
-        archive, dest, allow_whiteouts=allow_whiteouts, oci_whiteouts=False, diff_id=None, max_bytes=None
+        archive,
+        dest,
+        allow_whiteouts=allow_whiteouts,
+        oci_whiteouts=False,
+        diff_id=None,
+        max_bytes=None,
+        progress=progress or QUIET,
     )
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size or None
+    except OSError:  # reported by the extraction, with its hint
+        return None
 
 
 def _extract_into(
@@ -635,6 +677,7 @@ def _extract_into(
     oci_whiteouts: bool,
     diff_id: str | None,
     max_bytes: int | None,
+    progress: Progress,
 ) -> None:
     try:
         root_fd = os.open(dest, _DIR_FLAGS)
@@ -656,6 +699,7 @@ def _extract_into(
                 oci_whiteouts=oci_whiteouts,
                 diff_id=diff_id,
                 max_bytes=max_bytes,
+                progress=progress,
             )
         except BaseException:
             _empty_directory(root_fd, dest)
@@ -672,6 +716,7 @@ def _extract(
     oci_whiteouts: bool,
     diff_id: str | None,
     max_bytes: int | None,
+    progress: Progress,
 ) -> None:
     extractor = _Extractor(
         root_fd, archive=archive, allow_whiteouts=allow_whiteouts, oci_whiteouts=oci_whiteouts
@@ -685,6 +730,9 @@ def _extract(
             ) from e
         reader = _open_decompressed(raw, archive, stack)
         reader.limit = max_bytes
+        if progress is not QUIET and raw.seekable():  # not a stream (`veneer cp` extracts from a pipe)
+            # How far into the (compressed) file the decompressor has read: its size is the known total.
+            reader.on_read = lambda: progress.advance(raw.tell())
         try:
             tf = stack.enter_context(
                 tarfile.open(mode="r|", fileobj=reader, tarinfo=_BoundedTarInfo, errors="surrogateescape")

@@ -14,8 +14,10 @@ This module does not print; it reads and writes the file descriptors it is given
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
+import select
 import shutil
 import stat
 import sys
@@ -312,17 +314,14 @@ def copy_from(
     args = [path, "follow" if follow else ""]
     load_machine(layout, name)
     if dest is None:
-        if owner == Ownership():
-            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                with _in_machine(
-                    layout, name, _FROM_SCRIPT, args, stdin=devnull, stdout=stream, what="from"
-                ):
-                    return
-            finally:
-                os.close(devnull)
-        with _reading_from(layout, name, args) as r, open(stream, "wb", closefd=False) as out:
-            _rewrite_stream(open(r, "rb", closefd=False), out, owner)
+        try:
+            _stream_from(layout, name, args, owner, stream)
+        except MachineError:
+            if _reader_gone(stream):
+                # `veneer cp m:/ - | head`: the reader went away, which is no failure of the copy's. The
+                # command line ends quietly, as on any closed pipe, not with tar's write error.
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
+            raise
         return
     final = _host_destination(dest, path)
     staging = Path(tempfile.mkdtemp(prefix=".veneer-cp.", dir=final.parent))
@@ -349,6 +348,27 @@ def copy_from(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _stream_from(
+    layout: Layout, name: MachineName, args: Sequence[str], owner: Ownership, stream: int
+) -> None:
+    if owner == Ownership():
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with _in_machine(layout, name, _FROM_SCRIPT, args, stdin=devnull, stdout=stream, what="from"):
+                return
+        finally:
+            os.close(devnull)
+    with _reading_from(layout, name, args) as r, open(stream, "wb", closefd=False) as out:
+        _rewrite_stream(open(r, "rb", closefd=False), out, owner)
+
+
+def _reader_gone(fd: int) -> bool:
+    """Whether `fd` is a pipe whose reader has closed it (the write end then polls as POLLERR)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
 def _host_destination(dest: Path, path: str) -> Path:

@@ -21,6 +21,7 @@ from veneer.machines.recovery import machine_lock
 from veneer.machines.state import load_machine
 from veneer.machines.upper import check_upper
 from veneer.overlay.mount import is_mounted
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def export_machine(
     *,
     fmt: MachineExportFormat = MachineExportFormat.TAR,
     owner: MstackOwner = MstackOwner.FOREIGN,
+    progress: Progress = QUIET,
 ) -> None:
     """A stopped machine's merged tree (its image revision plus its own changes) as a rootfs tarball, or
     its image layers and upper dir as an mstack directory owned as `owner` says."""
@@ -59,5 +61,5 @@ def export_machine(
                 write_mstack(layers, upper, tmp, uid_base=record.uid_base, owner=owner)
         else:
             with merged_view(layout, [*layers, upper], f"machine '{name}'") as root:
-                write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base)
+                write_rootfs_tar(root, dest.absolute(), uid_base=record.uid_base, progress=progress)
     logger.debug("Exported machine '%s' to '%s' (%s).", name, dest, fmt)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veneer.config.layout import Layout
-from veneer.config.settings import MachineName
+from veneer.config.settings import MachineName, NetworkMode
 from veneer.errors import MachineBusy, StateCorrupt
 from veneer.machines.guest import find_leader
 from veneer.machines.restoring import restore_interrupted
@@ -129,6 +129,7 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         leader = find_leader(runtime.pid) if runtime.mode is RuntimeMode.BOOT else runtime.pid
     upper = layout.machine_upper(name)
     snapshots = _snapshots(layout, name)
+    nat = record.network.mode is NetworkMode.NAT
     return MachineStatus(
         name=name,
         image=record.image,
@@ -139,7 +140,8 @@ def machine_status(layout: Layout, name: MachineName) -> MachineStatus:
         started=runtime.started if running and runtime is not None else None,
         init=runtime.init if running and runtime is not None else None,
         network=str(record.network),
-        addresses=[record.address] if running and record.address else [],
+        # Only nat gives the machine its recorded address: one moved to another network keeps it reserved.
+        addresses=[record.address] if running and record.address and nat else [],
         ports=[str(p) for p in record.ports],
         privileged=record.privileged,
         uid_base=record.uid_base,

@@ -7,12 +7,14 @@ The caller holds the machine's lock, has mounted its overlay and recorded its ru
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Bind
+from veneer.errors import MachineError
 from veneer.machines.app import AppProcess
 from veneer.machines.guest import InitKind
 from veneer.machines.netsetup import attach_machine
@@ -49,6 +51,13 @@ def prepare_launch(
     `app`'s), or booting `init` (`InitKind.APP`: `app` under nspawn's stub init), confined by `supervisor`
     (its cgroups and limits)."""
     name = record.name
+    for bind in (*record.binds, *binds):
+        # Checked here, before the network is set up: nspawn's own "Failed to stat" names no option.
+        if not os.path.exists(bind.source):
+            raise MachineError(
+                f"Cannot bind '{bind.source}' into machine '{name}': it does not exist on the host",
+                hint="Create it first, or leave out that --bind.",
+            )
     root = layout.machine_root(name)
     if app is not None:
         command, workdir, env = app.command, app.workdir, app.env

@@ -31,6 +31,7 @@ from veneer.rebase.actions import Plan
 from veneer.rebase.journal import Target
 from veneer.rebase.merge import Prefer
 from veneer.rebase.plan import make_plan
+from veneer.util.progress import QUIET, Progress
 from veneer.util.walk import TreeBudget
 
 logger = logging.getLogger(__name__)
@@ -198,12 +199,14 @@ def rebase_all(
     restart: bool = True,
     dry_run: bool = False,
     report: Callable[[RebaseResult | RebaseFailure], None] | None = None,
+    progress: Progress = QUIET,
 ) -> list[RebaseResult]:
     """Rebase (with `dry_run`: plan) each machine in turn; one failing does not stop the others. `report`
     hears of each as it is done; a `RebaseError` naming those that failed follows once all were tried."""
     results = []
     failed = []
-    for name in names:
+    for number, name in enumerate(names, 1):
+        progress.phase(f"{'Planning' if dry_run else 'Rebasing'} '{name}' ({number}/{len(names)})")
         machine = parse_machine_name(name)
         try:
             if dry_run:

@@ -37,6 +37,7 @@ from veneer.machines.state import (
     ExitRecord,
     MachineRecord,
     RuntimeMode,
+    RuntimeRecord,
     is_alive,
     load_machine,
     load_runtime,
@@ -82,10 +83,16 @@ def machine_lock(layout: Layout, name: MachineName) -> Iterator[None]:
         runtime = load_runtime(layout, name)
         if runtime is not None and is_alive(runtime):
             raise MachineBusy(
-                f"Machine '{name}' is running (pid {runtime.pid})",
-                hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
+                f"Machine '{name}' is running (pid {runtime.pid})", hint=_running_hint(name, runtime)
             ) from None
         raise
+
+
+def _running_hint(name: MachineName, runtime: RuntimeRecord) -> str:
+    if runtime.mode is RuntimeMode.BOOT:
+        # What a newcomer tries `run` for on a started machine is what `exec` does.
+        return f"Stop it first ('veneer stop {name}'), or run a command in it: 'veneer exec {name} -- CMD'."
+    return f"Stop it first ('veneer stop {name}'), or wait for its command to finish."
 
 
 def refuse_if_running(layout: Layout, name: MachineName) -> None:
@@ -93,8 +100,7 @@ def refuse_if_running(layout: Layout, name: MachineName) -> None:
     runtime = load_runtime(layout, name)
     if runtime is not None:
         raise MachineBusy(
-            f"Machine '{name}' is running (pid {runtime.pid})",
-            hint=f"Stop it first ('veneer stop {name}'), or wait for its command to finish.",
+            f"Machine '{name}' is running (pid {runtime.pid})", hint=_running_hint(name, runtime)
         )
 
 

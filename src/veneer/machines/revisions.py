@@ -41,6 +41,7 @@ from veneer.overlay.layers import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX
 from veneer.overlay.mount import mount_overlay, unmount
 from veneer.rebase.journal import pinned_revisions
 from veneer.util.fs import random_hex, remove_tree
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def update_image(
     *,
     network: Network = DEFAULT_NETWORK,
     options: RunOptions | None = None,
+    progress: Progress = QUIET,
 ) -> ImageRecord:
     """Run `command` over the image's current revision and publish what it changed as the next revision."""
     image = load_image(layout, name)
@@ -92,6 +94,7 @@ def update_image(
             )
         record = load_machine(layout, temp)
         check_upper(layout, temp)
+        progress.phase(f"Saving what '{shlex.join(command)}' changed as a new revision of '{name}'")
         return add_revision(
             layout,
             name,
@@ -129,10 +132,14 @@ def commit_machine(
         )
 
 
-def squash_image(layout: Layout, name: str) -> ImageRecord:
-    """Flatten the current revision's layers into one new layer, published as the next revision."""
+def squash_image(layout: Layout, name: str, *, progress: Progress = QUIET) -> ImageRecord:
+    """Flatten the current revision's layers into one new layer, published as the next revision; a
+    current revision of one layer is left as it is (squash is repeatable)."""
     image = load_image(layout, name)
     lowers = lower_dirs(layout, image, image.current)
+    if len(lowers) == 1:
+        return image
+    progress.phase(f"Flattening the {len(lowers)} layers of revision {image.current} of '{name}'")
 
     def flatten(tree: Path, scratch: Path) -> None:
         # Read through the kernel's own overlay (no upper is written): whiteouts and opaque dirs are

@@ -111,12 +111,16 @@ def refresh_unit(layout: Layout, name: MachineName) -> None:
         run(["systemctl", "daemon-reload"])
 
 
-def disable_machine(layout: Layout, name: MachineName) -> None:
-    """Disable and remove the machine's unit (a running machine runs on until stopped)."""
-    _require_systemd()
+def disable_machine(layout: Layout, name: MachineName) -> bool:
+    """Disable and remove the machine's unit (a running machine runs on until stopped); False if it had
+    none. Repeatable, as `systemctl disable`: a machine that is not enabled is left as it is, on any host."""
+    load_machine(layout, name)
     unit = unit_name(layout, name)
     path = UNIT_DIR / unit
-    if path.exists():
-        run(["systemctl", "disable", "--quiet", unit])
-        path.unlink()
-        run(["systemctl", "daemon-reload"])
+    if not path.exists():
+        return False
+    _require_systemd()
+    run(["systemctl", "disable", "--quiet", unit])
+    path.unlink()
+    run(["systemctl", "daemon-reload"])
+    return True

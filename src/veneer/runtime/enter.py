@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.runtime import seccomp
+from veneer.util.proc import end_process_tree
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -217,6 +218,10 @@ def _silence() -> None:
     os.close(null)
 
 
+# What the intermediate passes on to the command; the terminal sends the others to both itself.
+_PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _wait_passing_signals(child: int) -> int:
     """Wait for the command, passing SIGTERM and SIGHUP on; its exit status as a shell reports it."""
 
@@ -224,11 +229,13 @@ def _wait_passing_signals(child: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in _PASSED_ON:
         signal.signal(sig, forward)
     # The terminal sends these to the whole process group, the command included.
     for sig in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
+    # Blocked since before the fork (see `_run_intermediate`): what came meanwhile is passed on now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -292,6 +299,8 @@ def _restore_signals() -> None:
     # Python ignores these; an ignored signal stays ignored across exec.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
+    # Blocked by the intermediate before it forked us; a blocked signal would stay blocked across exec.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
 
 
 def _report(channel: int, step: str, e: BaseException) -> None:
@@ -341,6 +350,9 @@ def _run_intermediate(spec: EnterSpec, handles: _Handles, channel: int) -> None:
         if spec.quiet:
             _silence()
         step = "fork"
+        # Until the intermediate passes them on: a SIGTERM from veneer now would end it (its inherited
+        # handler) and leave the command running in the machine.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
         child = os.fork()
         if child == 0:
             _run_command(spec, handles, channel)
@@ -367,8 +379,14 @@ def start_entered(spec: EnterSpec) -> int:
         os.close(write_end)
     finally:
         handles.close()
-    with os.fdopen(read_end, "rb") as channel:
-        report = channel.read()  # empty once the command has executed: the pipe is close-on-exec
+    try:
+        with os.fdopen(read_end, "rb") as channel:
+            report = channel.read()  # empty once the command has executed: the pipe is close-on-exec
+    except BaseException:
+        # Interrupted (SIGTERM to veneer) while the command starts: it must not run on without us.
+        end_process_tree(pid)
+        os.waitpid(pid, 0)
+        raise
     if report:
         os.waitpid(pid, 0)
         step, err, detail = report.decode(errors="replace").split("\0", 2)

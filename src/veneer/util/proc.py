@@ -6,6 +6,7 @@ the caller says otherwise; a failure raises `CommandFailed` carrying the tail of
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -26,6 +27,8 @@ Completed = subprocess.CompletedProcess[str]
 Process = subprocess.Popen[bytes]
 DEVNULL = subprocess.DEVNULL
 PIPE = subprocess.PIPE
+# How many of a followed command's last lines are kept for its error message.
+_KEPT_LINES = 50
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -71,6 +74,7 @@ def run(
     ok_returncodes: Sequence[int] = (0,),
     passthrough: bool = False,
     before_exec: Callable[[], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv to completion; raise `CommandFailed` unless its status is in `ok_returncodes`.
 
@@ -78,6 +82,8 @@ def run(
         capture: collect stdout and stderr (else stdout is inherited and stderr is kept for errors).
         passthrough: inherit stdin, stdout and stderr (interactive commands such as nspawn runs).
         before_exec: runs in the child between fork and exec (stdlib and syscall wrappers only).
+        on_line: called with each line of stdout and stderr together, as they come (a progress
+            parser); the last lines are kept as the result's stderr, for errors.
     """
     args = [os.fspath(a) for a in argv]
     die_with_parent = _die_with_parent()
@@ -97,6 +103,9 @@ def run(
         stderr = subprocess.PIPE
     if input is not None:
         stdin = subprocess.PIPE
+    if on_line is not None:
+        assert input is None and not passthrough
+        stdout, stderr = subprocess.PIPE, subprocess.STDOUT
     try:
         process = subprocess.Popen(
             args,
@@ -112,7 +121,10 @@ def run(
         raise _not_found(args) from e
     with process:
         try:
-            out, err = process.communicate(input)
+            if on_line is None:
+                out, err = process.communicate(input)
+            else:
+                out, err = "", _follow_lines(process, on_line)
         except BaseException:
             # Interrupted (Ctrl-C, or SIGTERM/SIGHUP turned into an exception by the command line): what
             # the command started goes too, before the caller's cleanup removes the tree it writes into.
@@ -125,6 +137,17 @@ def run(
         said = result.stderr if result.stderr and result.stderr.strip() else result.stdout if capture else ""
         raise CommandFailed(args, result.returncode, said or "")
     return result
+
+
+def _follow_lines(process: subprocess.Popen[str], on_line: Callable[[str], None]) -> str:
+    """Pass each line of the process's stdout to `on_line` until it ends; return the last lines."""
+    assert process.stdout is not None
+    tail: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
+    for line in process.stdout:
+        tail.append(line)
+        on_line(line.rstrip("\n"))
+    process.wait()
+    return "".join(tail)
 
 
 def end_process_tree(pid: int) -> None:
@@ -188,12 +211,16 @@ def wait_forwarding(process: subprocess.Popen[bytes] | int) -> int:
     on to it; return its exit status.
 
     SIGINT and SIGQUIT are ignored meanwhile: the terminal delivers them to the child's process group too,
-    and the child decides what they mean (nspawn forwards them into the container).
+    and the child decides what they mean (nspawn forwards them into the container). A SIGTERM or SIGHUP
+    that was passed on is raised again here once the child has ended, so veneer ends as that signal
+    asks, through the caller's own handler (its cleanup, its exit status), not as if the child failed.
     """
     forwarded = (signal.SIGTERM, signal.SIGHUP)
     ignored = (signal.SIGINT, signal.SIGQUIT)
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             if isinstance(process, int):
                 os.kill(process, signum)
@@ -213,6 +240,8 @@ def wait_forwarding(process: subprocess.Popen[bytes] | int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received:
+        signal.raise_signal(received[0])
     # A child killed by a signal exits like a shell reports it: 128 + the signal number.
     return 128 - returncode if returncode < 0 else returncode
 

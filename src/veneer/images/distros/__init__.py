@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 from veneer.errors import ImageError, UsageError
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class CommandRunner(Protocol):
         *,
         setenv: Mapping[str, str] | None = None,
         network: bool = False,
-        progress: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> None: ...
 
 
@@ -109,16 +110,18 @@ class DistributionInstaller:
 
     @classmethod
     def install_packages(
-        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: Progress = QUIET
     ) -> None:
-        """Install `packages` into the tree with its own package manager (`progress`: show its output)."""
+        """Install `packages` into the tree with its own package manager, reporting into `progress`."""
         raise ImageError(
             f"Cannot install packages into an image of {cls.pretty_name()}",
             hint="Install them with --run and the image's own package manager.",
         )
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
+    def setup_locale(
+        cls, tree: Path, locale: str, *, runner: CommandRunner, progress: Progress = QUIET
+    ) -> None:
         """Generate `locale` in the tree and make it the default."""
         raise ImageError(
             f"Cannot set the locale of an image of {cls.pretty_name()}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,7 @@ from typing import ClassVar
 from veneer.errors import CommandFailed, ImageError
 from veneer.images.distros import CommandRunner, DistributionInstaller, generate_locale, write_tree_text
 from veneer.util.proc import run
+from veneer.util.progress import QUIET, Progress, Unit
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +38,17 @@ class ArchInstaller(DistributionInstaller):
 
     @classmethod
     def install_packages(
-        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: Progress = QUIET
     ) -> None:
-        logger.info("Installing %s", ", ".join(packages))
-        runner(install_argv(packages), network=True, progress=progress)
+        text = f"Installing {', '.join(packages)}"
+        progress.phase(text, unit=Unit.PACKAGES)
+        runner(install_argv(packages), network=True, on_line=PacmanProgress(progress, text))
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
+    def setup_locale(
+        cls, tree: Path, locale: str, *, runner: CommandRunner, progress: Progress = QUIET
+    ) -> None:
+        progress.phase(f"Generating locale {locale}")
         generate_locale(tree, locale, runner=runner)
         write_tree_text(tree, "etc/locale.conf", f"LANG={locale}\n")
 
@@ -67,23 +73,48 @@ def pacstrap_argv(
 
 
 def bootstrap(
-    tree: Path, *, packages: Sequence[str], pacman_conf: Path | None, progress: bool = False
+    tree: Path, *, packages: Sequence[str], pacman_conf: Path | None, progress: Progress = QUIET
 ) -> None:
     """Fill the empty directory `tree` with `packages` from the repositories of `pacman_conf`.
 
-    With `progress` pacman's output is shown (pacstrap writes it to stdout; errors go to stderr).
+    pacman's "(3/130) installing bash" lines become `progress` reports; its last lines are kept for
+    the error.
     """
     if pacman_conf is not None and not pacman_conf.is_file():
         raise ImageError(f"No pacman configuration at '{pacman_conf}'", hint="Pass an existing pacman.conf.")
     argv = pacstrap_argv(
         tree, packages=packages, pacman_conf=pacman_conf, copy_mirrorlist=HOST_MIRRORLIST.is_file()
     )
-    logger.info("Bootstrapping Arch Linux into '%s'", tree)
+    logger.debug("Bootstrapping Arch Linux into '%s'", tree)
+    text = "Bootstrapping Arch Linux"
+    progress.phase(text, unit=Unit.PACKAGES)
     try:
-        run(argv, capture=not progress)
+        run(argv, on_line=PacmanProgress(progress, text))
     except CommandFailed as e:
         raise ImageError(
             f"pacstrap failed: {e.message}",
             hint="Check the package names, and the repositories and SigLevel of the pacman.conf "
             "(signed packages need a pacman keyring: pacman-key --init, then pacman-key --populate).",
         ) from e
+
+
+# pacman's "(  3/130) installing bash" (or "upgrading", "reinstalling") counts its packages out of a total.
+_PACMAN_STEP = re.compile(r"\(\s*(\d+)/(\d+)\) (?:installing|upgrading|reinstalling) (\S+)")
+
+
+class PacmanProgress:
+    """pacman's output lines as a package count under the phase `text`."""
+
+    def __init__(self, progress: Progress, text: str) -> None:
+        self._progress = progress
+        self._text = text
+        self._total = 0
+
+    def __call__(self, line: str) -> None:
+        logger.debug("%s", line)
+        if step := _PACMAN_STEP.match(line.strip()):
+            done, total, package = int(step.group(1)), int(step.group(2)), step.group(3)
+            if total != self._total:
+                self._total = total
+                self._progress.phase(self._text, total=total, unit=Unit.PACKAGES)
+            self._progress.advance(done, item=package.rstrip("."))

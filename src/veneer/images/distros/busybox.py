@@ -30,6 +30,7 @@ from veneer.images.distros import (
     write_tree_text,
 )
 from veneer.util.proc import run, which
+from veneer.util.progress import QUIET, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class BusyboxInstaller(DistributionInstaller):
 
     @classmethod
     def install_packages(
-        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: bool = False
+        cls, tree: Path, packages: Sequence[str], *, runner: CommandRunner, progress: Progress = QUIET
     ) -> None:
         raise UsageError(
             "Busybox images have no package manager",
@@ -184,7 +185,9 @@ class BusyboxInstaller(DistributionInstaller):
         )
 
     @classmethod
-    def setup_locale(cls, tree: Path, locale: str, *, runner: CommandRunner, progress: bool = False) -> None:
+    def setup_locale(
+        cls, tree: Path, locale: str, *, runner: CommandRunner, progress: Progress = QUIET
+    ) -> None:
         raise UsageError(
             "Busybox images have no locale support",
             hint="Leave out --locale, or build the image with --debootstrap or --pacstrap.",
@@ -271,10 +274,11 @@ def applet_links(listing: str) -> list[tuple[str, str]]:
     return links
 
 
-def bootstrap(tree: Path) -> None:
+def bootstrap(tree: Path, *, progress: Progress = QUIET) -> None:
     """Fill the empty directory `tree` with a bootable busybox system."""
     busybox = find_busybox()
-    logger.info("Creating a busybox tree from '%s'", busybox)
+    logger.debug("Creating a busybox tree from '%s'", busybox)
+    progress.phase(f"Creating a busybox tree from '{busybox}'")
     for directory, mode in DIRECTORIES:
         (tree / directory).mkdir(parents=True, exist_ok=True)
         os.chmod(tree / directory, mode)
