@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -305,3 +306,45 @@ def test_a_chatty_machines_log_keeps_its_latest_output(busybox: Store, tmp_path:
     # Nothing lost at the rotations while it followed (the first line may follow the shell's prompt).
     chatty = [line[line.index("chatty ") :] for line in lines if "chatty " in line]
     assert chatty == [f"chatty {i}" for i in range(1, 600001)]
+
+
+def _reaps_of(store: Store) -> set[int]:
+    """`veneer _reap` processes of this store running now."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"_reap" in words and os.fsencode(store.root) in words:
+                found.add(int(entry.name))
+    return found
+
+
+def test_one_command_starts_and_stops_many_and_a_failure_loses_none(busybox: Store) -> None:
+    store = busybox
+    names = ["c1", "c2", "c3"]
+    for name in names:
+        store.veneer("create", name, "--from", "bb")
+    try:
+        store.veneer("start", "c3", "--wait")
+        started = store.veneer("start", "c1", "nosuch", "c2", "c3", "--wait", ok=(1,))
+        # Each machine named gets its line, in the order named; the one that failed stops none of the others.
+        lines = started.stdout.splitlines()
+        assert lines[:2] == ["Started machine 'c1' (busybox).", "Started machine 'c2' (busybox)."]
+        assert len(lines) == 3 and lines[2].startswith("Machine 'c3' is running already"), lines
+        assert "veneer: No machine named 'nosuch'" in started.stderr
+        assert all(status(store, name)["state"] == "running" for name in names)
+        # A stop cleans up itself: the console keepers start no `veneer _reap` for machines it ends.
+        seen: set[int] = set()
+        stopper = store.spawn("stop", "c1", "c2", "nosuch", "c3")
+        while stopper.poll() is None:
+            seen |= _reaps_of(store)
+            time.sleep(0.005)
+        assert stopper.returncode == 1
+        time.sleep(0.5)
+        seen |= _reaps_of(store)
+        assert not seen, "a stop started `veneer _reap`"
+        assert all(status(store, name)["state"] == "stopped" for name in names)
+        assert_nothing_left(store, *names)
+        assert not list((store.run / "machines").glob("*.stopping"))
+    finally:
+        store.veneer("stop", *names, "--timeout", "5", ok=(0, 1))

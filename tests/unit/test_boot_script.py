@@ -2,7 +2,7 @@ import shlex
 from pathlib import Path
 
 from veneer.runtime.console import log_pipe, read_log, start_argv
-from veneer.runtime.keeper import boot_script
+from veneer.runtime.keeper import boot_script, unless_stopping
 from veneer.runtime.nspawn import launch_argv
 from veneer.util import proc
 
@@ -17,7 +17,7 @@ def test_boot_script_launches_then_records_status_then_reaps() -> None:
         launch,
         env={"NOTIFY_SOCKET": "/run/veneer/machines/m.notify"},
         status_file=Path("/run/veneer/machines/m.status"),
-        reap="veneer _reap m",
+        reap=unless_stopping(Path("/run/veneer/machines/m.stopping"), "exec veneer _reap m"),
     )
     lines = script.splitlines()
     assert lines[0] == "#!/bin/sh"
@@ -25,7 +25,19 @@ def test_boot_script_launches_then_records_status_then_reaps() -> None:
     assert "export SYSTEMD_NSPAWN_LOCK=0" in lines
     assert shlex.split(next(line for line in lines if line.startswith("sh -c"))) == launch
     assert lines[-2] == "echo $? > /run/veneer/machines/m.status"
-    assert lines[-1] == "exec veneer _reap m >/dev/null 2>&1"
+    # No interpreter started for nothing: a stop that is underway cleans up itself.
+    assert lines[-1] == "[ -e /run/veneer/machines/m.stopping ] || exec veneer _reap m >/dev/null 2>&1"
+
+
+def test_reap_is_left_out_while_a_stop_is_underway(tmp_path: Path) -> None:
+    marker, reaped = tmp_path / "m.stopping", tmp_path / "reaped"
+    command = unless_stopping(marker, f"touch {reaped}")
+    marker.touch()
+    proc.run(["sh", "-c", command])
+    assert not reaped.exists()
+    marker.unlink()
+    proc.run(["sh", "-c", command])
+    assert reaped.exists()
 
 
 def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> None:
@@ -39,7 +51,10 @@ def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> Non
     assert commands.index("pipe-pane") < commands.index("respawn-pane")
     assert "remain-on-exit on" in commands
     assert "head -c" in commands and "/var/lib/v/machines/m/console.log" in commands
-    assert argv[-1] == "sh /run/v/m.sh"
+    respawn = argv.index("respawn-pane")
+    assert argv[respawn + 4] == "sh /run/v/m.sh"
+    # The same invocation prints the pid in the pane, so nobody asks tmux again while the machine starts.
+    assert argv[respawn + 5 :] == [";", "display-message", "-p", "-t", "=m:", "#{pane_pid}"]
 
 
 def test_console_log_keeps_the_latest_output_across_rotations(tmp_path: Path) -> None:

@@ -8,6 +8,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from veneer.errors import Error
+
+
+def print_error(error: Error) -> None:
+    """One failure among several the command reports (as `cli.main` reports the one that ends it)."""
+    print(f"veneer: {error.message}", file=sys.stderr)
+    if error.hint:
+        print(f"  {error.hint}", file=sys.stderr)
+
 
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from veneer.config.layout import Layout
-from veneer.config.settings import parse_env, parse_machine_name, parse_seconds, parse_workdir
+from veneer.config.settings import MachineName, parse_env, parse_machine_name, parse_seconds, parse_workdir
 from veneer.errors import UsageError
+
+if TYPE_CHECKING:
+    from veneer.machines.many import Outcome
+    from veneer.machines.state import RuntimeRecord
+
+T = TypeVar("T")
 
 
 def _signal(text: str) -> int:
@@ -125,36 +132,76 @@ def _layout(args: argparse.Namespace) -> Layout:
     return Layout.from_env(args.root)
 
 
+def _report_each(outcomes: Sequence[Outcome[T]], done: Callable[[Outcome[T]], str | None]) -> int:
+    """Print what happened to each machine, in the order they were named; 1 if any failed. A single
+    machine's failure is raised, for `cli.main` to report as for any command."""
+    from veneer.cli.output import print_error
+
+    status = 0
+    for outcome in outcomes:
+        message = done(outcome)
+        if message is not None:
+            print(message)
+        elif outcome.error is not None and len(outcomes) == 1:
+            raise outcome.error
+        elif outcome.error is not None:
+            print_error(outcome.error)
+            status = 1
+    return status
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from veneer.errors import MachineRunning
     from veneer.machines.boot import start_machine
+    from veneer.machines.many import for_each_machine
 
-    for name in args.names:
-        try:
-            runtime = start_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
-        except MachineRunning as e:  # as `systemctl start` of an active unit: done already, not a failure
-            print(f"{e.message}.")
-            continue
-        print(f"Started machine '{name}' ({runtime.init}).")
-    return 0
+    layout = _layout(args)
+
+    def start(name: MachineName) -> RuntimeRecord:
+        return start_machine(layout, name, wait=args.wait, timeout=args.timeout)
+
+    def done(outcome: Outcome[RuntimeRecord]) -> str | None:
+        if isinstance(
+            outcome.error, MachineRunning
+        ):  # as `systemctl start` of an active unit: not a failure
+            return f"{outcome.error.message}."
+        if outcome.value is None:
+            return None
+        return f"Started machine '{outcome.name}' ({outcome.value.init})."
+
+    return _report_each(for_each_machine(args.names, start), done)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from veneer.machines.boot import stop_machine
+    from veneer.machines.many import for_each_machine
 
-    for name in args.names:
-        stopped = stop_machine(_layout(args), name, timeout=args.timeout)
-        print(f"Stopped machine '{name}'." if stopped else f"Machine '{name}' is not running.")
-    return 0
+    layout = _layout(args)
+
+    def done(outcome: Outcome[bool]) -> str | None:
+        if outcome.error is not None:
+            return None
+        if outcome.value:
+            return f"Stopped machine '{outcome.name}'."
+        return f"Machine '{outcome.name}' is not running."
+
+    outcomes = for_each_machine(args.names, lambda name: stop_machine(layout, name, timeout=args.timeout))
+    return _report_each(outcomes, done)
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
     from veneer.machines.boot import restart_machine
+    from veneer.machines.many import for_each_machine
 
-    for name in args.names:
-        restart_machine(_layout(args), name, wait=args.wait, timeout=args.timeout)
-        print(f"Restarted machine '{name}'.")
-    return 0
+    layout = _layout(args)
+
+    def restart(name: MachineName) -> RuntimeRecord:
+        return restart_machine(layout, name, wait=args.wait, timeout=args.timeout)
+
+    def done(outcome: Outcome[RuntimeRecord]) -> str | None:
+        return None if outcome.error is not None else f"Restarted machine '{outcome.name}'."
+
+    return _report_each(for_each_machine(args.names, restart), done)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:

@@ -149,6 +149,14 @@ class Layout:
     def address_gate(self, name: str) -> Path:
         return self.run / "gates" / name
 
+    def boot_shell(self, name: str) -> Path:
+        """The pid and start time of the standalone keeper's boot script, the parent of nspawn."""
+        return self.run / "machines" / f"{name}.shell"
+
+    def stop_request(self, name: str) -> Path:
+        """Present while `stop` ends the machine: the supervisor then leaves the cleanup to it."""
+        return self.run / "machines" / f"{name}.stopping"
+
     def notify_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.notify"
 

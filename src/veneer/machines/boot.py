@@ -48,12 +48,16 @@ from veneer.machines.state import (
 from veneer.overlay.mount import is_mounted
 from veneer.runtime import cgroups
 from veneer.runtime.supervisor import Supervisor, supervisor_for
-from veneer.util.proc import child_pids, wait_until
+from veneer.util.proc import child_pids
+from veneer.util.procfs import wait_for_exit
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
+# Waits that /proc answers (nspawn started, its init exec'd, busybox init's first child) look this often:
+# a read of /proc, no process run, so a short interval costs little and notices soon.
+POLL_INTERVAL = 0.005
 
 
 def start_machine(
@@ -72,6 +76,7 @@ def start_machine(
         return _start_enabled(layout, supervisor, name, wait=wait, timeout=timeout)
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
+        layout.stop_request(name).unlink(missing_ok=True)  # of a stop that died before it ended
         record = load_machine(layout, name)
         root = layout.machine_root(name)
         owns_mount = not is_mounted(root)
@@ -210,7 +215,7 @@ def _wait_for_nspawn(layout: Layout, supervisor: Supervisor, name: MachineName, 
             return pid
         if supervisor.ended(name):
             raise _failure(layout, name, "failed to start")
-        time.sleep(0.02)
+        time.sleep(POLL_INTERVAL)
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
 
 
@@ -227,7 +232,7 @@ def _wait_for_leader(
                 return leader
         if process_start_time(pid) is None:
             raise _failure(layout, name, "stopped while starting")
-        time.sleep(0.02)
+        time.sleep(POLL_INTERVAL)
     raise _failure(layout, name, f"did not start its init within {timeout:.0f} s")
 
 
@@ -267,7 +272,7 @@ def _wait_until_ready(
             leader = find_leader(runtime.pid)
             if reported is not False and leader is not None and child_pids(leader):
                 return
-            time.sleep(0.05)
+            time.sleep(POLL_INTERVAL)
     raise _failure(layout, name, f"did not report ready within {timeout:.0f} s")
 
 
@@ -279,6 +284,8 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
             return False
         runtime = replace(runtime, stopping=True)
         save_runtime(layout, runtime)
+        # This stop cleans up: the supervisor need not start `veneer _reap` when nspawn exits.
+        layout.stop_request(name).touch()
         init = runtime.init or InitKind.OTHER
         command = init.stop_command()
         if init is InitKind.APP:
@@ -290,7 +297,7 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
             # nspawn passes this on to the init as its --kill-signal, the init's own poweroff signal.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(runtime.pid, signal.SIGTERM)
-        if not _wait_gone(runtime, timeout):
+        if not wait_for_exit(runtime.pid, runtime.start_time, timeout=timeout):
             logger.warning("Machine '%s' did not power off within %.0f s; killing it.", name, timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(runtime.pid, signal.SIGKILL)
@@ -339,10 +346,6 @@ def _running_boot(layout: Layout, name: MachineName) -> RuntimeRecord | None:
             hint="Wait for the command to finish.",
         )
     return runtime
-
-
-def _wait_gone(runtime: RuntimeRecord, timeout: float) -> bool:
-    return wait_until(lambda: not is_alive(runtime), timeout=timeout, interval=0.05)
 
 
 def reap_machine(layout: Layout, name: MachineName) -> None:

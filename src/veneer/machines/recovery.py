@@ -164,6 +164,8 @@ def end_boot(layout: Layout, name: MachineName, *, requested: bool) -> None:
     remove_runtime(layout, name)
     # Last: the standalone keeper exits with its session, and takes `veneer _reap` (its child) with it.
     supervisor.release(name)
+    # After the release: until the console keeper is gone, the boot script looks for it (see `stop`).
+    layout.stop_request(name).unlink(missing_ok=True)
     if failure is not None:
         raise failure
 

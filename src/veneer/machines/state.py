@@ -28,6 +28,7 @@ from veneer.config.settings import (
 from veneer.errors import MachineNotFound, StateCorrupt
 from veneer.machines.guest import InitKind
 from veneer.util.fs import atomic_write, save_json
+from veneer.util.procfs import process_start_time as process_start_time
 
 RECORD_VERSION = 1
 # Each machine owns 65536 host uids and gids, as systemd-nspawn's --private-users expects. veneer's ranges
@@ -191,19 +192,6 @@ def machines_on(layout: Layout, image: str | None, *, throwaway: bool = False) -
     return [
         r.name for r in records if (throwaway or r.owner is None) and (image is None or r.image == image)
     ]
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks after boot) of a process, or None if it does not exist (or is dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None  # exited; only its parent has not collected it yet
-    return int(fields[19])
 
 
 def load_runtime(layout: Layout, name: MachineName) -> RuntimeRecord | None:

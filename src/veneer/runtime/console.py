@@ -97,7 +97,7 @@ def start_argv(
     height: int = 48,
 ) -> list[str]:
     """One tmux invocation that starts the machine's session, its settings set and its console logged
-    from the first byte.
+    from the first byte, and prints the pid of `command` in its pane.
 
     `-f /dev/null`: no settings file at all, neither a shared one nor the host's /etc/tmux.conf. The
     session starts with a placeholder that waits; the settings are set, the output is piped to the log,
@@ -110,12 +110,16 @@ def start_argv(
         "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "exec sleep infinity",
         *settings, ";",
         "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
-        "respawn-pane", "-k", "-t", _pane(name), shlex.join(command),
+        "respawn-pane", "-k", "-t", _pane(name), shlex.join(command), ";",
+        "display-message", "-p", "-t", _pane(name), "#{pane_pid}",
     )  # fmt: skip
 
 
-def start_session(socket: Path, name: str, command: Sequence[str], *, log: Path, reap: str) -> None:
-    proc.run(start_argv(socket, name, command, log=log, reap=reap))
+def start_session(socket: Path, name: str, command: Sequence[str], *, log: Path, reap: str) -> int:
+    """Start the machine's session; return the pid of the process in its pane (`command`), which the
+    same invocation prints: no tmux client is run again to find it."""
+    result = proc.run(start_argv(socket, name, command, log=log, reap=reap), capture=True)
+    return int(result.stdout.split()[-1])
 
 
 def pane_pid(socket: Path, name: str) -> int | None:

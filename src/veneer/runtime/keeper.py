@@ -1,7 +1,11 @@
 """The standalone supervisor: veneer's own keeper, for hosts where systemd is not PID 1 (or cgroups are
 not pure v2). A booted machine is nspawn in a pane of a tmux server of its own (`runtime.console`), run
-by a boot script that records nspawn's exit status and then reaps the machine (`veneer _reap`); the
-machine's cgroups are veneer's own (`runtime.cgroups`)."""
+by a boot script that records nspawn's exit status and then reaps the machine (`veneer _reap`) unless
+`stop` is doing that already; the machine's cgroups are veneer's own (`runtime.cgroups`).
+
+Nothing here asks tmux how the pane is while a machine starts or stops: the boot script's pid comes back
+from the invocation that starts the session and is recorded with its start time, and nspawn (its child),
+its end and its exit status are read from /proc and the status file, without running a process."""
 
 from __future__ import annotations
 
@@ -18,6 +22,14 @@ from veneer.runtime import cgroups, console
 from veneer.runtime.nspawn import NSPAWN_ENV, NSPAWN_STATE_DIR, launch_argv, needs_private_state_dir
 from veneer.runtime.supervisor import SupervisorKind
 from veneer.util.proc import child_pids
+from veneer.util.procfs import process_start_time
+
+
+def unless_stopping(stop_request: os.PathLike[str], command: str) -> str:
+    """`command` as a shell command that runs only if `stop` is not ending the machine (pure): `stop`
+    cleans up itself, and a Python interpreter started for nothing per stop is what 20 stops at once on
+    two CPUs could least afford."""
+    return f"[ -e {shlex.quote(os.fspath(stop_request))} ] || {command}"
 
 
 def boot_script(
@@ -25,17 +37,17 @@ def boot_script(
 ) -> str:
     """The shell script the console keeper runs: `launch` (nspawn in the machine's cgroups, see
     `runtime.nspawn.launch_argv`), then its exit status into `status_file` (the shell itself stays outside
-    the machine's cgroups, so it outlives them), then `reap` (`veneer _reap NAME`). The keeper's pane-died
-    hook reaps too, for when this shell is killed; whichever comes second finds the lock taken or the work
-    done. The hook alone was not enough: under load, now and then a keeper ran no hook for a pane that
-    died."""
+    the machine's cgroups, so it outlives them), then `reap` (`veneer _reap NAME`, see `unless_stopping`).
+    The keeper's pane-died hook reaps too, for when this shell is killed; whichever comes second finds the
+    lock taken or the work done. The hook alone was not enough: under load, now and then a keeper ran no
+    hook for a pane that died."""
     lines = [
         "#!/bin/sh",
         "# Made by veneer start: boots one machine in a pane of the console keeper.",
         *(f"export {key}={shlex.quote(value)}" for key, value in sorted({**NSPAWN_ENV, **env}.items())),
         shlex.join(launch),
         f"echo $? > {shlex.quote(os.fspath(status_file))}",
-        f"exec {reap} >/dev/null 2>&1",
+        f"{reap} >/dev/null 2>&1",
     ]
     return "\n".join(lines) + "\n"
 
@@ -74,6 +86,7 @@ class Keeper:
     ) -> None:
         layout = self.layout
         reap = console.reap_command(layout.root, layout.run)
+        reap = unless_stopping(layout.stop_request(name), f"exec {reap}")
         if notify:
             env = {**env, "NOTIFY_SOCKET": os.fspath(layout.notify_socket(name))}
         script = layout.boot_script(name)
@@ -85,13 +98,22 @@ class Keeper:
         layout.console_log(name).write_bytes(b"")
         layout.console_log_previous(name).unlink(missing_ok=True)
         layout.boot_status(name).unlink(missing_ok=True)
-        console.start_session(
+        shell = console.start_session(
             layout.console_socket(name),
             name,
             ["sh", os.fspath(script)],
             log=layout.console_log(name),
             reap=reap,
         )
+        layout.boot_shell(name).write_text(f"{shell} {process_start_time(shell) or 0}\n")
+
+    def _shell(self, name: str) -> int | None:
+        """The boot script's shell while it runs (recorded by `start`; else asked of tmux)."""
+        try:
+            pid, started = self.layout.boot_shell(name).read_text().split()
+        except (OSError, ValueError):
+            return console.pane_pid(self.layout.console_socket(name), name)
+        return int(pid) if process_start_time(int(pid)) == int(started) else None
 
     def enabled(self, name: str) -> bool:
         return False  # nothing starts machines at host boot without systemd
@@ -101,7 +123,7 @@ class Keeper:
 
     def nspawn_pid(self, name: str) -> int | None:
         """nspawn, a child of the pane's shell once the boot script has started it."""
-        shell = console.pane_pid(self.layout.console_socket(name), name)
+        shell = self._shell(name)
         for pid in child_pids(shell) if shell is not None else []:
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{pid}/exe").endswith("systemd-nspawn"):
@@ -109,8 +131,7 @@ class Keeper:
         return None
 
     def ended(self, name: str) -> bool:
-        socket = self.layout.console_socket(name)
-        return console.pane_status(socket, name) is not None or self.layout.boot_status(name).exists()
+        return self._shell(name) is None or self.layout.boot_status(name).exists()
 
     def ready(self, name: str) -> bool | None:
         return None
@@ -121,10 +142,9 @@ class Keeper:
         while True:
             with contextlib.suppress(OSError, ValueError):
                 return int(self.layout.boot_status(name).read_text())
-            shell = console.pane_pid(self.layout.console_socket(name), name)
-            if shell is None or time.monotonic() > deadline:
+            if self._shell(name) is None or time.monotonic() > deadline:
                 return None  # the shell is gone too: the console keeper was killed
-            time.sleep(0.02)
+            time.sleep(0.005)
 
     def release(self, name: str) -> None:
         layout = self.layout
@@ -132,6 +152,7 @@ class Keeper:
         console.kill_session(layout.console_socket(name), name)
         for path in (
             layout.boot_script(name),
+            layout.boot_shell(name),
             layout.notify_socket(name),
             layout.boot_status(name),
             layout.console_socket(name),
