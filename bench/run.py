@@ -17,7 +17,9 @@ import collections
 import contextlib
 import errno
 import json
+import math
 import os
+import random
 import secrets
 import shlex
 import shutil
@@ -68,8 +70,6 @@ from veneer.util.proc import Completed, run, which
 
 MB = 1024 * 1024
 GB = 1024 * MB
-# Real trees copied into the big base until it is large enough: realistic file counts and sizes.
-FILLER_SOURCES = (Path("/usr/share"), Path("/usr/lib"))
 PODMAN_PREFIX = "veneer-bench"
 DEBIAN_SUITE = "bookworm"
 
@@ -330,20 +330,28 @@ class Bases:
         self.bench.veneer("image", "create", "bb", "--busybox")
 
     def big(self) -> Base:
+        """The busybox tree padded with generated files to ~2 GB (made the same way every run, offline),
+        as one tarball that veneer and podman both import."""
         if self._big is None:
             budget = 200 * MB if self.bench.quick else 2 * GB
             source = self.bench.scratch / "big-source"
             self.bench.timed_setup(
                 f"fill a {budget // MB} MB tree", lambda: make_big_tree(source, self.busybox().tree, budget)
             )
-            self.bench.defer(lambda: self.bench.veneer("image", "rm", "big"), "veneer image rm big")
-            self.bench.timed_setup("veneer image create big --from-dir", lambda: self._create_big(source))
+            tarball = self.big_tarball
+            self.bench.timed_setup("tar of the big tree", lambda: make_tarball(source, tarball))
             shutil.rmtree(source)
+            self.bench.defer(lambda: self.bench.veneer("image", "rm", "big"), "veneer image rm big")
+            self.bench.timed_setup("veneer image import big TAR", lambda: self._import_big(tarball))
             self._big = self._register("big")
         return self._big
 
-    def _create_big(self, source: Path) -> None:
-        self.bench.veneer("image", "create", "big", "--from-dir", os.fspath(source))
+    @property
+    def big_tarball(self) -> Path:
+        return self.bench.scratch / "big.tar"
+
+    def _import_big(self, tarball: Path) -> None:
+        self.bench.veneer("image", "import", "big", os.fspath(tarball))
 
     def debian(self) -> Base:
         """Debian with systemd, by debootstrap from the Debian mirror (about a minute)."""
@@ -360,25 +368,27 @@ class Bases:
 
 
 def make_big_tree(dest: Path, skeleton: Path, budget: int) -> None:
-    """A root filesystem: the busybox skeleton plus whole subtrees of real trees until `budget` bytes."""
+    """A root filesystem: the busybox skeleton plus generated files until `budget` bytes, the same every
+    run: sizes log-uniform from 1 KiB to 4 MiB and contents from a PRNG with a fixed seed, in directories
+    of 100 files (about 2,000 files per GB)."""
     run(["cp", "-a", skeleton, dest], capture=True)
-    total = tree_stats(dest)[0]
-    for copy in range(100):
-        added = False
-        for source in FILLER_SOURCES:
-            for entry in sorted(source.iterdir()):
-                if entry.is_symlink() or not entry.is_dir():
-                    continue
-                size = tree_stats(entry)[0]
-                if size == 0 or total + size > budget:
-                    continue
-                target = dest / "usr" / "share" / "bench-filler" / f"{copy}" / source.name
-                target.mkdir(parents=True, exist_ok=True)
-                run(["cp", "-a", entry, target / entry.name], capture=True)
-                total += size
-                added = True
-        if total > budget * 0.95 or not added:
-            return
+    rng = random.Random(20261206)
+    total, index = tree_stats(dest)[0], 0
+    while total < budget:
+        size = min(int(math.exp(rng.uniform(math.log(1 << 10), math.log(4 << 20)))), budget - total)
+        directory = dest / "usr" / "share" / "bench-filler" / f"{index // 100:04d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"f{index:06d}.bin").write_bytes(rng.randbytes(size))
+        total += size
+        index += 1
+
+
+def make_tarball(tree: Path, tarball: Path) -> None:
+    """The tree as a tar, members in name order and times fixed, so every run's tarball is the same."""
+    run(
+        ["tar", "-C", tree, "--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tarball, "."],
+        capture=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,17 +441,18 @@ class PodmanCreate(Contender):
     name = "podman create (big image)"
     command = "podman create IMAGE true"
 
-    def __init__(self, bench: Bench, base: Callable[[], Base]) -> None:
-        self.bench, self.base = bench, base
+    def __init__(self, bench: Bench, base: Callable[[], Base], tarball: Path) -> None:
+        self.bench, self.base, self.tarball = bench, base, tarball
         self.image = f"{PODMAN_PREFIX}-big"
         self.containers: dict[int, str] = {}
 
     def setup(self) -> None:
-        tree = self.base().tree
-        self.bench.timed_setup(f"podman import of the big tree as {self.image}", lambda: self._import(tree))
+        self.base()
+        self.bench.timed_setup(f"podman import of the big tarball as {self.image}", self._import)
 
-    def _import(self, tree: Path) -> None:
-        self.bench.podman_import(tree, self.image)
+    def _import(self) -> None:
+        self.bench.defer(lambda: self.bench.podman("rmi", "--force", self.image), f"podman rmi {self.image}")
+        self.bench.podman("import", os.fspath(self.tarball), self.image)
 
     def measure(self, i: int) -> None:
         self.containers[i] = self.bench.podman("create", self.image, "true").stdout.strip()
@@ -558,16 +569,17 @@ class Command(Contender):
 
 
 class VeneerBoot(Contender):
-    name = "veneer start --wait"
-    command = "veneer start M --wait"
-    machine = "vbboot"
+    """`veneer start M --wait` of a machine with no network (as the isolated nspawn row), `debian` or not."""
 
-    def __init__(self, bench: Bench, bases: Bases) -> None:
-        self.bench, self.bases = bench, bases
+    def __init__(self, bench: Bench, base: Callable[[], Base], *, label: str) -> None:
+        self.bench, self.base = bench, base
+        self.name = f"veneer start --wait ({label})"
+        self.command = "veneer start M --wait (M: --network none)"
+        self.machine = f"vbboot{label[:2]}"
         self.created = False
 
     def setup(self) -> None:
-        self.bench.veneer("create", self.machine, "--from", self.bases.debian().image)
+        self.bench.veneer("create", self.machine, "--from", self.base().image, "--network", "none")
         self.created = True
 
     def measure(self, i: int) -> None:
@@ -583,29 +595,34 @@ class VeneerBoot(Contender):
 
 
 class NspawnBoot(Contender):
-    """Plain systemd-nspawn --boot of its own copy of the Debian tree, in the background: ready when nspawn
-    passes systemd's READY=1 on to the socket the harness listens on. `isolated` adds what veneer sets up."""
+    """Plain systemd-nspawn --boot of its own copy of the base's tree, in the background: a systemd guest
+    is ready when nspawn passes its READY=1 on to the socket the harness listens on, a busybox guest once
+    its init has a child. `isolated` adds what veneer sets up."""
 
-    def __init__(self, bench: Bench, bases: Bases, *, isolated: bool) -> None:
-        self.bench, self.bases, self.isolated = bench, bases, isolated
+    def __init__(self, bench: Bench, base: Callable[[], Base], *, isolated: bool, systemd: bool) -> None:
+        self.bench, self.base, self.isolated, self.systemd = bench, base, isolated, systemd
         # The directory's name is the machine's name (nspawn's default).
-        self.tree = bench.scratch / ("vbboot-userns" if isolated else "vbboot-nspawn")
+        kind = "deb" if systemd else "bb"
+        self.tree = bench.scratch / (f"vb{kind}-userns" if isolated else f"vb{kind}-nspawn")
         self.socket_path = bench.scratch / f"{self.tree.name}.notify"
         self.flags = ["--quiet", "--register=no", "--keep-unit", f"--directory={self.tree}"]
         # The console goes to a log file, as veneer's does; read-only: nobody types into it.
-        self.boot = ["--boot", "--notify-ready=yes", "--console=read-only"]
+        self.boot = ["--boot", "--console=read-only"]
+        # busybox init powers off on SIGUSR2 (nspawn's default is SIGRTMIN+3); veneer passes the same.
+        self.boot += ["--notify-ready=yes"] if systemd else ["--kill-signal=SIGUSR2"]
         if isolated:
             # veneer's defaults: a user namespace and no network.
             self.flags += ["--private-users=pick", "--private-network"]
         self.name = "systemd-nspawn --boot -U --private-network" if isolated else "systemd-nspawn --boot"
         self.command = "systemd-nspawn " + " ".join(f for f in self.flags if not f.startswith("--dir"))
-        self.command += " -D TREE " + " ".join(self.boot) + " (NOTIFY_SOCKET=S)"
+        self.command += " -D TREE " + " ".join(self.boot)
+        self.command += " (NOTIFY_SOCKET=S)" if systemd else ", until init has a child"
         self.cgroups: list[Path] = []
         self.notify: socket.socket | None = None
         self.running: list[Background] = []  # at most one
 
     def setup(self) -> None:
-        run(["cp", "-a", self.bases.debian().tree, self.tree], capture=True)
+        run(["cp", "-a", self.base().tree, self.tree], capture=True)
         self.cgroups = setup_nspawn_cgroup(self.tree.name)
         if self.isolated:
             # --private-users=pick chowns the copy on its first run, unless it can map it with an idmapped
@@ -624,7 +641,11 @@ class NspawnBoot(Contender):
 
     def measure(self, i: int) -> None:
         assert self.notify is not None
-        wait_for_ready(self.notify, self.spawn(self.boot), timeout=BOOT_TIMEOUT)
+        nspawn = self.spawn(self.boot)
+        if self.systemd:
+            wait_for_ready(self.notify, nspawn, timeout=BOOT_TIMEOUT)
+        else:
+            wait_for_busybox([nspawn], timeout=BOOT_TIMEOUT)
 
     def reset(self, i: int) -> None:
         assert self.notify is not None
@@ -642,6 +663,19 @@ class NspawnBoot(Contender):
         prune_cgroups(self.cgroups, keep_top=False)
         remove_nspawn_lock(self.tree)
         shutil.rmtree(self.tree, ignore_errors=True)
+
+
+def wait_for_busybox(nspawns: Sequence[Background], *, timeout: float) -> None:
+    """Until each nspawn's busybox init has started a child (looked for every POLL_INTERVAL)."""
+    deadline = time.monotonic() + timeout
+    pending = list(nspawns)
+    while pending := [nspawn for nspawn in pending if not busybox_ready(nspawn.pid)]:
+        for nspawn in pending:
+            if (status := nspawn.process.poll()) is not None:
+                raise nspawn.failure(status)
+        if time.monotonic() > deadline:
+            raise pending[0].timed_out("boot busybox", timeout)
+        time.sleep(POLL_INTERVAL)
 
 
 def wait_for_ready(notify: socket.socket, nspawn: Background, *, timeout: float) -> None:
@@ -697,8 +731,18 @@ class VeneerFleet(Fleet):
     """`count` machines from the busybox image; each start or stop is a `veneer` process of its own, all
     started at once. After each stop: the check that nothing of the machines is left."""
 
-    def __init__(self, bench: Bench, bases: Bases, *, prefix: str, count: int) -> None:
-        self.bench, self.bases = bench, bases
+    def __init__(
+        self,
+        bench: Bench,
+        bases: Bases,
+        *,
+        prefix: str,
+        count: int,
+        one_process: bool = False,
+        base: Callable[[], Base] | None = None,
+    ) -> None:
+        self.bench, self.one_process = bench, one_process
+        self.base = base or bases.busybox
         self.names = [f"{prefix}{n:02d}" for n in range(1, count + 1)]
         self.created: list[str] = []
         self.commands: list[Background] = []  # veneer processes in flight
@@ -707,15 +751,18 @@ class VeneerFleet(Fleet):
         self.checks: list[dict[str, list[tuple[str, str]]]] = []
 
     def setup(self) -> None:
-        image = self.bases.busybox().image
+        image = self.base().image
         for name in self.names:
             if name not in self.created:
-                self.bench.veneer("create", name, "--from", image)
+                self.bench.veneer("create", name, "--from", image, "--network", "none")
                 self.created.append(name)
 
     def _all(self, verb: str, *flags: str, timeout: float) -> None:
         env = self.bench.veneer_env()
-        for name in self.names:
+        if self.one_process:
+            argv = self.bench.veneer_argv(verb, *self.names, *flags)
+            spawn_logged(argv, into=self.commands, log=self.bench.log_file(f"{verb}-all"), env=env)
+        for name in self.names if not self.one_process else []:
             argv = self.bench.veneer_argv(verb, name, *flags)
             spawn_logged(argv, into=self.commands, log=self.bench.log_file(f"{verb}-{name}"), env=env)
         wait_all(self.commands, what=f"veneer {verb}", timeout=timeout)
@@ -792,7 +839,7 @@ class VeneerFleet(Fleet):
         ]
         kinds = sorted({kind for count in counts for kind in count})
         note = (
-            f"after each of {len(self.checks)} rounds of {len(self.names)} concurrent `veneer stop` (every"
+            f"after each of {len(self.checks)} rounds of {len(self.names)} concurrent stops (every"
             " round, warm-up included), checked as soon as the last had returned: "
         )
         checked = {
@@ -822,8 +869,7 @@ class VeneerFleet(Fleet):
                 command.kill()
         self.commands.clear()
         if self.created:
-            for name in self.created:
-                self.bench.veneer("stop", name, check=False)
+            self.bench.veneer("stop", *self.created, check=False)  # all at once
             self.bench.veneer("rm", *self.created)
             self.created = []
 
@@ -859,15 +905,7 @@ class NspawnFleet(Fleet):
             argv = ["systemd-nspawn", *self.flags(tree)]
             log = self.bench.log_file(tree.name)
             spawn_logged(argv, into=self.running, log=log, cgroups=self.cgroups[tree])
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        pending = list(self.running)
-        while pending := [nspawn for nspawn in pending if not busybox_ready(nspawn.pid)]:
-            for nspawn in pending:
-                if (status := nspawn.process.poll()) is not None:
-                    raise nspawn.failure(status)
-            if time.monotonic() > deadline:
-                raise pending[0].timed_out("boot busybox", BOOT_TIMEOUT)
-            time.sleep(POLL_INTERVAL)
+        wait_for_busybox(self.running, timeout=BOOT_TIMEOUT)
 
     def stop_all(self) -> None:
         for nspawn in self.running:
@@ -1022,7 +1060,7 @@ def create_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     return [
         VeneerCreate(bench, bases.big, big),
         CopyTree(bench, bases.big),
-        PodmanCreate(bench, bases.big),
+        PodmanCreate(bench, bases.big, bases.big_tarball),
         VeneerCreate(bench, bases.busybox, "2 MB"),
     ]
 
@@ -1040,9 +1078,17 @@ def run_contenders(bench: Bench, bases: Bases) -> list[Contender]:
 
 def boot_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     return [
-        VeneerBoot(bench, bases),
-        NspawnBoot(bench, bases, isolated=False),
-        NspawnBoot(bench, bases, isolated=True),
+        VeneerBoot(bench, bases.debian, label="debian"),
+        NspawnBoot(bench, bases.debian, isolated=False, systemd=True),
+        NspawnBoot(bench, bases.debian, isolated=True, systemd=True),
+    ]
+
+
+def boot_busybox_contenders(bench: Bench, bases: Bases) -> list[Contender]:
+    return [
+        VeneerBoot(bench, bases.busybox, label="busybox"),
+        NspawnBoot(bench, bases.busybox, isolated=False, systemd=False),
+        NspawnBoot(bench, bases.busybox, isolated=True, systemd=False),
     ]
 
 
@@ -1052,14 +1098,19 @@ MANY_MACHINES = 20
 def many_contenders(bench: Bench, bases: Bases) -> list[Contender]:
     n = MANY_MACHINES
     ours = VeneerFleet(bench, bases, prefix="vbmany", count=n)
+    together = VeneerFleet(bench, bases, prefix="vbone", count=n, one_process=True)
     plain = NspawnFleet(bench, bases, prefix="vbplain", count=n)
     nspawn_start = f"{n} x systemd-nspawn --boot, until each init has a child"
     nspawn_stop = f"{n} x kill -TERM NSPAWN, until all exited"
     return [
-        FleetStart(ours, f"veneer start --wait, {n} at once", f"{n} x veneer start M --wait"),
+        FleetStart(ours, f"veneer start --wait, {n} processes at once", f"{n} x veneer start M --wait"),
+        FleetStart(
+            together, f"veneer start --wait M1..M{n}, one process", f"veneer start M1 .. M{n} --wait"
+        ),
         FleetStart(plain, f"systemd-nspawn --boot, {n} at once", nspawn_start),
-        FleetStop(ours, f"veneer stop, {n} at once", f"{n} x veneer stop M", reference=2),
-        FleetStop(plain, f"SIGTERM to systemd-nspawn, {n} at once", nspawn_stop, reference=2),
+        FleetStop(ours, f"veneer stop, {n} processes at once", f"{n} x veneer stop M", reference=3),
+        FleetStop(together, f"veneer stop M1..M{n}, one process", f"veneer stop M1 .. M{n}", reference=3),
+        FleetStop(plain, f"SIGTERM to systemd-nspawn, {n} at once", nspawn_stop, reference=3),
     ]
 
 
@@ -1103,7 +1154,10 @@ BENCHMARKS: tuple[Benchmark | Survey, ...] = (
         name="create",
         what="make a child of a big base",
         contenders=create_contenders,
-        extra_ratios=(("veneer create: big base / 2 MB base", 0, 3),),
+        extra_ratios=(
+            ("veneer create: big base / 2 MB base", 0, 3),
+            ("goal <= 0.50: veneer create / podman create (big)", 0, 2),
+        ),
     ),
     Benchmark(
         name="run",
@@ -1115,12 +1169,27 @@ BENCHMARKS: tuple[Benchmark | Survey, ...] = (
         ),
     ),
     Benchmark(
-        name="boot", what="boot a Debian machine until systemd reports ready", contenders=boot_contenders
+        name="boot",
+        what="boot a Debian machine until systemd reports ready",
+        contenders=boot_contenders,
+        extra_ratios=(("goal <= 1.20: veneer / nspawn -U --private-network", 0, 2),),
+    ),
+    Benchmark(
+        name="boot-bb",
+        what="boot a busybox machine until its init has a child",
+        contenders=boot_busybox_contenders,
+        extra_ratios=(("goal <= 1.20: veneer / nspawn -U --private-network", 0, 2),),
     ),
     Benchmark(
         name="many",
         what=f"start {MANY_MACHINES} busybox machines at once, then stop them at once",
         contenders=many_contenders,
+        extra_ratios=(
+            ("goal <= 1.50: start, one veneer process / nspawn", 1, 2),
+            ("start, a veneer process each / nspawn", 0, 2),
+            ("goal <= 1.20: stop, one veneer process / SIGTERM", 4, 5),
+            ("stop, a veneer process each / SIGTERM", 3, 5),
+        ),
     ),
     Survey(
         name="memory",
@@ -1232,7 +1301,12 @@ def host_info(bench: Bench) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="veneer benchmarks (as root)")
     parser.add_argument("--quick", action="store_true", help="a ~200 MB big base instead of ~2 GB")
-    parser.add_argument("--only", choices=[b.name for b in BENCHMARKS], help="run one benchmark")
+    names = [b.name for b in BENCHMARKS]
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        help=f"run these benchmarks, comma-separated ({', '.join(names)})",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions per contender (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
     return parser.parse_args(argv)
@@ -1247,7 +1321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: --repeat must be at least 1", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, raise_on_sigterm)
-    selected = [b for b in BENCHMARKS if args.only in (None, b.name)]
+    unknown = set(args.only or ()) - {b.name for b in BENCHMARKS}
+    if unknown:
+        print(f"bench: no benchmark named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    selected = [b for b in BENCHMARKS if args.only is None or b.name in args.only]
     started, load_at_start = time.time(), loadavg()
     with scratch_dir() as scratch, contextlib.ExitStack() as cleanups:
         bench = Bench(scratch=scratch, quick=args.quick, cleanups=cleanups)

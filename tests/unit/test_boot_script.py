@@ -52,9 +52,10 @@ def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> Non
     assert "remain-on-exit on" in commands
     assert "head -c" in commands and "/var/lib/v/machines/m/console.log" in commands
     respawn = argv.index("respawn-pane")
-    assert argv[respawn + 4] == "sh /run/v/m.sh"
+    # As words, which tmux runs without a shell.
+    assert argv[respawn + 4 : respawn + 6] == ["sh", "/run/v/m.sh"]
     # The same invocation prints the pid in the pane, so nobody asks tmux again while the machine starts.
-    assert argv[respawn + 5 :] == [";", "display-message", "-p", "-t", "=m:", "#{pane_pid}"]
+    assert argv[respawn + 6 :] == [";", "display-message", "-p", "-t", "=m:", "#{pane_pid}"]
 
 
 def test_console_log_keeps_the_latest_output_across_rotations(tmp_path: Path) -> None:

@@ -102,15 +102,16 @@ def start_argv(
     `-f /dev/null`: no settings file at all, neither a shared one nor the host's /etc/tmux.conf. The
     session starts with a placeholder that waits; the settings are set, the output is piped to the log,
     and only then the placeholder is replaced by the real command, so not a byte of early boot output is
-    missed and no pane dies before its hook is there.
+    missed and no pane dies before its hook is there. Both commands are argv of more than one word, which
+    tmux runs without a shell (the host user's, bash as often as not: one more start per machine).
     """
     settings = [part for command_ in settings_commands(reap=reap) for part in (";", *command_)]
     return tmux_argv(
         socket, "-f", os.devnull,
-        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "exec sleep infinity",
+        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "sleep", "infinity",
         *settings, ";",
         "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
-        "respawn-pane", "-k", "-t", _pane(name), shlex.join(command), ";",
+        "respawn-pane", "-k", "-t", _pane(name), *command, ";",
         "display-message", "-p", "-t", _pane(name), "#{pane_pid}",
     )  # fmt: skip
 
