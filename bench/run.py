@@ -370,7 +370,7 @@ class Bases:
 def make_big_tree(dest: Path, skeleton: Path, budget: int) -> None:
     """A root filesystem: the busybox skeleton plus generated files until `budget` bytes, the same every
     run: sizes log-uniform from 1 KiB to 4 MiB and contents from a PRNG with a fixed seed, in directories
-    of 100 files (about 2,000 files per GB)."""
+    of 100 files (about 2,200 files per GB)."""
     run(["cp", "-a", skeleton, dest], capture=True)
     rng = random.Random(20261206)
     total, index = tree_stats(dest)[0], 0

@@ -232,6 +232,7 @@ def open_userns(*, uid_base: int, count: int = IDMAP_COUNT) -> int:
         raise OSError(errno.EINVAL, f"open_userns '{uid_base}:{count}': {os.strerror(errno.EINVAL)}")
     # Resolved before fork(): the child must not enter the dynamic loader.
     unshare = _libc().unshare
+    max_fd = os.sysconf("SC_OPEN_MAX")
     status_r, status_w = os.pipe()
     release_r, release_w = os.pipe()
     try:
@@ -242,8 +243,13 @@ def open_userns(*, uid_base: int, count: int = IDMAP_COUNT) -> int:
         raise
     if pid == 0:
         try:
-            os.close(status_r)
-            os.close(release_w)
+            # Only its own two ends: a copy of another thread's pipe (`start A B C` runs a thread per
+            # machine) would keep that thread's child from ever reading EOF, and both children would wait
+            # for each other.
+            low, high = sorted((status_w, release_r))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, max_fd)
             _userns_child(status_w, release_r, unshare)
         finally:
             os._exit(0)
