@@ -4,6 +4,8 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +154,33 @@ def test_user_namespace_maps(tmp: Path) -> None:
         assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
     finally:
         os.close(fd)
+
+
+def test_user_namespaces_opened_by_many_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`start A B C` mounts in a thread per machine: the child one thread forks must not hold another
+    thread's pipe, or two children wait for each other's EOF for ever (2 of 20 starts once did)."""
+    real_pipe = os.pipe
+
+    def pipe_then_yield() -> tuple[int, int]:
+        fds = real_pipe()
+        if threading.current_thread().name.startswith("opener"):
+            time.sleep(0.01)  # the other threads make their pipes too before this one forks
+        return fds
+
+    monkeypatch.setattr(os, "pipe", pipe_then_yield)
+    done: list[int] = []
+
+    def open_some() -> None:
+        for _ in range(5):
+            os.close(idmap.open_userns(uid_base=BASE, count=65536))
+        done.append(1)
+
+    threads = [threading.Thread(target=open_some, name=f"opener{n}", daemon=True) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)  # a deadlock, not a speed: each call takes milliseconds
+    assert len(done) == len(threads), "open_userns deadlocked between threads"
 
 
 def test_whiteouts_and_opaque_dirs_in_the_upper(machine: Machine) -> None:
