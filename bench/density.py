@@ -34,11 +34,12 @@ from harness import (
     loadavg,
     log,
     machine_info,
+    measure_process,
     raise_on_sigterm,
     save_report,
     scratch_dir,
 )
-from run import Base, Bases, Bench, VeneerFleet, measure_process, remove_store_cgroups
+from run import Base, Bases, Bench, VeneerFleet, remove_store_cgroups
 
 from veneer.util.proc import run
 

@@ -54,6 +54,7 @@ LISTING = {
     "veneer.util.inroot",
     "veneer.util.mountinfo",
     "veneer.util.proc",
+    "veneer.util.procfs",  # process start times, read from /proc (liveness of a machine)
     "veneer.util.progress",  # the interface long work reports into (distros' builders): an enum
     "veneer.util.staging",
     "veneer.util.walk",
