@@ -19,8 +19,9 @@ MachineName = NewType("MachineName", str)
 UID_RANGE_SIZE = 0x10000
 ImageName = NewType("ImageName", str)
 
-# A machine's host-side interface is "ve-<name>", and interface names hold at most 15 characters.
-MACHINE_NAME_MAX = 15 - len("ve-")
+# A machine's host-side interface is "vb-<name>" (systemd-nspawn --network-bridge), and interface names
+# hold at most 15 characters.
+MACHINE_NAME_MAX = 15 - len("vb-")
 _MACHINE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 IMAGE_NAME_MAX = 64
@@ -32,7 +33,7 @@ def parse_machine_name(text: str) -> MachineName:
         raise UsageError(
             f"Invalid machine name '{text}'",
             hint=f"Use 1-{MACHINE_NAME_MAX} characters of a-z, 0-9 and '-', starting and ending with a "
-            "letter or digit (it becomes the hostname and the interface name ve-NAME).",
+            "letter or digit (it becomes the hostname and the interface name vb-NAME).",
         )
     return MachineName(text)
 
