@@ -6,9 +6,10 @@ and sums, per machine, Pss, Private (Private_Clean + Private_Dirty) and Rss from
 over the host's processes that are the machine's but not the container's:
 - standalone (systemd not PID 1): the console keeper's tree, the tmux server and all below it (the pane's
   `sh`, the log's `head`), and nspawn;
-- systemd: every process of the unit's cgroup outside its `payload` (where the container is). That is
-  nspawn alone: the unit is the supervisor, and what systemd keeps for it lives in PID 1, in no process
-  of the machine's (not measured here).
+- systemd: every process of the unit's cgroup outside its `payload` (where the container is), nspawn
+  alone, and every process of its console unit (the tmux server holding its terminal, the holder's
+  `sleep`, the log's `head`); what systemd keeps for the units lives in PID 1, in no process of the
+  machine's (not measured here).
 Prints the table as JSON on stdout.
 """
 
@@ -38,7 +39,7 @@ from harness import (
 
 from veneer.config.layout import Layout
 from veneer.runtime.supervisor import SupervisorKind, detect_supervisor
-from veneer.runtime.systemd_unit import SLICE, unit_name
+from veneer.runtime.systemd_unit import SLICE, console_unit_name, unit_name
 from veneer.util.proc import run
 
 SETTLE_SECONDS = 1.0  # after the last start: the machines are idle
@@ -59,13 +60,15 @@ def keeper_processes(bench: Scratch, name: str) -> list[int]:
 
 
 def unit_processes(layout: Layout, name: str) -> list[int]:
-    """The processes of the machine's unit but those of its payload (the container)."""
+    """The processes of the machine's unit but those of its payload (the container), and those of its
+    console unit."""
     unit = Path("/sys/fs/cgroup") / SLICE / unit_name(layout, name)
     found = []
     for directory, subdirs, _ in os.walk(unit):
         subdirs[:] = [d for d in subdirs if not (directory == os.fspath(unit) and d == "payload")]
         found += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
-    return found
+    console = Path("/sys/fs/cgroup") / SLICE / console_unit_name(layout, name) / "cgroup.procs"
+    return found + [int(p) for p in console.read_text().split()]
 
 
 def survey(bench: Scratch, count: int) -> dict[str, Any]:

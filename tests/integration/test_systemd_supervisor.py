@@ -5,6 +5,7 @@ follows whatever ends it. Each test removes the machines it made: the VM is shar
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Iterator
 
@@ -180,6 +181,8 @@ def test_an_enabled_machine_runs_again_after_a_reboot_and_disable_undoes_it(
         assert vm.veneer("exec", "atboot", "--", "hostname").stdout.strip() == "atboot"
         # Its network came up too: its address is on host0.
         assert "inet " in vm.veneer("exec", "atboot", "--", "ip", "-4", "addr", "show", "host0").stdout
+        # And its console, kept by its console unit, which came back with it.
+        type_on_console(vm, "atboot")
         # The unit is the machine: a poweroff from inside ends it, and veneer's view follows.
         vm.veneer("exec", "atboot", "--", "poweroff")
         wait_for_state(vm, "atboot", ("stopped", "failed"))
@@ -283,3 +286,56 @@ def test_run_confines_a_command_in_a_scope_of_machine_slice(busybox_vm: VirtualM
         assert cgroup_top(vm) - before <= {"machine.slice"}
     finally:
         vm.veneer("rm", "r1", ok=None)
+
+
+def console_unit(vm: VirtualMachine, name: str) -> str:
+    argv = ["systemctl", "show", f"veneer-console@{name}.service", "--property=LoadState,ActiveState"]
+    return " ".join(vm.run(argv).stdout.split())
+
+
+def type_on_console(vm: VirtualMachine, name: str) -> None:
+    """Type a command on the machine's console through `veneer console` (in `script`'s terminal) once it
+    is attached, wait for its output in the console log, detach with Ctrl-]; `veneer logs` shows it."""
+    tmux = f"tmux -S /run/veneer/machines/{name}.console list-clients"
+    log = f"/var/lib/veneer/machines/{name}/console.log"
+    typed = (
+        f'until [ -n "$({tmux})" ]; do sleep 0.2; done; printf "echo marker-\\$((6*7))\\n"; '
+        f"until grep -q marker-42 {log}; do sleep 0.2; done; printf '\\035'; "
+        f'while [ -n "$({tmux})" ]; do sleep 0.2; done'
+    )
+    attach = shlex.quote(f"veneer console {name}")
+    command = f"timeout 300 sh -c {shlex.quote(typed)} | timeout 300 script -qfec {attach} /dev/null"
+    shown = vm.run(["env", "TERM=xterm", "sh", "-c", command])
+    assert f"[detached (from session {name})]" in shown.stdout
+    assert "marker-42" in vm.veneer("logs", name).stdout
+
+
+def test_console_of_a_busybox_machine_is_kept_by_a_unit_of_its_own(busybox_vm: VirtualMachine) -> None:
+    vm = busybox_vm
+    vm.veneer("create", "cm1", "--from", "bb")
+    try:
+        vm.veneer("start", "cm1", "--wait")
+        assert console_unit(vm, "cm1") == "LoadState=loaded ActiveState=active"
+        type_on_console(vm, "cm1")
+        assert machine(vm, "cm1")["state"] == "running", "detaching leaves the machine running"
+        # Its whole console is in the log, the boot's output too.
+        assert "BusyBox" in vm.veneer("logs", "cm1").stdout
+        # machinectl poweroff ends the machine, and its console keeper with it.
+        vm.run(["machinectl", "poweroff", "cm1"])
+        wait_for_state(vm, "cm1", ("stopped",))
+        wait_for_unit_gone(vm, "cm1")
+        deadline = time.monotonic() + 60
+        while console_unit(vm, "cm1") != "LoadState=not-found ActiveState=inactive":
+            assert time.monotonic() < deadline, "the console unit outlived its machine"
+            time.sleep(1)
+        assert_nothing_left(vm, "cm1")
+        assert "marker-42" in vm.veneer("logs", "cm1").stdout, "the console log outlives the boot"
+        # A stop by veneer too; a new boot starts a new log.
+        vm.veneer("start", "cm1", "--wait")
+        assert "marker-42" not in vm.veneer("logs", "cm1").stdout
+        vm.veneer("stop", "cm1")
+        assert console_unit(vm, "cm1") == "LoadState=not-found ActiveState=inactive"
+        assert_nothing_left(vm, "cm1")
+    finally:
+        vm.veneer("stop", "cm1", ok=None)
+        vm.veneer("rm", "cm1", ok=None)

@@ -1,7 +1,7 @@
 import shlex
 from pathlib import Path
 
-from veneer.runtime.console import log_pipe, read_log, start_argv
+from veneer.runtime.console import holder_argv, log_pipe, read_log, start_argv
 from veneer.runtime.keeper import boot_script, unless_stopping
 from veneer.runtime.nspawn import launch_argv
 from veneer.util import proc
@@ -56,6 +56,16 @@ def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> Non
     assert argv[respawn + 4 : respawn + 6] == ["sh", "/run/v/m.sh"]
     # The same invocation prints the pid in the pane, so nobody asks tmux again while the machine starts.
     assert argv[respawn + 6 :] == [";", "display-message", "-p", "-t", "=m:", "#{pane_pid}"]
+
+
+def test_a_terminal_holder_logs_and_links_its_terminal_and_reaps_nothing() -> None:
+    argv = holder_argv(Path("/run/v/m.console"), "m", log=Path("/var/lib/v/machines/m/console.log"),
+                       link=Path("/run/v/m.tty"))  # fmt: skip
+    commands = " ".join(argv)
+    assert argv[argv.index("-f") + 1] == "/dev/null"
+    assert "pane-died" not in commands and "remain-on-exit" not in commands
+    assert "detach-client" in commands and "/var/lib/v/machines/m/console.log" in commands
+    assert argv[-1] == "ln -sfn #{pane_tty} /run/v/m.tty"
 
 
 def test_console_log_keeps_the_latest_output_across_rotations(tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ from veneer.config.settings import Limits
 from veneer.runtime.cgroups import Hierarchies
 from veneer.runtime.hostcheck import check_supervisor
 from veneer.runtime.supervisor import SupervisorKind, choose_supervisor
-from veneer.runtime.systemd_unit import limit_properties, run_argv, status_command, unit_name
+from veneer.runtime.systemd_unit import (
+    console_properties,
+    console_unit_name,
+    limit_properties,
+    run_argv,
+    status_command,
+    unit_name,
+)
 from veneer.util import proc
 
 V2 = Hierarchies(unified=Path("/sys/fs/cgroup"), v1={})
@@ -37,6 +44,18 @@ def test_unit_names_per_store() -> None:
     assert unit_name(default, "web") == "veneer-web.service"
     other = unit_name(Layout(root=Path("/srv/v"), run=Path("/run/v")), "web")
     assert other.startswith("veneer-") and other.endswith("-web.service") and other != "veneer-web.service"
+
+
+def test_the_console_unit_cannot_take_a_machines_name_and_holds_its_terminal() -> None:
+    default = Layout(root=Path("/var/lib/veneer"), run=Path("/run/veneer"))
+    # Machine names have no `@`: no machine's unit is another's console unit.
+    assert console_unit_name(default, "web") == "veneer-console@web.service"
+    assert console_unit_name(default, "console") != unit_name(default, "console-web")
+    # Opened as a file: the keeper's terminal is nspawn's stdio, not taken as controlling terminal.
+    tty = "/run/veneer/machines/web.tty"
+    assert console_properties(default, "web") == [
+        f"StandardInput=file:{tty}", f"StandardOutput=file:{tty}", "StandardError=inherit",
+    ]  # fmt: skip
 
 
 def test_limits_are_unit_properties() -> None:

@@ -127,7 +127,7 @@ VERB_MODULES = {
         ("start", "stop", "restart", "kill", "exec", "shell", "console", "logs", "journal", "enable"),
         "running",
     ),
-    **dict.fromkeys(("disable", "_boot", "_started", "_reap"), "running"),
+    **dict.fromkeys(("disable", "_boot", "_started", "_console", "_reap"), "running"),
     "network": "network",
     "doctor": "network",
     "rebase": "rebase",

@@ -122,6 +122,10 @@ def register(verbs: Any) -> None:
     started.add_argument("name", type=parse_machine_name)
     started.set_defaults(handler=cmd_started)
 
+    hold = verbs.add_parser("_console")  # a machine's console unit on systemd hosts: its terminal
+    hold.add_argument("name", type=parse_machine_name)
+    hold.set_defaults(handler=cmd_hold_console)
+
     reap = verbs.add_parser("_reap")  # run by the console keeper when a machine's nspawn exits
     reap.add_argument("name", type=parse_machine_name)
     reap.add_argument("rest", nargs="*")
@@ -278,6 +282,13 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hold_console(args: argparse.Namespace) -> int:
+    from veneer.runtime.systemd_unit import hold_console
+
+    hold_console(_layout(args), args.name)
+    return 0
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
     from veneer.machines.boot import boot_in_unit
     from veneer.runtime.nspawn import NSPAWN_ENV
@@ -296,14 +307,16 @@ def cmd_started(args: argparse.Namespace) -> int:
 
 def cmd_enable(args: argparse.Namespace) -> int:
     from veneer.machines.state import load_machine
-    from veneer.machines.units import enable_machine, unit_text, veneer_argv
-    from veneer.runtime.systemd_unit import UNIT_DIR, unit_name
+    from veneer.machines.units import console_unit_text, enable_machine, unit_text, veneer_argv
+    from veneer.runtime.systemd_unit import UNIT_DIR, console_unit_name, unit_name
 
     layout = _layout(args)
     if args.print:
         load_machine(layout, args.name)
         print(f"# {UNIT_DIR / unit_name(layout, args.name)}")
-        print(unit_text(layout, args.name, veneer_argv()), end="")
+        print(unit_text(layout, args.name, veneer_argv()))
+        print(f"# {UNIT_DIR / console_unit_name(layout, args.name)}")
+        print(console_unit_text(layout, args.name, veneer_argv()), end="")
         return 0
     path = enable_machine(layout, args.name)
     print(f"Machine '{args.name}' starts at boot ({path}).")

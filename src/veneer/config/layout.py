@@ -26,6 +26,7 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
     machines/<name>.notify        the socket nspawn reports readiness to
     machines/<name>.status        nspawn's exit status, written by the boot script
     machines/<name>.console       the socket of its console keeper (tmux)
+    machines/<name>.tty           on systemd hosts: a link to the terminal the console keeper holds
     machines/<name>.frozen        who froze it for a snapshot (pid, start time), while it is frozen
     network/                      the nat network's lock, dnsmasq, the guests' resolv.conf
     idmap/<name>/<n>/             idmapped lower layers while an overlay is being mounted
@@ -162,6 +163,9 @@ class Layout:
 
     def console_socket(self, name: str) -> Path:
         return self.run / "machines" / f"{name}.console"
+
+    def console_tty(self, name: str) -> Path:
+        return self.run / "machines" / f"{name}.tty"
 
     @property
     def enter_lock(self) -> Path:

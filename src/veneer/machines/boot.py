@@ -162,7 +162,7 @@ def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
             init, app = _boot_plan(layout, record, root)
             supervisor = supervisor_for(layout)
             launch = prepare_launch(
-                layout, record, init=init, app=app, interactive=False, supervisor=supervisor
+                layout, record, init=init, app=app, interactive=supervisor.terminal, supervisor=supervisor
             )
             save_runtime(layout, replace(runtime, init=init))
         except BaseException:

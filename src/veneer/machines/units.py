@@ -7,6 +7,9 @@ network as `start` does, then execs nspawn, which stays the unit's main process 
 exactly while the machine runs, and its limits are the unit's properties); `veneer _started` sets its
 address once it runs; ExecStopPost reaps it as for a started machine. `veneer start` of an enabled
 machine starts this unit.
+
+Its console keeper is a unit of its own too, `veneer-console@NAME.service` (`console_unit_text`): the
+machine's unit requires it and starts after it; it is bound to the machine's unit, so it stops with it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from veneer.runtime.systemd_unit import (
     SLICE,
     STOP_TIMEOUT_SEC,
     UNIT_DIR,
+    console_properties,
+    console_unit_name,
     limit_properties,
     status_command,
     unit_name,
@@ -41,23 +46,48 @@ def veneer_argv() -> list[str]:
     return [installed] if installed else [sys.executable, "-m", "veneer"]
 
 
-def unit_text(layout: Layout, name: MachineName, veneer: list[str]) -> str:
-    """The machine's persistent unit (pure but for reading its record: the limits)."""
-    limits = load_machine(layout, name).limits
+def _command_and_environment(layout: Layout, veneer: list[str]) -> tuple[str, str]:
+    """How a unit runs veneer on this store: its command line and its Environment= lines."""
     command = shlex.join([*veneer, "--root", os.fspath(layout.root)])
     package = Path(__file__).resolve().parents[2]
     pythonpath = f"Environment=PYTHONPATH={package}\n" if veneer[1:2] == ["-m"] else ""
+    return command, f"Environment=VENEER_RUN={layout.run}\n{pythonpath}"
+
+
+def console_unit_text(layout: Layout, name: MachineName, veneer: list[str]) -> str:
+    """The persistent unit of the machine's console keeper (pure)."""
+    command, environment = _command_and_environment(layout, veneer)
+    return f"""\
+# Made by 'veneer enable {name}'; 'veneer disable {name}' removes it.
+[Unit]
+Description=veneer console of {name}
+BindsTo={unit_name(layout, name)}
+RequiresMountsFor={layout.root}
+
+[Service]
+Type=forking
+Slice={SLICE}
+{environment}ExecStart={command} _console {name}
+"""
+
+
+def unit_text(layout: Layout, name: MachineName, veneer: list[str]) -> str:
+    """The machine's persistent unit (pure but for reading its record: the limits)."""
+    limits = load_machine(layout, name).limits
+    command, environment = _command_and_environment(layout, veneer)
+    console_unit = console_unit_name(layout, name)
     stop_post = (
         f"{status_command(layout.boot_status(name))}; exec {reap_command(layout.root, layout.run)} {name}"
     )
-    properties = "".join(f"{p}\n" for p in limit_properties(limits))
+    properties = "".join(f"{p}\n" for p in [*limit_properties(limits), *console_properties(layout, name)])
     return f"""\
 # Made by 'veneer enable {name}'; 'veneer disable {name}' removes it.
 [Unit]
 Description=veneer machine {name}
 Documentation=man:systemd-nspawn(1)
 Wants=network-online.target
-After=network-online.target local-fs.target
+After=network-online.target local-fs.target {console_unit}
+Requires={console_unit}
 RequiresMountsFor={layout.root}
 PartOf=machines.target
 Before=machines.target
@@ -67,8 +97,7 @@ Type=notify
 Slice={SLICE}
 Delegate=yes
 KillMode=mixed
-{properties}Environment=VENEER_RUN={layout.run}
-{pythonpath}ExecStart={command} _boot {name}
+{properties}{environment}ExecStart={command} _boot {name}
 ExecStartPost={command} _started {name}
 ExecStopPost=/bin/sh -c {shlex.quote(stop_post)}
 # nspawn's exit status 133: the guest asked for a reboot (as systemd-nspawn@.service).
@@ -97,6 +126,7 @@ def enable_machine(layout: Layout, name: MachineName) -> Path:
     _require_systemd()
     unit = unit_name(layout, name)
     path = UNIT_DIR / unit
+    atomic_write(UNIT_DIR / console_unit_name(layout, name), console_unit_text(layout, name, veneer_argv()))
     atomic_write(path, unit_text(layout, name, veneer_argv()))
     run(["systemctl", "daemon-reload"])
     run(["systemctl", "enable", "--quiet", unit])
@@ -122,5 +152,6 @@ def disable_machine(layout: Layout, name: MachineName) -> bool:
     _require_systemd()
     run(["systemctl", "disable", "--quiet", unit])
     path.unlink()
+    (UNIT_DIR / console_unit_name(layout, name)).unlink(missing_ok=True)
     run(["systemctl", "daemon-reload"])
     return True

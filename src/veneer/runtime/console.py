@@ -28,27 +28,28 @@ LOG_LIMIT_BYTES = 4 << 20
 DETACH_KEY = "C-]"
 
 
-def settings_commands(*, reap: str) -> list[list[str]]:
+def settings_commands(*, reap: str | None) -> list[list[str]]:
     """The keeper's settings, as tmux commands run in the invocation that makes its session (pure).
 
     No settings file: a shared one was rewritten by every start, and a keeper starting meanwhile came up
     with tmux's defaults and no pane-died hook. remain-on-exit keeps a dead pane (and its exit status)
-    until the pane-died hook has reaped it.
+    until the pane-died hook has reaped it. Without `reap` (a terminal holder, see `holder_argv`) neither.
     """
-    quoted = reap.replace("'", "'\\''")
-    hook = f"run-shell -b '{quoted} #{{session_name}} #{{pane_dead_status}} #{{pane_dead_signal}}'"
-    return [
+    common = [
         ["set-option", "-g", "default-terminal", "xterm-256color"],
         ["set-option", "-g", "history-limit", "10000"],
-        ["set-option", "-g", "remain-on-exit", "on"],
         ["set-option", "-g", "status", "off"],
         ["set-option", "-g", "prefix", "None"],
         ["set-option", "-g", "prefix2", "None"],
         ["set-option", "-s", "exit-empty", "on"],
         ["set-option", "-g", "destroy-unattached", "off"],
         ["bind-key", "-n", DETACH_KEY, "detach-client"],
-        ["set-hook", "-g", "pane-died", hook],
     ]
+    if reap is None:
+        return common
+    quoted = reap.replace("'", "'\\''")
+    hook = f"run-shell -b '{quoted} #{{session_name}} #{{pane_dead_status}} #{{pane_dead_signal}}'"
+    return [*common, ["set-option", "-g", "remain-on-exit", "on"], ["set-hook", "-g", "pane-died", hook]]
 
 
 def _pane(name: str) -> str:
@@ -60,11 +61,16 @@ def tmux_argv(socket: Path, *args: str) -> list[str]:
     return ["tmux", "-S", os.fspath(socket), *args]
 
 
-def reap_command(root: Path, run: Path) -> str:
-    """The shell command the hook runs: this veneer, on this store, with the module path it runs from."""
+def internal_command(root: Path, run: Path, verb: str) -> str:
+    """A shell command that runs `verb` of this veneer, on this store, with the module path it runs from."""
     package_parent = Path(__file__).resolve().parents[2]
     env = [f"VENEER_RUN={run}", f"PYTHONPATH={package_parent}"]
-    return shlex.join(["env", *env, sys.executable, "-m", "veneer", "--root", os.fspath(root), "_reap"])
+    return shlex.join(["env", *env, sys.executable, "-m", "veneer", "--root", os.fspath(root), verb])
+
+
+def reap_command(root: Path, run: Path) -> str:
+    """The shell command the hook runs (`veneer _reap`)."""
+    return internal_command(root, run, "_reap")
 
 
 def log_pipe(log: Path, *, limit: int = LOG_LIMIT_BYTES) -> str:
@@ -113,6 +119,26 @@ def start_argv(
         "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
         "respawn-pane", "-k", "-t", _pane(name), *command, ";",
         "display-message", "-p", "-t", _pane(name), "#{pane_pid}",
+    )  # fmt: skip
+
+
+def holder_argv(
+    socket: Path, name: str, *, log: Path, link: Path, width: int = 160, height: int = 48
+) -> list[str]:
+    """One tmux invocation that starts a session whose pane only holds a terminal open, for nspawn run
+    elsewhere (a systemd unit's, `runtime.systemd_unit`) to take as its stdin and stdout: what nspawn
+    writes is logged and shown to `attach`, what is typed there is nspawn's input. `link` points at the
+    pane's terminal (/dev/pts/N) once the invocation returns; the server exits when the pane does.
+    """
+    settings = [part for command_ in settings_commands(reap=None) for part in (";", *command_)]
+    # Raw: a ^C typed before nspawn sets the terminal raw itself must reach nspawn, not kill the holder.
+    holder = "stty raw -echo && exec sleep infinity"
+    return tmux_argv(
+        socket, "-f", os.devnull,
+        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), holder,
+        *settings, ";",
+        "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
+        "run-shell", "-t", _pane(name), f"ln -sfn #{{pane_tty}} {shlex.quote(os.fspath(link))}",
     )  # fmt: skip
 
 

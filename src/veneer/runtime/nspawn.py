@@ -120,7 +120,7 @@ def nspawn_argv(spec: RunSpec) -> list[str]:
     if spec.interactive:
         argv += ["--console=interactive"]
     elif spec.boot:
-        # A booted init with no terminal kept (the systemd supervisor): its output goes to nspawn's
+        # A booted init with no terminal kept (both supervisors keep one now): its output goes to nspawn's
         # stdout, and a console shell gets a terminal that never ends its input (with a pipe it reads EOF
         # from /dev/null, exits, and busybox init respawns it without end).
         argv += ["--console=read-only"]

@@ -10,11 +10,15 @@ veneer's limits apply to it. `Type=notify`: nspawn reports the machine ready (th
 `--notify-ready=yes`, else as soon as its init runs). `KillMode=mixed`: `systemctl stop` sends SIGTERM to
 nspawn alone, which passes the guest's poweroff signal on, and SIGKILL to all only at the end.
 
-Console: the unit's output (nspawn's `--console=pipe`) goes to the journal, where `veneer logs` reads it
-(`journalctl -u`), bounded by journald's own limits. No terminal is kept: nspawn, the unit's main process,
-must stay systemd's direct child for notify, stop and machined, and a pty keeper in the unit would sit in
-the delegated cgroup's root, where nspawn's subgroups forbid processes. `veneer console` says so and
-points at `veneer shell`.
+Console: a companion unit, `veneer-console@NAME.service` (`console_unit_name`), holds a terminal for the
+machine: it runs veneer's console keeper (`runtime.console`, a tmux server of the machine's own) whose
+pane only holds a pseudo-terminal open (`holder_argv`) and logs what is written to it, as on standalone
+hosts. The machine's unit takes that terminal as nspawn's stdin and stdout (`StandardInput=file:`, a link
+in the run dir, `console_properties`) and nspawn runs with `--console=interactive`, so `veneer console`
+attaches to tmux and `veneer logs` reads its log. The keeper cannot sit in the machine's unit: nspawn
+must stay the unit's main process (notify, stop, machined) and the delegated cgroup's root must stay empty
+once nspawn has made subgroups. The companion is started before the machine and stopped after it, by the
+reap (ExecStopPost) and, for an enabled machine, by `BindsTo=` too; it costs a tmux server and a sleep.
 
 Never writes a cgroup itself: systemd owns the tree outside the unit.
 """
@@ -31,8 +35,8 @@ from pathlib import Path
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Limits
-from veneer.errors import MachineError
-from veneer.runtime.console import reap_command
+from veneer.runtime import console
+from veneer.runtime.console import internal_command, reap_command
 from veneer.runtime.nspawn import NSPAWN_ENV
 from veneer.runtime.supervisor import SupervisorKind
 from veneer.util import proc
@@ -46,6 +50,33 @@ def unit_name(layout: Layout, name: str) -> str:
     """`veneer-NAME.service`; another store's: `veneer-TAG-NAME.service` (see `Layout.cgroup`)."""
     group = layout.cgroup(name).split("/")[0]
     return f"{group}-{name}.service"
+
+
+def console_unit_name(layout: Layout, name: str) -> str:
+    """`veneer-console@NAME.service`, the machine's console keeper: no machine name holds an `@`."""
+    group = layout.cgroup(name).split("/")[0]
+    return f"{group}-console@{name}.service"
+
+
+def console_properties(layout: Layout, name: str) -> list[str]:
+    """The machine unit's properties that make the console keeper's terminal nspawn's stdio (pure).
+    `file:`, not `tty`: opened without taking it as controlling terminal, which tty-force would steal
+    from the holder's session, and again for each ExecStartPost and ExecStopPost, from nspawn's. One path
+    for both: systemd opens it once, read and write."""
+    tty = layout.console_tty(name)
+    return [f"StandardInput=file:{tty}", f"StandardOutput=file:{tty}", "StandardError=inherit"]
+
+
+def hold_console(layout: Layout, name: str) -> None:
+    """The console unit's ExecStart (`veneer _console NAME`): a fresh log, and the keeper holding a
+    terminal linked from `Layout.console_tty`; tmux's server stays (`Type=forking`)."""
+    tty = layout.console_tty(name)
+    tty.parent.mkdir(parents=True, exist_ok=True)  # the run dir is empty after a host reboot
+    tty.unlink(missing_ok=True)
+    layout.console_log(name).write_bytes(b"")
+    layout.console_log_previous(name).unlink(missing_ok=True)
+    console.kill_session(layout.console_socket(name), name)  # a keeper of a boot before, if any
+    proc.run(console.holder_argv(layout.console_socket(name), name, log=layout.console_log(name), link=tty))
 
 
 def limit_properties(limits: Limits) -> list[str]:
@@ -77,9 +108,11 @@ def run_argv(
     env: Mapping[str, str],
     stop_post: str,
     description: str,
+    console_properties: Sequence[str] = (),
 ) -> list[str]:
     """The systemd-run command line that starts the machine's unit (pure)."""
     properties = [
+        *console_properties,
         "Delegate=yes",
         "KillMode=mixed",
         f"TimeoutStopSec={STOP_TIMEOUT_SEC}",
@@ -97,19 +130,11 @@ def run_argv(
     ]  # fmt: skip
 
 
-def _split_cursor(output: str) -> tuple[str, str | None]:
-    """journalctl --show-cursor's output: the text, and the cursor from its last line."""
-    head, _, last = output.rstrip("\n").rpartition("\n")
-    if last.startswith("-- cursor: "):
-        return (head + "\n" if head else ""), last.removeprefix("-- cursor: ")
-    return output, None
-
-
 class SystemdUnits:
     """The systemd supervisor for the machines of one store."""
 
     kind = SupervisorKind.SYSTEMD
-    terminal = False
+    terminal = True
     registers = True
 
     def __init__(self, layout: Layout) -> None:
@@ -117,6 +142,19 @@ class SystemdUnits:
 
     def unit(self, name: str) -> str:
         return unit_name(self.layout, name)
+
+    def console_unit(self, name: str) -> str:
+        return console_unit_name(self.layout, name)
+
+    def _start_console(self, name: str) -> None:
+        """The console keeper's unit (transient), waited for: the terminal is there when it returns."""
+        command = internal_command(self.layout.root, self.layout.run, "_console")
+        proc.run(
+            ["systemd-run", f"--unit={self.console_unit(name)}", f"--slice={SLICE}",
+             "--service-type=forking", "--collect", "--quiet", f"--description=veneer console of {name}",
+             "--", "/bin/sh", "-c", f"exec {command} {shlex.quote(name)}"],
+            capture=True,
+        )  # fmt: skip
 
     def cgroup(self, name: str) -> str:
         # The container's part of the unit: nspawn (in `supervisor`) is killed by its pid, and the unit's
@@ -149,9 +187,11 @@ class SystemdUnits:
         # The unit of the last boot may still be there (its ExecStopPost finishing, or failed): it would
         # keep the name taken. The caller holds the machine's lock, so that ExecStopPost ends at once.
         self._stop_unit(name)
+        self._start_console(name)
         proc.run(
             run_argv(self.unit(name), launch, limits=limits, env=env, stop_post=stop_post,
-                     description=f"veneer machine {name}"),
+                     description=f"veneer machine {name}",
+                     console_properties=console_properties(layout, name)),
             capture=True,
         )  # fmt: skip
 
@@ -184,9 +224,12 @@ class SystemdUnits:
             time.sleep(0.05)
 
     def _stop_unit(self, name: str, *, wait: bool = True) -> None:
+        # The machine's unit first: the console keeper holds its terminal until nspawn is gone.
         block = [] if wait else ["--no-block"]
-        proc.run(["systemctl", "stop", *block, self.unit(name)], check=False, capture=True)
-        proc.run(["systemctl", "reset-failed", self.unit(name)], check=False, capture=True)
+        units = [self.unit(name), self.console_unit(name)]
+        for unit in units:
+            proc.run(["systemctl", "stop", *block, unit], check=False, capture=True)
+        proc.run(["systemctl", "reset-failed", *units], check=False, capture=True)
 
     def _inside_unit(self, name: str) -> bool:
         """Whether this process runs in the unit (its ExecStopPost), which must not wait for the unit."""
@@ -200,8 +243,9 @@ class SystemdUnits:
         # Waits for the unit to be gone (its ExecStopPost's `veneer _reap` finds the caller's lock taken
         # and ends at once), unless this is that ExecStopPost.
         self._stop_unit(name, wait=not self._inside_unit(name))
-        with contextlib.suppress(FileNotFoundError):
-            self.layout.boot_status(name).unlink()
+        for path in (self.layout.boot_status(name), self.layout.console_tty(name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def remove_cgroups(self, name: str) -> None:
         pass  # systemd removes the unit's cgroup with the unit
@@ -218,37 +262,11 @@ class SystemdUnits:
         unit = self.unit(name) if boot else self.unit(name).removesuffix(".service") + ".scope"
         return f"{SLICE}/{unit}"
 
-    def _journal_argv(self, name: str) -> list[str]:
-        return ["journalctl", f"--unit={self.unit(name)}", "--output=cat", "--no-pager", "--quiet"]
-
     def read_log(self, name: str, *, lines: int | None) -> bytes:
-        if lines == 0:
-            return b""
-        argv = [*self._journal_argv(name), *([] if lines is None else [f"--lines={lines}"])]
-        return proc.run(argv, capture=True, check=False).stdout.encode()
+        return console.read_log(self.layout.console_log(name), lines=lines)
 
     def follow_log(self, name: str, *, lines: int | None, running: Callable[[], bool]) -> Iterator[bytes]:
-        base = [*self._journal_argv(name), "--show-cursor"]
-        first = proc.run(
-            [*base, *([] if lines is None else [f"--lines={lines}"])], capture=True, check=False
-        )
-        text, cursor = _split_cursor(first.stdout)
-        yield text.encode()
-        while True:
-            alive = running()
-            after = [f"--after-cursor={cursor}"] if cursor else []
-            text, new = _split_cursor(proc.run([*base, *after], capture=True, check=False).stdout)
-            if new:
-                cursor = new
-                if text:
-                    yield text.encode()
-            if not alive:
-                return
-            time.sleep(0.5)
+        return console.follow_log(self.layout.console_log(name), lines=lines, running=running)
 
     def console_argv(self, name: str) -> list[str]:
-        raise MachineError(
-            f"Machine '{name}' has no attachable console on this host: systemd keeps it as the unit "
-            f"{self.unit(name)}, whose console goes to the journal",
-            hint=f"Use 'veneer shell {name}' for a shell, 'veneer logs -f {name}' for its console output.",
-        )
+        return console.attach_argv(self.layout.console_socket(name), name)
