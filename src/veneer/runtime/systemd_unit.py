@@ -18,7 +18,8 @@ in the run dir, `console_properties`) and nspawn runs with `--console=interactiv
 attaches to tmux and `veneer logs` reads its log. The keeper cannot sit in the machine's unit: nspawn
 must stay the unit's main process (notify, stop, machined) and the delegated cgroup's root must stay empty
 once nspawn has made subgroups. The companion is started before the machine and stopped after it, by the
-reap (ExecStopPost) and, for an enabled machine, by `BindsTo=` too; it costs a tmux server and a sleep.
+reap (ExecStopPost) and, for an enabled machine, by `BindsTo=` too. It costs a tmux server, the holder's
+`sleep` and the log loop: 1.19 MB private per machine (bench/README.md, `supervisors`).
 
 Never writes a cgroup itself: systemd owns the tree outside the unit.
 """
