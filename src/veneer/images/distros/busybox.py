@@ -62,10 +62,11 @@ INITTAB = """\
 # ctrl-alt-del (`machinectl reboot`). busybox `poweroff`, `halt` and `reboot` signal PID 1 and are passed
 # on too. busybox init's poweroff kills every process but PID 1, then calls reboot(2), which ends PID 1.
 #
-# busybox init sets its handlers before it starts its first child (the console shell): a signal is held
-# back until then, as the default action of one that came earlier would end busybox init. A background
-# job of a script gets /dev/null as its input, unless redirected: the console, saved in fd 3, is given
-# back. (It also ignores SIGINT and SIGQUIT, for which busybox init sets handlers of its own and which it
+# A signal is held back until busybox init takes them (its /proc status says so), as the default action
+# of one that came earlier would end busybox init. (Waiting for its first child instead missed a signal
+# sent while the console shell was being respawned: the shell of a closed console lives milliseconds.)
+# A background job of a script gets /dev/null as its input, unless redirected: the console, saved in fd 3,
+# is given back. (It also ignores SIGINT and SIGQUIT, for which busybox init sets handlers of its own and which it
 # resets for the console shell.) Waiting, the shell reaps every child, so the orphans the machine's
 # processes leave to PID 1 too. Should busybox init end otherwise (killed), PID 1 ends with it: the
 # machine powers off.
@@ -73,12 +74,22 @@ INIT = """\
 #!/bin/sh
 # /sbin/init of a busybox image made by veneer: see veneer/images/distros/busybox.py.
 pass() {
-    children=/proc/$init/task/$init/children
-    while [ -e "$children" ] && [ -z "$(cat "$children")" ]; do
+    while unready; do
         usleep 20000
     done
     kill -"$1" "$init" 2>/dev/null
 }
+# Succeeds while busybox init runs but does not take SIGUSR2 yet: it blocks its signals (SigBlk, bit 12)
+# and takes them with sigtimedwait, which unblocks them while it waits (its wchan).
+unready() {
+    taken=0
+    while read -r key mask; do
+        case $key in SigBlk: | SigCgt:) taken=$((taken | 0x$mask)) ;; esac
+    done < /proc/$init/status || return 1
+    [ $((taken & 0x800)) -eq 0 ] || return 1
+    read -r waiting < /proc/$init/wchan
+    case $waiting in *sigtimedwait*) return 1 ;; esac
+} 2>/dev/null
 trap 'pass USR2' USR2 37 38
 trap 'pass USR1' USR1
 trap 'pass TERM' TERM 39
