@@ -81,11 +81,13 @@ def test_copy_then_move_keeps_files_owners_and_sends_only_missing_layers(
     local, remote = busybox, second_store
     wrapper = remote_wrapper(remote, tmp_path / "veneer-remote")
     local.veneer("create", "m1", "--from", "bb", "--network", "none")
-    # A hard link, a fifo, a symlink, a whiteout (inittab), an opaque directory (/usr/lib made anew).
+    # A hard link, a fifo, a symlink, a whiteout (inittab), an opaque directory (/usr/lib made anew, with
+    # the image's init kept).
     script = ("mkdir -p /srv/data && echo hello > /srv/data/a && chown 1000:1001 /srv/data/a && "
               "ln /srv/data/a /srv/data/hard && mknod /srv/fifo p && ln -s /etc/passwd /srv/link && "
-              "rm /etc/inittab && cp /usr/lib/os-release /os && rm -rf /usr/lib && mkdir /usr/lib && "
-              "mv /os /usr/lib/os-release && echo new > /usr/lib/only")  # fmt: skip
+              "rm /etc/inittab && cp /usr/lib/os-release /os && cp -a /usr/lib/veneer /v && "
+              "rm -rf /usr/lib && mkdir /usr/lib && mv /os /usr/lib/os-release && mv /v /usr/lib/veneer && "
+              "echo new > /usr/lib/only")  # fmt: skip
     local.veneer("run", "--network", "none", "m1", "--", "sh", "-c", script)
     base = int(str(local.machine_json("m1")["uid_base"]))
     upper = local.upper("m1")
@@ -113,7 +115,7 @@ def test_copy_then_move_keeps_files_owners_and_sends_only_missing_layers(
     assert os.getxattr(got / "usr/lib", "trusted.overlay.opaque") == b"y"
     script = "cat /srv/data/a; ls /usr/lib; test -e /etc/inittab || echo gone"
     seen = remote.veneer("run", "--network", "none", "c1", "--", "sh", "-c", script).stdout
-    assert seen.split() == ["hello", "only", "os-release", "gone"]
+    assert seen.split() == ["hello", "only", "os-release", "veneer", "gone"]
 
     # The image's layer is there now: a move sends none, and removes the machine here once it arrived.
     local.veneer("clone", "m1", "m2")

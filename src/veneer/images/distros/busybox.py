@@ -66,8 +66,8 @@ INITTAB = """\
 # of one that came earlier would end busybox init. (Waiting for its first child instead missed a signal
 # sent while the console shell was being respawned: the shell of a closed console lives milliseconds.)
 # A background job of a script gets /dev/null as its input, unless redirected: the console, saved in fd 3,
-# is given back. (It also ignores SIGINT and SIGQUIT, for which busybox init sets handlers of its own and which it
-# resets for the console shell.) Waiting, the shell reaps every child, so the orphans the machine's
+# is given back. (It also ignores SIGINT and SIGQUIT, for which busybox init sets handlers of its own and
+# which it resets for the console shell.) Waiting, the shell reaps every child, so the orphans the machine's
 # processes leave to PID 1 too. Should busybox init end otherwise (killed), PID 1 ends with it: the
 # machine powers off.
 INIT = """\
