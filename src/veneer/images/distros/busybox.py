@@ -74,8 +74,10 @@ INIT = """\
 #!/bin/sh
 # /sbin/init of a busybox image made by veneer: see veneer/images/distros/busybox.py.
 pass() {
-    while unready; do
+    tries=250  # 5 s at most: past that, the signal goes as it is
+    while [ "$tries" -gt 0 ] && unready; do
         usleep 20000
+        tries=$((tries - 1))
     done
     kill -"$1" "$init" 2>/dev/null
 }
