@@ -6,6 +6,7 @@ on a systemd host in a VM (test_systemd_supervisor.py).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 def verify(unit: Path) -> proc.Completed:
     # --man=no: whether man pages of the unit's Documentation= are installed is the host's business.
-    return proc.run(["systemd-analyze", "verify", "--man=no", str(unit)], check=False, capture=True)
+    env = {"SYSTEMD_UNIT_PATH": f"{unit.parent}:"}  # the machine's console unit beside it
+    return proc.run(["systemd-analyze", "verify", "--man=no", str(unit)], check=False, capture=True, env=env)
 
 
 def test_enable_prints_a_unit_that_systemd_accepts(busybox: Store, tmp_path: Path) -> None:
@@ -27,8 +29,15 @@ def test_enable_prints_a_unit_that_systemd_accepts(busybox: Store, tmp_path: Pat
     refused = store.veneer("enable", "b1", ok=(1,))
     assert "cannot start at host boot here" in refused.stderr and "--print" in refused.stderr
     store.veneer("set", "b1", "--memory", "64M", "--pids", "64")
-    printed = store.veneer("enable", "b1", "--print").stdout
-    unit = tmp_path / "veneer-b1.service"
+    # Two units, each after a comment naming its file: the machine's, then its console's.
+    machine_unit, console_unit = re.split(
+        r"\n# \S+/(?=\S+-console@)", store.veneer("enable", "b1", "--print").stdout
+    )
+    console_name, console_text = console_unit.split("\n", 1)
+    (tmp_path / console_name).write_text(console_text)
+    machine_name = machine_unit.split("\n", 1)[0].rsplit("/", 1)[1]
+    printed = machine_unit
+    unit = tmp_path / machine_name
     unit.write_text(printed)
     result = verify(unit)
     assert result.returncode == 0, result.stderr
