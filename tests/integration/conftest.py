@@ -12,13 +12,14 @@ systemd's newest does (.mstack).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.helpers import Store, private_store
-from tests.integration.registries import BuiltImages, build_test_images
+from tests.integration.registries import BuiltImages, build_test_images, remove_podman_storage
 from tests.integration.vms import (
     GUEST_DEBIAN_TREE,
     SID,
@@ -135,3 +136,13 @@ def debian_vm(systemd_vm: VirtualMachine) -> VirtualMachine:
     tests must not change it."""
     systemd_vm.veneer("image", "create", "deb", "--from-dir", GUEST_DEBIAN_TREE)
     return systemd_vm
+
+
+@pytest.fixture
+def podman_storage() -> Iterator[Path]:
+    """A podman store of the test's own; in /tmp since podman refuses a run root over 50 characters."""
+    storage = Path(tempfile.mkdtemp(prefix="veneer-podman-"))
+    try:
+        yield storage
+    finally:
+        remove_podman_storage(storage)

@@ -5,7 +5,6 @@ and exported, then run by podman, which must behave as it does with the original
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from tests.integration.registries import (
     BUSYBOX_APPLETS,
     Registry,
     podman,
-    remove_podman_storage,
     run_registry,
 )
 from veneer.util import proc
@@ -87,15 +85,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory, app_layout: Path) -> Iter
         running.push(f"oci:{app_layout}:once", "app/demo:once")
         running.push(f"oci:{app_layout}:serve", "app/demo:serve")
         yield running
-
-
-@pytest.fixture
-def podman_storage() -> Iterator[Path]:
-    storage = Path(tempfile.mkdtemp(prefix="veneer-podman-"))
-    try:
-        yield storage
-    finally:
-        remove_podman_storage(storage)
 
 
 def pull(store: Store, registry: Registry, tag: str) -> None:

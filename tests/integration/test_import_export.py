@@ -8,15 +8,13 @@ import json
 import os
 import stat
 import tarfile
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.helpers import Store
 from tests.integration.layouts import stack
-from tests.integration.registries import BUSYBOX_APPLETS, BuiltImages, podman, remove_podman_storage
+from tests.integration.registries import BUSYBOX_APPLETS, BuiltImages, podman
 from veneer.util import proc
 
 pytestmark = [pytest.mark.root]
@@ -35,16 +33,6 @@ def busybox_tree(path: Path, *, marker: str) -> Path:
         (path / "bin" / applet).symlink_to("busybox")
     (path / "etc" / "hello").write_text(f"{marker}\n")
     return path
-
-
-@pytest.fixture
-def podman_storage() -> Iterator[Path]:
-    """A podman store of the test's own; in /tmp since podman refuses a run root over 50 characters."""
-    storage = Path(tempfile.mkdtemp(prefix="veneer-podman-"))
-    try:
-        yield storage
-    finally:
-        remove_podman_storage(storage)
 
 
 def test_import_oci_layout_archive_and_docker_archive_share_layers(
