@@ -13,6 +13,7 @@ from veneer.runtime.systemd_unit import (
     limit_properties,
     run_argv,
     status_command,
+    unit_ended,
     unit_name,
 )
 from veneer.util import proc
@@ -84,6 +85,22 @@ def test_stop_post_records_nspawns_exit_status(tmp_path: Path, code: str, status
     target = tmp_path / "status"
     proc.run(["sh", "-c", status_command(target)], env={"EXIT_CODE": code, "EXIT_STATUS": status})
     assert target.read_text().strip() == written
+
+
+@pytest.mark.parametrize(
+    ("state", "ended"),
+    [
+        ({"LoadState": "loaded", "ActiveState": "inactive", "Job": "4711"}, False),  # its start job queued
+        ({"LoadState": "loaded", "ActiveState": "activating"}, False),
+        ({"LoadState": "loaded", "ActiveState": "active", "Job": ""}, False),
+        ({"LoadState": "loaded", "ActiveState": "inactive", "Job": ""}, True),
+        ({"LoadState": "loaded", "ActiveState": "inactive"}, True),
+        ({"LoadState": "loaded", "ActiveState": "failed", "Job": "4712"}, True),
+        ({"LoadState": "not-found", "ActiveState": "inactive"}, True),  # collected
+    ],
+)
+def test_a_unit_whose_start_job_waits_has_not_ended(state: dict[str, str], ended: bool) -> None:
+    assert unit_ended(state) is ended
 
 
 def test_doctor_names_the_supervisor_and_flags_a_host_where_it_cannot_work() -> None:

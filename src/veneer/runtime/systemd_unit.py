@@ -131,6 +131,16 @@ def run_argv(
     ]  # fmt: skip
 
 
+def unit_ended(state: Mapping[str, str]) -> bool:
+    """Whether a unit started with `--no-block` has ended, from `systemctl show` (pure). Until its start
+    job runs it is "inactive" with the job pending: on a busy host (ten machines started at once) that
+    lasts long enough to be taken for an end."""
+    if state.get("LoadState") == "not-found" or state.get("ActiveState") == "failed":
+        return True
+    job = state.get("Job", "")
+    return state.get("ActiveState") == "inactive" and not (job.isdigit() and job != "0")
+
+
 class SystemdUnits:
     """The systemd supervisor for the machines of one store."""
 
@@ -208,8 +218,7 @@ class SystemdUnits:
         return int(pid) if pid.isdigit() and pid != "0" else None
 
     def ended(self, name: str) -> bool:
-        state = self._show(name, "ActiveState", "LoadState")
-        return state.get("LoadState") == "not-found" or state.get("ActiveState") in ("inactive", "failed")
+        return unit_ended(self._show(name, "ActiveState", "LoadState", "Job"))
 
     def ready(self, name: str) -> bool | None:
         return self._show(name, "ActiveState").get("ActiveState") == "active"
