@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.helpers import Store
 from tests.integration.test_ansible_ssh import SshHost, second_store, ssh_host
-from veneer.util import proc
+from veneer.util import proc, procfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -164,7 +164,9 @@ def test_cut_short_transfer_leaves_nothing_on_either_side(
         assert proc.wait_until(
             lambda: bool(list((remote.root / ".staging").glob("receive-m1-*"))), timeout=60
         )
-        ssh = [pid for pid in proc.child_pids(sender.pid) if "ssh" in Path(f"/proc/{pid}/comm").read_text()]
+        ssh = [
+            pid for pid in procfs.child_pids(sender.pid) if "ssh" in Path(f"/proc/{pid}/comm").read_text()
+        ]
         assert len(ssh) == 1
         os.kill(ssh[0], signal.SIGKILL)
         _, err = sender.communicate()

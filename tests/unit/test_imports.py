@@ -55,6 +55,14 @@ LAZY_IMPORTS = {
     ("veneer.network.ipam", "veneer.network.netlink"),
     ("veneer.machines.recovery", "veneer.rebase"),
     ("veneer.machines.recovery", "veneer.rebase.journal"),
+    # Reading the store (the listings) loads no subprocess: only removing a tree runs commands, and only a
+    # sweep that finds a dead command's leftovers waits for them.
+    ("veneer.util.fs", "veneer.util.proc"),
+    ("veneer.util.staging", "veneer.util.proc"),
+    # A machine's accounts are read through ctypes (openat2) and its init is recognized when it boots; a
+    # listing does neither.
+    ("veneer.machines.guest", "veneer.util.inroot"),
+    ("veneer.machines.guest", "veneer.images.distros.busybox"),
     # The supervisor of this host, one of two (as the distributions' registry).
     ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
     ("veneer.runtime.supervisor", "veneer.runtime.keeper"),

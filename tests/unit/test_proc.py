@@ -4,7 +4,8 @@ import pytest
 
 from veneer.errors import CommandFailed
 from veneer.util import proc
-from veneer.util.proc import child_pids, spawn
+from veneer.util.proc import spawn
+from veneer.util.procfs import child_pids
 
 
 def test_child_pids_lists_a_running_child_and_nothing_for_a_gone_process() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -185,6 +184,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _setup_logging(debug: bool) -> None:
+    import logging  # not for `--help`, which has ended before this
+
     # Progress messages go to a terminal only: when stderr is piped veneer is quiet but for warnings.
     level = logging.DEBUG if debug else logging.INFO if sys.stderr.isatty() else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
@@ -267,6 +268,8 @@ def _drop_stdout() -> None:
 
 def _report(error: Error, debug: bool) -> None:
     if debug:
+        import logging
+
         logging.getLogger("veneer").debug("Traceback", exc_info=error)
     print(f"veneer: {error.message}", file=sys.stderr)
     if error.hint:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veneer.cli.output import human_size, print_json, print_table, when
-from veneer.cli.progress import stderr_progress
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.layout import Layout
 from veneer.config.settings import (
@@ -24,8 +22,6 @@ from veneer.errors import UsageError
 if TYPE_CHECKING:
     from veneer.images.registry import Credentials
     from veneer.images.runconfig import RunConfig
-
-logger = logging.getLogger(__name__)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -214,7 +210,9 @@ def _pull_credentials(args: argparse.Namespace) -> Credentials | None:
     if args.username:
         raise UsageError("--username needs --password-stdin", hint="Pass the password on stdin.")
     if args.creds:
-        logger.warning(
+        import logging
+
+        logging.getLogger(__name__).warning(
             "--creds shows the password in the process list: prefer --username USER --password-stdin "
             "or --authfile FILE."
         )
@@ -223,6 +221,7 @@ def _pull_credentials(args: argparse.Namespace) -> Credentials | None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.images.bootstrap import BuildSpec, Provisioning, SourceKind, build_tree
     from veneer.images.store import create_image
 
@@ -269,6 +268,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.images.oci import parse_platform
     from veneer.images.pull import PullSpec, pull_image
 
@@ -287,6 +287,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.images.importers import ImportSpec, import_image
     from veneer.images.oci import parse_platform
 
@@ -303,6 +304,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.images.export import ExportFormat, export_image
 
     fmt = ExportFormat(args.fmt)
@@ -321,6 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_machine(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.images.mstack import MstackOwner
     from veneer.machines.export import MachineExportFormat, export_machine
 
@@ -432,6 +435,7 @@ def _update_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.cli.rebase import rebase_and_print
     from veneer.machines.revisions import update_image
     from veneer.machines.run import RunOptions
@@ -478,6 +482,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_squash(args: argparse.Namespace) -> int:
+    from veneer.cli.progress import stderr_progress
     from veneer.images.store import load_image
     from veneer.machines.revisions import squash_image
 

@@ -34,7 +34,6 @@ Runtime root (`VENEER_RUN`, default /run/veneer):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +177,8 @@ class Layout:
         host (cgroups, the nat bridge, the nftables table), so two stores never share or remove them."""
         if self.root == DEFAULT_ROOT:
             return ""
+        import hashlib  # loads OpenSSL: a few ms every command would pay for the default store's ""
+
         return hashlib.sha256(os.fsencode(self.root)).hexdigest()[:8]
 
     def cgroup(self, name: str) -> str:

@@ -48,8 +48,7 @@ from veneer.machines.state import (
 from veneer.overlay.mount import is_mounted
 from veneer.runtime import cgroups
 from veneer.runtime.supervisor import Supervisor, supervisor_for
-from veneer.util.proc import child_pids
-from veneer.util.procfs import wait_for_exit
+from veneer.util.procfs import child_pids, wait_for_exit
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veneer.errors import MachineError
-from veneer.images.distros.busybox import INIT_PATH as BUSYBOX_INIT_PATH
-from veneer.util.inroot import read_in_root
-from veneer.util.proc import child_pids
+from veneer.util.procfs import child_pids
 
 ACCOUNTS_LIMIT_BYTES = 16 << 20
 
@@ -80,7 +78,10 @@ def detect_init(root: Path) -> InitKind:
     name = init.name
     if name == "systemd" or "systemd" in init.parts[-3:-1]:
         return InitKind.SYSTEMD
-    # veneer's busybox images have an init of their own (busybox.INIT), older ones busybox's.
+    # veneer's busybox images have an init of their own (busybox.INIT), older ones busybox's. Imported
+    # here: the builder's module is not for the listings and runs that load this one.
+    from veneer.images.distros.busybox import INIT_PATH as BUSYBOX_INIT_PATH
+
     if name == "busybox" or init == root / BUSYBOX_INIT_PATH:
         return InitKind.BUSYBOX
     if name == "init" and (root / "etc/inittab").exists():
@@ -103,6 +104,8 @@ def find_leader(nspawn_pid: int) -> int | None:
 
 def read_account_file(root: Path, path: str) -> str:
     """A file of the machine as the machine sees it (`read_in_root`): no symlink leads to the host's."""
+    from veneer.util.inroot import read_in_root  # ctypes: only for the verbs that read accounts
+
     try:
         return read_in_root(root, path, limit=ACCOUNTS_LIMIT_BYTES).decode(errors="replace")
     except FileNotFoundError:

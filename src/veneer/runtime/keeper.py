@@ -21,8 +21,7 @@ from veneer.config.settings import Limits
 from veneer.runtime import cgroups, console
 from veneer.runtime.nspawn import NSPAWN_ENV, NSPAWN_STATE_DIR, launch_argv, needs_private_state_dir
 from veneer.runtime.supervisor import SupervisorKind
-from veneer.util.proc import child_pids
-from veneer.util.procfs import process_start_time
+from veneer.util.procfs import child_pids, process_start_time
 
 
 def unless_stopping(stop_request: os.PathLike[str], command: str) -> str:

@@ -10,14 +10,12 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from veneer.errors import MachineBusy
 from veneer.util.mountinfo import load_mountinfo
-from veneer.util.proc import run
 
 
 def random_hex(nbytes: int) -> str:
@@ -38,7 +36,9 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
     """Replace `path` with `data` so readers see either the old or the new content, never a part; and,
     if `durable`, so a power cut leaves one or the other too (runtime state under /run need not)."""
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # As tempfile.mkstemp does it (tempfile costs every command milliseconds to import).
+    tmp = path.parent / f".{path.name}.{random_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -116,6 +116,8 @@ def remove_tree(path: Path) -> None:
     """
     if not os.path.lexists(path):
         return
+    from veneer.util.proc import run  # subprocess: not for the verbs that only read the store
+
     for point in mount_points_under(path):
         run(["umount", "--lazy", point], check=False, capture=True)
     result = run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False, capture=True)

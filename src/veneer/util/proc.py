@@ -15,9 +15,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from veneer.errors import CommandFailed
+from veneer.util.procfs import child_pids
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +254,6 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, interval: float
             return False
         time.sleep(interval)
     return True
-
-
-def child_pids(pid: int) -> list[int]:
-    """The children of process `pid` (of its main thread), oldest first; none if it is gone."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def spawn_piped(

@@ -36,3 +36,11 @@ def wait_for_exit(pid: int, start_time: int, *, timeout: float) -> bool:
         return bool(select.select([pidfd], [], [], timeout)[0])
     finally:
         os.close(pidfd)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process `pid` (of its main thread), oldest first; none if it is gone."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from veneer.util.fs import locked, make_private_dir, random_hex, remove_tree, try_lock
-from veneer.util.proc import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,8 @@ def sweep_staging(staging: Path) -> list[str]:
         fd = try_lock(entry)
         if fd is None and entry.is_dir():
             continue  # still being built (or deleted) by a live command
+        from veneer.util.proc import wait_until  # loaded for leftovers only: a listing has none to sweep
+
         try:
             # A helper of the dead command may still be writing there for a moment (it gets SIGKILL
             # when its parent dies): try again briefly, then leave the rest to the next sweep.
