@@ -55,6 +55,9 @@ class Scratch:
 
     scratch: Path
     cleanups: contextlib.ExitStack
+    # The interpreter that runs veneer (and the `python3 -c pass` it is compared with): the harness's own
+    # unless a script takes `--python` (README, "startup": site hooks differ between installations).
+    python: Path = Path(sys.executable)
     setup_seconds: dict[str, float] = field(default_factory=dict)
     cleanup_failures: list[str] = field(default_factory=list)
 
@@ -67,7 +70,7 @@ class Scratch:
         return self.scratch / "run"
 
     def veneer_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "veneer", *args]
+        return [os.fspath(self.python), "-m", "veneer", *args]
 
     def veneer_env(self) -> dict[str, str]:
         """The checkout's veneer, against the run's own store."""
@@ -456,6 +459,17 @@ def first_line(argv: Sequence[str]) -> str:
         return "unknown"
 
 
+def python_info(python: Path) -> dict[str, Any]:
+    """The interpreter that ran veneer: its version and the site hooks (`.pth` files) that each start of
+    it runs, which `python3 -c pass` pays as well (README, "startup")."""
+    code = (
+        "import glob, site, sys; print(sys.version.split()[0]); "
+        "print(*sorted(p for d in site.getsitepackages() for p in glob.glob(d + '/*.pth')))"
+    )
+    version, hooks = (run([python, "-c", code], capture=True).stdout.splitlines() + ["", ""])[:2]
+    return {"path": os.fspath(python), "version": version, "site_hooks": hooks.split()}
+
+
 def fs_type(path: Path) -> str:
     best, kind = "", "unknown"
     for line in Path("/proc/self/mounts").read_text().splitlines():
@@ -479,7 +493,7 @@ def machine_info(scratch: Path) -> dict[str, Any]:
         # Other work on the host adds noise to every contender alike (they take turns); worth knowing.
         "loadavg_at_end": loadavg(),
         "scratch_fs": fs_type(scratch),
-        "python": platform.python_version(),
+        "python": platform.python_version(),  # the harness's; see "veneer_python" where scripts record it
         "veneer_git": git.stdout.strip() or "unknown",
     }
 

@@ -54,6 +54,7 @@ from harness import (
     mounts_under,
     podman_flags,
     process_name,
+    python_info,
     raise_on_sigterm,
     save_report,
     scratch_dir,
@@ -1145,7 +1146,7 @@ def startup_contenders(bench: Bench, bases: Bases) -> list[Contender]:
         Command("veneer --help", lambda: bench.veneer("--help")),
         VeneerListing(bench, bases, "list"),
         VeneerListing(bench, bases, "status"),
-        Command("python3 -c pass", lambda: run([sys.executable, "-c", "pass"], capture=True)),
+        Command("python3 -c pass", lambda: run([bench.python, "-c", "pass"], capture=True)),
     ]
 
 
@@ -1287,6 +1288,7 @@ def summarize(benchmark: Benchmark, samples: list[Samples]) -> dict[str, Any]:
 def host_info(bench: Bench) -> dict[str, Any]:
     return {
         **machine_info(bench.scratch),
+        "veneer_python": python_info(bench.python),
         "systemd_nspawn": first_line(["systemd-nspawn", "--version"]),
         "podman": first_line(["podman", "--version"]),
         "podman_flags": {"global": bench.podman_flags()[0], "run": bench.podman_flags()[1]},
@@ -1309,6 +1311,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions per contender (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
+    parser.add_argument(
+        "--python",
+        type=Path,
+        default=Path(sys.executable),
+        help="the interpreter that runs veneer and `python3 -c pass` (default: the one running this script)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1320,6 +1328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeat < 1:
         print("bench: --repeat must be at least 1", file=sys.stderr)
         return 2
+    if not os.access(args.python, os.X_OK):
+        print(f"bench: --python {args.python}: not an executable file", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     unknown = set(args.only or ()) - {b.name for b in BENCHMARKS}
     if unknown:
@@ -1328,7 +1339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = [b for b in BENCHMARKS if args.only is None or b.name in args.only]
     started, load_at_start = time.time(), loadavg()
     with scratch_dir() as scratch, contextlib.ExitStack() as cleanups:
-        bench = Bench(scratch=scratch, quick=args.quick, cleanups=cleanups)
+        bench = Bench(scratch=scratch, quick=args.quick, cleanups=cleanups, python=args.python)
         # Registered first, so it runs last, once every machine of the run's store is gone.
         bench.defer(lambda: remove_store_cgroups(bench), "remove the store's cgroup group")
         bases = Bases(bench)
@@ -1348,6 +1359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "only": args.only,
                 "repeat": args.repeat,
                 "warmup": args.warmup,
+                "python": os.fspath(args.python),
             },
             "host": {**host_info(bench), "loadavg_at_start": load_at_start},
             "bases": bench.base_info,
