@@ -63,6 +63,13 @@ LAZY_IMPORTS = {
     # listing does neither.
     ("veneer.machines.guest", "veneer.util.inroot"),
     ("veneer.machines.guest", "veneer.images.distros.busybox"),
+    # start and stop share a module, not their machinery: a start loads the launch (nspawn's command line,
+    # the network, an application image's run config), a stop the exec into the machine.
+    ("veneer.machines.boot", "veneer.machines.launch"),
+    ("veneer.machines.boot", "veneer.machines.netsetup"),
+    ("veneer.machines.boot", "veneer.machines.app"),
+    ("veneer.machines.boot", "veneer.images.runconfig"),
+    ("veneer.machines.boot", "veneer.machines.inside"),
     # The supervisor of this host, one of two (as the distributions' registry).
     ("veneer.runtime.supervisor", "veneer.runtime.systemd_unit"),
     ("veneer.runtime.supervisor", "veneer.runtime.keeper"),

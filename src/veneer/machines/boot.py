@@ -17,16 +17,12 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veneer.config.layout import Layout
 from veneer.config.settings import MachineName
 from veneer.errors import Error, MachineBusy, MachineError, MachineRunning
-from veneer.images.runconfig import signal_number
-from veneer.machines.app import AppProcess, image_run_config, resolve_app
 from veneer.machines.guest import InitKind, detect_init, find_leader, has_init
-from veneer.machines.inside import exec_in_machine
-from veneer.machines.launch import prepare_launch
-from veneer.machines.netsetup import configure_address
 from veneer.machines.recovery import (
     end_boot,
     machine_lock,
@@ -49,6 +45,12 @@ from veneer.overlay.mount import is_mounted
 from veneer.runtime import cgroups
 from veneer.runtime.supervisor import Supervisor, supervisor_for
 from veneer.util.procfs import child_pids, wait_for_exit
+
+if TYPE_CHECKING:
+    from veneer.machines.app import AppProcess
+
+# Each verb imports its own machinery where it is used, so neither loads the other's: a start the launch
+# (nspawn's command line, the network, the image's run config), a stop the exec into the machine.
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ def start_machine(
     supervisor = supervisor_for(layout)
     if supervisor.enabled(name):
         return _start_enabled(layout, supervisor, name, wait=wait, timeout=timeout)
+    from veneer.machines.launch import prepare_launch
+    from veneer.machines.netsetup import configure_address
+
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         layout.stop_request(name).unlink(missing_ok=True)  # of a stop that died before it ended
@@ -119,6 +124,8 @@ def _boot_plan(layout: Layout, record: MachineRecord, root: Path) -> tuple[InitK
     """What a start runs in the mounted machine: its init, or, in an image without one that names a
     command (an application image), that command as nspawn's PID 2."""
     if not has_init(root):
+        from veneer.machines.app import image_run_config, resolve_app
+
         config = image_run_config(layout, record)
         if config is not None and config.command:
             return InitKind.APP, resolve_app(root, config)
@@ -145,6 +152,8 @@ def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
     """Run by an enabled machine's unit (ExecStart, `veneer _boot`): set the machine up as `start` does,
     and return nspawn's command line for the caller to exec, so that nspawn is the unit's main process
     (the pid recorded here). The lock is let go first: nspawn must not inherit it."""
+    from veneer.machines.launch import prepare_launch
+
     with machine_lock(layout, name):
         refuse_if_running(layout, name)
         record = load_machine(layout, name)
@@ -173,6 +182,8 @@ def boot_in_unit(layout: Layout, name: MachineName) -> list[str]:
 def configure_started(layout: Layout, name: MachineName, *, timeout: float = START_TIMEOUT) -> None:
     """Run by an enabled machine's unit once nspawn runs (ExecStartPost, `veneer _started`): what `start`
     does from the host once the container exists (its address on the nat network)."""
+    from veneer.machines.netsetup import configure_address
+
     with machine_lock(layout, name):
         runtime = load_runtime(layout, name)
         if runtime is None or not is_alive(runtime):
@@ -290,6 +301,8 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
         if init is InitKind.APP:
             _signal_app(layout, name, runtime.pid)
         elif command is not None:
+            from veneer.machines.inside import exec_in_machine
+
             with contextlib.suppress(MachineError):
                 exec_in_machine(layout, name, command, quiet=True)
         else:
@@ -309,6 +322,9 @@ def stop_machine(layout: Layout, name: MachineName, *, timeout: float = STOP_TIM
 def _signal_app(layout: Layout, name: MachineName, nspawn_pid: int) -> None:
     """Send an application machine's process its image's stop signal (SIGTERM if it names none), as
     Podman does; when it exits, nspawn's stub init ends the machine."""
+    from veneer.images.runconfig import signal_number
+    from veneer.machines.app import image_run_config
+
     config = image_run_config(layout, load_machine(layout, name))
     number = signal_number(config.stop_signal) if config and config.stop_signal else signal.SIGTERM
     leader = find_leader(nspawn_pid)

@@ -12,7 +12,6 @@ A failure of one machine is its own outcome: the others go on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -44,6 +43,8 @@ def for_each_machine(names: Sequence[MachineName], action: Callable[[MachineName
     unique = list(dict.fromkeys(names))
     if len(unique) == 1:
         return [_outcome(unique[0], action)]
+    from concurrent.futures import ThreadPoolExecutor  # not for one machine, the common case
+
     with ThreadPoolExecutor(max_workers=len(unique), thread_name_prefix="machine") as pool:
         futures = [pool.submit(_outcome, name, action) for name in unique]
     return [future.result() for future in futures]
