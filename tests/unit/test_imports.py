@@ -25,6 +25,8 @@ LAZY_IMPORTS = {
     ("veneer.cli.snapshot", "*"),
     ("veneer.cli.stats", "*"),
     ("veneer.cli.hosts", "*"),
+    ("veneer.cli.args", "*"),
+    ("veneer.cli.output", "*"),
     # Each distribution's module is loaded when a tree of that distribution is built (mkosi's registry).
     ("veneer.images.distros", "veneer.images.distros.busybox"),
     ("veneer.images.distros", "veneer.images.distros.debian"),

@@ -13,8 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from veneer.config.layout import Layout
-from veneer.config.settings import parse_image_name, parse_machine_name
+from veneer.config.values import parse_image_name, parse_machine_name
 
 BASH = """\
 # veneer completion for bash: eval "$(veneer completion bash)", e.g. in ~/.bashrc
@@ -130,6 +129,7 @@ def _values(action: argparse.Action, root: Path | None) -> Iterator[str]:
 
 
 def _machine_names(root: Path | None) -> list[str]:
+    from veneer.config.layout import Layout
     from veneer.machines.state import list_machine_names
 
     layout = Layout.from_env(root)
@@ -137,6 +137,8 @@ def _machine_names(root: Path | None) -> list[str]:
 
 
 def _image_names(root: Path | None) -> list[str]:
+    from veneer.config.layout import Layout
+
     layout = Layout.from_env(root)
     images = layout.root / "images"
     return sorted(entry.name for entry in os.scandir(images) if entry.is_dir()) if images.is_dir() else []

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veneer.config.layout import Layout
-from veneer.config.settings import MachineName, parse_machine_name
+from veneer.cli.args import layout_of
+from veneer.config.values import MachineName, parse_machine_name
 from veneer.errors import UsageError
 
 # MACHINE:PATH; a host path with a ':' in it is written with a '/' before it (./a:b), as with docker cp.
@@ -58,7 +58,7 @@ def _machine_side(text: str) -> tuple[MachineName, str] | None:
 def cmd_cp(args: argparse.Namespace) -> int:
     from veneer.machines.copy import Ownership, copy_from, copy_into
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     owner = Ownership(uid=args.uid, gid=args.gid, mode=args.mode)
     source, dest = _machine_side(args.source), _machine_side(args.dest)
     if (source is None) == (dest is None):

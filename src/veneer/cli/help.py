@@ -8,6 +8,8 @@ description and adds the examples below, so every command documents itself the s
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Iterable, Iterator
 
 # Per command (as typed after `veneer`), a few command lines a newcomer can copy.
@@ -120,6 +122,14 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples' lines as written and appends an option's default where it says something."""
 
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        # argparse makes a formatter for every option declared and asks shutil for the width: shutil (and
+        # bz2 and lzma under it) would load with every command for nothing else.
+        width = width if width is not None else _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help
         if text is None or "default" in text or not action.option_strings:
@@ -129,6 +139,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         shown = f"{default:g}" if isinstance(default, float) else str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _terminal_columns() -> int:
+    """The terminal's width as `shutil.get_terminal_size()` finds it: $COLUMNS, stdout's terminal, or 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    if sys.__stdout__ is None:
+        return 80
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (ValueError, OSError):
+        return 80
 
 
 def subcommands(

@@ -4,14 +4,13 @@ end."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from veneer.cli.args import layout_of
 from veneer.cli.output import human_size
-from veneer.config.layout import Layout
-from veneer.config.settings import parse_machine_name
+from veneer.config.values import parse_machine_name
 from veneer.errors import UsageError
 
 
@@ -55,7 +54,7 @@ def register(verbs: Any) -> None:
 def cmd_send(args: argparse.Namespace) -> int:
     from veneer.machines.send import SshOptions, fetch_machine, parse_destination, send_machine
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     ssh = SshOptions(
         port=args.port, identity=args.identity, options=tuple(args.ssh_option), veneer=args.remote_veneer
     )
@@ -84,9 +83,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_send_stream(args: argparse.Namespace) -> int:
+    import json
+
     from veneer.machines.send import machine_layers, serve_machine
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     if args.layers:
         print(json.dumps(machine_layers(layout, args.name, args.new_name).to_json()))
         return 0
@@ -98,10 +99,12 @@ def cmd_send_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
+    import json
+
     from veneer.machines.receive import layers_present, receive_machine
     from veneer.machines.wire import WIRE_VERSION, parse_question
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     if args.layers:
         have = layers_present(layout, parse_question(sys.stdin.buffer.read(1 << 20)))
         print(json.dumps({"version": WIRE_VERSION, "have": have}))

@@ -7,19 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import bind, layout_of, network
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.cli.rebase import add_rebase_options
-from veneer.config.layout import Layout
-from veneer.config.settings import (
-    parse_bind,
-    parse_image_name,
-    parse_machine_name,
-    parse_memory,
-    parse_network,
-)
+from veneer.config.values import parse_image_name, parse_machine_name, parse_memory
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
+    from veneer.config.layout import Layout
     from veneer.images.registry import Credentials
     from veneer.images.runconfig import RunConfig
 
@@ -255,7 +250,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         spec = BuildSpec(source=SourceKind.TAR, path=args.from_tar, provisioning=provisioning)
     else:
         spec = BuildSpec(source=SourceKind.BUSYBOX, provisioning=provisioning)
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     with stderr_progress() as progress:
         record = create_image(
             layout,
@@ -281,7 +276,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         max_layer_bytes=args.max_layer_size,
     )
     with stderr_progress() as progress:
-        record = pull_image(Layout.from_env(args.root), args.name, spec, progress=progress)
+        record = pull_image(layout_of(args), args.name, spec, progress=progress)
     print(f"Pulled image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -298,7 +293,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         max_layer_bytes=args.max_layer_size,
     )
     with stderr_progress() as progress:
-        record = import_image(Layout.from_env(args.root), args.name, spec, progress=progress)
+        record = import_image(layout_of(args), args.name, spec, progress=progress)
     print(f"Imported image '{record.name}' ({len(record.layers)} layers, {human_size(record.size_bytes)}).")
     return 0
 
@@ -310,7 +305,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = ExportFormat(args.fmt)
     with stderr_progress() as progress:
         export_image(
-            Layout.from_env(args.root),
+            layout_of(args),
             args.name,
             args.dest,
             fmt=fmt,
@@ -327,7 +322,7 @@ def cmd_export_machine(args: argparse.Namespace) -> int:
     from veneer.images.mstack import MstackOwner
     from veneer.machines.export import MachineExportFormat, export_machine
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     fmt, owner = MachineExportFormat(args.format), MstackOwner(args.owner)
     with stderr_progress() as progress:
         export_machine(layout, args.machine, args.dest, fmt=fmt, owner=owner, progress=progress)
@@ -367,7 +362,7 @@ def _image_json(layout: Layout, name: str) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace) -> int:
     from veneer.images.store import list_images
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     images = [_image_json(layout, image.name) for image in list_images(layout)]
     if args.json:
         print_json([{**i, "revisions": len(i["revisions"])} for i in images])
@@ -381,7 +376,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     info = _image_json(layout, args.name)
     if args.json:
         print_json(info)
@@ -421,11 +416,11 @@ def _current_config(layout: Layout, name: str) -> RunConfig | None:
 
 
 def _update_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--network", type=parse_network, default="nat", help="nat (default), host or none")
+    parser.add_argument("--network", type=network, default="nat", help="nat (default), host or none")
     parser.add_argument(
         "--bind",
         action="append",
-        type=parse_bind,
+        type=bind,
         default=[],
         metavar="SRC[:DST[:OPTS]]",
         help="bind a host path while the command runs (repeatable; not part of the revision)",
@@ -461,7 +456,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         command = command[split + 1 :]
     if not command:
         raise UsageError("No command to run", hint="veneer image update NAME -- apt-get -y upgrade")
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     options = RunOptions(binds=tuple(args.bind))
     with stderr_progress() as progress:
         record = update_image(
@@ -476,7 +471,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from veneer.machines.revisions import rollback_image
 
-    record = rollback_image(Layout.from_env(args.root), args.name, args.to)
+    record = rollback_image(layout_of(args), args.name, args.to)
     print(f"Image '{record.name}' is back at revision {record.current}; machines stay where they are.")
     return 0
 
@@ -486,7 +481,7 @@ def cmd_squash(args: argparse.Namespace) -> int:
     from veneer.images.store import load_image
     from veneer.machines.revisions import squash_image
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     before = load_image(layout, args.name).current
     with stderr_progress() as progress:
         record = squash_image(layout, args.name, progress=progress)
@@ -500,7 +495,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from veneer.images.store import list_images
     from veneer.machines.revisions import prune_image
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     for name in args.names or [image.name for image in list_images(layout)]:
         dropped = prune_image(layout, name)
         print(
@@ -517,7 +512,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import remove_machine
     from veneer.machines.state import machines_on
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     for name in args.names:
         if args.force:
             load_image(layout, name)

@@ -7,27 +7,23 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import bind, layout_of, network, port
 from veneer.cli.output import duration, human_size, print_json, print_table, when
-from veneer.config.layout import Layout
-from veneer.config.settings import (
-    Limits,
+from veneer.config.values import (
     MachineName,
-    parse_bind,
     parse_cpus,
     parse_env,
     parse_image_name,
     parse_machine_name,
     parse_memory,
-    parse_network,
     parse_pids,
-    parse_port,
     parse_snapshot_name,
     parse_workdir,
 )
-from veneer.config.uidrange import last_id
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
+    from veneer.config.layout import Layout
     from veneer.machines.inspect import MachineStatus
 
 
@@ -41,7 +37,7 @@ def register(verbs: Any) -> None:
     create.add_argument(
         "--bind",
         action="append",
-        type=parse_bind,
+        type=bind,
         default=[],
         metavar="SRC[:DST[:OPTS]]",
         help="bind a host path on every run (repeatable)",
@@ -126,20 +122,20 @@ def register(verbs: Any) -> None:
         help="instead of the image's entrypoint (and Cmd): a program, or a JSON array; '' for none",
     )  # fmt: skip
     run.add_argument(
-        "--bind", action="append", type=parse_bind, default=[], metavar="SRC[:DST[:OPTS]]",
+        "--bind", action="append", type=bind, default=[], metavar="SRC[:DST[:OPTS]]",
         help="bind a host path for this run (repeatable)",
     )  # fmt: skip
-    run.add_argument("--network", type=parse_network, help="this run only: nat, host, none or bridge:BRIDGE")
+    run.add_argument("--network", type=network, help="this run only: nat, host, none or bridge:BRIDGE")
     run.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [--] CMD")
     run.set_defaults(handler=cmd_run)
 
 
 def _network_options(parser: argparse.ArgumentParser, *, default: str | None = "nat") -> None:
     parser.add_argument(
-        "--network", type=parse_network, default=default, help="nat (default), host, none or bridge:BRIDGE"
+        "--network", type=network, default=default, help="nat (default), host, none or bridge:BRIDGE"
     )
     parser.add_argument(
-        "--port", "-p", action="append", type=parse_port, default=None, dest="ports",
+        "--port", "-p", action="append", type=port, default=None, dest="ports",
         metavar="[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]",
         help="forward a host port, on HOST_IP only if given (repeatable; nat only)",
     )  # fmt: skip
@@ -151,15 +147,12 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pids", type=parse_pids, metavar="N", help="process limit, e.g. 500")
 
 
-def _layout(args: argparse.Namespace) -> Layout:
-    return Layout.from_env(args.root)
-
-
 def cmd_create(args: argparse.Namespace) -> int:
+    from veneer.config.settings import Limits
     from veneer.machines.lifecycle import create_machine
 
     record = create_machine(
-        _layout(args),
+        layout_of(args),
         args.name,
         args.image,
         revision=args.revision,
@@ -179,7 +172,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import change_machine
 
     record = change_machine(
-        _layout(args),
+        layout_of(args),
         args.name,
         network=args.network,
         ports=args.ports,
@@ -192,9 +185,10 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from veneer.config.uidrange import last_id
     from veneer.machines.inspect import list_machines
 
-    machines = list_machines(_layout(args))
+    machines = list_machines(layout_of(args))
     if args.json:
         print_json([m.to_json() for m in machines])
         return 0
@@ -215,13 +209,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from veneer.config.settings import Limits
+    from veneer.config.uidrange import last_id
     from veneer.machines.inspect import MachineState, machine_status
 
-    status = machine_status(_layout(args), args.name)
+    status = machine_status(layout_of(args), args.name)
     if args.json:
         print_json(status.to_json())
         return 0
-    layout = _layout(args)
+    layout = layout_of(args)
     uids = (
         "privileged (host root)"
         if status.uid_base is None
@@ -280,8 +276,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     for name in args.names:
         if args.force:
-            stop_running(_layout(args), name)
-        remove_machine(_layout(args), name)
+            stop_running(layout_of(args), name)
+        remove_machine(layout_of(args), name)
         print(f"Removed machine '{name}'.")
     return 0
 
@@ -297,7 +293,7 @@ def stop_running(layout: Layout, name: MachineName) -> None:
 def cmd_clone(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import clone_machine
 
-    clone_machine(_layout(args), args.source, args.name, snapshot=args.from_snapshot)
+    clone_machine(layout_of(args), args.source, args.name, snapshot=args.from_snapshot)
     what = f"snapshot '{args.from_snapshot}' of machine" if args.from_snapshot else "machine"
     print(f"Cloned {what} '{args.source}' into '{args.name}'.")
     return 0
@@ -306,7 +302,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
 def cmd_rename(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import rename_machine
 
-    rename_machine(_layout(args), args.old, args.new)
+    rename_machine(layout_of(args), args.old, args.new)
     print(f"Renamed machine '{args.old}' to '{args.new}'.")
     return 0
 
@@ -314,7 +310,7 @@ def cmd_rename(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import diff_machine
 
-    changes = diff_machine(_layout(args), args.name)
+    changes = diff_machine(layout_of(args), args.name)
     if args.json:
         print_json([{"kind": c.kind.value, "path": c.path} for c in sorted(changes, key=lambda c: c.path)])
         return 0
@@ -326,21 +322,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_mount(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import mount_machine
 
-    print(mount_machine(_layout(args), args.name))
+    print(mount_machine(layout_of(args), args.name))
     return 0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
     from veneer.machines.lifecycle import umount_machine
 
-    umount_machine(_layout(args), args.name)
+    umount_machine(layout_of(args), args.name)
     return 0
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
     from veneer.machines.inspect import store_tree
 
-    tree = store_tree(_layout(args))
+    tree = store_tree(layout_of(args))
     if args.json:
         print_json(tree)
         return 0
@@ -410,5 +406,5 @@ def cmd_run(args: argparse.Namespace) -> int:
     if name is None:
         from veneer.machines.lifecycle import run_ephemeral  # its imports cost a run of a machine 20 ms
 
-        return run_ephemeral(_layout(args), args.image, command, options)
-    return run_machine(_layout(args), parse_machine_name(name), command, options)
+        return run_ephemeral(layout_of(args), args.image, command, options)
+    return run_machine(layout_of(args), parse_machine_name(name), command, options)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import layout_of
 from veneer.cli.output import print_json, print_table
-from veneer.config.layout import Layout
+
+if TYPE_CHECKING:
+    from veneer.config.layout import Layout
 
 
 def register(verbs: Any) -> None:
@@ -89,7 +92,7 @@ def _address(layout: Layout, name: str) -> str | None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    found = networks(Layout.from_env(args.root))
+    found = networks(layout_of(args))
     if args.json:
         print_json(found)
         return 0
@@ -104,7 +107,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from veneer.errors import UsageError
 
-    found = {n["name"]: n for n in networks(Layout.from_env(args.root))}
+    found = {n["name"]: n for n in networks(layout_of(args))}
     if args.name not in found:
         raise UsageError(f"No network '{args.name}'", hint=f"Networks: {', '.join(found)}.")
     network = found[args.name]
@@ -125,7 +128,7 @@ def cmd_subnet(args: argparse.Namespace) -> int:
     from veneer.machines.subnet import parse_subnet, set_nat_subnet
     from veneer.network.ipam import load_network_config
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     if args.subnet is None:
         config = load_network_config(layout.network_config)
         print(config.pool.subnet if config else "- (chosen when the first nat machine is made)")
@@ -144,7 +147,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from veneer.runtime.hostcheck import check_supervisor
     from veneer.runtime.supervisor import detect_supervisor
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     config = load_network_config(layout.network_config)
     findings = [
         *check_supervisor(detect_supervisor(), Hierarchies.detect()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +18,8 @@ def print_error(error: Error) -> None:
 
 
 def print_json(value: Any) -> None:
+    import json  # for `--json` alone: the tables and `--help` do without
+
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 

@@ -6,12 +6,13 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import layout_of
 from veneer.cli.output import print_json
-from veneer.config.layout import Layout
-from veneer.config.settings import parse_image_name, parse_machine_name
+from veneer.config.values import parse_image_name, parse_machine_name
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
+    from veneer.config.layout import Layout
     from veneer.machines.rebase import RebaseResult
 
 
@@ -105,7 +106,7 @@ def cmd_rebase(args: argparse.Namespace) -> int:
     from veneer.machines.rebase import undo_rebase
     from veneer.machines.state import machines_on
 
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     if args.undo:
         if args.all or len(args.names) != 1:
             raise UsageError("--undo takes exactly one machine", hint="veneer rebase --undo NAME")
@@ -126,7 +127,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
     if args.revision == (args.image is not None):
         raise UsageError("Give a name for the new image, or --revision", hint="veneer commit MACHINE IMAGE")
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     record = commit_machine(layout, args.machine, args.image, as_revision=args.revision)
     print(f"Image '{record.name}' revision {record.current} holds the changes of '{args.machine}'.")
     return 0

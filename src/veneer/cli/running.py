@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from veneer.config.layout import Layout
-from veneer.config.settings import MachineName, parse_env, parse_machine_name, parse_seconds, parse_workdir
+from veneer.cli.args import layout_of
+from veneer.config.values import MachineName, parse_env, parse_machine_name, parse_seconds, parse_workdir
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -132,10 +132,6 @@ def register(verbs: Any) -> None:
     reap.set_defaults(handler=cmd_reap)
 
 
-def _layout(args: argparse.Namespace) -> Layout:
-    return Layout.from_env(args.root)
-
-
 def _report_each(outcomes: Sequence[Outcome[T]], done: Callable[[Outcome[T]], str | None]) -> int:
     """Print what happened to each machine, in the order they were named; 1 if any failed. A single
     machine's failure is raised, for `cli.main` to report as for any command."""
@@ -159,7 +155,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from veneer.machines.boot import start_machine
     from veneer.machines.many import for_each_machine
 
-    layout = _layout(args)
+    layout = layout_of(args)
 
     def start(name: MachineName) -> RuntimeRecord:
         return start_machine(layout, name, wait=args.wait, timeout=args.timeout)
@@ -180,7 +176,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from veneer.machines.boot import stop_machine
     from veneer.machines.many import for_each_machine
 
-    layout = _layout(args)
+    layout = layout_of(args)
 
     def done(outcome: Outcome[bool]) -> str | None:
         if outcome.error is not None:
@@ -197,7 +193,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     from veneer.machines.boot import restart_machine
     from veneer.machines.many import for_each_machine
 
-    layout = _layout(args)
+    layout = layout_of(args)
 
     def restart(name: MachineName) -> RuntimeRecord:
         return restart_machine(layout, name, wait=args.wait, timeout=args.timeout)
@@ -211,7 +207,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_kill(args: argparse.Namespace) -> int:
     from veneer.machines.boot import kill_machine
 
-    kill_machine(_layout(args), args.name, signal_number=args.signal)
+    kill_machine(layout_of(args), args.name, signal_number=args.signal)
     return 0
 
 
@@ -224,13 +220,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
     name = parse_machine_name(words.pop(0))
     if words and words[0] == "--":
         words.pop(0)
-    return exec_in_machine(_layout(args), name, words, user=args.user, workdir=args.workdir, env=args.env)
+    return exec_in_machine(layout_of(args), name, words, user=args.user, workdir=args.workdir, env=args.env)
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
     from veneer.machines.inside import shell_in_machine
 
-    return shell_in_machine(_layout(args), args.name, user=args.user)
+    return shell_in_machine(layout_of(args), args.name, user=args.user)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -239,7 +235,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     def connected() -> None:
         print(f"Connected to the console of '{args.name}'. Press Ctrl-] to detach.", file=sys.stderr)
 
-    return attach_console(_layout(args), args.name, on_attach=connected)
+    return attach_console(layout_of(args), args.name, on_attach=connected)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -255,10 +251,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
         out.flush()
 
     if args.follow:
-        for chunk in follow_logs(_layout(args), args.name, lines=args.lines):
+        for chunk in follow_logs(layout_of(args), args.name, lines=args.lines):
             write(chunk)
     else:
-        write(read_logs(_layout(args), args.name, lines=args.lines))
+        write(read_logs(layout_of(args), args.name, lines=args.lines))
     if shown:
         out.write(shown.finish().encode())
     return 0
@@ -268,7 +264,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
     from veneer.machines.inside import show_journal
 
     extra = args.args[1:] if args.args[:1] == ["--"] else args.args
-    return show_journal(_layout(args), args.name, extra)
+    return show_journal(layout_of(args), args.name, extra)
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
@@ -278,14 +274,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    reap_machine(_layout(args), args.name)
+    reap_machine(layout_of(args), args.name)
     return 0
 
 
 def cmd_hold_console(args: argparse.Namespace) -> int:
     from veneer.runtime.systemd_unit import hold_console
 
-    hold_console(_layout(args), args.name)
+    hold_console(layout_of(args), args.name)
     return 0
 
 
@@ -294,14 +290,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from veneer.runtime.nspawn import NSPAWN_ENV
     from veneer.util.proc import replace_process
 
-    replace_process(boot_in_unit(_layout(args), args.name), env=NSPAWN_ENV)
+    replace_process(boot_in_unit(layout_of(args), args.name), env=NSPAWN_ENV)
     return 1
 
 
 def cmd_started(args: argparse.Namespace) -> int:
     from veneer.machines.boot import configure_started
 
-    configure_started(_layout(args), args.name)
+    configure_started(layout_of(args), args.name)
     return 0
 
 
@@ -310,7 +306,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
     from veneer.machines.units import console_unit_text, enable_machine, unit_text, veneer_argv
     from veneer.runtime.systemd_unit import UNIT_DIR, console_unit_name, unit_name
 
-    layout = _layout(args)
+    layout = layout_of(args)
     if args.print:
         load_machine(layout, args.name)
         print(f"# {UNIT_DIR / unit_name(layout, args.name)}")
@@ -326,7 +322,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_disable(args: argparse.Namespace) -> int:
     from veneer.machines.units import disable_machine
 
-    if disable_machine(_layout(args), args.name):
+    if disable_machine(layout_of(args), args.name):
         print(f"Machine '{args.name}' no longer starts at boot.")
     else:
         print(f"Machine '{args.name}' was not enabled.")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import layout_of
 from veneer.cli.output import human_size, print_json, print_table, when
-from veneer.config.layout import Layout
-from veneer.config.settings import parse_machine_name, parse_snapshot_name
+from veneer.config.values import parse_machine_name, parse_snapshot_name
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
+    from veneer.config.layout import Layout
     from veneer.machines.snapshots import Snapshot
 
 USAGE = """veneer snapshot NAME [SNAP] [--keep N]
@@ -38,7 +39,7 @@ def register(verbs: Any) -> None:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     words: list[str] = args.words
     if words[0] == "list":
         if len(words) > 2:
@@ -114,7 +115,7 @@ def _remove(layout: Layout, machine: str, snaps: list[str]) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from veneer.machines.snapshots import restore_snapshot
 
-    restored = restore_snapshot(Layout.from_env(args.root), args.name, args.snapshot)
+    restored = restore_snapshot(layout_of(args), args.name, args.snapshot)
     snapshot = restored.snapshot
     print(f"Restored machine '{args.name}' from snapshot '{snapshot.name}' ({when(snapshot.created)}).")
     if snapshot.revision != restored.previous_revision:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import layout_of
 from veneer.cli.output import human_size, print_json, print_table
-from veneer.config.layout import Layout
-from veneer.config.settings import parse_machine_name
+from veneer.config.values import parse_machine_name
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise UsageError(f"--json and --format {fmt} disagree", hint="Give one of them.")
     if args.watch is not None and args.watch <= 0:
         raise UsageError(f"Invalid --watch {args.watch:g}", hint="Give a number of seconds above 0.")
-    layout = Layout.from_env(args.root)
+    layout = layout_of(args)
     previous: dict[str, MachineStats] = {}
     while True:
         readings = machine_stats(layout, args.names)
@@ -58,6 +57,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _show(
     fmt: str, readings: list[MachineStats], previous: dict[str, MachineStats], *, watching: bool
 ) -> None:
+    import json
+
     from veneer.machines.stats import cpu_percent, format_openmetrics, format_prometheus
 
     if fmt == "openmetrics":

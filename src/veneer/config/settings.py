@@ -1,6 +1,7 @@
-"""What the user asked for: validated names and the frozen settings of machines.
+"""What the user asked for: the frozen settings of machines, and the names and values they are made of.
 
-Names are `NewType`s made by one parser each, so a value of that type has been checked once, at the edge.
+The names and plain values (`config.values`, light enough for the CLI to declare its options with) are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -9,60 +10,27 @@ import enum
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import NewType
 
+# Re-exported: where the rest of veneer finds the names and values.
+from veneer.config.values import IMAGE_NAME_MAX as IMAGE_NAME_MAX
+from veneer.config.values import MACHINE_NAME_MAX as MACHINE_NAME_MAX
+from veneer.config.values import SNAPSHOT_NAME_MAX as SNAPSHOT_NAME_MAX
+from veneer.config.values import ImageName as ImageName
+from veneer.config.values import MachineName as MachineName
+from veneer.config.values import SnapshotName as SnapshotName
+from veneer.config.values import parse_cpus as parse_cpus
+from veneer.config.values import parse_env as parse_env
+from veneer.config.values import parse_image_name as parse_image_name
+from veneer.config.values import parse_machine_name as parse_machine_name
+from veneer.config.values import parse_memory as parse_memory
+from veneer.config.values import parse_pids as parse_pids
+from veneer.config.values import parse_seconds as parse_seconds
+from veneer.config.values import parse_snapshot_name as parse_snapshot_name
+from veneer.config.values import parse_workdir as parse_workdir
 from veneer.errors import UsageError
-
-MachineName = NewType("MachineName", str)
 
 # Each machine's user namespace maps 65536 ids (container 0-65535), as systemd-nspawn's --private-users does.
 UID_RANGE_SIZE = 0x10000
-ImageName = NewType("ImageName", str)
-
-# A machine's host-side interface is "vb-<name>" (systemd-nspawn --network-bridge), and interface names
-# hold at most 15 characters.
-MACHINE_NAME_MAX = 15 - len("vb-")
-_MACHINE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
-_IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-IMAGE_NAME_MAX = 64
-
-
-def parse_machine_name(text: str) -> MachineName:
-    """Check a machine name: 1-12 of a-z, 0-9 and '-', not starting or ending with '-'."""
-    if not _MACHINE_NAME.fullmatch(text) or len(text) > MACHINE_NAME_MAX:
-        raise UsageError(
-            f"Invalid machine name '{text}'",
-            hint=f"Use 1-{MACHINE_NAME_MAX} characters of a-z, 0-9 and '-', starting and ending with a "
-            "letter or digit (it becomes the hostname and the interface name vb-NAME).",
-        )
-    return MachineName(text)
-
-
-def parse_image_name(text: str) -> ImageName:
-    """Check an image name: 1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit."""
-    if not _IMAGE_NAME.fullmatch(text) or len(text) > IMAGE_NAME_MAX:
-        raise UsageError(
-            f"Invalid image name '{text}'",
-            hint=f"Use 1-{IMAGE_NAME_MAX} characters of a-z, 0-9, '.', '_' and '-', "
-            "starting with a letter or digit.",
-        )
-    return ImageName(text)
-
-
-SnapshotName = NewType("SnapshotName", str)
-_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-SNAPSHOT_NAME_MAX = 64
-
-
-def parse_snapshot_name(text: str) -> SnapshotName:
-    """Check a snapshot name: 1-64 of A-Z, a-z, 0-9, '.', '_', ':' and '-', a letter or digit first."""
-    if not _SNAPSHOT_NAME.fullmatch(text) or len(text) > SNAPSHOT_NAME_MAX:
-        raise UsageError(
-            f"Invalid snapshot name '{text}'",
-            hint=f"Use 1-{SNAPSHOT_NAME_MAX} characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', "
-            "starting with a letter or digit.",
-        )
-    return SnapshotName(text)
 
 
 class NetworkMode(enum.StrEnum):
@@ -219,35 +187,6 @@ def parse_bind(text: str) -> Bind:
     )
 
 
-def parse_seconds(text: str) -> float:
-    """Parse a `--timeout` in seconds: a number, 0 or more."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise UsageError(f"Invalid timeout '{text}'", hint="Give a number of seconds, 0 or more, e.g. 30.")
-    return seconds
-
-
-def parse_workdir(text: str) -> str:
-    """Parse `--workdir DIR`: an absolute path inside the machine."""
-    if not text.startswith("/"):
-        raise UsageError(
-            f"Invalid working directory '{text}': not an absolute path",
-            hint=f"Give the path inside the machine from its root, e.g. /{text.lstrip('./') or 'root'}.",
-        )
-    return text
-
-
-def parse_env(text: str) -> tuple[str, str]:
-    """Parse `--env NAME=VALUE`."""
-    name, sep, value = text.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise UsageError(f"Invalid environment assignment '{text}'", hint="Use --env NAME=VALUE.")
-    return name, value
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Resource limits of a machine; None means unlimited."""
@@ -275,36 +214,3 @@ class Limits:
             cpus=None if cpus is None else float(cpus),
             pids=None if pids is None else int(pids),
         )
-
-
-def parse_memory(text: str) -> int:
-    """Parse `--memory` such as 512M, 2G, 1048576."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = text.rstrip("BbiI"), ""
-    if number and number[-1].upper() in units:
-        number, unit = number[:-1], number[-1].upper()
-    try:
-        value = int(float(number) * units[unit])
-    except ValueError:
-        value = 0
-    if value < 1 << 20:
-        raise UsageError(
-            f"Invalid memory limit '{text}'", hint="Use a size of at least 1M, e.g. 512M or 2G."
-        )
-    return value
-
-
-def parse_cpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.01 <= value <= 1024:
-        raise UsageError(f"Invalid CPU limit '{text}'", hint="Use a number of CPUs such as 0.5 or 2.")
-    return value
-
-
-def parse_pids(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"Invalid process limit '{text}'", hint="Use a whole number such as 200.")
-    return int(text)
