@@ -9,7 +9,6 @@ is idempotent too. Links and addresses are set over rtnetlink (`netlink`); sysct
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,8 @@ _MAC_KEY = b"veneer-mac-v1"
 
 def mac_for(name: str) -> str:
     """A locally administered unicast MAC derived from `name`, the same on every call."""
+    import hashlib  # loads OpenSSL: for nat machines, not for every run that passes through here
+
     octets = bytearray(hashlib.blake2b(name.encode(), key=_MAC_KEY, digest_size=6).digest())
     # Clear the multicast bit, set the locally administered bit (IEEE 802), as nspawn generate_mac().
     octets[0] = (octets[0] & 0xFE) | 0x02
