@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
+from veneer.cli.args import as_path
 from veneer.errors import Error, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -167,7 +167,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "run with systemd-nspawn.",
     )
     parser.add_argument(
-        "--root", type=Path, help="state directory (default $VENEER_ROOT or /var/lib/veneer)"
+        "--root", type=as_path, help="state directory (default $VENEER_ROOT or /var/lib/veneer)"
     )
     parser.add_argument("--debug", action="store_true", help="log every command run; tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)

@@ -1,9 +1,9 @@
 """What the commands' arguments share: the store a command works on, and the options whose values are
-settings (a network, a port, a bind).
+paths or settings (a network, a port, a bind).
 
-Each loads `config.layout` or `config.settings`, and dataclasses under them, once a command line is
-parsed or run, not when the parser is built: `veneer --help` builds every command's parser and needs
-neither.
+Each loads pathlib, `config.layout` or `config.settings` (and dataclasses under them) once a command line
+is parsed or run, not when the parser is built: `veneer --help` builds every command's parser and needs
+none of them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from veneer.config.layout import Layout
     from veneer.config.settings import Bind, Network, Port
 
@@ -21,6 +23,13 @@ def layout_of(args: argparse.Namespace) -> Layout:
     from veneer.config.layout import Layout
 
     return Layout.from_env(args.root)
+
+
+def as_path(text: str) -> Path:
+    """`type=` of a path option."""
+    from pathlib import Path
+
+    return Path(text)
 
 
 def network(text: str) -> Network:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from veneer.cli.args import as_path
 from veneer.config.values import parse_image_name, parse_machine_name
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 BASH = """\
 # veneer completion for bash: eval "$(veneer completion bash)", e.g. in ~/.bashrc
@@ -89,10 +92,10 @@ def candidates(
     expecting: argparse.Action | None = None
     for word in words[:index]:
         if word.startswith("--root="):
-            root = Path(word.partition("=")[2])
+            root = as_path(word.partition("=")[2])
         if expecting is not None:
             if expecting.dest == "root":
-                root = Path(word)
+                root = as_path(word)
             expecting = None
             continue
         sub = _subcommands(parser)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from veneer.cli.args import layout_of
@@ -56,6 +55,8 @@ def _machine_side(text: str) -> tuple[MachineName, str] | None:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from veneer.machines.copy import Ownership, copy_from, copy_into
 
     layout = layout_of(args)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from veneer.cli.args import layout_of
+from veneer.cli.args import as_path, layout_of
 from veneer.cli.output import human_size
 from veneer.config.values import parse_machine_name
 from veneer.errors import UsageError
@@ -30,7 +29,9 @@ def register(verbs: Any) -> None:
             "--from", dest="source", metavar="[USER@]HOST", help="fetch machine NAME of HOST to this host"
         )
         parser.add_argument("-p", "--port", type=int, help="the SSH port of HOST")
-        parser.add_argument("-i", "--identity", type=Path, metavar="FILE", help="the SSH key to log in with")
+        parser.add_argument(
+            "-i", "--identity", type=as_path, metavar="FILE", help="the SSH key to log in with"
+        )
         parser.add_argument(
             "-o", "--ssh-option", action="append", default=[], metavar="OPTION=VALUE",
             help="an ssh option (repeatable), e.g. -o StrictHostKeyChecking=yes",

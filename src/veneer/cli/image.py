@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from veneer.cli.args import bind, layout_of, network
+from veneer.cli.args import as_path, bind, layout_of, network
 from veneer.cli.output import human_size, print_json, print_table, when
 from veneer.cli.rebase import add_rebase_options
 from veneer.config.values import parse_image_name, parse_machine_name, parse_memory
 from veneer.errors import UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from veneer.config.layout import Layout
     from veneer.images.registry import Credentials
     from veneer.images.runconfig import RunConfig
@@ -34,11 +35,11 @@ def register(verbs: Any) -> None:
     source.add_argument("--busybox", action="store_true", help="from the host's busybox-static (default)")
     source.add_argument("--debootstrap", metavar="SUITE", help="Debian/Ubuntu suite, e.g. bookworm")
     source.add_argument("--pacstrap", metavar="PKG,...", type=_csv, help="Arch packages, e.g. base,vim")
-    source.add_argument("--from-dir", metavar="DIR", type=Path, help="copy a root filesystem directory")
-    source.add_argument("--from-tar", metavar="FILE", type=Path, help="a root filesystem tarball")
+    source.add_argument("--from-dir", metavar="DIR", type=as_path, help="copy a root filesystem directory")
+    source.add_argument("--from-tar", metavar="FILE", type=as_path, help="a root filesystem tarball")
     create.add_argument("--mirror", help="package mirror for --debootstrap")
     create.add_argument("--variant", help="debootstrap variant (default minbase)")
-    create.add_argument("--pacman-conf", type=Path, help="pacman.conf for --pacstrap")
+    create.add_argument("--pacman-conf", type=as_path, help="pacman.conf for --pacstrap")
     create.add_argument(
         "--user", action="append", default=[], metavar="NAME[:GROUP,...]", help="add a user (repeatable)"
     )
@@ -72,7 +73,7 @@ def register(verbs: Any) -> None:
     pull.add_argument(
         "--authfile",
         metavar="FILE",
-        type=Path,
+        type=as_path,
         help="auth.json of podman login (default: containers' auth.json, then ~/.docker/config.json)",
     )
     pull.add_argument(
@@ -86,7 +87,7 @@ def register(verbs: Any) -> None:
         "import", help="import a tarball, OCI layout or archive, docker-archive, or raw disk image"
     )
     imp.add_argument("name", type=parse_image_name)
-    imp.add_argument("source", metavar="SOURCE", type=Path, help="a file or an OCI layout directory")
+    imp.add_argument("source", metavar="SOURCE", type=as_path, help="a file or an OCI layout directory")
     imp.add_argument("--tag", help="which image of an archive or layout holding several")
     imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host's)")
     _max_layer_size_option(imp)
@@ -175,7 +176,7 @@ def parse_export_dest(text: str) -> Path:
             "Export writes a file, not stdout ('-')",
             hint="Name a new file, such as deb.tar.gz (compressed by its name), and read it from there.",
         )
-    return Path(text)
+    return as_path(text)
 
 
 def _parse_layer_size(text: str) -> int:
