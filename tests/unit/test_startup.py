@@ -92,6 +92,7 @@ NEVER_FOR_HELP = (
     "inspect",
     "logging",
     "json",
+    "pathlib",
     "veneer.config.settings",
     "veneer.config.layout",
 )
