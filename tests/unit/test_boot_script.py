@@ -46,16 +46,18 @@ def test_console_session_logs_from_the_first_byte_with_its_own_settings() -> Non
     commands = " ".join(argv)
     # No settings file (neither a shared one nor the host's): the settings come with the session.
     assert argv[argv.index("-f") + 1] == "/dev/null"
-    # The log is piped and the hook set before the real command replaces the placeholder.
-    assert commands.index("pane-died") < commands.index("respawn-pane")
-    assert commands.index("pipe-pane") < commands.index("respawn-pane")
-    assert "remain-on-exit on" in commands
-    assert "head -c" in commands and "/var/lib/v/machines/m/console.log" in commands
-    respawn = argv.index("respawn-pane")
-    # As words, which tmux runs without a shell.
-    assert argv[respawn + 4 : respawn + 6] == ["sh", "/run/v/m.sh"]
+    # Set before the pane exists, so it is made with them: its hook, its remain-on-exit, no scrollback.
+    new = argv.index("new-session")
+    assert commands.index("pane-died") < commands.index("new-session")
+    assert "remain-on-exit on" in commands[: commands.index("new-session")]
+    assert "history-limit 0" in commands[: commands.index("new-session")]
+    # The real command is the pane's first (no placeholder to replace), as words: no shell runs it.
+    assert argv[new + 8 : new + 11] == ["sh", "/run/v/m.sh", ";"]
+    # Piped in the same invocation, before the server reads a byte of the pane.
+    assert argv[new + 11 : new + 14] == ["pipe-pane", "-t", "=m:"]
+    assert "head -c" in argv[new + 14] and "/var/lib/v/machines/m/console.log" in argv[new + 14]
     # The same invocation prints the pid in the pane, so nobody asks tmux again while the machine starts.
-    assert argv[respawn + 6 :] == [";", "display-message", "-p", "-t", "=m:", "#{pane_pid}"]
+    assert argv[new + 15 :] == [";", "display-message", "-p", "-t", "=m:", "#{pane_pid}"]
 
 
 def test_a_terminal_holder_logs_and_links_its_terminal_and_reaps_nothing() -> None:
@@ -66,6 +68,9 @@ def test_a_terminal_holder_logs_and_links_its_terminal_and_reaps_nothing() -> No
     assert "pane-died" not in commands and "remain-on-exit" not in commands
     assert "detach-client" in commands and "/var/lib/v/machines/m/console.log" in commands
     assert argv[-1] == "ln -sfn #{pane_tty} /run/v/m.tty"
+    new = argv.index("new-session")
+    assert "history-limit 0" in commands[: commands.index("new-session")]
+    assert argv[new + 8] == "sh", "words: tmux starts no login shell of the host user for the holder"
 
 
 def test_console_log_keeps_the_latest_output_across_rotations(tmp_path: Path) -> None:

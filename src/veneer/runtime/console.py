@@ -29,27 +29,37 @@ DETACH_KEY = "C-]"
 
 
 def settings_commands(*, reap: str | None) -> list[list[str]]:
-    """The keeper's settings, as tmux commands run in the invocation that makes its session (pure).
+    """The keeper's settings, as tmux commands run first in the invocation that makes its session (pure).
 
     No settings file: a shared one was rewritten by every start, and a keeper starting meanwhile came up
-    with tmux's defaults and no pane-died hook. remain-on-exit keeps a dead pane (and its exit status)
-    until the pane-died hook has reaped it. Without `reap` (a terminal holder, see `holder_argv`) neither.
+    with tmux's defaults and no pane-died hook. They come before the session, so its pane is made with
+    them: no scrollback (history-limit 0: the log has the output, and with no prefix key nobody can
+    scroll; 2000 lines of 160 columns took 1.7 MB of the server's heap), the hook there before the pane
+    can die. remain-on-exit keeps a dead pane (and its exit status) until the pane-died hook has reaped
+    it. Without `reap` (a terminal holder, see `holder_argv`) neither.
     """
     common = [
         ["set-option", "-g", "default-terminal", "xterm-256color"],
-        ["set-option", "-g", "history-limit", "10000"],
+        ["set-option", "-g", "history-limit", "0"],
         ["set-option", "-g", "status", "off"],
         ["set-option", "-g", "prefix", "None"],
         ["set-option", "-g", "prefix2", "None"],
         ["set-option", "-s", "exit-empty", "on"],
         ["set-option", "-g", "destroy-unattached", "off"],
         ["bind-key", "-n", DETACH_KEY, "detach-client"],
+        # The server's malloc settings (`SERVER_ENV`) are its own, not its panes' and hooks'.
+        ["set-environment", "-g", "-u", "GLIBC_TUNABLES"],
     ]
     if reap is None:
         return common
     quoted = reap.replace("'", "'\\''")
     hook = f"run-shell -b '{quoted} #{{session_name}} #{{pane_dead_status}} #{{pane_dead_signal}}'"
     return [*common, ["set-option", "-g", "remain-on-exit", "on"], ["set-hook", "-g", "pane-died", hook]]
+
+
+def _chain(commands: Sequence[Sequence[str]]) -> list[str]:
+    """tmux commands as the words of one invocation, separated by `;` (pure)."""
+    return [word for index, command in enumerate(commands) for word in ([";"] if index else []) + [*command]]
 
 
 def _pane(name: str) -> str:
@@ -75,7 +85,8 @@ def reap_command(root: Path, run: Path) -> str:
 
 def log_pipe(log: Path, *, limit: int = LOG_LIMIT_BYTES) -> str:
     """The shell command that copies the console into `log`, keeping the latest output (pure): at
-    `limit` bytes the log moves to `log.1` and a new one starts, so at most 2 x `limit` is kept.
+    `limit` bytes the log moves to `log.1` and a new one starts, so at most 2 x `limit` is kept. `log`
+    starts empty (the callers truncate it), so nothing runs before head but the shell itself.
 
     head reads no more than it writes (coreutils reads min(BUFSIZ, left)), so no byte is lost at a
     rotation; stdbuf makes it write each chunk as it comes (else stdio buffers 4 KiB). No `%`: tmux
@@ -85,11 +96,16 @@ def log_pipe(log: Path, *, limit: int = LOG_LIMIT_BYTES) -> str:
     previous = shlex.quote(os.fspath(log) + ".1")
     return (
         f"log={quoted}; limit={limit}; "
-        'while :; do size=$(wc -c 2>/dev/null < "$log" || echo 0); '
-        f'if [ "$size" -ge "$limit" ]; then mv -f "$log" {previous}; size=0; fi; '
-        'stdbuf -o0 head -c $((limit - size)) >> "$log" || exit; '
-        '[ "$(wc -c < "$log")" -ge "$limit" ] || exit 0; done'
+        'while stdbuf -o0 head -c "$limit" >> "$log"; do '
+        '[ "$(wc -c < "$log")" -ge "$limit" ] || exit 0; '
+        f'mv -f "$log" {previous}; done'
     )
+
+
+# The tmux server's malloc: no per-size caches of freed blocks and buffers of 64 KiB or more mapped on
+# their own, so what is freed goes back together or to the kernel (0.13 MB less private memory, measured
+# in bench/README.md). glibc reads it at the server's start; other C libraries ignore it.
+SERVER_ENV = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=65536"}
 
 
 def start_argv(
@@ -106,20 +122,17 @@ def start_argv(
     from the first byte, and prints the pid of `command` in its pane.
 
     `-f /dev/null`: no settings file at all, neither a shared one nor the host's /etc/tmux.conf. The
-    session starts with a placeholder that waits; the settings are set, the output is piped to the log,
-    and only then the placeholder is replaced by the real command, so not a byte of early boot output is
-    missed and no pane dies before its hook is there. Both commands are argv of more than one word, which
-    tmux runs without a shell (the host user's, bash as often as not: one more start per machine).
+    settings come first, so the pane is made with them and its hook is there before it can die; the
+    output is piped to the log in the same invocation, before the server reads a byte from the pane (it
+    runs the whole chain before it polls), so not a byte of early boot output is missed. `command` is
+    argv of more than one word, which tmux runs without a shell (the host user's, bash as often as not).
     """
-    settings = [part for command_ in settings_commands(reap=reap) for part in (";", *command_)]
-    return tmux_argv(
-        socket, "-f", os.devnull,
-        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "sleep", "infinity",
-        *settings, ";",
-        "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
-        "respawn-pane", "-k", "-t", _pane(name), *command, ";",
-        "display-message", "-p", "-t", _pane(name), "#{pane_pid}",
-    )  # fmt: skip
+    return tmux_argv(socket, "-f", os.devnull, *_chain([
+        *settings_commands(reap=reap),
+        ["new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), *command],
+        ["pipe-pane", "-t", _pane(name), log_pipe(log)],
+        ["display-message", "-p", "-t", _pane(name), "#{pane_pid}"],
+    ]))  # fmt: skip
 
 
 def holder_argv(
@@ -130,23 +143,27 @@ def holder_argv(
     writes is logged and shown to `attach`, what is typed there is nspawn's input. `link` points at the
     pane's terminal (/dev/pts/N) once the invocation returns; the server exits when the pane does.
     """
-    settings = [part for command_ in settings_commands(reap=None) for part in (";", *command_)]
     # Raw: a ^C typed before nspawn sets the terminal raw itself must reach nspawn, not kill the holder.
-    holder = "stty raw -echo && exec sleep infinity"
-    return tmux_argv(
-        socket, "-f", os.devnull,
-        "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), holder,
-        *settings, ";",
-        "pipe-pane", "-t", _pane(name), log_pipe(log), ";",
-        "run-shell", "-t", _pane(name), f"ln -sfn #{{pane_tty}} {shlex.quote(os.fspath(link))}",
-    )  # fmt: skip
+    # Words, not one string: tmux runs them without the user's shell.
+    holder = ["sh", "-c", "stty raw -echo && exec sleep infinity"]
+    return tmux_argv(socket, "-f", os.devnull, *_chain([
+        *settings_commands(reap=None),
+        ["new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), *holder],
+        ["pipe-pane", "-t", _pane(name), log_pipe(log)],
+        ["run-shell", "-t", _pane(name), f"ln -sfn #{{pane_tty}} {shlex.quote(os.fspath(link))}"],
+    ]))  # fmt: skip
 
 
 def start_session(socket: Path, name: str, command: Sequence[str], *, log: Path, reap: str) -> int:
     """Start the machine's session; return the pid of the process in its pane (`command`), which the
     same invocation prints: no tmux client is run again to find it."""
-    result = proc.run(start_argv(socket, name, command, log=log, reap=reap), capture=True)
+    result = proc.run(start_argv(socket, name, command, log=log, reap=reap), capture=True, env=SERVER_ENV)
     return int(result.stdout.split()[-1])
+
+
+def hold_terminal(socket: Path, name: str, *, log: Path, link: Path) -> None:
+    """Start a terminal holder's session (`holder_argv`); return once its terminal is linked."""
+    proc.run(holder_argv(socket, name, log=log, link=link), env=SERVER_ENV)
 
 
 def pane_pid(socket: Path, name: str) -> int | None:

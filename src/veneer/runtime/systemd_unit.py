@@ -77,7 +77,7 @@ def hold_console(layout: Layout, name: str) -> None:
     layout.console_log(name).write_bytes(b"")
     layout.console_log_previous(name).unlink(missing_ok=True)
     console.kill_session(layout.console_socket(name), name)  # a keeper of a boot before, if any
-    proc.run(console.holder_argv(layout.console_socket(name), name, log=layout.console_log(name), link=tty))
+    console.hold_terminal(layout.console_socket(name), name, log=layout.console_log(name), link=tty)
 
 
 def limit_properties(limits: Limits) -> list[str]:
