@@ -43,3 +43,18 @@ def test_a_refused_script_changes_nothing_and_says_why(table: str) -> None:
         )
     assert "syntax error" in e.value.message and e.value.hint
     assert not _exists(table)  # the table of the script's first line was not made either
+
+
+def test_each_script_is_judged_alone(table: str) -> None:
+    # One nft context serves the process: a refusal's message must not linger into the next script's.
+    bad = f"add table ip {table}\nadd chain ip {table} c\nadd rule ip {table} c no-such-thing\n"
+    with pytest.raises(libnft.NftError) as first:
+        libnft.run_script(bad)
+    libnft.run_script(f"add table ip {table}\n")
+    assert _exists(table)
+    with pytest.raises(libnft.NftError) as second:
+        libnft.run_script(f"add rule ip {table} no-such-chain counter\n")
+    assert "syntax error" in str(first.value) and "syntax error" not in str(second.value)
+    assert str(second.value).startswith("Error: Could not process rule") and "no-such-chain" in str(
+        second.value
+    )

@@ -21,7 +21,8 @@ from pathlib import Path
 from veneer.errors import CommandFailed, NetworkError
 from veneer.network.ipam import Pool
 from veneer.util.fs import atomic_write
-from veneer.util.proc import run, wait_until
+from veneer.util.proc import run
+from veneer.util.procfs import process_start_time, wait_for_exit
 
 logger = logging.getLogger(__name__)
 
@@ -199,26 +200,17 @@ def setup_dns(
         ) from e
 
 
-def _alive(pid: int) -> bool:
-    """Whether pid runs; a zombie does not (a daemon's reaper may be slow, or a subreaper never reaps)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    return wait_until(lambda: not _alive(pid), timeout=timeout, interval=0.01)
-
-
 def _stop(pid: int, config: Path) -> None:
     logger.debug("Stopping dnsmasq (pid %d)", pid)
+    started = process_start_time(pid)
+    if started is None:
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 2.0) and _is_our_dnsmasq(pid, config):
+        # Woken as it exits (a pidfd), not by looking every few ms: this is on every last nat machine's stop.
+        if not wait_for_exit(pid, started, timeout=2.0) and _is_our_dnsmasq(pid, config):
             os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 2.0)
+            wait_for_exit(pid, started, timeout=2.0)
 
 
 def remove_dns(run_dir: Path) -> None:
