@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -13,7 +15,10 @@ import pytest
 
 from tests.integration.conftest import DEBIAN_USER
 from tests.integration.helpers import Store, mounts_under
+from veneer.config.layout import Layout
 from veneer.config.settings import UID_RANGE_SIZE
+from veneer.runtime.cgroups import Hierarchies
+from veneer.runtime.nspawn import NSPAWN_STATE_DIR, needs_private_state_dir
 from veneer.util import proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -125,11 +130,22 @@ def test_privileged_is_visible_and_has_no_user_namespace(busybox: Store) -> None
     assert "privileged" in store.veneer("list").stdout
 
 
-def test_running_machine_is_refused_and_kill_9_is_recovered(busybox: Store) -> None:
-    store = busybox
+@contextlib.contextmanager
+def sleeping_run(store: Store) -> Iterator[proc.Process]:
+    """`veneer run m1 -- sleep 60` (a new machine from bb) in the background; ended on the way out."""
     store.veneer("create", "m1", "--from", "bb")
     runner = store.spawn("run", "m1", "--", "sleep", "60")
     try:
+        yield runner
+    finally:
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGTERM)  # veneer ends nspawn and cleans up
+            runner.wait(timeout=30)
+
+
+def test_running_machine_is_refused_and_kill_9_is_recovered(busybox: Store) -> None:
+    store = busybox
+    with sleeping_run(store) as runner:
         deadline = time.monotonic() + 20
         while '"state": "running"' not in store.veneer("status", "m1", "--json").stdout:
             assert time.monotonic() < deadline, "the machine never showed as running"
@@ -139,8 +155,6 @@ def test_running_machine_is_refused_and_kill_9_is_recovered(busybox: Store) -> N
         refused = store.veneer("rm", "m1", ok=(1,))
         assert "is running" in refused.stderr
         # kill -9 veneer and the nspawn it started: the record now points at dead processes.
-        import json
-
         pid = json.loads(store.veneer("status", "m1", "--json").stdout)["pid"]
         os.kill(runner.pid, signal.SIGKILL)
         os.kill(pid, signal.SIGKILL)
@@ -149,12 +163,48 @@ def test_running_machine_is_refused_and_kill_9_is_recovered(busybox: Store) -> N
         while '"state": "stopped"' not in store.veneer("status", "m1", "--json").stdout:
             assert time.monotonic() < deadline, "status keeps saying running after kill -9"
             time.sleep(0.1)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
     # The next command cleans up the dead run's mount, and the machine works again.
     assert store.veneer("run", "m1", "--", "echo", "again").stdout == "again\n"
+    assert not mounts_under(store.root)
+
+
+def test_a_runs_nspawn_starts_in_the_machines_cgroups_with_a_state_dir_of_its_own(busybox: Store) -> None:
+    # run launches nspawn without wrapper processes (runtime.nspawn.launch_in_child): nspawn itself is in
+    # the machine's cgroups, and where the host's state dir is on a disk it has a tmpfs there that only
+    # its own mount namespace (a slave of the host's) sees.
+    store = busybox
+    with sleeping_run(store) as runner:
+        deadline = time.monotonic() + 20
+        while not proc.child_pids(runner.pid) or not Path(f"/proc/{runner.pid}/exe").exists():
+            assert time.monotonic() < deadline, "veneer never started nspawn"
+            time.sleep(0.05)
+        time.sleep(0.5)  # past the exec
+        (nspawn,) = proc.child_pids(runner.pid)  # veneer forks nspawn itself: no wrapper in between
+        assert os.readlink(f"/proc/{nspawn}/exe").endswith("systemd-nspawn")
+        assert json.loads(store.veneer("status", "m1", "--json").stdout)["pid"] == nspawn
+        cgroup = Layout(root=store.root, run=store.run).cgroup("m1")
+        # Every hierarchy veneer made the machine's cgroup in (nspawn moves itself on below, on some).
+        groups = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{nspawn}/cgroup").read_text().split())
+        made = {"": Hierarchies.detect().unified, **Hierarchies.detect().v1}
+        for controllers, group in groups.items():
+            if any(c in made for c in controllers.split(",")):
+                assert group == f"/{cgroup}" or group.startswith(f"/{cgroup}/"), (controllers, group)
+        theirs = Path(f"/proc/{nspawn}/mountinfo").read_text()
+        state = f" {NSPAWN_STATE_DIR} "
+        if needs_private_state_dir():
+            assert os.readlink(f"/proc/{nspawn}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            assert any(state in line and " - tmpfs " in line for line in theirs.splitlines())
+            assert not any(
+                state in line and " - tmpfs " in line
+                for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            )
+            # A slave of the host's: what the host mounts later still shows inside, nothing goes back.
+            ours = Path("/proc/self/mountinfo").read_text()
+            shared = set(re.findall(r" shared:(\d+)", ours))
+            assert shared <= set(re.findall(r" master:(\d+)", theirs)), "not a slave of the host's mounts"
+            assert not set(re.findall(r" shared:(\d+)", theirs)) & shared, "not a peer of the host's"
+        else:
+            assert os.readlink(f"/proc/{nspawn}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
     assert not mounts_under(store.root)
 
 

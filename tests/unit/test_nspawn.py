@@ -1,7 +1,10 @@
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from veneer.config.settings import DEFAULT_NETWORK, Bind, Network, NetworkMode
+from veneer.errors import CommandFailed
 from veneer.runtime.base import RunSpec
 from veneer.runtime.cgroups import Hierarchies, join_argv
 from veneer.runtime.nspawn import (
@@ -10,10 +13,11 @@ from veneer.runtime.nspawn import (
     WAIT_FOR_ADDRESS,
     WAITER,
     launch_argv,
+    launch_in_child,
     nspawn_argv,
 )
 from veneer.util.mountinfo import parse_mountinfo
-from veneer.util.proc import run
+from veneer.util.proc import run, spawn
 
 SPEC = RunSpec(
     name="web1",
@@ -132,6 +136,30 @@ def test_join_argv_runs_the_command_in_the_cgroups(tmp_path: Path) -> None:
     pid = run(argv, capture=True).stdout.strip()
     assert (tmp_path / "a/cgroup.procs").read_text().strip() == pid
     assert (tmp_path / "b/cgroup.procs").read_text().strip() == pid
+
+
+def test_launch_in_child_joins_the_cgroups_before_exec(tmp_path: Path) -> None:
+    # As for join_argv: plain files stand in for cgroup.procs; the pid written is the command's own.
+    for group in ("a", "b"):
+        (tmp_path / group).mkdir()
+        (tmp_path / group / "cgroup.procs").touch()
+    out = tmp_path / "out"
+    before_exec = launch_in_child(cgroup_dirs=[tmp_path / "a", tmp_path / "b"], private_state=False)
+    process = spawn(["sh", "-c", f"echo $$ > {out}"], before_exec=before_exec)
+    assert process.wait() == 0
+    pid = out.read_text().strip()
+    assert pid == str(process.pid)
+    assert (tmp_path / "a/cgroup.procs").read_text() == pid
+    assert (tmp_path / "b/cgroup.procs").read_text() == pid
+
+
+def test_launch_in_child_fails_the_start_with_its_reason(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    before_exec = launch_in_child(cgroup_dirs=[tmp_path / "gone"], private_state=False)
+    with pytest.raises(CommandFailed) as e:
+        spawn(["touch", ran], before_exec=before_exec)
+    assert e.value.returncode == 126 and not ran.exists()
+    assert f"{tmp_path}/gone/cgroup.procs" in e.value.message and "No such file" in e.value.message
 
 
 def test_join_argv_stops_unless_best_effort(tmp_path: Path) -> None:

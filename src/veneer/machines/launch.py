@@ -1,5 +1,6 @@
 """What `run` and `start` share before nspawn starts: the machine's cgroups and network set up, its
-`RunSpec`, and the one command line that launches nspawn inside them (`runtime.nspawn.launch_argv`).
+`RunSpec`, and how nspawn is launched inside them (`runtime.nspawn.launch_argv` for a boot,
+`launch_in_child` for a run).
 
 The caller holds the machine's lock, has mounted its overlay and recorded its runtime, and cleans up with
 `recovery.end_run` or `recovery.end_boot` if anything here fails.
@@ -8,7 +9,7 @@ The caller holds the machine's lock, has mounted its overlay and recorded its ru
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class Launch:
     """How to start nspawn in a machine that is set up for it."""
 
     argv: tuple[str, ...]
+    # For a caller that forks nspawn itself (`run`): what nspawn's process does between fork and exec.
+    before_exec: Callable[[], None] | None
     nat: bool  # on veneer's nat network: its address is set from the host once the container exists
 
 
@@ -86,5 +89,5 @@ def prepare_launch(
         kill_signal=None if init is None else init.kill_signal(),
         notify_ready=init is not None and init.notifies(),
     )
-    argv = supervisor.confine(name, record.limits, nspawn_argv(spec), boot=init is not None)
-    return Launch(argv=tuple(argv), nat=net.bridge is not None)
+    confined = supervisor.confine(name, record.limits, nspawn_argv(spec), boot=init is not None)
+    return Launch(argv=confined.argv, before_exec=confined.before_exec, nat=net.bridge is not None)

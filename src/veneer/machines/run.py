@@ -105,7 +105,7 @@ def run_machine(
             if "TERM" in os.environ:
                 env["TERM"] = os.environ["TERM"]
             with _address_gate(gate_path, owner=record.uid_base) as gate:
-                process = spawn(launch.argv, env=env)
+                process = spawn(launch.argv, env=env, before_exec=launch.before_exec)
                 _save_runtime(layout, name, process.pid, owns_mount)
                 if gate is not None:
                     _configure_when_ready(layout, record, process.pid)

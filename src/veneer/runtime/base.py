@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,3 +37,12 @@ class RunSpec:
     ids: tuple[int, int] | None = None  # (uid, gid) the command runs as, switched to inside the machine
     kill_signal: str | None = None  # what nspawn sends the init when asked to stop (SIGTERM to nspawn)
     notify_ready: bool = False  # the init reports READY=1 (systemd), nspawn passes it on
+
+
+@dataclass(frozen=True, slots=True)
+class Confined:
+    """nspawn's command line as a supervisor launches it, and, where the caller forks nspawn itself
+    (`run`), what nspawn's process does first, between fork and exec (for a boot script: None)."""
+
+    argv: tuple[str, ...]
+    before_exec: Callable[[], None] | None = None

@@ -19,7 +19,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from veneer.config.layout import Layout
 from veneer.config.settings import Limits
 from veneer.runtime import cgroups, console
-from veneer.runtime.nspawn import NSPAWN_ENV, NSPAWN_STATE_DIR, launch_argv, needs_private_state_dir
+from veneer.runtime.base import Confined
+from veneer.runtime.nspawn import (
+    NSPAWN_ENV,
+    NSPAWN_STATE_DIR,
+    launch_argv,
+    launch_in_child,
+    needs_private_state_dir,
+)
 from veneer.runtime.supervisor import SupervisorKind
 from veneer.util.procfs import child_pids, process_start_time
 
@@ -73,12 +80,15 @@ class Keeper:
     def accounting_cgroup(self, name: str, *, boot: bool) -> str:
         return self.cgroup(name)  # a run and a boot alike
 
-    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> list[str]:
+    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> Confined:
         dirs = cgroups.setup_cgroups(self.cgroup(name), limits)
         private_state = needs_private_state_dir()
         if private_state:
             NSPAWN_STATE_DIR.mkdir(parents=True, exist_ok=True)
-        return launch_argv(argv, cgroup_dirs=dirs, private_state=private_state)
+        if boot:
+            return Confined(tuple(launch_argv(argv, cgroup_dirs=dirs, private_state=private_state)))
+        # `run` forks nspawn itself, so the wrappers' work is done in nspawn's own process.
+        return Confined(tuple(argv), launch_in_child(cgroup_dirs=dirs, private_state=private_state))
 
     def start(
         self, name: str, launch: Sequence[str], *, env: Mapping[str, str], limits: Limits, notify: bool

@@ -1,4 +1,5 @@
-"""The systemd-nspawn backend: pure argv builders, tested as lists.
+"""The systemd-nspawn backend: pure argv builders, tested as lists, and the launch around nspawn (its
+cgroups, its private state dir) as argv for a boot script or as a function for between fork and exec.
 
 veneer mounts the machine's overlay itself (with idmapped lower layers), so nspawn gets a directory whose
 ownership already matches the user namespace: `--private-users-ownership=off` keeps nspawn from chowning
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from veneer.config.settings import UID_RANGE_SIZE, NetworkMode
+from veneer.overlay import idmap
 from veneer.runtime.base import RunSpec
 from veneer.runtime.cgroups import join_argv
 from veneer.util.mountinfo import load_mountinfo
@@ -22,6 +24,8 @@ NSPAWN_STATE_DIR = Path("/run/systemd/nspawn")
 # For callers that make nspawn's mount namespace themselves, between fork and exec (images.buildbox).
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_SLAVE = 0x4000, 0x80000
+MS_NOSUID, MS_NODEV = 0x2, 0x4
+STATE_DIR_MODE = "mode=0755"
 # veneer locks its machines itself; nspawn's own lock files would land next to the machine's root.
 NSPAWN_ENV = {"SYSTEMD_NSPAWN_LOCK": "0"}
 
@@ -44,7 +48,8 @@ def state_dir_argv(argv: Sequence[str]) -> list[str]:
     """`argv` (nspawn) with a tmpfs at nspawn's state dir; pure. The one place veneer mounts it: the
     caller runs this in a mount namespace of nspawn's own, so the tmpfs never shows on the host, and has
     created the directory beforehand."""
-    mount = f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {shlex.quote(os.fspath(NSPAWN_STATE_DIR))}"
+    options = f"{STATE_DIR_MODE},nosuid,nodev"
+    mount = f"mount -t tmpfs -o {options} tmpfs {shlex.quote(os.fspath(NSPAWN_STATE_DIR))}"
     return ["sh", "-c", f'{mount} && exec "$@"', "sh", *argv]
 
 
@@ -57,10 +62,33 @@ def private_state_argv(argv: Sequence[str]) -> list[str]:
 
 
 def launch_argv(nspawn: Sequence[str], *, cgroup_dirs: Sequence[Path], private_state: bool) -> list[str]:
-    """How run and start both launch nspawn: in the machine's cgroups (so nspawn and all below it are
-    counted), with a private state dir where `needs_private_state_dir()`; pure. Each wrapper execs the
-    next, so the process that runs is nspawn itself."""
+    """How start launches nspawn from its boot script: in the machine's cgroups (so nspawn and all below it
+    are counted), with a private state dir where `needs_private_state_dir()`; pure. Each wrapper execs the
+    next, so the process that runs is nspawn itself. `launch_in_child` does the same without processes."""
     return join_argv(cgroup_dirs, private_state_argv(nspawn) if private_state else nspawn)
+
+
+def launch_in_child(*, cgroup_dirs: Sequence[Path], private_state: bool) -> Callable[[], None]:
+    """What `launch_argv`'s wrappers do, as a function for nspawn's own process between fork and exec,
+    for a caller that forks nspawn itself (`run`): no `sh`, `unshare` or `mount` processes (6 ms here).
+    The same steps in the same order: into the cgroups, then a mount namespace of its own (a slave of the
+    host's), then the tmpfs at the state dir."""
+    procs = [os.fspath(d / "cgroup.procs") for d in cgroup_dirs]
+
+    def before_exec() -> None:
+        pid = str(os.getpid()).encode()
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        if private_state:
+            idmap.unshare(CLONE_NEWNS)
+            idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
+            idmap.mount("tmpfs", NSPAWN_STATE_DIR, "tmpfs", flags=MS_NOSUID | MS_NODEV, data=STATE_DIR_MODE)
+
+    return before_exec
 
 
 HOST_BUSYBOX = "/bin/busybox"

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from veneer.config.layout import Layout
 from veneer.config.settings import Limits
+from veneer.runtime.base import Confined
 from veneer.runtime.cgroups import Hierarchies
 
 
@@ -77,8 +78,9 @@ class Supervisor(Protocol):
         """The machine's cgroup, relative to the unified hierarchy's root (and the v1 ones, standalone)."""
         ...
 
-    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> list[str]:
-        """`argv` (nspawn) as launched with the machine's limits: a `run` here, or a boot by `start`."""
+    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> Confined:
+        """`argv` (nspawn) as launched with the machine's limits: a `run` here, forked by the caller, or
+        a boot by `start` (as a command line)."""
         ...
 
     def start(

@@ -38,6 +38,7 @@ from pathlib import Path
 from veneer.config.layout import Layout
 from veneer.config.settings import Limits
 from veneer.runtime import console
+from veneer.runtime.base import Confined
 from veneer.runtime.console import internal_command, reap_command
 from veneer.runtime.nspawn import NSPAWN_ENV
 from veneer.runtime.supervisor import SupervisorKind
@@ -173,16 +174,16 @@ class SystemdUnits:
         # control processes (ExecStopPost's `veneer _reap`, in `.control`) must outlive a kill of the rest.
         return f"{SLICE}/{self.unit(name)}/payload"
 
-    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> list[str]:
+    def confine(self, name: str, limits: Limits, argv: Sequence[str], *, boot: bool) -> Confined:
         if boot:
-            return list(argv)  # the unit is the cgroup, its properties the limits
+            return Confined(tuple(argv))  # the unit is the cgroup, its properties the limits
         # A command (`veneer run`) in the foreground: a scope of its own in machine.slice.
         scope = self.unit(name).removesuffix(".service") + ".scope"
         properties = ["Delegate=yes", *limit_properties(limits)]
-        return [
+        return Confined((
             "systemd-run", "--scope", "--quiet", f"--unit={scope}", f"--slice={SLICE}", "--collect",
             *(f"--property={p}" for p in properties), "--", *argv,
-        ]  # fmt: skip
+        ))  # fmt: skip
 
     def _show(self, name: str, *properties: str) -> dict[str, str]:
         argv = ["systemctl", "show", self.unit(name), *(f"--property={p}" for p in properties)]

@@ -196,14 +196,40 @@ def spawn(
     """Start argv with the caller's stdin, stdout and stderr (a foreground container run).
 
     Args:
-        before_exec: runs in the child between fork and exec (stdlib and syscall wrappers only).
+        before_exec: runs in the child between fork and exec (stdlib and syscall wrappers only; the
+            caller is single-threaded). An OSError it raises fails the start with its message
+            (`CommandFailed`, status 126): nothing of argv ran.
     """
     args = [os.fspath(a) for a in argv]
     logger.debug("+ %s", shlex.join(args))
+    if before_exec is None:
+        try:
+            return subprocess.Popen(args, env=base_env(env))
+        except FileNotFoundError as e:
+            raise _not_found(args) from e
+    # subprocess says no more than "Exception occurred in preexec_fn": the child writes what failed here.
+    reason_r, reason_w = os.pipe2(os.O_CLOEXEC)
+    prepare = before_exec
+
+    def prepare_reporting() -> None:
+        try:
+            prepare()
+        except OSError as e:
+            os.write(reason_w, str(e).encode(errors="replace")[:4096])
+            raise
+
     try:
-        return subprocess.Popen(args, env=base_env(env), preexec_fn=before_exec)
+        try:
+            return subprocess.Popen(args, env=base_env(env), preexec_fn=prepare_reporting)
+        finally:
+            os.close(reason_w)
     except FileNotFoundError as e:
         raise _not_found(args) from e
+    except subprocess.SubprocessError as e:
+        reason = os.read(reason_r, 4096).decode(errors="replace") or str(e)
+        raise CommandFailed(args, 126, f"before it could start: {reason}") from e
+    finally:
+        os.close(reason_r)
 
 
 def wait_forwarding(process: subprocess.Popen[bytes] | int) -> int:
