@@ -14,6 +14,7 @@ import pytest
 
 from veneer.errors import MountError
 from veneer.overlay import idmap
+from veneer.overlay import mount as overlay_mount
 from veneer.overlay.layers import is_opaque, is_whiteout
 from veneer.overlay.mount import (
     _mount_legacy,
@@ -91,11 +92,22 @@ def machine(tmp: Path) -> Iterator[Machine]:
     unmount(m.root)
 
 
+@pytest.fixture(params=["detached", "scratch"])
+def idmapped_layers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of giving overlayfs the idmapped layers: detached mounts as they are (Linux 6.15+), or
+    mounted on scratch directories first (before; this kernel is made to take that way)."""
+    if request.param == "scratch":
+        monkeypatch.setattr(overlay_mount, "supports_layer_mount_fds", lambda _release: False)
+    else:
+        assert overlay_mount.supports_layer_mount_fds(os.uname().release), "this kernel predates 6.15"
+    return str(request.param)
+
+
 def _mount(m: Machine, uid_base: int | None = BASE) -> None:
     mount_overlay(m.lowers, m.root, upper=m.upper, work=m.work, uid_base=uid_base, scratch=m.scratch)
 
 
-def test_idmapped_lowers_show_root_files_as_uid_base(machine: Machine) -> None:
+def test_idmapped_lowers_show_root_files_as_uid_base(machine: Machine, idmapped_layers: str) -> None:
     _mount(machine)
     for rel in ("etc", "etc/only0", "etc/only1", "var/lib/data"):
         st = (machine.root / rel).stat()
@@ -104,7 +116,9 @@ def test_idmapped_lowers_show_root_files_as_uid_base(machine: Machine) -> None:
     assert (machine.lowers[0] / "etc" / "only0").stat().st_uid == 0
 
 
-def test_idmapped_scratch_mounts_are_gone_and_the_overlay_still_works(machine: Machine) -> None:
+def test_no_idmapped_layer_stays_mounted_and_the_overlay_still_works(
+    machine: Machine, idmapped_layers: str
+) -> None:
     _mount(machine)
     assert _under(machine.root.parent) == [os.fspath(machine.root)]
     assert not machine.scratch.exists()
@@ -195,7 +209,7 @@ def test_whiteouts_and_opaque_dirs_in_the_upper(machine: Machine) -> None:
 
 
 @pytest.mark.parametrize("uid_base", [None, BASE])
-def test_120_lowers(tmp: Path, uid_base: int | None) -> None:
+def test_120_lowers(tmp: Path, uid_base: int | None, idmapped_layers: str) -> None:
     m = _machine(tmp, _layers(tmp, 120))
     _mount(m, uid_base)
     try:
@@ -230,7 +244,7 @@ def test_unmount_of_a_busy_overlay_names_the_holder(machine: Machine) -> None:
     unmount(machine.root)
 
 
-def test_a_failed_mount_undoes_everything(machine: Machine) -> None:
+def test_a_failed_mount_undoes_everything(machine: Machine, idmapped_layers: str) -> None:
     broken = Machine(
         lowers=(*machine.lowers, machine.root.parent / "missing"),
         upper=machine.upper,

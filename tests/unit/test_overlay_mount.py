@@ -13,6 +13,7 @@ from veneer.overlay.mount import (
     overlay_options,
     overlay_using,
     parse_kernel_release,
+    supports_layer_mount_fds,
     supports_lowerdir_add,
 )
 from veneer.util.mountinfo import MountInfo, parse_mountinfo, parse_super_options, unescape_mountinfo
@@ -95,6 +96,11 @@ def test_fsconfig_has_no_length_limit_on_the_layer_count() -> None:
     assert [v for k, v in params if k == "lowerdir+"] == [os.fspath(p) for p in reversed(lowers)]
 
 
+def test_fsconfig_passes_layers_given_as_mount_fds_as_fds() -> None:
+    params = overlay_fsconfig([7, 8], upper=Path("/m/upper"), work=Path("/m/work"))
+    assert params[:3] == (("lowerdir+", 8), ("lowerdir+", 7), ("upperdir", "/m/upper"))
+
+
 def test_fsconfig_rejects_values_longer_than_the_kernel_copies() -> None:
     ok = Path("/" + "a" * (FSCONFIG_VALUE_MAX - 1))
     overlay_fsconfig([ok], upper=None, work=None)
@@ -104,18 +110,21 @@ def test_fsconfig_rejects_values_longer_than_the_kernel_copies() -> None:
 
 
 @pytest.mark.parametrize(
-    ("release", "parsed", "supported"),
+    ("release", "parsed", "lowerdir_add", "mount_fds"),
     [
-        ("6.18.44-fc-v595", (6, 18), True),
-        ("6.8.0-45-generic", (6, 8), True),
-        ("6.1.0-28-amd64", (6, 1), False),
-        ("5.19.0", (5, 19), False),
-        ("garbage", (0, 0), False),
+        ("6.18.44-fc-v595", (6, 18), True, True),
+        ("6.15.0", (6, 15), True, True),
+        ("6.14.11-300.fc42.x86_64", (6, 14), True, False),
+        ("6.8.0-45-generic", (6, 8), True, False),
+        ("6.1.0-28-amd64", (6, 1), False, False),
+        ("5.19.0", (5, 19), False, False),
+        ("garbage", (0, 0), False, False),
     ],
 )
-def test_kernel_release(release: str, parsed: tuple[int, int], supported: bool) -> None:
+def test_kernel_release(release: str, parsed: tuple[int, int], lowerdir_add: bool, mount_fds: bool) -> None:
     assert parse_kernel_release(release) == parsed
-    assert supports_lowerdir_add(release) is supported
+    assert supports_lowerdir_add(release) is lowerdir_add
+    assert supports_layer_mount_fds(release) is mount_fds
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,15 @@ def fsconfig_set_string(fs_fd: int, key: str, value: str) -> None:
     )  # fmt: skip
 
 
+def fsconfig_set_fd(fs_fd: int, key: str, fd: int) -> None:
+    """fsconfig(2) FSCONFIG_SET_FD: set parameter `key` to the file (or detached mount) `fd`."""
+    _syscall(
+        "fsconfig", f"{key}=fd {fd}", NR_FSCONFIG,
+        ctypes.c_long(fs_fd), ctypes.c_ulong(FSCONFIG_SET_FD),
+        ctypes.c_char_p(key.encode()), ctypes.c_void_p(None), ctypes.c_long(fd),
+    )  # fmt: skip
+
+
 def fsconfig_create(fs_fd: int, *, name: object = "") -> None:
     """fsconfig(2) FSCONFIG_CMD_CREATE: create the superblock; `name` only labels errors."""
     _syscall(

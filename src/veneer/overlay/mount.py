@@ -35,6 +35,9 @@ FSCONFIG_VALUE_MAX = 255
 
 # "lowerdir+" (one fsconfig call per layer, no option string to overflow) exists since Linux 6.8.
 LOWERDIR_ADD_SINCE = (6, 8)
+# A "lowerdir+" given as a file descriptor exists since Linux 6.13, one of a detached mount (an idmapped
+# clone that is mounted nowhere) since 6.15.
+LAYER_MOUNT_FDS_SINCE = (6, 15)
 
 
 def _check_absolute(path: Path, what: str) -> None:
@@ -73,9 +76,10 @@ def overlay_options(lowers: Sequence[Path], *, upper: Path | None, work: Path | 
 
 
 def overlay_fsconfig(
-    lowers: Sequence[Path], *, upper: Path | None, work: Path | None
-) -> tuple[tuple[str, str], ...]:
-    """The fsconfig(2) string parameters, in order, for an overlay of `lowers` (given bottom→top).
+    lowers: Sequence[Path | int], *, upper: Path | None, work: Path | None
+) -> tuple[tuple[str, str | int], ...]:
+    """The fsconfig(2) parameters, in order, for an overlay of `lowers` (given bottom→top): strings, and
+    file descriptors where a lower is one (a detached mount of the layer, Linux 6.15+).
 
     Each lower is one "lowerdir+" (Linux 6.8+), which takes the path verbatim, so ':' and ',' need no
     escaping and any number of layers fits. "upperdir" and "workdir" are still unescaped by the kernel
@@ -85,7 +89,9 @@ def overlay_fsconfig(
         raise MountError("An overlay needs at least one lower layer")
     _check_upper_work(upper, work)
     # Each "lowerdir+" appends below the layers given before it: the topmost layer comes first.
-    params = [("lowerdir+", os.fspath(p)) for p in reversed(lowers)]
+    params: list[tuple[str, str | int]] = [
+        ("lowerdir+", p if isinstance(p, int) else os.fspath(p)) for p in reversed(lowers)
+    ]
     if upper is not None and work is not None:
         params += [
             ("upperdir", os.fspath(upper).replace("\\", "\\\\")),
@@ -93,7 +99,7 @@ def overlay_fsconfig(
         ]
     params += [(feature, "off") for feature in OVERLAY_FEATURES_OFF]
     for key, value in params:
-        if len(os.fsencode(value)) > FSCONFIG_VALUE_MAX:
+        if isinstance(value, str) and len(os.fsencode(value)) > FSCONFIG_VALUE_MAX:
             raise MountError(
                 f"The overlay {key} path '{value}' is longer than {FSCONFIG_VALUE_MAX} bytes",
                 hint="fsconfig(2) limits each value to 255 bytes; use a shorter state directory.",
@@ -110,6 +116,11 @@ def parse_kernel_release(release: str) -> tuple[int, int]:
 def supports_lowerdir_add(release: str) -> bool:
     """Whether the overlayfs of kernel `release` takes one "lowerdir+" fsconfig parameter per layer."""
     return parse_kernel_release(release) >= LOWERDIR_ADD_SINCE
+
+
+def supports_layer_mount_fds(release: str) -> bool:
+    """Whether the overlayfs of kernel `release` takes a layer as the fd of a detached mount."""
+    return parse_kernel_release(release) >= LAYER_MOUNT_FDS_SINCE
 
 
 def overlay_using(path: Path, mounts: Sequence[MountInfo] | None = None) -> str | None:
@@ -146,12 +157,15 @@ def _hint_for(e: OSError) -> str:
     return "See the kernel log (dmesg) for the overlayfs message."
 
 
-def _mount_fsconfig(params: Sequence[tuple[str, str]], target: Path) -> None:
+def _mount_fsconfig(params: Sequence[tuple[str, str | int]], target: Path) -> None:
     fs = idmap.fsopen("overlay")
     try:
         try:
             for key, value in params:
-                idmap.fsconfig_set_string(fs, key, value)
+                if isinstance(value, int):
+                    idmap.fsconfig_set_fd(fs, key, value)
+                else:
+                    idmap.fsconfig_set_string(fs, key, value)
             idmap.fsconfig_create(fs, name=target)
         except OSError as e:
             # overlayfs explains most rejections only in the context's message queue.
@@ -213,11 +227,12 @@ def mount_overlay(
 ) -> None:
     """Mount an overlay of `lowers` (bottom→top) with `upper` and `work` on the directory `target`.
 
-    With `uid_base`, each lower is first mounted read-only and idmapped (0..65535 shown as
-    uid_base..uid_base+65535) on `scratch/<n>`; the overlay is built from those, then they are detached
-    and the directories removed: overlayfs keeps private clones of its layers' mounts
-    (`clone_private_mount()`), so the overlay stays usable. The upper is not idmapped: files a
-    user-namespaced guest creates land there with their host ids (uid_base and up).
+    With `uid_base`, each lower is first cloned read-only and idmapped (0..65535 shown as
+    uid_base..uid_base+65535): on Linux 6.15+ overlayfs takes the clones as they are, detached, mounted
+    nowhere; before, each is mounted on `scratch/<n>` for the overlay to be built from those paths, then
+    detached and the directories removed: overlayfs keeps private clones of its layers' mounts
+    (`clone_private_mount()`), so the overlay stays usable either way. The upper is not idmapped: files
+    a user-namespaced guest creates land there with their host ids (uid_base and up).
     On failure everything done so far is undone.
     """
     for path in (*lowers, upper, work, target):
@@ -246,47 +261,105 @@ def mount_overlay(
             ) from e
         logger.debug("Mounted overlay of %d layers on %s", len(lowers), target)
         return
-
     _check_absolute(scratch, "scratch directory")
+    steps = _IdmapSteps()
+    try:
+        if supports_layer_mount_fds(os.uname().release):
+            _mount_idmapped_detached(lowers, target, upper=upper, work=work, uid_base=uid_base, steps=steps)
+        else:
+            _mount_idmapped_scratch(
+                lowers, target, upper=upper, work=work, uid_base=uid_base, scratch=scratch, steps=steps
+            )
+    except OSError as e:
+        hint = _hint_for(e)
+        if e.errno == errno.EINVAL and steps.now.startswith("idmap"):
+            hint = "The layer's filesystem cannot be idmapped (ext4, xfs, btrfs and tmpfs can); see dmesg."
+        raise MountError(
+            f"Failed to mount overlay on '{target}': {steps.now}: {e.strerror}", hint=hint
+        ) from e
+    logger.debug("Mounted overlay of %d idmapped layers (base %d) on %s", len(lowers), uid_base, target)
+
+
+class _IdmapSteps:
+    """Which step of an idmapped mount runs, for its error message."""
+
+    def __init__(self) -> None:
+        self.now = "create the user namespace"
+
+
+def _idmapped_layers(lowers: Sequence[Path], uid_base: int, steps: _IdmapSteps) -> list[int]:
+    """A detached, read-only, idmapped clone of each lower, as fds (closed again on failure)."""
+    trees: list[int] = []
+    try:
+        userns = idmap.open_userns(uid_base=uid_base, count=idmap.IDMAP_COUNT)
+        try:
+            for lower in lowers:
+                steps.now = f"idmap layer '{lower}'"
+                trees.append(idmap.open_idmapped_tree(lower, userns_fd=userns))
+        finally:
+            os.close(userns)
+    except BaseException:
+        _close_all(trees)
+        raise
+    return trees
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _mount_idmapped_detached(
+    lowers: Sequence[Path], target: Path, *, upper: Path, work: Path, uid_base: int, steps: _IdmapSteps
+) -> None:
+    """The overlay built from the idmapped clones themselves: nothing mounted, made or removed on the way
+    (each of those was a few ms: a scratch mount's removal waits for an RCU grace period)."""
+    trees = _idmapped_layers(lowers, uid_base, steps)
+    try:
+        steps.now = "mount the overlay"
+        _mount_fsconfig(overlay_fsconfig(trees, upper=upper, work=work), target)
+    finally:
+        _close_all(trees)
+
+
+def _mount_idmapped_scratch(
+    lowers: Sequence[Path],
+    target: Path,
+    *,
+    upper: Path,
+    work: Path,
+    uid_base: int,
+    scratch: Path,
+    steps: _IdmapSteps,
+) -> None:
+    """The overlay built from the idmapped clones mounted on `scratch/<n>` (kernels before 6.15)."""
     created: list[Path] = []
     mounted: list[Path] = []
-    step = "create the scratch directory"
     try:
+        steps.now = "create the scratch directory"
         if not scratch.is_dir():
             scratch.mkdir(mode=0o700, parents=True)
             created.append(scratch)
-        step = "create the user namespace"
-        userns = idmap.open_userns(uid_base=uid_base, count=idmap.IDMAP_COUNT)
+        trees = _idmapped_layers(lowers, uid_base, steps)
         try:
-            for n, lower in enumerate(lowers):
-                step = f"idmap layer '{lower}'"
+            for n, (lower, tree) in enumerate(zip(lowers, trees, strict=True)):
+                steps.now = f"idmap layer '{lower}'"
                 point = scratch / str(n)
                 if is_mounted(point):
                     raise OSError(errno.EBUSY, f"'{point}' is a mount point already (left over?)")
                 if not point.is_dir():
                     point.mkdir(mode=0o700)
                     created.append(point)
-                tree = idmap.open_idmapped_tree(lower, userns_fd=userns)
-                try:
-                    idmap.move_mount(tree, point)
-                finally:
-                    os.close(tree)
+                idmap.move_mount(tree, point)
                 mounted.append(point)
         finally:
-            os.close(userns)
-        step = "mount the overlay"
+            _close_all(trees)
+        steps.now = "mount the overlay"
         _mount_plain([scratch / str(n) for n in range(len(lowers))], target, upper=upper, work=work)
-    except OSError as e:
+    finally:
+        # On success too: the overlay holds private clones of the idmapped layers.
         _detach_all(mounted)
         _remove_dirs(created)
-        hint = _hint_for(e)
-        if e.errno == errno.EINVAL and step.startswith("idmap"):
-            hint = "The layer's filesystem cannot be idmapped (ext4, xfs, btrfs and tmpfs can); see dmesg."
-        raise MountError(f"Failed to mount overlay on '{target}': {step}: {e.strerror}", hint=hint) from e
-    # The overlay holds private clones of the idmapped layers: the scratch mounts can go.
-    _detach_all(mounted)
-    _remove_dirs(created)
-    logger.debug("Mounted overlay of %d idmapped layers (base %d) on %s", len(lowers), uid_base, target)
 
 
 def _holders(target: Path) -> list[str]:
