@@ -41,3 +41,13 @@ def test_a_failed_command_says_its_last_lines(script: str, capture: bool, shown:
 
 def test_input_reaches_the_command() -> None:
     assert proc.run(["cat"], input="hello\n", capture=True).stdout == "hello\n"
+
+
+PDEATHSIG = "import ctypes; s = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(s)); print(s.value)"
+
+
+@pytest.mark.parametrize(("die_with_parent", "signal"), [(True, "9"), (False, "0")])
+def test_a_command_dies_with_veneer_unless_it_starts_a_daemon(die_with_parent: bool, signal: str) -> None:
+    # PR_GET_PDEATHSIG in the command: SIGKILL once veneer dies, or nothing for a daemon's starter.
+    done = proc.run(["python3", "-c", PDEATHSIG], capture=True, die_with_parent=die_with_parent)
+    assert done.stdout.strip() == signal

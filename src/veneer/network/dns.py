@@ -191,7 +191,7 @@ def setup_dns(
         (run_dir / PID_NAME).unlink()
     try:
         # dnsmasq forks and detaches; the parent exits only once the child listens, or fails.
-        run(["dnsmasq", f"--conf-file={config_path}"], capture=True)
+        run(["dnsmasq", f"--conf-file={config_path}"], capture=True, die_with_parent=False)
     except CommandFailed as e:
         raise NetworkError(
             f"Failed to start dnsmasq for '{bridge}': {e.message}",

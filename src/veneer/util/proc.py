@@ -75,6 +75,7 @@ def run(
     passthrough: bool = False,
     before_exec: Callable[[], None] | None = None,
     on_line: Callable[[str], None] | None = None,
+    die_with_parent: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv to completion; raise `CommandFailed` unless its status is in `ok_returncodes`.
 
@@ -84,12 +85,17 @@ def run(
         before_exec: runs in the child between fork and exec (stdlib and syscall wrappers only).
         on_line: called with each line of stdout and stderr together, as they come (a progress
             parser); the last lines are kept as the result's stderr, for errors.
+        die_with_parent: the kernel kills the command if veneer dies (see `_die_with_parent`). False
+            for a daemon's starter, whose daemon would not inherit that anyway: without anything to
+            run between fork and exec, the command is started by vfork, not by a copy of this process
+            (5 ms less for dnsmasq here).
     """
     args = [os.fspath(a) for a in argv]
-    die_with_parent = _die_with_parent()
+    set_death_signal = _die_with_parent() if die_with_parent else None
 
     def prepare_child() -> None:
-        die_with_parent()
+        if set_death_signal is not None:
+            set_death_signal()
         if before_exec is not None:
             before_exec()
 
@@ -115,7 +121,7 @@ def run(
             env=base_env(env),
             cwd=cwd,
             text=True,
-            preexec_fn=prepare_child,
+            preexec_fn=prepare_child if die_with_parent or before_exec is not None else None,
         )
     except FileNotFoundError as e:
         raise _not_found(args) from e
