@@ -19,7 +19,7 @@ from veneer.config.layout import Layout
 from veneer.config.settings import UID_RANGE_SIZE
 from veneer.runtime.cgroups import Hierarchies
 from veneer.runtime.nspawn import NSPAWN_STATE_DIR, needs_private_state_dir
-from veneer.util import proc
+from veneer.util import proc, procfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -175,11 +175,11 @@ def test_a_runs_nspawn_starts_in_the_machines_cgroups_with_a_state_dir_of_its_ow
     store = busybox
     with sleeping_run(store) as runner:
         deadline = time.monotonic() + 20
-        while not proc.child_pids(runner.pid) or not Path(f"/proc/{runner.pid}/exe").exists():
+        while not procfs.child_pids(runner.pid) or not Path(f"/proc/{runner.pid}/exe").exists():
             assert time.monotonic() < deadline, "veneer never started nspawn"
             time.sleep(0.05)
         time.sleep(0.5)  # past the exec
-        (nspawn,) = proc.child_pids(runner.pid)  # veneer forks nspawn itself: no wrapper in between
+        (nspawn,) = procfs.child_pids(runner.pid)  # veneer forks nspawn itself: no wrapper in between
         assert os.readlink(f"/proc/{nspawn}/exe").endswith("systemd-nspawn")
         assert json.loads(store.veneer("status", "m1", "--json").stdout)["pid"] == nspawn
         cgroup = Layout(root=store.root, run=store.run).cgroup("m1")
