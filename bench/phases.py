@@ -44,9 +44,9 @@ def clocked(label, function):
 steps = {
     "refuse_if_running": "recovery check",
     "mount_overlay_of": "mount the idmapped overlay", "prepare_launch": "network and cgroups set up, argv",
-    "spawn": "start the launch chain",
+    "spawn": "fork nspawn (in its process: join the cgroups, private state dir), until its exec",
     "_configure_when_ready": "nat: wait for the container, set its address",
-    "wait_forwarding": "wrappers + nspawn + /bin/true", "end_run": "clean up (unmount, cgroups, network)",
+    "wait_forwarding": "nspawn + /bin/true", "end_run": "clean up (unmount, cgroups, network)",
 }
 for name, label in steps.items():
     setattr(r, name, clocked(label, getattr(r, name)))
