@@ -11,8 +11,10 @@ script here, twice per nat run. At the process's exit, that work has long been d
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import os
 import threading
 
 LIBRARY = "libnftables.so.1"
@@ -41,13 +43,28 @@ def _library() -> ctypes.CDLL:
 def _context() -> int:
     """The process's nft context (see the module's docstring for why it lives as long as the process)."""
     library = _library()
+    before = _open_fds()
     context: int | None = library.nft_ctx_new(0)  # NFT_CTX_DEFAULT
     if not context:
         raise MemoryError("nft_ctx_new")
+    # Its netlink socket (made here, by libmnl) is inheritable: a command veneer execs in its own place
+    # (`veneer _boot` becomes nspawn) must not hold it. Python's own fds are not inheritable anyway.
+    for fd, _what in _open_fds().items() - before.items():
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
     # Buffered, so messages come back to the caller instead of going to this process's stdout/stderr.
     library.nft_ctx_buffer_output(context)
     library.nft_ctx_buffer_error(context)
     return context
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's open fds and what each is (listdir's own fd is gone by the time it is read)."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+    return found
 
 
 # A context is not for two threads at once (`veneer start A B ...` starts machines in threads).
