@@ -34,7 +34,10 @@ RESULTS = REPO / "bench" / "results"
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
+from veneer.config.layout import Layout  # noqa: E402
 from veneer.errors import CommandFailed  # noqa: E402
+from veneer.runtime.supervisor import SupervisorKind, detect_supervisor  # noqa: E402
+from veneer.runtime.systemd_unit import SLICE, console_unit_name, unit_name  # noqa: E402
 from veneer.util.proc import Completed, Process, run, spawn, which  # noqa: E402
 
 # Podman lowers its own RLIMIT_NPROC to this before starting the OCI runtime (it is podman's default).
@@ -68,6 +71,11 @@ class Scratch:
     @property
     def runtime(self) -> Path:
         return self.scratch / "run"
+
+    @property
+    def layout(self) -> Layout:
+        """The run's store as veneer sees it (its machines' unit and cgroup names)."""
+        return Layout(root=self.store, run=self.runtime, uids=self.scratch / "uids")
 
     def veneer_argv(self, *args: str) -> list[str]:
         return [os.fspath(self.python), "-m", "veneer", *args]
@@ -268,6 +276,31 @@ def child_pids(pid: int) -> list[int]:
             with contextlib.suppress(OSError):
                 children += [int(c) for c in (task / "children").read_text().split()]
     return children
+
+
+def on_systemd() -> bool:
+    """Whether veneer supervises machines with systemd units on this host (systemd is PID 1)."""
+    return detect_supervisor().kind is SupervisorKind.SYSTEMD
+
+
+def cgroup_pids(cgroup: Path, *, skip: str = "") -> list[int]:
+    """The processes in `cgroup` and the cgroups below it, but its child `skip` and what is below that."""
+    found = []
+    for directory, subdirs, _ in os.walk(cgroup):
+        subdirs[:] = [d for d in subdirs if not (directory == os.fspath(cgroup) and d == skip)]
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
+    return found
+
+
+def unit_pids(layout: Layout, name: str) -> tuple[list[int], list[int]]:
+    """On a systemd host, a running machine's processes outside its container: its console unit's (the
+    tmux keeper), and its unit's but those of the unit's `payload` (nspawn alone)."""
+    units = Path("/sys/fs/cgroup") / SLICE
+    return (
+        cgroup_pids(units / console_unit_name(layout, name)),
+        cgroup_pids(units / unit_name(layout, name), skip="payload"),
+    )
 
 
 def descendants(pid: int) -> list[int]:
@@ -485,7 +518,9 @@ def loadavg() -> list[str]:
 
 def machine_info(scratch: Path) -> dict[str, Any]:
     """What every benchmark reports about the host and the checkout."""
-    git = run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture=True, check=False)
+    describe: list[str | Path] = ["git", "-C", REPO, "describe", "--always", "--dirty"]
+    # A VM's guest (bench/vm.py) has no git: the host's run says which commit.
+    git = run(describe, capture=True, check=False) if which("git") else None
     return {
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
@@ -494,7 +529,7 @@ def machine_info(scratch: Path) -> dict[str, Any]:
         "loadavg_at_end": loadavg(),
         "scratch_fs": fs_type(scratch),
         "python": platform.python_version(),  # the harness's; see "veneer_python" where scripts record it
-        "veneer_git": git.stdout.strip() or "unknown",
+        "veneer_git": (git.stdout.strip() if git else "") or "unknown",
     }
 
 
@@ -532,12 +567,16 @@ def raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: every cleanup runs
 
 
-def save_report(report: Mapping[str, Any], started: float, *, prefix: str = "") -> Path:
-    """Write a run's report to bench/results/<prefix><UTC time it started>.json and say where."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
+def save_report(
+    report: Mapping[str, Any], started: float, *, prefix: str = "", path: Path | None = None
+) -> Path:
+    """Write a run's report to `path`, by default bench/results/<prefix><UTC time it started>.json, and say
+    where."""
+    if path is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / (prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nWrote {path.relative_to(REPO)}")
+    print(f"\nWrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path
 
 

@@ -16,6 +16,7 @@ import argparse
 import collections
 import contextlib
 import errno
+import itertools
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from harness import (
     measure_process,
     memory_row,
     mounts_under,
+    on_systemd,
     podman_flags,
     process_name,
     python_info,
@@ -62,11 +64,12 @@ from harness import (
     start_time,
     stat_fields,
     time_contenders,
+    unit_pids,
     wait_all,
 )
 
-from veneer.config.layout import Layout
 from veneer.errors import CommandFailed
+from veneer.runtime.systemd_unit import SLICE
 from veneer.util.proc import Completed, run, which
 
 MB = 1024 * 1024
@@ -84,7 +87,12 @@ class Bench(Scratch):
     """The settings of this script's run, and podman as its peer."""
 
     quick: bool
+    with_podman: bool = True  # False: the podman rows are left out (a host without podman)
+    debian_from: Path | None = None  # `deb` from this tree instead of debootstrap (a host with no mirror)
+    machines: int = 20  # how many machines `many` starts at once
+    systemd: bool = False  # veneer's supervisor here is systemd: plain nspawn runs in scopes too
     base_info: dict[str, dict[str, int]] = field(default_factory=dict)
+    _scopes: itertools.count[int] = field(default_factory=itertools.count)
     _podman_flags: tuple[list[str], list[str]] | None = None
 
     def podman_flags(self) -> tuple[list[str], list[str]]:
@@ -96,6 +104,22 @@ class Bench(Scratch):
     def podman(self, *args: str, check: bool = True) -> Completed:
         global_flags, _ = self.podman_flags()
         return run(["podman", *global_flags, *args], capture=True, check=check)
+
+    def nspawn_argv(self, name: str, *flags: str) -> list[str]:
+        """Plain systemd-nspawn with `flags`; on a systemd host in a transient scope of its own in
+        machine.slice, delegated, as veneer's `run` puts its nspawn and its units keep theirs (see README,
+        "On a systemd host"). Elsewhere the caller gives it a cgroup of its own (`nspawn_cgroups`)."""
+        argv = ["systemd-nspawn", *flags]
+        if not self.systemd:
+            return argv
+        scope = f"{PODMAN_PREFIX}-{name}-{next(self._scopes)}.scope"
+        return ["systemd-run", "--scope", "--quiet", f"--unit={scope}", f"--slice={SLICE}", "--collect",
+                "--property=Delegate=yes", "--", *argv]  # fmt: skip
+
+    def nspawn_cgroups(self, name: str) -> list[Path]:
+        """The cgroups of its own that plain nspawn `name` is started in: none on a systemd host, where its
+        scope is that (`nspawn_argv`)."""
+        return [] if self.systemd else setup_nspawn_cgroup(name)
 
     def podman_import(self, tree: Path, image: str) -> None:
         """Import a tree as a podman image (tar, then `podman import`); removed at the end of the run."""
@@ -255,15 +279,21 @@ def remove_cgroup(path: Path, *, patience: float = 5.0) -> None:
 
 def machine_cgroups(name: str) -> list[Path]:
     """The cgroups veneer made for machine `name` that still exist, in any hierarchy: `veneer/NAME`, or
-    `veneer-HASH/NAME` for a store other than the default one (as the run's own)."""
+    `veneer-HASH/NAME` for a store other than the default one (as the run's own); on a systemd host its
+    units' in machine.slice (`veneer[-HASH]-NAME.service` or `.scope`, `veneer[-HASH]-console@NAME.service`).
+    """
     top = Path("/sys/fs/cgroup")
-    return sorted([*top.glob(f"*/veneer*/{name}"), *top.glob(f"veneer*/{name}")])
+    units = [
+        *(top / SLICE).glob(f"veneer*-{name}.s*"),
+        *(top / SLICE).glob(f"veneer*-console@{name}.service"),
+    ]
+    return sorted([*top.glob(f"*/veneer*/{name}"), *top.glob(f"veneer*/{name}"), *units])
 
 
 def remove_store_cgroups(bench: Bench) -> None:
     """Remove the run's store's own cgroup group (`veneer-HASH`) in each hierarchy, should veneer have left
     it behind (it removes it with the store's last machine's cgroups)."""
-    group = Path(Layout(root=bench.store, run=bench.runtime).cgroup("m")).parent
+    group = Path(bench.layout.cgroup("m")).parent
     if group == Path("veneer"):
         return  # the default store's group is shared with the host's own machines: never ours to remove
     for hierarchy in {*Path("/sys/fs/cgroup").glob("*"), Path("/sys/fs/cgroup")}:
@@ -358,14 +388,17 @@ class Bases:
         """Debian with systemd, by debootstrap from the Debian mirror (about a minute)."""
         if self._debian is None:
             self.bench.defer(lambda: self.bench.veneer("image", "rm", "deb"), "veneer image rm deb")
-            self.bench.timed_setup(
-                f"veneer image create deb --debootstrap {DEBIAN_SUITE}", self._create_debian
-            )
+            source = self.bench.debian_from
+            how = f"--from-dir {source}" if source else f"--debootstrap {DEBIAN_SUITE}"
+            self.bench.timed_setup(f"veneer image create deb {how}", self._create_debian)
             self._debian = self._register("deb")
         return self._debian
 
     def _create_debian(self) -> None:
-        self.bench.veneer("image", "create", "deb", "--debootstrap", DEBIAN_SUITE)
+        if self.bench.debian_from is not None:
+            self.bench.veneer("image", "create", "deb", "--from-dir", os.fspath(self.bench.debian_from))
+        else:
+            self.bench.veneer("image", "create", "deb", "--debootstrap", DEBIAN_SUITE)
 
 
 def make_big_tree(dest: Path, skeleton: Path, budget: int) -> None:
@@ -535,7 +568,7 @@ class NspawnRun(Contender):
             self.measure(-1)  # --private-users=pick chowns the copy on its first run: not part of the task
 
     def measure(self, i: int) -> None:
-        run(["systemd-nspawn", *self.flags, "--", *self.argv], capture=True)
+        run(self.bench.nspawn_argv(self.tree.name, *self.flags, "--", *self.argv), capture=True)
 
     def teardown(self) -> None:
         shutil.rmtree(self.tree, ignore_errors=True)
@@ -624,7 +657,7 @@ class NspawnBoot(Contender):
 
     def setup(self) -> None:
         run(["cp", "-a", self.base().tree, self.tree], capture=True)
-        self.cgroups = setup_nspawn_cgroup(self.tree.name)
+        self.cgroups = self.bench.nspawn_cgroups(self.tree.name)
         if self.isolated:
             # --private-users=pick chowns the copy on its first run, unless it can map it with an idmapped
             # mount (nspawn 252 on ext4 does): not part of the task either way.
@@ -637,7 +670,7 @@ class NspawnBoot(Contender):
     def spawn(self, args: list[str]) -> Background:
         env = {"NOTIFY_SOCKET": os.fspath(self.socket_path)}
         log = self.bench.log_file(self.tree.name)
-        argv = ["systemd-nspawn", *self.flags, *args]
+        argv = self.bench.nspawn_argv(self.tree.name, *self.flags, *args)
         return spawn_logged(argv, into=self.running, log=log, env=env, cgroups=self.cgroups)
 
     def measure(self, i: int) -> None:
@@ -780,7 +813,10 @@ class VeneerFleet(Fleet):
 
     def keeper_tree(self, name: str) -> tuple[list[int], list[int]]:
         """The pids in the machine's console keeper: veneer's (the tmux server and all below it but nspawn),
-        and nspawn's. The container's own processes, below nspawn, are in neither."""
+        and nspawn's. The container's own processes, below nspawn, are in neither. On a systemd host: the
+        console unit's processes, and its unit's outside the container (nspawn)."""
+        if self.bench.systemd:
+            return unit_pids(self.bench.layout, name)
         server = run(
             ["tmux", "-S", self.console_socket(name), "display-message", "-p", "#{pid}"], capture=True
         )
@@ -899,11 +935,11 @@ class NspawnFleet(Fleet):
         self.dir.mkdir(exist_ok=True)
         for tree in self.trees:
             run(["cp", "-a", self.bases.busybox().tree, tree], capture=True)
-            self.cgroups[tree] = setup_nspawn_cgroup(tree.name)
+            self.cgroups[tree] = self.bench.nspawn_cgroups(tree.name)
 
     def start_all(self) -> None:
         for tree in self.trees:
-            argv = ["systemd-nspawn", *self.flags(tree)]
+            argv = self.bench.nspawn_argv(tree.name, *self.flags(tree))
             log = self.bench.log_file(tree.name)
             spawn_logged(argv, into=self.running, log=log, cgroups=self.cgroups[tree])
         wait_for_busybox(self.running, timeout=BOOT_TIMEOUT)
@@ -983,6 +1019,8 @@ SETTLE_SECONDS = 1.0
 
 def memory_survey(bench: Bench, bases: Bases) -> dict[str, Any]:
     """What veneer keeps alive per running machine, beside nspawn's own cost and a Python supervisor's."""
+    if bench.systemd:
+        raise SystemExit("bench: on a systemd host, memory per machine is bench/supervisors.py's to measure")
     fleet = VeneerFleet(bench, bases, prefix="vbmem", count=MEMORY_MACHINES)
     command = [sys.executable, "-I", "-S", "-c", SUPERVISOR]
     supervisors: list[Background] = []
@@ -1073,7 +1111,7 @@ def run_contenders(bench: Bench, bases: Bases) -> list[Contender]:
         VeneerRun(bench, bases, network="nat", reference=2),
         NspawnRun(bench, bases, network="veth", reference=2),
         NspawnRun(bench, bases, network=None),
-        PodmanRun(bench, bases),
+        *([PodmanRun(bench, bases)] if bench.with_podman else []),
     ]
 
 
@@ -1097,7 +1135,7 @@ MANY_MACHINES = 20
 
 
 def many_contenders(bench: Bench, bases: Bases) -> list[Contender]:
-    n = MANY_MACHINES
+    n = bench.machines
     ours = VeneerFleet(bench, bases, prefix="vbmany", count=n)
     together = VeneerFleet(bench, bases, prefix="vbone", count=n, one_process=True)
     plain = NspawnFleet(bench, bases, prefix="vbplain", count=n)
@@ -1289,9 +1327,12 @@ def host_info(bench: Bench) -> dict[str, Any]:
     return {
         **machine_info(bench.scratch),
         "veneer_python": python_info(bench.python),
+        "supervisor": "systemd" if bench.systemd else "standalone",
         "systemd_nspawn": first_line(["systemd-nspawn", "--version"]),
-        "podman": first_line(["podman", "--version"]),
-        "podman_flags": {"global": bench.podman_flags()[0], "run": bench.podman_flags()[1]},
+        "podman": first_line(["podman", "--version"]) if bench.with_podman else None,
+        "podman_flags": dict(zip(("global", "run"), bench.podman_flags(), strict=True))
+        if bench.with_podman
+        else None,
         "runc": first_line(["runc", "--version"]) if which("runc") else None,
     }
 
@@ -1317,6 +1358,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=Path(sys.executable),
         help="the interpreter that runs veneer and `python3 -c pass` (default: the one running this script)",
     )
+    parser.add_argument(
+        "--machines",
+        type=int,
+        default=MANY_MACHINES,
+        help=f"machines `many` starts (default {MANY_MACHINES})",
+    )
+    parser.add_argument("--no-podman", action="store_true", help="leave podman's rows out (no `create`)")
+    parser.add_argument(
+        "--debian-from",
+        type=Path,
+        metavar="DIR",
+        help="make the Debian base from this tree (`image create --from-dir`) instead of by debootstrap",
+    )
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", help="write the JSON here (default bench/results/TIME.json)"
+    )
     return parser.parse_args(argv)
 
 
@@ -1325,8 +1382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: run as root (overlay mounts, nspawn, rootful podman)", file=sys.stderr)
         return 2
-    if args.repeat < 1:
-        print("bench: --repeat must be at least 1", file=sys.stderr)
+    if args.repeat < 1 or args.machines < 1:
+        print("bench: --repeat and --machines must be at least 1", file=sys.stderr)
+        return 2
+    if args.no_podman and (args.only is None or "create" in args.only):
+        print("bench: `create` compares with podman: leave it out with --only", file=sys.stderr)
         return 2
     if not os.access(args.python, os.X_OK):
         print(f"bench: --python {args.python}: not an executable file", file=sys.stderr)
@@ -1339,7 +1399,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = [b for b in BENCHMARKS if args.only is None or b.name in args.only]
     started, load_at_start = time.time(), loadavg()
     with scratch_dir() as scratch, contextlib.ExitStack() as cleanups:
-        bench = Bench(scratch=scratch, quick=args.quick, cleanups=cleanups, python=args.python)
+        bench = Bench(
+            scratch=scratch,
+            quick=args.quick,
+            cleanups=cleanups,
+            python=args.python,
+            with_podman=not args.no_podman,
+            debian_from=args.debian_from,
+            machines=args.machines,
+            systemd=on_systemd(),
+        )
         # Registered first, so it runs last, once every machine of the run's store is gone.
         bench.defer(lambda: remove_store_cgroups(bench), "remove the store's cgroup group")
         bases = Bases(bench)
@@ -1360,6 +1429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "warmup": args.warmup,
                 "python": os.fspath(args.python),
+                "machines": args.machines,
+                "no_podman": args.no_podman,
+                "debian_from": os.fspath(args.debian_from) if args.debian_from else None,
             },
             "host": {**host_info(bench), "loadavg_at_start": load_at_start},
             "bases": bench.base_info,
@@ -1370,7 +1442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["cleanup_failures"] = bench.cleanup_failures
     table = format_table(results)
     print(table)
-    save_report({**report, "table": table}, started)
+    save_report({**report, "table": table}, started, path=args.output)
     if bench.cleanup_failures:
         log(f"some cleanups failed (see above): {', '.join(bench.cleanup_failures)}")
         return 1

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from harness import (
@@ -35,11 +34,10 @@ from harness import (
     measure_process,
     memory_row,
     scratch_dir,
+    unit_pids,
 )
 
-from veneer.config.layout import Layout
 from veneer.runtime.supervisor import SupervisorKind, detect_supervisor
-from veneer.runtime.systemd_unit import SLICE, console_unit_name, unit_name
 from veneer.util.proc import run
 
 SETTLE_SECONDS = 1.0  # after the last start: the machines are idle
@@ -59,21 +57,8 @@ def keeper_processes(bench: Scratch, name: str) -> list[int]:
     return found
 
 
-def unit_processes(layout: Layout, name: str) -> list[int]:
-    """The processes of the machine's unit but those of its payload (the container), and those of its
-    console unit."""
-    unit = Path("/sys/fs/cgroup") / SLICE / unit_name(layout, name)
-    found = []
-    for directory, subdirs, _ in os.walk(unit):
-        subdirs[:] = [d for d in subdirs if not (directory == os.fspath(unit) and d == "payload")]
-        found += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
-    console = Path("/sys/fs/cgroup") / SLICE / console_unit_name(layout, name) / "cgroup.procs"
-    return found + [int(p) for p in console.read_text().split()]
-
-
 def survey(bench: Scratch, count: int) -> dict[str, Any]:
     choice = detect_supervisor()
-    layout = Layout(root=bench.store, run=bench.runtime, uids=bench.scratch / "uids")
     names = [f"sup{n:02d}" for n in range(1, count + 1)]
     bench.veneer("image", "create", "bb", "--busybox")
     processes: list[dict[str, Any]] = []
@@ -85,7 +70,8 @@ def survey(bench: Scratch, count: int) -> dict[str, Any]:
     time.sleep(SETTLE_SECONDS)
     for name in names:
         if choice.kind is SupervisorKind.SYSTEMD:
-            pids = unit_processes(layout, name)
+            console, unit = unit_pids(bench.layout, name)
+            pids = unit + console
         else:
             pids = keeper_processes(bench, name)
         for pid in pids:
