@@ -3,7 +3,9 @@ inside on the systemd supervisor, its results brought back. `sudo python3 bench/
 bench/README.md, "On a systemd host".
 
 The VM is the tests' own (same cached image, same boot, this checkout read-only at /veneer), so the
-guest's veneer is this checkout's. It has no network, no podman and no mirror: run.py runs with
+guest's veneer is this checkout's: its src/ and bench/ copied onto the guest's disk first (GUEST_COPY), as
+a host has veneer installed, since reading modules through 9p would slow veneer's imports alone (the
+contenders are installed in the image). It has no network, no podman and no mirror: run.py runs with
 --no-podman and makes `deb` from the image's Debian tree. Each benchmark is a run.py of its own, its JSON
 written on the guest's disk and read back through the guest agent, so one that fails costs only its rows.
 qemu is killed on every way out (the tests' `booted_vm`), and with this process should it be killed.
@@ -42,13 +44,21 @@ from tests.integration.vms import (
 # What makes sense there: `create` needs podman, `memory` is bench/supervisors.py's on that supervisor.
 DEFAULT_ONLY = ("run", "boot-bb", "boot", "many", "startup")
 RUN_TIMEOUT = 3600.0  # seconds for one benchmark under emulation
+GUEST_COPY = "/var/tmp/veneer-bench"  # where the checkout's src/ and bench/ are copied in the guest
+
+
+def copy_checkout(vm: VirtualMachine) -> None:
+    """src/ and bench/ onto the guest's disk, bytecode included (`cp -a` keeps the times it checks)."""
+    vm.run(["rm", "-rf", GUEST_COPY])
+    vm.run(["mkdir", "-p", GUEST_COPY])
+    vm.run(["cp", "-a", f"{GUEST_CHECKOUT}/src", f"{GUEST_CHECKOUT}/bench", GUEST_COPY])
 
 
 def run_in_guest(vm: VirtualMachine, name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """One benchmark by run.py in the guest; its report, or None (and its output logged) if it failed."""
     output = f"/var/tmp/vmbench-{name}.json"
     argv = [
-        "python3", f"{GUEST_CHECKOUT}/bench/run.py", "--only", name, "--no-podman",
+        "python3", f"{GUEST_COPY}/bench/run.py", "--only", name, "--no-podman",
         "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--machines", str(args.machines),
         "--debian-from", GUEST_DEBIAN_TREE, "--output", output,
     ]  # fmt: skip
@@ -85,8 +95,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, raise_on_sigterm)  # unwinds, so qemu is killed
-    # The guest cannot write the read-only checkout's bytecode: compile it here (same Python 3.11), or
-    # every veneer command in the guest, and the units' `veneer _console`, would compile all it imports.
+    # Bytecode made here (the same Python 3.11) goes with the copy, so the guest's first commands do not
+    # compile what they import.
     run([sys.executable, "-m", "compileall", "-q", REPO / "src", REPO / "bench"], capture=True)
     started = time.time()
     image = cached_image(Recipe(suite=args.suite))
@@ -100,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cpus": args.cpus,
                 "memory": args.memory,
             }
+            copy_checkout(vm)
             for name in args.only:
                 report = run_in_guest(vm, name, args)
                 if report is not None:
