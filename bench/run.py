@@ -1221,7 +1221,7 @@ BENCHMARKS: tuple[Benchmark | Survey, ...] = (
     ),
     Benchmark(
         name="many",
-        what=f"start {MANY_MACHINES} busybox machines at once, then stop them at once",
+        what=f"start busybox machines at once (--machines, default {MANY_MACHINES}), then stop them at once",
         contenders=many_contenders,
         extra_ratios=(
             ("goal <= 1.50: start, one veneer process / nspawn", 1, 2),

@@ -41,8 +41,9 @@ from tests.integration.vms import (
     cached_image,
 )
 
-# What makes sense there: `create` needs podman, `memory` is bench/supervisors.py's on that supervisor.
-DEFAULT_ONLY = ("run", "boot-bb", "boot", "many", "startup")
+# What works there: `create` needs podman, `memory` is bench/supervisors.py's on that supervisor, and
+# `many` did not finish (bench/README.md, "On a systemd host"): --only many to try it.
+DEFAULT_ONLY = ("startup", "run", "boot-bb", "boot")
 RUN_TIMEOUT = 3600.0  # seconds for one benchmark under emulation
 GUEST_COPY = "/var/tmp/veneer-bench"  # where the checkout's src/ and bench/ are copied in the guest
 
