@@ -112,3 +112,25 @@ def test_doctor_names_the_supervisor_and_flags_a_host_where_it_cannot_work() -> 
     assert any("tmux" in f.message for f in failed)
     assert any("cpu, memory, pids" in f.message for f in failed)
     assert all(f.ok for f in check_supervisor(standalone, V1_ALL, find=lambda tool: f"/usr/bin/{tool}"))
+
+
+def test_waits_ask_systemd_ever_less_often_and_the_keeper_every_5_ms() -> None:
+    from veneer.machines.boot import _pauses
+    from veneer.runtime.keeper import Keeper
+    from veneer.runtime.systemd_unit import SystemdUnits
+
+    layout = Layout(root=Path("/var/lib/veneer"), run=Path("/run/veneer"))
+    systemd = _pauses(SystemdUnits(layout))
+    assert [round(next(systemd), 3) for _ in range(9)] == [
+        0.005,
+        0.01,
+        0.02,
+        0.04,
+        0.08,
+        0.16,
+        0.25,
+        0.25,
+        0.25,
+    ]
+    keeper = _pauses(Keeper(layout))
+    assert {next(keeper) for _ in range(9)} == {0.005}

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -219,14 +220,24 @@ def _log_tail(layout: Layout, name: MachineName, lines: int = 8) -> str:
 def _wait_for_nspawn(layout: Layout, supervisor: Supervisor, name: MachineName, *, timeout: float) -> int:
     """The pid of nspawn once the supervisor has started it."""
     deadline = time.monotonic() + timeout
+    pauses = _pauses(supervisor)
     while time.monotonic() < deadline:
         pid = supervisor.nspawn_pid(name)
         if pid is not None:
             return pid
         if supervisor.ended(name):
             raise _failure(layout, name, "failed to start")
-        time.sleep(POLL_INTERVAL)
+        time.sleep(next(pauses))
     raise _failure(layout, name, f"did not start within {timeout:.0f} s")
+
+
+def _pauses(supervisor: Supervisor) -> Iterator[float]:
+    """The pauses between a wait's questions to the supervisor: short at first, as most starts answer
+    soon, doubling up to what the supervisor's answers cost (`longest_poll`)."""
+    pause = min(POLL_INTERVAL, supervisor.longest_poll)
+    while True:
+        yield pause
+        pause = min(pause * 2, supervisor.longest_poll)
 
 
 def _wait_for_leader(
@@ -267,6 +278,7 @@ def _wait_until_ready(
     inits cannot tell: ready once PID 1 has started its first child (busybox init its console shell,
     sysvinit its rc scripts)."""
     deadline = time.monotonic() + timeout
+    pauses = _pauses(supervisor)
     while time.monotonic() < deadline:
         if not is_alive(runtime):
             raise _failure(layout, name, "stopped while starting")
@@ -282,7 +294,7 @@ def _wait_until_ready(
             leader = find_leader(runtime.pid)
             if reported is not False and leader is not None and child_pids(leader):
                 return
-            time.sleep(POLL_INTERVAL)
+            time.sleep(next(pauses))
     raise _failure(layout, name, f"did not report ready within {timeout:.0f} s")
 
 

@@ -64,6 +64,7 @@ class Keeper:
     kind = SupervisorKind.STANDALONE
     terminal = True
     registers = False
+    longest_poll = 0.005  # its answers are reads of /proc and of the keeper's files
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout

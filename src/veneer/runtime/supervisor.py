@@ -73,6 +73,9 @@ class Supervisor(Protocol):
     kind: SupervisorKind
     terminal: bool  # nspawn's console is a terminal veneer keeps (`console` attaches to it)
     registers: bool  # machines are registered with machined, nspawn keeps the supervisor's unit
+    # The longest pause between two questions about a starting machine: asking systemd runs `systemctl`,
+    # and many starts asking at once keep PID 1 too busy to run their start jobs.
+    longest_poll: float
 
     def cgroup(self, name: str) -> str:
         """The machine's cgroup, relative to the unified hierarchy's root (and the v1 ones, standalone)."""

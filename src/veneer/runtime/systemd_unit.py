@@ -149,6 +149,7 @@ class SystemdUnits:
     kind = SupervisorKind.SYSTEMD
     terminal = True
     registers = True
+    longest_poll = 0.25  # each answer is a `systemctl show`
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
