@@ -46,6 +46,8 @@ from veneer.util import proc
 
 SLICE = "machine.slice"
 UNIT_DIR = Path("/etc/systemd/system")  # where `veneer enable` writes a machine's persistent unit
+# Where systemd keeps a transient unit's file for as long as the unit is loaded.
+TRANSIENT_DIR = Path("/run/systemd/transient")
 STOP_TIMEOUT_SEC = 90
 
 
@@ -200,7 +202,9 @@ class SystemdUnits:
         stop_post = f"{status_command(layout.boot_status(name))}; exec {reap}"
         # The unit of the last boot may still be there (its ExecStopPost finishing, or failed): it would
         # keep the name taken. The caller holds the machine's lock, so that ExecStopPost ends at once.
-        self._stop_unit(name)
+        # Usually none is: asking systemd costs three systemctl processes, looking costs two stat().
+        if any((TRANSIENT_DIR / unit).exists() for unit in (self.unit(name), self.console_unit(name))):
+            self._stop_unit(name)
         self._start_console(name)
         proc.run(
             run_argv(self.unit(name), launch, limits=limits, env=env, stop_post=stop_post,
