@@ -23,26 +23,25 @@ _IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 IMAGE_NAME_MAX = 64
 
 
+def _checked(kind: str, text: str, pattern: re.Pattern[str], longest: int, allowed: str) -> str:
+    if not pattern.fullmatch(text) or len(text) > longest:
+        raise UsageError(f"Invalid {kind} name '{text}'", hint=f"Use 1-{longest} characters of {allowed}.")
+    return text
+
+
 def parse_machine_name(text: str) -> MachineName:
     """Check a machine name: 1-12 of a-z, 0-9 and '-', not starting or ending with '-'."""
-    if not _MACHINE_NAME.fullmatch(text) or len(text) > MACHINE_NAME_MAX:
-        raise UsageError(
-            f"Invalid machine name '{text}'",
-            hint=f"Use 1-{MACHINE_NAME_MAX} characters of a-z, 0-9 and '-', starting and ending with a "
-            "letter or digit (it becomes the hostname and the interface name vb-NAME).",
-        )
-    return MachineName(text)
+    allowed = (
+        "a-z, 0-9 and '-', starting and ending with a letter or digit "
+        "(it becomes the hostname and the interface name vb-NAME)"
+    )
+    return MachineName(_checked("machine", text, _MACHINE_NAME, MACHINE_NAME_MAX, allowed))
 
 
 def parse_image_name(text: str) -> ImageName:
     """Check an image name: 1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit."""
-    if not _IMAGE_NAME.fullmatch(text) or len(text) > IMAGE_NAME_MAX:
-        raise UsageError(
-            f"Invalid image name '{text}'",
-            hint=f"Use 1-{IMAGE_NAME_MAX} characters of a-z, 0-9, '.', '_' and '-', "
-            "starting with a letter or digit.",
-        )
-    return ImageName(text)
+    allowed = "a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+    return ImageName(_checked("image", text, _IMAGE_NAME, IMAGE_NAME_MAX, allowed))
 
 
 SnapshotName = NewType("SnapshotName", str)
@@ -52,13 +51,8 @@ SNAPSHOT_NAME_MAX = 64
 
 def parse_snapshot_name(text: str) -> SnapshotName:
     """Check a snapshot name: 1-64 of A-Z, a-z, 0-9, '.', '_', ':' and '-', a letter or digit first."""
-    if not _SNAPSHOT_NAME.fullmatch(text) or len(text) > SNAPSHOT_NAME_MAX:
-        raise UsageError(
-            f"Invalid snapshot name '{text}'",
-            hint=f"Use 1-{SNAPSHOT_NAME_MAX} characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', "
-            "starting with a letter or digit.",
-        )
-    return SnapshotName(text)
+    allowed = "A-Z, a-z, 0-9, '.', '_', ':' and '-', starting with a letter or digit"
+    return SnapshotName(_checked("snapshot", text, _SNAPSHOT_NAME, SNAPSHOT_NAME_MAX, allowed))
 
 
 def parse_seconds(text: str) -> float:
