@@ -39,11 +39,9 @@ from veneer.machines.uids import allocate_uid_range, release_uid_range
 from veneer.overlay import idmap
 from veneer.runtime.base import RunSpec
 from veneer.runtime.nspawn import (
-    CLONE_NEWNS,
-    MS_REC,
-    MS_SLAVE,
     NSPAWN_ENV,
     NSPAWN_STATE_DIR,
+    enter_private_mount_namespace,
     needs_private_state_dir,
     nspawn_argv,
     state_dir_argv,
@@ -201,8 +199,7 @@ class BuildBox:
             def before_exec() -> None:
                 # In nspawn's child, in this order: a mount namespace of its own (a slave of the host's),
                 # then the tree attached there, where it lives exactly as long as nspawn.
-                idmap.unshare(CLONE_NEWNS)
-                idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
+                enter_private_mount_namespace()
                 idmap.move_mount(tree_fd, mount_point)
 
             # In that namespace: nspawn's private state dir, where it needs one (see runtime.nspawn).

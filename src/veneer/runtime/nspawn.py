@@ -21,7 +21,6 @@ from veneer.util.mountinfo import load_mountinfo
 from veneer.util.proc import which
 
 NSPAWN_STATE_DIR = Path("/run/systemd/nspawn")
-# For callers that make nspawn's mount namespace themselves, between fork and exec (images.buildbox).
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_SLAVE = 0x4000, 0x80000
 MS_NOSUID, MS_NODEV = 0x2, 0x4
@@ -84,11 +83,17 @@ def launch_in_child(*, cgroup_dirs: Sequence[Path], private_state: bool) -> Call
             finally:
                 os.close(fd)
         if private_state:
-            idmap.unshare(CLONE_NEWNS)
-            idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
+            enter_private_mount_namespace()
             idmap.mount("tmpfs", NSPAWN_STATE_DIR, "tmpfs", flags=MS_NOSUID | MS_NODEV, data=STATE_DIR_MODE)
 
     return before_exec
+
+
+def enter_private_mount_namespace() -> None:
+    """Between fork and exec: a mount namespace of this process's own, a slave of the host's, so what it
+    mounts stays out of the host's view while the host's mounts still reach it."""
+    idmap.unshare(CLONE_NEWNS)
+    idmap.mount("none", Path("/"), "", flags=MS_REC | MS_SLAVE)
 
 
 HOST_BUSYBOX = "/bin/busybox"
